@@ -1,0 +1,51 @@
+"""dmrnet: multimodal learning that stays accurate when modalities are missing.
+
+The flagship method is DMRNet (Wei et al., ECCV 2024); the common-subspace baseline and the
+references live beside it behind one forward contract::
+
+    model = dmrnet.create_model("dmrnet", modalities=["rgb", "depth"],
+                                input_shapes={"rgb": (64,), "depth": (32,)}, num_classes=5)
+    out = model({"rgb": x_rgb, "depth": x_depth}, availability)   # availability: (B, 2) bool
+    out.logits, out.mu, out.logvar
+"""
+
+from dmrnet.batch import Batch, MultimodalCollate
+from dmrnet.errors import ConfigError, DMRNetError
+from dmrnet.evaluation import predict_all_subsets, subset_outputs
+from dmrnet.method import (
+    DMRNetObjective,
+    HardCombinationRegularizer,
+    KLRegularizer,
+    ModelOutput,
+    MultimodalModel,
+    ProbabilisticEmbedding,
+    kl_divergence,
+)
+from dmrnet.methods import METHODS, build_method
+from dmrnet.registry import ENCODERS, create_encoder, create_model
+from dmrnet.subsets import SubsetSampler, SubsetSpace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENCODERS",
+    "METHODS",
+    "Batch",
+    "ConfigError",
+    "DMRNetError",
+    "DMRNetObjective",
+    "HardCombinationRegularizer",
+    "KLRegularizer",
+    "ModelOutput",
+    "MultimodalCollate",
+    "MultimodalModel",
+    "ProbabilisticEmbedding",
+    "SubsetSampler",
+    "SubsetSpace",
+    "build_method",
+    "create_encoder",
+    "create_model",
+    "kl_divergence",
+    "predict_all_subsets",
+    "subset_outputs",
+]

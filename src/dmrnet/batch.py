@@ -1,0 +1,186 @@
+"""The batch contract: a dict of modality tensors plus a boolean availability mask (B, M).
+
+Absence is data, not an error: a dataset item may omit a modality, and :class:`MultimodalCollate`
+zero-fills it and marks it unavailable. Every method takes ``(inputs, availability)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dmrnet.errors import DMRNetError
+from dmrnet.subsets import SubsetError
+
+
+class BatchError(DMRNetError):
+    """A batch or dataset item that does not fit the declared modalities."""
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    Attributes:
+        inputs: modality name -> tensor (B, *shape); absent entries are zeros.
+        availability: (B, M) bool, in the order of ``modalities``.
+        target: (B,) long class labels (or (B, H, W) for dense tasks), or None when unlabelled.
+    """
+
+    inputs: dict[str, Tensor]
+    availability: Tensor
+    target: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.availability.shape[0])
+
+
+def check_inputs(
+    inputs: Mapping[str, Tensor],
+    availability: Tensor,
+    modalities: Sequence[str],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    check_finite: bool = True,
+) -> None:
+    """Raise a :class:`BatchError` naming the problem if a batch breaks the contract.
+
+    Args:
+        inputs: modality -> (B, *shape). Every declared modality must be present (zero-filled
+            when absent); unknown names are refused.
+        availability: (B, M) bool.
+        modalities: declared modality names (length M).
+        input_shapes: per-modality expected shape without the batch axis; None skips the check.
+        check_finite: refuse NaN/inf in the rows where a modality is marked available.
+    """
+    mods = list(modalities)
+    unknown = [k for k in inputs if k not in mods]
+    if unknown:
+        raise BatchError(f"modality {unknown[0]!r} is not one of {mods}; rename or drop it")
+    missing = [m for m in mods if m not in inputs]
+    if missing:
+        raise BatchError(
+            f"the batch has no tensor for modality {missing[0]!r}; collate with "
+            "MultimodalCollate (it zero-fills absent modalities) or pass zeros and mark the "
+            "modality unavailable"
+        )
+    if not isinstance(availability, Tensor) or availability.dim() != 2:
+        raise BatchError(
+            f"availability must be a (B, {len(mods)}) bool tensor; got "
+            f"{getattr(availability, 'shape', type(availability).__name__)}"
+        )
+    batch, m = availability.shape
+    if m != len(mods):
+        raise BatchError(
+            f"availability has {m} columns but there are {len(mods)} modalities {mods}"
+        )
+    if batch == 0:
+        raise BatchError("empty batch: it holds no sample")
+    empty = ~availability.bool().any(dim=1)
+    if bool(empty.any()):
+        rows = empty.nonzero().flatten()[:5].tolist()
+        raise SubsetError(
+            f"sample(s) {rows} have no available modality; every sample needs at least one of "
+            f"{mods}"
+        )
+    for j, name in enumerate(mods):
+        x = inputs[name]
+        if not isinstance(x, Tensor):
+            raise BatchError(f"modality {name!r} must be a tensor; got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[0] != batch:
+            raise BatchError(
+                f"modality {name!r} has batch size {x.shape[0] if x.dim() else 'none'} but "
+                f"availability has {batch} rows"
+            )
+        if input_shapes is not None and name in input_shapes:
+            expected = tuple(int(s) for s in input_shapes[name])
+            if tuple(x.shape[1:]) != expected:
+                raise BatchError(
+                    f"modality {name!r} has shape {tuple(x.shape[1:])} per sample, expected "
+                    f"{expected}"
+                )
+        rows = availability[:, j].bool()
+        if check_finite and x.is_floating_point() and bool(rows.any()):
+            bad = ~torch.isfinite(x[rows].reshape(int(rows.sum()), -1)).all(dim=1)
+            if bool(bad.any()):
+                first = int(rows.nonzero().flatten()[bad.nonzero().flatten()[0]])
+                raise BatchError(
+                    f"modality {name!r} holds NaN or inf (first in sample {first}); clean the "
+                    "data or mark that modality unavailable for the sample"
+                )
+
+
+def check_targets(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
+    """Raise a :class:`BatchError` if class labels are not integers in 0..num_classes-1."""
+    if target.is_floating_point() or target.dtype == torch.bool:
+        raise BatchError(f"targets must be integer class labels; got dtype {target.dtype}")
+    valid = target if ignore_index is None else target[target != ignore_index]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
+        bad = int(valid.max()) if int(valid.max()) >= num_classes else int(valid.min())
+        raise BatchError(
+            f"target label {bad} is outside 0..{num_classes - 1}; the model was built for "
+            f"{num_classes} classes"
+        )
+
+
+class MultimodalCollate:
+    """Collate dataset items into a :class:`Batch`, zero-filling absent modalities.
+
+    An item is a mapping ``{"inputs": {modality: Tensor}, "target": int | Tensor}``; a modality
+    that is missing from ``inputs`` (or is None) is absent for that sample.
+
+    Args:
+        modalities: declared modality names, in order.
+        input_shapes: per-modality shape without the batch axis (used for zero-filling).
+    """
+
+    def __init__(
+        self, modalities: Sequence[str], input_shapes: Mapping[str, Sequence[int]]
+    ) -> None:
+        self.modalities = list(modalities)
+        missing = [m for m in self.modalities if m not in input_shapes]
+        if missing:
+            raise BatchError(f"no input shape given for modality {missing[0]!r}")
+        self.input_shapes = {m: tuple(int(s) for s in input_shapes[m]) for m in self.modalities}
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> Batch:
+        if len(items) == 0:
+            raise BatchError("empty batch: no item to collate")
+        batch = len(items)
+        availability = torch.zeros(batch, len(self.modalities), dtype=torch.bool)
+        inputs: dict[str, Tensor] = {}
+        for j, name in enumerate(self.modalities):
+            shape = self.input_shapes[name]
+            present = [i for i, it in enumerate(items) if it["inputs"].get(name) is not None]
+            dtype = (
+                torch.as_tensor(items[present[0]]["inputs"][name]).dtype
+                if present
+                else torch.float32
+            )
+            out = torch.zeros((batch, *shape), dtype=dtype)
+            for i in present:
+                x = torch.as_tensor(items[i]["inputs"][name])
+                if tuple(x.shape) != shape:
+                    raise BatchError(
+                        f"modality {name!r} of item {i} has shape {tuple(x.shape)}, expected "
+                        f"{shape}"
+                    )
+                out[i] = x
+            availability[present, j] = True
+            inputs[name] = out
+        for i, it in enumerate(items):
+            unknown = [k for k in it["inputs"] if k not in self.modalities]
+            if unknown:
+                raise BatchError(
+                    f"item {i} has modality {unknown[0]!r}, not one of {self.modalities}"
+                )
+        targets = [it.get("target") for it in items]
+        target = None
+        if all(t is not None for t in targets):
+            target = torch.stack([torch.as_tensor(t) for t in targets])
+        elif any(t is not None for t in targets):
+            raise BatchError("some items have a target and some do not; label all or none")
+        return Batch(inputs=inputs, availability=availability, target=target)

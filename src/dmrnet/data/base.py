@@ -1,0 +1,161 @@
+"""Dataset plumbing shared by every data source: in-memory arrays, splits, standardisation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from dmrnet.batch import BatchError
+from dmrnet.errors import DMRNetError
+
+
+class DataError(DMRNetError):
+    """A data source that cannot be read or does not fit what was asked."""
+
+
+class ArrayDataset(Dataset):
+    """Samples held in memory as per-modality arrays.
+
+    Args:
+        features: modality -> (N, *shape) float array.
+        labels: (N,) int class labels.
+        availability: (N, M) bool, what each sample has (None = everything).
+    """
+
+    def __init__(
+        self,
+        features: Mapping[str, np.ndarray | Tensor],
+        labels: np.ndarray | Tensor,
+        availability: np.ndarray | Tensor | None = None,
+    ) -> None:
+        self.modalities = list(features)
+        self.features = {m: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+                         for m, v in features.items()}
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        n = len(self.labels)
+        for m, v in self.features.items():
+            if v.shape[0] != n:
+                raise DataError(f"modality {m!r} has {v.shape[0]} samples but there are {n} labels")
+        if availability is None:
+            self.availability = torch.ones(n, len(self.modalities), dtype=torch.bool)
+        else:
+            self.availability = torch.as_tensor(np.asarray(availability), dtype=torch.bool)
+            if tuple(self.availability.shape) != (n, len(self.modalities)):
+                raise DataError(
+                    f"availability must have shape ({n}, {len(self.modalities)}); got "
+                    f"{tuple(self.availability.shape)}"
+                )
+        for m, v in self.features.items():
+            j = self.modalities.index(m)
+            bad = ~torch.isfinite(v[self.availability[:, j]].reshape(-1))
+            if bool(bad.any()):
+                raise BatchError(
+                    f"modality {m!r} holds NaN or inf values; clean the data or mark those "
+                    "samples' modality unavailable"
+                )
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {m: tuple(v.shape[1:]) for m, v in self.features.items()}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        inputs = {
+            m: self.features[m][i]
+            for j, m in enumerate(self.modalities)
+            if self.availability[i, j]
+        }
+        return {"inputs": inputs, "target": self.labels[i]}
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return ArrayDataset(
+            {m: v[idx] for m, v in self.features.items()}, self.labels[idx], self.availability[idx]
+        )
+
+
+def stratified_split(
+    labels: np.ndarray | Tensor, fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Split sample indices into parts with the given fractions, stratified by class.
+
+    Returns one sorted index array per fraction (the last part takes the remainder).
+    """
+    labels = np.asarray(labels)
+    if any(f < 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
+        raise DataError(f"split fractions must be >= 0 and sum to at most 1; got {fractions}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        bounds = np.round(np.cumsum(fractions) * len(idx)).astype(int)
+        start = 0
+        for k, end in enumerate(bounds):
+            parts[k].extend(idx[start:end].tolist())
+            start = end
+    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+
+
+@dataclass
+class Standardizer:
+    """Per-feature (x - mean) / std, fitted on the training split only.
+
+    Statistics are plain lists so they can be written to a human-readable config.
+    """
+
+    mean: dict[str, list[float]] = field(default_factory=dict)
+    std: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, dataset: ArrayDataset, eps: float = 1e-6) -> Standardizer:
+        mean, std = {}, {}
+        for j, m in enumerate(dataset.modalities):
+            x = dataset.features[m][dataset.availability[:, j]].double()
+            if len(x) == 0:
+                raise DataError(f"modality {m!r} has no training sample to fit statistics on")
+            mean[m] = x.mean(dim=0).flatten().tolist()
+            # constant features (e.g. flags in mfeat-mor) keep scale 1 instead of dividing by 0
+            s = x.std(dim=0, unbiased=False).flatten()
+            std[m] = torch.where(s > eps, s, torch.ones_like(s)).tolist()
+        return cls(mean, std)
+
+    def apply(self, dataset: ArrayDataset) -> ArrayDataset:
+        feats = {}
+        for m, v in dataset.features.items():
+            shape = v.shape[1:]
+            mu = torch.tensor(self.mean[m], dtype=torch.float32).view(shape)
+            sd = torch.tensor(self.std[m], dtype=torch.float32).view(shape)
+            feats[m] = (v - mu) / sd
+        return ArrayDataset(feats, dataset.labels, dataset.availability)
+
+    def transform(self, modality: str, x: Tensor) -> Tensor:
+        """Standardise one modality's batch (B, *shape) with the fitted statistics."""
+        mu = torch.tensor(self.mean[modality], dtype=x.dtype, device=x.device)
+        sd = torch.tensor(self.std[modality], dtype=x.dtype, device=x.device)
+        return (x - mu.view(x.shape[1:])) / sd.view(x.shape[1:])
+
+
+@dataclass
+class SplitData:
+    """What a data source hands to training: three splits and the metadata models need."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    modalities: list[str]
+    input_shapes: dict[str, tuple[int, ...]]
+    class_names: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)

@@ -1,0 +1,34 @@
+"""``dmrnet fit|validate|test|predict``: Lightning's CLI over DMRNetModule and the DataModule.
+
+The data module's metadata (modalities, input shapes, class count and names) is linked into
+the model, so a config names a dataset and a method and nothing twice. Checkpoints are selected
+on ``val/mean`` (the validation split's mean over subsets), never on the test split.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from dmrnet.training import DMRNetModule, MultimodalDataModule
+
+
+class DMRNetCLI(LightningCLI):
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("trainer_defaults", {"deterministic": True})
+        kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        super().__init__(DMRNetModule, MultimodalDataModule, **kwargs)  # type: ignore[arg-type]
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key in ("modalities", "input_shapes", "num_classes", "class_names"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/mean",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-{epoch}",
+                "checkpoint.save_last": True,
+            }
+        )

@@ -1,0 +1,131 @@
+"""Method presets (DMRNet, the baseline, ablations) and the factory that builds them.
+
+Every method here is the one :class:`~dmrnet.method.MultimodalModel` with different switches;
+peer methods with other architectures register their own builders beside these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dmrnet.errors import ConfigError
+from dmrnet.method import (
+    DMRNetObjective,
+    HardCombinationRegularizer,
+    KLRegularizer,
+    MultimodalModel,
+)
+from dmrnet.registry import create_encoder
+from dmrnet.subsets import SubsetSpace
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What distinguishes one method from another in this family.
+
+    Attributes:
+        variance / sample: the probabilistic embedding's switches (see ProbabilisticEmbedding).
+        alpha: KL weight. beta: HCR weight (0 = no HCR).
+        train_subsets: "random" (one subset per sample, the protocol) or "full" (complete
+            inputs only). The "dedicated" reference is a "full_only" model per subset, trained on
+            that subset's modalities (see :mod:`dmrnet.benchmark`).
+    """
+
+    name: str
+    description: str
+    variance: bool
+    sample: bool
+    alpha: float
+    beta: float
+    train_subsets: str = "random"
+
+
+METHODS: dict[str, MethodSpec] = {
+    s.name: s
+    for s in [
+        MethodSpec("dmrnet", "DMRNet: sampled embedding + KL + HCR", True, True, 1e-3, 0.2),
+        MethodSpec("baseline", "common subspace / modality dropout", False, False, 0.0, 0.0),
+        MethodSpec("full_only", "trained on complete inputs only", False, False, 0.0, 0.0, "full"),
+        MethodSpec("dmrnet_no_hcr", "DMRNet without HCR", True, True, 1e-3, 0.0),
+        MethodSpec("dmrnet_no_kl", "DMRNet without KL", True, True, 0.0, 0.2),
+    ]
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(
+    method: str,
+    modalities: Sequence[str],
+    input_shapes: Mapping[str, Sequence[int]],
+    num_classes: int,
+    encoder: str = "mlp",
+    encoder_kwargs: Mapping[str, object] | None = None,
+    encoders: Mapping[str, Mapping[str, object]] | None = None,
+    embed_dim: int = 256,
+    fusion: str = "concat",
+    missing_at: str = "feature",
+    alpha: float | None = None,
+    beta: float | None = None,
+    hcr_warmup_epochs: int = 5,
+    hcr_top_k: int = 1,
+    hcr_candidates: str = "unimodal",
+    hcr_subsets: Sequence[str] | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[MultimodalModel, DMRNetObjective]:
+    """Build the model and its objective for a named method.
+
+    ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
+    with ``{"name": ..., **kwargs}``. ``alpha``/``beta`` None take the method's defaults.
+    """
+    spec = get_method(method)
+    mods = list(SubsetSpace(modalities).modalities)
+    unknown = [m for m in (encoders or {}) if m not in mods]
+    if unknown:
+        raise ConfigError(f"encoder given for modality {unknown[0]!r}, not one of {mods}")
+    missing_shape = [m for m in mods if m not in input_shapes]
+    if missing_shape:
+        raise ConfigError(f"no input shape for modality {missing_shape[0]!r}")
+    built = {}
+    for m in mods:
+        cfg = dict((encoders or {}).get(m, {}))
+        name = str(cfg.pop("name", encoder))
+        kwargs = {**(encoder_kwargs or {}), **cfg} if name == encoder else cfg
+        built[m] = create_encoder(name, tuple(input_shapes[m]), **kwargs)
+    model = MultimodalModel(
+        mods,
+        built,
+        num_classes,
+        embed_dim=embed_dim,
+        fusion=fusion,
+        variance=spec.variance,
+        sample=spec.sample,
+        missing_at=missing_at,
+        input_shapes=input_shapes,
+    )
+    alpha = spec.alpha if alpha is None else alpha
+    beta = spec.beta if beta is None else beta
+    if (alpha > 0 or beta > 0) and not spec.variance:
+        raise ConfigError(
+            f"method {method!r} has no variance head, so alpha and beta must be 0 "
+            f"(got alpha={alpha}, beta={beta}); use a dmrnet method for KL or HCR"
+        )
+    kl = KLRegularizer(alpha) if spec.variance else None
+    hcr = (
+        HardCombinationRegularizer(
+            model.space.names,
+            beta,
+            hcr_warmup_epochs,
+            hcr_top_k,
+            candidates=hcr_candidates,
+            hard_subsets=hcr_subsets,
+        )
+        if spec.variance and beta > 0
+        else None
+    )
+    return model, DMRNetObjective(kl, hcr, label_smoothing=label_smoothing)

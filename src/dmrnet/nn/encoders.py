@@ -1,0 +1,63 @@
+"""Per-modality encoders. Each maps (B, *input_shape) to features (B, out_features)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from dmrnet.registry import ENCODERS
+
+
+class MLPEncoder(nn.Module):
+    """Feature-vector encoder: [Linear -> BatchNorm1d -> ReLU -> Dropout] x len(hidden) -> Linear.
+
+    Input (B, in_features) (any trailing shape is flattened); output (B, out_features).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int = 128,
+        hidden: Sequence[int] = (256,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers += [nn.Linear(width, out_features), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers)
+        self.out_features = out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@ENCODERS.register("mlp")
+def mlp(
+    input_shape: tuple[int, ...],
+    out_features: int = 128,
+    hidden: Sequence[int] = (256,),
+    dropout: float = 0.0,
+) -> MLPEncoder:
+    """MLP over a flattened feature vector."""
+    n = 1
+    for s in input_shape:
+        n *= int(s)
+    return MLPEncoder(n, out_features=out_features, hidden=tuple(hidden), dropout=dropout)
+
+
+@ENCODERS.register("identity")
+def identity(input_shape: tuple[int, ...]) -> nn.Module:
+    """No encoder: the flattened input is the feature (for precomputed embeddings)."""
+    n = 1
+    for s in input_shape:
+        n *= int(s)
+    mod = nn.Flatten()
+    mod.out_features = n  # type: ignore[assignment]
+    return mod

@@ -1,0 +1,71 @@
+"""Registries of encoders and methods, and the one factory, :func:`create_model`.
+
+Add an encoder with ``@ENCODERS.register("name")`` on a function
+``(input_shape: tuple[int, ...], **kwargs) -> nn.Module`` whose module has an ``out_features``
+attribute (an int for vector features). Every method then accepts it by name, per modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from dmrnet.errors import DMRNetError
+
+T = TypeVar("T")
+
+
+class RegistryError(DMRNetError, KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A name -> builder mapping with errors that list what exists."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise RegistryError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}; available: {sorted(self._items)}"
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+
+ENCODERS: Registry[Callable[..., Any]] = Registry("encoder")
+
+
+def create_encoder(name: str, input_shape: tuple[int, ...], **kwargs: Any) -> Any:
+    """Build a registered encoder for one modality."""
+    import dmrnet.nn  # noqa: F401  (registers the built-in encoders)
+
+    return ENCODERS.get(name)(tuple(input_shape), **kwargs)
+
+
+def create_model(method: str, **kwargs: Any) -> Any:
+    """Build the network of a method ("dmrnet", "baseline", ...; see ``dmrnet.method.METHODS``).
+
+    Takes the keyword arguments of :func:`dmrnet.methods.build_method`; returns the
+    :class:`~dmrnet.method.MultimodalModel` (use ``build_method`` for its objective too).
+    """
+    from dmrnet.methods import build_method
+
+    return build_method(method, **kwargs)[0]

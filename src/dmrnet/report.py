@@ -1,0 +1,160 @@
+"""Benchmark outputs: results.json, results.csv, report.md and the per-subset plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from dmrnet.subsets import SEP
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def differing_subsets(results: dict[str, Any], top: int = 5) -> tuple[str, str, list[tuple]]:
+    """The subsets where two methods differ most: (method_a, method_b, [(subset, a, b, b - a)]).
+
+    Compares "dmrnet" with "baseline" when both ran, else the first two methods.
+    """
+    methods = list(results["summary"])
+    if len(methods) < 2:
+        return "", "", []
+    a, b = ("baseline", "dmrnet") if {"baseline", "dmrnet"} <= set(methods) else methods[:2]
+    pa, pb = results["summary"][a]["per_subset"], results["summary"][b]["per_subset"]
+    rows = [(s, pa[s], pb[s], pb[s] - pa[s]) for s in pa if s in pb]
+    rows.sort(key=lambda r: -abs(r[3]))
+    return a, b, rows[:top]
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The console table: per method, mean ± std over seeds of mean-over-subsets and worst."""
+    metric = results["metric"]
+    summary = results["summary"]
+    width = max(len(m) for m in summary) + 2
+    lines = [
+        f"\n{results['dataset']}: {len(results['subsets'])} subsets of {results['modalities']}, "
+        f"test {metric}, mean ± std over seeds",
+        f"{'method':<{width}}{'mean over subsets':<22}{'worst subset':<22}{'seeds':<7}train s",
+    ]
+    for m, s in summary.items():
+        lines.append(
+            f"{m:<{width}}{_pm(s['mean'], s['mean_std']):<22}"
+            f"{_pm(s['worst'], s['worst_std']):<22}{s['seeds']:<7}{s['train_seconds']:.1f}"
+        )
+    a, b, rows = differing_subsets(results)
+    if rows:
+        lines.append(f"subsets where {b} and {a} differ most ({b} − {a}):")
+        for s, va, vb, d in rows:
+            lines.append(f"  {s:<30} {a} {va:.4f}  {b} {vb:.4f}  ({d:+.4f})")
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], out: str | Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "seed", "subset", "subset_size", results["metric"]])
+        for run in results["runs"]:
+            for subset, value in run["per_subset"].items():
+                writer.writerow(
+                    [run["method"], run["seed"], subset, subset.count(SEP) + 1, f"{value:.6f}"]
+                )
+    (out / "report.md").write_text(markdown_report(results))
+    plot_per_subset(results, out / "per_subset.png")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    metric = results["metric"]
+    summary = results["summary"]
+    methods = list(summary)
+    cfg = results.get("config", {})
+    lines = [
+        f"# Benchmark: {results['dataset']}",
+        "",
+        f"Modalities: {', '.join(results['modalities'])} ({len(results['subsets'])} subsets). "
+        f"Metric: test {metric} ({'higher' if results['higher_is_better'] else 'lower'} is "
+        f"better). Seeds: {cfg.get('seeds')}. Epochs: {cfg.get('epochs')}. Checkpoints "
+        "selected on the validation split's mean over subsets.",
+        "",
+        "## Summary (mean ± std over seeds)",
+        "",
+        "| method | mean over subsets | worst subset | train s / run |",
+        "|---|---|---|---|",
+    ]
+    for m, s in summary.items():
+        lines.append(
+            f"| {m} | {_pm(s['mean'], s['mean_std'])} | {_pm(s['worst'], s['worst_std'])} | "
+            f"{s['train_seconds']:.1f} |"
+        )
+    a, b, rows = differing_subsets(results, top=10)
+    if rows:
+        lines += ["", f"## Subsets where {b} and {a} differ most", "",
+                  f"| subset | {a} | {b} | {b} − {a} |", "|---|---|---|---|"]
+        lines += [f"| {s} | {va:.4f} | {vb:.4f} | {d:+.4f} |" for s, va, vb, d in rows]
+    hard = [(r["seed"], r["method"], r.get("hard_subsets")) for r in results["runs"]
+            if r.get("hard_subsets")]
+    if hard:
+        lines += ["", "## Hard subsets chosen by HCR", ""]
+        lines += [f"- {m}, seed {seed}: {', '.join(h)}" for seed, m, h in hard]
+    lines += ["", "## Every subset", "", "![per-subset metric](per_subset.png)", "",
+              "| subset | " + " | ".join(methods) + " |",
+              "|---|" + "---|" * len(methods)]
+    for subset in results["subsets"]:
+        cells = []
+        for m in methods:
+            mean = summary[m]["per_subset"].get(subset, math.nan)
+            std = summary[m]["per_subset_std"].get(subset, math.nan)
+            cells.append(_pm(mean, std))
+        lines.append(f"| {subset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_per_subset(results: dict[str, Any], path: str | Path) -> None:
+    """One row per subset (grouped by size), one marker per method with its seed std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subsets = results["subsets"]
+    summary = results["summary"]
+    n = len(subsets)
+    fig_h = max(3.0, 0.22 * n + 1.5)
+    fig, ax = plt.subplots(figsize=(8, fig_h))
+    markers = "os^Dv<>P*X"
+    k = len(summary)
+    for i, (m, s) in enumerate(summary.items()):
+        offset = (i - (k - 1) / 2) * 0.18
+        ys = [n - 1 - j + offset for j in range(n)]
+        xs = [s["per_subset"].get(sub, math.nan) for sub in subsets]
+        es = [s["per_subset_std"].get(sub, 0.0) for sub in subsets]
+        ax.errorbar(xs, ys, xerr=es, fmt=markers[i % len(markers)], ms=4, capsize=2,
+                    label=f"{m} (mean {s['mean']:.3f})", lw=0.8)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(list(reversed(subsets)), fontsize=7 if n > 20 else 9)
+    ax.set_ylim(-0.7, n - 0.3)
+    sizes = [sub.count(SEP) + 1 for sub in subsets]
+    for j in range(1, n):  # separate subsets of different sizes
+        if sizes[j] != sizes[j - 1]:
+            ax.axhline(n - j - 0.5, color="0.85", lw=0.8)
+    ax.set_xlabel(f"test {results['metric']}")
+    ax.set_title(f"{results['dataset']}: {results['metric']} per modality subset")
+    ax.grid(axis="x", color="0.92")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

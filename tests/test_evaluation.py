@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dmrnet.evaluation import naive_subset_outputs, predict_all_subsets, subset_outputs
+from dmrnet.methods import build_method
+
+from .conftest import random_batch
+
+
+def shapes_for(m: int) -> dict[str, tuple[int, ...]]:
+    return {f"m{i}": (3 + i,) for i in range(m)}
+
+
+@pytest.mark.parametrize("m", [2, 3, 6])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "dmrnet"},
+        {"method": "baseline"},
+        {"method": "dmrnet", "missing_at": "input"},
+        {"method": "dmrnet", "fusion": "mean"},
+    ],
+)
+def test_cached_evaluation_equals_naive_forward_for_every_subset(m, options):
+    shapes = shapes_for(m)
+    options = dict(options)
+    model, _ = build_method(
+        options.pop("method"), modalities=list(shapes), input_shapes=shapes, num_classes=5,
+        encoder_kwargs={"out_features": 8, "hidden": [16]}, embed_dim=6, **options,
+    )
+    # give BatchNorm non-trivial running statistics, then evaluate
+    model.train()
+    for seed in range(3):
+        x, _ = random_batch(shapes, 32, seed=seed)
+        model(x, torch.ones(32, m, dtype=torch.bool))
+    model.eval()
+    x, avail = random_batch(shapes, 12, seed=7)
+    avail[:4] = True  # some complete samples, the rest with partial availability
+    with torch.no_grad():
+        cached = list(subset_outputs(model, x, avail))
+        naive = list(naive_subset_outputs(model, x, avail))
+    assert [s for s, _, _ in cached] == [s for s, _, _ in naive]
+    assert len({s for s, _, _ in cached}) == len(cached)
+    assert cached[-1][0] == 2**m - 2  # the full subset is evaluated (complete rows exist)
+    for (s, rows_c, out_c), (_, rows_n, out_n) in zip(cached, naive, strict=True):
+        assert (rows_c is None) == (rows_n is None)
+        if rows_c is not None:
+            assert torch.equal(rows_c, rows_n)
+        assert torch.allclose(out_c.logits, out_n.logits, atol=1e-5), model.space.name(s)
+        assert torch.equal(out_c.logits.argmax(1), out_n.logits.argmax(1))
+        assert torch.allclose(out_c.mu, out_n.mu, atol=1e-5)
+        if out_c.logvar is not None:
+            assert torch.allclose(out_c.logvar, out_n.logvar, atol=1e-5)
+
+
+def test_samples_enter_only_subsets_they_can_serve():
+    shapes = shapes_for(2)
+    model, _ = build_method("baseline", modalities=list(shapes), input_shapes=shapes,
+                            num_classes=3)
+    model.eval()
+    x, _ = random_batch(shapes, 3)
+    avail = torch.tensor([[True, False], [True, True], [False, True]])
+    seen = {model.space.name(s): rows for s, rows, _ in subset_outputs(model, x, avail)}
+    assert seen["m0"].tolist() == [True, True, False]
+    assert seen["m1"].tolist() == [False, True, True]
+    assert seen["m0+m1"].tolist() == [False, True, False]
+
+
+def test_predict_all_subsets_gives_probabilities_and_keeps_mode():
+    shapes = shapes_for(3)
+    model, _ = build_method("dmrnet", modalities=list(shapes), input_shapes=shapes,
+                            num_classes=4)
+    model.train()
+    x, _ = random_batch(shapes, 5)
+    probs = predict_all_subsets(model, x, torch.ones(5, 3, dtype=torch.bool))
+    assert list(probs) == model.space.names
+    for p in probs.values():
+        assert p.shape == (5, 4) and torch.allclose(p.sum(1), torch.ones(5))
+    assert model.training
