@@ -57,11 +57,14 @@ def test_cached_evaluation_equals_naive_forward_for_every_subset(m, options):
             assert torch.allclose(out_c.logvar, out_n.logvar, atol=1e-5)
 
 
+def eval_model(method: str, m: int):
+    shapes = shapes_for(m)
+    model, _ = build_method(method, modalities=list(shapes), input_shapes=shapes, num_classes=3)
+    return model.eval(), shapes
+
+
 def test_stacked_heads_match_one_subset_at_a_time():
-    shapes = shapes_for(4)
-    model, _ = build_method("dmrnet", modalities=list(shapes), input_shapes=shapes,
-                            num_classes=3)
-    model.eval()
+    model, shapes = eval_model("dmrnet", 4)
     x, avail = random_batch(shapes, 10)
     with torch.no_grad():
         together = list(subset_outputs(model, x, avail))
@@ -74,10 +77,7 @@ def test_stacked_heads_match_one_subset_at_a_time():
 
 
 def test_samples_enter_only_subsets_they_can_serve():
-    shapes = shapes_for(2)
-    model, _ = build_method("baseline", modalities=list(shapes), input_shapes=shapes,
-                            num_classes=3)
-    model.eval()
+    model, shapes = eval_model("baseline", 2)
     x, _ = random_batch(shapes, 3)
     avail = torch.tensor([[True, False], [True, True], [False, True]])
     seen = {model.space.name(s): rows for s, rows, _ in subset_outputs(model, x, avail)}

@@ -7,6 +7,7 @@ HCR bookkeeping at epoch ends, optimisers and schedules.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import Any
@@ -174,25 +175,10 @@ class DMRNetModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         spec = get_method(method)
-        self.model, self.objective = build_method(
-            method,
-            modalities=modalities,
-            input_shapes={m: tuple(s) for m, s in input_shapes.items()},
-            num_classes=num_classes,
-            encoder=encoder,
-            encoder_kwargs=encoder_kwargs,
-            encoders=encoders,
-            embed_dim=embed_dim,
-            fusion=fusion,
-            missing_at=missing_at,
-            alpha=alpha,
-            beta=beta,
-            hcr_warmup_epochs=hcr_warmup_epochs,
-            hcr_top_k=hcr_top_k,
-            hcr_candidates=hcr_candidates,
-            hcr_subsets=hcr_subsets,
-            label_smoothing=label_smoothing,
-        )
+        model_args = inspect.signature(build_method).parameters
+        chosen = {k: v for k, v in self.hparams.items() if k in model_args}
+        chosen["input_shapes"] = {m: tuple(v) for m, v in input_shapes.items()}
+        self.model, self.objective = build_method(**chosen)
         self.space: SubsetSpace = self.model.space
         weights = {self.space.names[-1]: 1.0} if spec.train_subsets == "full" else None
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
