@@ -23,6 +23,12 @@ def test_collate_zero_fills_absent_modalities():
     assert torch.equal(batch.inputs["a"][2], torch.zeros(3))
     assert torch.equal(batch.inputs["a"][1], torch.full((3,), 2.0))
     assert batch.target.tolist() == [1, 0, 2]
+    assert batch.inputs["a"].dtype == torch.float32
+    # numpy float64 / int items are converted to the model's float32
+    import numpy as np
+
+    mixed = collate([{"inputs": {"a": np.arange(3.0), "b": np.ones((2, 2), dtype=np.int64)}}])
+    assert mixed.inputs["a"].dtype == torch.float32 and mixed.inputs["b"].dtype == torch.float32
     assert len(batch) == 3
 
 

@@ -221,6 +221,10 @@ def test_model_input_errors():
         model({**x, "d": torch.zeros(4, 1)}, avail)
     with pytest.raises(BatchError, match="modality 'a' has shape \\(6,\\) per sample, expected"):
         model({**x, "a": torch.zeros(4, 6)}, avail)
+    with pytest.raises(BatchError, match="modality 'b' is torch.float64 but the model"):
+        model({**x, "b": x["b"].double()}, avail)
+    with pytest.raises(BatchError, match="modality 'a' is torch.int64"):
+        model({**x, "a": torch.zeros(4, 5, dtype=torch.long)}, avail)
     x["c"][0, 0] = math.inf
     with pytest.raises(BatchError, match="NaN or inf"):
         model(x, torch.ones(4, 3, dtype=torch.bool))

@@ -45,6 +45,7 @@ def check_inputs(
     modalities: Sequence[str],
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     check_finite: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Raise a :class:`BatchError` naming the problem if a batch breaks the contract.
 
@@ -55,6 +56,7 @@ def check_inputs(
         modalities: declared modality names (length M).
         input_shapes: per-modality expected shape without the batch axis; None skips the check.
         check_finite: refuse NaN/inf in the rows where a modality is marked available.
+        dtype: the floating dtype the model computes in (None skips the check).
     """
     mods = list(modalities)
     unknown = [k for k in inputs if k not in mods]
@@ -102,6 +104,11 @@ def check_inputs(
                     f"modality {name!r} has shape {tuple(x.shape[1:])} per sample, expected "
                     f"{expected}"
                 )
+        if dtype is not None and x.dtype != dtype:
+            raise BatchError(
+                f"modality {name!r} is {x.dtype} but the model computes in {dtype}; convert it "
+                f"(e.g. x.to({dtype}))"
+            )
         rows = availability[:, j].bool()
         if check_finite and x.is_floating_point() and bool(rows.any()):
             bad = ~torch.isfinite(x[rows].reshape(int(rows.sum()), -1)).all(dim=1)
@@ -135,12 +142,17 @@ class MultimodalCollate:
     Args:
         modalities: declared modality names, in order.
         input_shapes: per-modality shape without the batch axis (used for zero-filling).
+        dtype: the dtype inputs are converted to (float32, what models compute in).
     """
 
     def __init__(
-        self, modalities: Sequence[str], input_shapes: Mapping[str, Sequence[int]]
+        self,
+        modalities: Sequence[str],
+        input_shapes: Mapping[str, Sequence[int]],
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.modalities = list(modalities)
+        self.dtype = dtype
         missing = [m for m in self.modalities if m not in input_shapes]
         if missing:
             raise BatchError(f"no input shape given for modality {missing[0]!r}")
@@ -155,12 +167,7 @@ class MultimodalCollate:
         for j, name in enumerate(self.modalities):
             shape = self.input_shapes[name]
             present = [i for i, it in enumerate(items) if it["inputs"].get(name) is not None]
-            dtype = (
-                torch.as_tensor(items[present[0]]["inputs"][name]).dtype
-                if present
-                else torch.float32
-            )
-            out = torch.zeros((batch, *shape), dtype=dtype)
+            out = torch.zeros((batch, *shape), dtype=self.dtype)
             for i in present:
                 x = torch.as_tensor(items[i]["inputs"][name])
                 if tuple(x.shape) != shape:

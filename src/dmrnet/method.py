@@ -325,7 +325,8 @@ class MultimodalModel(nn.Module):
 
     def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None:
         if self.validate_inputs:
-            check_inputs(inputs, availability, self.modalities, self.input_shapes)
+            dtype = self.classifier.weight.dtype
+            check_inputs(inputs, availability, self.modalities, self.input_shapes, dtype=dtype)
 
     def encode(
         self, inputs: Mapping[str, Tensor], availability: Tensor | None = None
