@@ -130,8 +130,9 @@ def _fit_and_test(
         class_names=data.class_names, **module_kwargs,
     )
     ckpt_dir = out / "checkpoints" / run_name
+    mode = "max" if module.task_metric.higher_is_better else "min"
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/mean", mode="max", save_top_k=1,
+        dirpath=ckpt_dir, filename="best", monitor="val/mean", mode=mode, save_top_k=1,
         save_last=False,
     )
     trainer = L.Trainer(
@@ -208,6 +209,8 @@ def run_benchmark(
                     "hard_subsets": module.hard_subsets,
                     "subset_variance": module.subset_variance,
                 }
+                if "per_subset_all" in res:
+                    run["per_subset_all"] = res["per_subset_all"]
             runs.append(run)
             echo(f"      test {metric.name}: mean {run['mean']:.4f}, worst {run['worst']:.4f} "
                  f"({_worst_name(run['per_subset'], metric.higher_is_better)}); train "

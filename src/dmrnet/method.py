@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from dmrnet.batch import check_inputs
 from dmrnet.errors import ConfigError
 from dmrnet.nn.fusion import create_fusion, zero_missing
+from dmrnet.nn.resnet import init_weights
 from dmrnet.subsets import SEP, SubsetSpace
 
 
@@ -271,6 +272,9 @@ class MultimodalModel(nn.Module):
             or "input" (zero its input; the encoder sees zeros).
         input_shapes: per-modality shape without the batch axis, checked on every forward.
         validate_inputs: check names, shapes and NaN/inf of each batch (cheap; on by default).
+        trunk: shared layers between fusion and the embedding (mid-level fusion), or None.
+        spatial: the encoders give maps (B, C, H, W): fusion, trunk and embedding work on maps
+            (1x1 Conv + BatchNorm2d heads) and the classifier pools before its linear layer.
     """
 
     def __init__(
@@ -285,6 +289,8 @@ class MultimodalModel(nn.Module):
         missing_at: str = "feature",
         input_shapes: Mapping[str, Sequence[int]] | None = None,
         validate_inputs: bool = True,
+        trunk: nn.Module | None = None,
+        spatial: bool = False,
     ) -> None:
         super().__init__()
         self.space = SubsetSpace(modalities)
@@ -299,9 +305,12 @@ class MultimodalModel(nn.Module):
         self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
         dims = [int(self.encoders[m].out_features) for m in self.modalities]
         self.fusion = create_fusion(fusion, dims)
+        self.trunk = trunk
+        width = int(trunk.out_features) if trunk is not None else self.fusion.out_features
         self.embedding = ProbabilisticEmbedding(
-            self.fusion.out_features, embed_dim, variance=variance, sample=sample
+            width, embed_dim, variance=variance, sample=sample, spatial=spatial
         )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) if spatial else None
         self.classifier = nn.Linear(embed_dim, num_classes)
         self.num_classes = num_classes
         self.missing_at = missing_at
@@ -311,17 +320,10 @@ class MultimodalModel(nn.Module):
             else None
         )
         self.validate_inputs = validate_inputs
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """The authors' initialisation: Kaiming (fan-out) for convolutions, Xavier for linear."""
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d | nn.Conv1d):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(mod, nn.Linear):
-                nn.init.xavier_uniform_(mod.weight)
-                if mod.bias is not None:
-                    nn.init.zeros_(mod.bias)
+        # the authors' initialisation for the layers built here; encoders and trunks initialise
+        # themselves (and may have loaded weights)
+        init_weights(self.embedding)
+        init_weights(self.classifier)
 
     def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None:
         if self.validate_inputs:
@@ -365,8 +367,11 @@ class MultimodalModel(nn.Module):
         else:
             feats = zero_missing(features, avail)
         h = self.fusion(feats, avail)
+        if self.trunk is not None:
+            h = self.trunk(h)
         z, mu, logvar = self.embedding(h)
-        return ModelOutput(logits=self.classifier(z), mu=mu, logvar=logvar, z=z)
+        logits = self.classifier(z if self.pool is None else self.pool(z))
+        return ModelOutput(logits=logits, mu=mu, logvar=logvar, z=z)
 
     def forward(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput:
         """inputs: modality -> (B, *shape); availability: (B, M) bool -> :class:`ModelOutput`."""

@@ -16,7 +16,7 @@ from dmrnet.method import (
     KLRegularizer,
     MultimodalModel,
 )
-from dmrnet.registry import create_encoder
+from dmrnet.registry import create_encoder, create_trunk
 from dmrnet.subsets import SubsetSpace
 
 
@@ -77,11 +77,15 @@ def build_method(
     hcr_candidates: str = "unimodal",
     hcr_subsets: Sequence[str] | None = None,
     label_smoothing: float = 0.0,
+    trunk: str | None = None,
+    trunk_kwargs: Mapping[str, object] | None = None,
 ) -> tuple[MultimodalModel, DMRNetObjective]:
     """Build the model and its objective for a named method.
 
     ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
     with ``{"name": ..., **kwargs}``. ``alpha``/``beta`` None take the method's defaults.
+    ``trunk``/``trunk_kwargs`` name shared layers after fusion (mid-level fusion, e.g.
+    "resnet_trunk" for CASIA-SURF).
     """
     spec = get_method(method)
     mods = list(SubsetSpace(modalities).modalities)
@@ -97,6 +101,18 @@ def build_method(
         name = str(cfg.pop("name", encoder))
         kwargs = {**(encoder_kwargs or {}), **cfg} if name == encoder else cfg
         built[m] = create_encoder(name, tuple(input_shapes[m]), **kwargs)
+    spatial = {bool(getattr(e, "spatial", False)) for e in built.values()}
+    if len(spatial) != 1:
+        raise ConfigError(
+            "all encoders must give the same kind of features (all vectors or all maps) to be "
+            "fused; mix of " + ", ".join(f"{m}: {type(e).__name__}" for m, e in built.items())
+        )
+    trunk_module = None
+    if trunk is not None:
+        from dmrnet.nn.fusion import create_fusion
+
+        fused = create_fusion(fusion, [int(e.out_features) for e in built.values()]).out_features
+        trunk_module = create_trunk(trunk, fused, **dict(trunk_kwargs or {}))
     model = MultimodalModel(
         mods,
         built,
@@ -107,6 +123,8 @@ def build_method(
         sample=spec.sample,
         missing_at=missing_at,
         input_shapes=input_shapes,
+        trunk=trunk_module,
+        spatial=spatial.pop(),
     )
     alpha = spec.alpha if alpha is None else alpha
     beta = spec.beta if beta is None else beta

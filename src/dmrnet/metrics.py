@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -15,11 +16,48 @@ from dmrnet.errors import ConfigError
 
 @dataclass(frozen=True)
 class TaskMetric:
-    """A task metric: its name, direction and a factory ``(num_classes) -> Metric``."""
+    """A task metric: its name, direction and a factory ``(num_classes) -> Metric``.
+
+    The Metric's ``compute()`` returns a scalar, or a dict of named values that includes
+    ``name`` (the primary value, used for the mean and the worst subset and for selection).
+    """
 
     name: str
     higher_is_better: bool
     factory: Callable[[int], Metric]
+
+
+class SpoofingErrorRates(Metric):
+    """ISO/IEC 30107-3 presentation-attack error rates for binary logits (B, 2), class 1 = real.
+
+    APCER: attacks accepted as real (share of attack samples). BPCER: real samples rejected as
+    attacks. ACER: their mean. Also accuracy. A rate whose class is absent is NaN.
+    """
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        for name in ("tp", "fn", "fp", "tn"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        real_pred = preds.argmax(dim=1) == 1 if preds.dim() == 2 else preds > 0.5
+        real = target == 1
+        self.tp += (real_pred & real).sum()
+        self.fn += (~real_pred & real).sum()
+        self.fp += (real_pred & ~real).sum()
+        self.tn += (~real_pred & ~real).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        nan = torch.tensor(float("nan"))
+        attacks, reals = self.fp + self.tn, self.tp + self.fn
+        apcer = self.fp / attacks if attacks > 0 else nan
+        bpcer = self.fn / reals if reals > 0 else nan
+        total = attacks + reals
+        acc = (self.tp + self.tn) / total if total > 0 else nan
+        return {"acer": (apcer + bpcer) / 2, "apcer": apcer, "bpcer": bpcer, "accuracy": acc}
 
 
 TASK_METRICS: dict[str, TaskMetric] = {
@@ -29,7 +67,14 @@ TASK_METRICS: dict[str, TaskMetric] = {
         True,
         lambda k: MulticlassAccuracy(num_classes=k, average="micro", validate_args=False),
     ),
+    "acer": TaskMetric("acer", False, lambda k: _binary(k, SpoofingErrorRates)),
 }
+
+
+def _binary(num_classes: int, cls: Callable[[], Metric]) -> Metric:
+    if num_classes != 2:
+        raise ConfigError(f"this metric is for 2 classes (attack, real); got {num_classes}")
+    return cls()
 
 
 def get_task_metric(name: str) -> TaskMetric:
@@ -42,22 +87,30 @@ class PerSubsetMetric(nn.Module):
     """Fans one metric out over subsets (distributed-safe: each is a torchmetrics Metric).
 
     ``update(subset_index, preds, target)`` feeds one subset; ``compute()`` returns
-    ``{subset_name: value}`` for the subsets that received data.
+    ``{subset_name: {value_name: value}}`` for the subsets that received data (one entry,
+    named ``name``, for a scalar metric).
     """
 
-    def __init__(self, subset_names: Sequence[str], factory: Callable[[], Metric]) -> None:
+    def __init__(
+        self, subset_names: Sequence[str], factory: Callable[[], Metric], name: str = "value"
+    ) -> None:
         super().__init__()
         self.subset_names = list(subset_names)
+        self.name = name
         self.metrics = nn.ModuleList([factory() for _ in self.subset_names])
 
     def update(self, subset_index: int, preds: Tensor, target: Tensor) -> None:
         self.metrics[subset_index].update(preds, target)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, dict[str, float]]:
         out = {}
-        for name, metric in zip(self.subset_names, self.metrics, strict=True):
+        for subset, metric in zip(self.subset_names, self.metrics, strict=True):
             if metric.update_called:
-                out[name] = float(metric.compute())
+                value = metric.compute()
+                if isinstance(value, dict):
+                    out[subset] = {k: float(v) for k, v in value.items()}
+                else:
+                    out[subset] = {self.name: float(value)}
         return out
 
     def reset(self) -> None:
@@ -83,6 +136,7 @@ def worst_subset(per_subset: Mapping[str, float], higher_is_better: bool = True)
 __all__ = [
     "TASK_METRICS",
     "PerSubsetMetric",
+    "SpoofingErrorRates",
     "TaskMetric",
     "get_task_metric",
     "summarize",

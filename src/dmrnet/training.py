@@ -159,6 +159,8 @@ class DMRNetModule(L.LightningModule):
         hcr_candidates: str = "unimodal",
         hcr_subsets: list[str] | None = None,
         label_smoothing: float = 0.0,
+        trunk: str | None = None,
+        trunk_kwargs: dict[str, Any] | None = None,
         subset_weights: dict[str, float] | None = None,
         metric: str = "accuracy",
         optimizer: str = "adamw",
@@ -184,8 +186,9 @@ class DMRNetModule(L.LightningModule):
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
         self.task_metric = get_task_metric(metric)
         names = self.space.names
-        self.val_metric = PerSubsetMetric(names, lambda: self.task_metric.factory(num_classes))
-        self.test_metric = PerSubsetMetric(names, lambda: self.task_metric.factory(num_classes))
+        tm = self.task_metric
+        self.val_metric = PerSubsetMetric(names, lambda: tm.factory(num_classes), tm.name)
+        self.test_metric = PerSubsetMetric(names, lambda: tm.factory(num_classes), tm.name)
         self.test_results: dict[str, Any] = {}
         self.hard_subsets: list[str] = []
         self.subset_variance: dict[str, float] = {}
@@ -253,14 +256,20 @@ class DMRNetModule(L.LightningModule):
             metric.update(s, out.logits, target)
 
     def _eval_end(self, stage: str, metric: PerSubsetMetric) -> dict[str, Any]:
-        per_subset = metric.compute()
+        values = metric.compute()
         metric.reset()
+        primary = self.task_metric.name
+        per_subset = {subset: v[primary] for subset, v in values.items()}
         summary = summarize(per_subset, self.task_metric.higher_is_better)
-        for name, value in per_subset.items():
-            self.log(f"{stage}/{name}/{self.task_metric.name}", value, sync_dist=False)
+        for subset, named in values.items():
+            for key, value in named.items():
+                self.log(f"{stage}/{subset}/{key}", value, sync_dist=False)
         self.log(f"{stage}/mean", summary["mean"], prog_bar=True, sync_dist=False)
         self.log(f"{stage}/worst", summary["worst"], sync_dist=False)
-        return {"per_subset": per_subset, **summary}
+        result = {"per_subset": per_subset, **summary}
+        if any(len(v) > 1 for v in values.values()):
+            result["per_subset_all"] = values
+        return result
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metric)

@@ -12,11 +12,17 @@ from dmrnet.data.base import (
     Standardizer,
     stratified_split,
 )
+from dmrnet.data.casia_surf import casia_surf
+from dmrnet.data.cremad import cremad
+from dmrnet.data.kinetics_sounds import kinetics_sounds
+from dmrnet.data.manifest import manifest
 from dmrnet.data.mfeat import mfeat
 from dmrnet.registry import Registry
 
 DATASETS: Registry[Callable[..., SplitData]] = Registry("dataset")
-DATASETS.register("mfeat")(mfeat)
+for _name, _fn in [("mfeat", mfeat), ("cremad", cremad), ("kinetics_sounds", kinetics_sounds),
+                   ("casia_surf", casia_surf), ("manifest", manifest)]:
+    DATASETS.register(_name)(_fn)
 
 __all__ = [
     "DATASETS",
@@ -24,6 +30,10 @@ __all__ = [
     "DataError",
     "SplitData",
     "Standardizer",
+    "casia_surf",
+    "cremad",
+    "kinetics_sounds",
+    "manifest",
     "mfeat",
     "stratified_split",
 ]

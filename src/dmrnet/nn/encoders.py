@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from dmrnet.nn.resnet import init_weights
 from dmrnet.registry import ENCODERS
 
 
@@ -33,6 +34,7 @@ class MLPEncoder(nn.Module):
         layers += [nn.Linear(width, out_features), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers)
         self.out_features = out_features
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -1,0 +1,239 @@
+"""File-backed datasets: one record per sample (a path per modality, or None when missing),
+and a reader per modality that turns a path into a tensor of a fixed shape.
+
+Readers are small picklable objects, so loaders work with ``num_workers > 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from dmrnet.data.base import DataError, stratified_split
+from dmrnet.data.io import read_image, read_npy, read_wav
+from dmrnet.data.transforms import AudioSpec, casia_face, imagenet_frame, log_spectrogram
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass
+class Record:
+    """One sample: modality -> path (None = missing), its class index, and where it was listed."""
+
+    paths: dict[str, Path | None]
+    label: int
+    where: str = ""
+
+
+class Reader:
+    """Path -> tensor of ``shape``; ``train`` switches on random augmentation."""
+
+    shape: tuple[int, ...]
+
+    def __call__(self, path: Path, train: bool) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class AudioReader(Reader):
+    """WAV file -> log-spectrogram (1, F, T) (see :class:`AudioSpec`)."""
+
+    spec: AudioSpec = field(default_factory=AudioSpec)
+
+    @property
+    def shape(self) -> tuple[int, ...]:  # type: ignore[override]
+        return self.spec.shape
+
+    def __call__(self, path: Path, train: bool) -> Tensor:
+        samples, rate = read_wav(path)
+        return log_spectrogram(samples, rate, self.spec, train)
+
+
+@dataclass
+class FramesReader(Reader):
+    """Folder of frame images -> (3, size, size) for one frame, (T, 3, size, size) for several.
+
+    Training picks random frames; evaluation takes evenly spaced ones (deterministic).
+    """
+
+    size: int = 224
+    frames: int = 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:  # type: ignore[override]
+        one = (3, self.size, self.size)
+        return one if self.frames == 1 else (self.frames, *one)
+
+    def __call__(self, path: Path, train: bool) -> Tensor:
+        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if Path(path).is_dir() else []
+        if not files:
+            raise DataError(f"frame folder {str(path)!r} is missing or holds no image")
+        if train:
+            idx = torch.randint(0, len(files), (self.frames,)).sort().values.tolist()
+        else:
+            idx = np.linspace(0, len(files) - 1, self.frames + 2)[1:-1].round().astype(int)
+            idx = idx.tolist() if self.frames > 1 else [len(files) // 2]
+        out = [imagenet_frame(read_image(files[i]), train, self.size) for i in idx]
+        return out[0] if self.frames == 1 else torch.stack(out)
+
+
+@dataclass
+class ImageReader(Reader):
+    """Image file -> float (C, H, W).
+
+    recipe: "casia" (SPEC §3 face recipe), "imagenet" (frame recipe) or "plain" ([0, 1], no
+    augmentation). ``size`` (H, W) resizes; None requires every image to have ``expect`` size.
+    """
+
+    channels: int = 3
+    recipe: str = "plain"
+    size: tuple[int, int] | None = None
+    expect: tuple[int, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:  # type: ignore[override]
+        hw = self.size or self.expect
+        if hw is None:
+            raise DataError("an image reader needs a size or an expected size")
+        return (self.channels, int(hw[0]), int(hw[1]))
+
+    def __call__(self, path: Path, train: bool) -> Tensor:
+        img = read_image(path, "RGB" if self.channels == 3 else "L")
+        if self.size is None and tuple(img.shape[-2:]) != tuple(self.expect or ()):
+            raise DataError(
+                f"image {str(path)!r} is {img.shape[-2]}x{img.shape[-1]} but this modality's "
+                f"images are {self.expect[0]}x{self.expect[1]} (set image_size to resize)"
+                if self.expect else f"image {str(path)!r} has no expected size"
+            )
+        if self.recipe == "casia":
+            return casia_face(img, train, size=self.shape[1])
+        if self.recipe == "imagenet":
+            return imagenet_frame(img, train, self.shape[1])
+        from dmrnet.data.transforms import resize, to_float
+
+        x = to_float(img)
+        return resize(x, self.shape[1:]) if self.size is not None else x
+
+
+@dataclass
+class NpyReader(Reader):
+    """.npy file -> float32 array of a fixed ``shape`` (a mismatch names the file)."""
+
+    shape: tuple[int, ...] = ()  # type: ignore[assignment]
+
+    def __call__(self, path: Path, train: bool) -> Tensor:
+        x = read_npy(path)
+        if tuple(x.shape) != tuple(self.shape):
+            raise DataError(
+                f"array {str(path)!r} has shape {tuple(x.shape)}, expected {tuple(self.shape)} "
+                "like the rest of this modality"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"array {str(path)!r} holds NaN or inf")
+        return x
+
+
+class FileDataset(Dataset):
+    """Records + readers -> items ``{"inputs": {modality: Tensor}, "target": int}``.
+
+    A modality whose path is None is left out of the item (the collate marks it missing).
+    """
+
+    def __init__(
+        self, records: Sequence[Record], readers: Mapping[str, Reader], train: bool
+    ) -> None:
+        self.records = list(records)
+        self.readers = dict(readers)
+        self.train = train
+        self.modalities = list(readers)
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {m: tuple(r.shape) for m, r in self.readers.items()}
+
+    @property
+    def labels(self) -> Tensor:
+        return torch.tensor([r.label for r in self.records], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rec = self.records[i]
+        inputs = {}
+        for m, reader in self.readers.items():
+            path = rec.paths.get(m)
+            if path is None:
+                continue
+            try:
+                inputs[m] = reader(path, self.train)
+            except DataError as err:
+                raise DataError(f"{err} ({rec.where})" if rec.where else str(err)) from err
+        return {"inputs": inputs, "target": rec.label}
+
+
+def check_records(records: Sequence[Record], modalities: Sequence[str], name: str) -> None:
+    """Every listed file exists; every sample has at least one modality."""
+    if not records:
+        raise DataError(f"{name} holds no sample")
+    for rec in records:
+        for m in modalities:
+            p = rec.paths.get(m)
+            if p is not None and not Path(p).exists():
+                raise DataError(f"{m} file {str(p)!r} does not exist ({rec.where})")
+        if all(rec.paths.get(m) is None for m in modalities):
+            raise DataError(f"sample has no file for any of {list(modalities)} ({rec.where})")
+
+
+def carve_validation(
+    records: Sequence[Record], fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Split a training list into (train, val), stratified by class, from ``seed``."""
+    labels = np.array([r.label for r in records])
+    tr, va = stratified_split(labels, [1 - fraction, fraction], seed)
+    if len(va) == 0 and len(records) > 1:  # tiny lists: hold out one sample, never none
+        va = np.array([tr[int(np.random.default_rng(seed).integers(len(tr)))]])
+        tr = tr[tr != va[0]]
+    return [records[i] for i in tr], [records[i] for i in va]
+
+
+def select_modalities(available: Sequence[str], requested: Sequence[str] | None,
+                      dataset: str) -> list[str]:
+    if requested is None:
+        return list(available)
+    unknown = [m for m in requested if m not in available]
+    if unknown:
+        raise DataError(
+            f"modality {unknown[0]!r} is not one of {dataset}'s modalities {list(available)}"
+        )
+    if not requested:
+        raise DataError(f"choose at least one of {dataset}'s modalities {list(available)}")
+    return list(requested)
+
+
+def file_splits(
+    train: Sequence[Record], val: Sequence[Record], test: Sequence[Record],
+    readers: Mapping[str, Reader], class_names: Sequence[str], info: dict[str, Any],
+) -> Any:
+    """Build the SplitData of three record lists (training augmentation on train only)."""
+    from dmrnet.data.base import SplitData
+
+    mods = list(readers)
+    info = {**info, "sizes": {"train": len(train), "val": len(val), "test": len(test)}}
+    return SplitData(
+        train=FileDataset(train, readers, train=True),
+        val=FileDataset(val, readers, train=False),
+        test=FileDataset(test, readers, train=False),
+        modalities=mods,
+        input_shapes={m: tuple(r.shape) for m, r in readers.items()},
+        class_names=list(class_names),
+        info=info,
+    )

@@ -1,0 +1,84 @@
+"""Reading files: WAV audio (standard library), images (Pillow), .npy arrays. Errors name the
+file and what is wrong with it."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmrnet.data.base import DataError
+
+
+def read_wav(path: str | Path) -> tuple[Tensor, int]:
+    """PCM WAV -> (mono samples (N,) float32 in [-1, 1], sample rate). Channels are averaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"audio file {str(path)!r} does not exist")
+    try:
+        with wave.open(str(path), "rb") as fh:
+            rate, width, channels = fh.getframerate(), fh.getsampwidth(), fh.getnchannels()
+            raw = fh.readframes(fh.getnframes())
+    except (wave.Error, EOFError, OSError) as err:
+        raise DataError(f"cannot read WAV file {str(path)!r}: {err}") from err
+    if width == 1:
+        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        ints = (b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8  # sign-extend 24 bit
+        data = ints.astype(np.float32) / 8388608.0
+    elif width == 4:
+        data = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2147483648.0
+    else:
+        raise DataError(f"WAV file {str(path)!r} has unsupported sample width {width} bytes")
+    if data.size == 0:
+        raise DataError(f"WAV file {str(path)!r} holds no samples")
+    data = data.reshape(-1, channels).mean(axis=1)
+    return torch.from_numpy(np.ascontiguousarray(data)), rate
+
+
+def write_wav(path: str | Path, samples: np.ndarray | Tensor, rate: int) -> None:
+    """Write mono float samples in [-1, 1] as 16-bit PCM (used by tests and fixtures)."""
+    x = np.clip(np.asarray(samples, dtype=np.float32), -1, 1)
+    with wave.open(str(path), "wb") as fh:
+        fh.setnchannels(1)
+        fh.setsampwidth(2)
+        fh.setframerate(int(rate))
+        fh.writeframes((x * 32767).astype("<i2").tobytes())
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> Tensor:
+    """Image file -> uint8 tensor (C, H, W); ``mode`` "RGB" (3 channels) or "L" (1 channel)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = np.asarray(img.convert(mode))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot read image {str(path)!r}: {err}") from err
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
+
+
+def read_npy(path: str | Path) -> Tensor:
+    """.npy array -> float32 tensor. Pickled object arrays are refused (no code runs on load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"array file {str(path)!r} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"cannot read array {str(path)!r}: {err}") from err
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+        raise DataError(f"array {str(path)!r} has non-numeric dtype {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr)).float()

@@ -1,0 +1,160 @@
+"""Bring your own data: a manifest CSV, one row per sample.
+
+Columns: one per modality holding a file path (empty = that modality is missing for the
+sample), a label column, and optionally a split column (train / val / test). Paths are relative
+to ``root`` (default: the manifest's folder). File kinds per modality are declared in ``kinds``
+(``npy``, ``image``, ``audio``) or read from the file suffixes (.npy; .png/.jpg/.jpeg/.bmp;
+.wav). Samples that miss modalities in training are trained on what they have.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from dmrnet.data.base import DataError, SplitData, stratified_split
+from dmrnet.data.files import (
+    IMAGE_SUFFIXES,
+    AudioReader,
+    ImageReader,
+    NpyReader,
+    Reader,
+    Record,
+    carve_validation,
+    check_records,
+    file_splits,
+)
+from dmrnet.data.io import read_image, read_npy
+from dmrnet.data.transforms import AudioSpec
+
+KINDS = ("npy", "image", "audio")
+SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+
+
+def _kind_of(path: str) -> str | None:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        return "npy"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix == ".wav":
+        return "audio"
+    return None
+
+
+def _sorted_labels(values: set[str]) -> list[str]:
+    try:
+        return [str(v) for v in sorted(values, key=float)]
+    except ValueError:
+        return sorted(values)
+
+
+def manifest(
+    root: str | Path | None = None,
+    modalities: list[str] | None = None,
+    seed: int = 0,
+    manifest: str | None = None,
+    kinds: dict[str, str] | None = None,
+    label_column: str = "label",
+    split_column: str = "split",
+    classes: list[str] | None = None,
+    image_size: list[int] | None = None,
+    image_channels: int = 3,
+    audio: dict | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+) -> SplitData:
+    """Read a manifest CSV into SplitData."""
+    if manifest is None:
+        raise DataError("the manifest dataset needs --manifest FILE (data.dataset_kwargs.manifest)")
+    path = Path(manifest).expanduser()
+    if not path.is_file():
+        raise DataError(f"manifest {str(path)!r} does not exist")
+    base = Path(root).expanduser() if root is not None else path.parent
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        rows = list(enumerate(reader, start=2))
+    if label_column not in header:
+        raise DataError(f"manifest {path.name} has no label column {label_column!r}; "
+                        f"columns: {header}")
+    mod_columns = [c for c in header if c not in (label_column, split_column)]
+    mods = list(modalities) if modalities is not None else mod_columns
+    unknown = [m for m in mods if m not in mod_columns]
+    if unknown:
+        raise DataError(f"modality {unknown[0]!r} is not a column of {path.name}; "
+                        f"modality columns: {mod_columns}")
+    if not mods:
+        raise DataError(f"manifest {path.name} has no modality column")
+    if not rows:
+        raise DataError(f"manifest {path.name} has no sample row")
+    for n, row in rows:
+        if None in row or any(v is None for v in row.values()):
+            raise DataError(f"{path.name} line {n}: expected {len(header)} fields like the header")
+    labels = {row[label_column].strip() for _, row in rows}
+    class_names = [str(c) for c in classes] if classes is not None else _sorted_labels(labels)
+
+    records, split_of = [], []
+    has_split = split_column in header
+    for n, row in rows:
+        where = f"{path.name} line {n}"
+        label = row[label_column].strip()
+        if label not in class_names:
+            raise DataError(f"{where}: label {label!r} is not one of the classes {class_names}")
+        paths = {m: (base / row[m].strip()) if row[m].strip() else None for m in mods}
+        records.append(Record(paths, class_names.index(label), where))
+        if has_split:
+            value = row[split_column].strip().lower()
+            if value not in SPLITS:
+                raise DataError(f"{where}: split {row[split_column]!r} is not train, val or test")
+            split_of.append(SPLITS[value])
+    check_records(records, mods, f"manifest {path.name}")
+
+    readers = {m: _reader(m, records, (kinds or {}).get(m), image_size, image_channels, audio)
+               for m in mods}
+    if has_split:
+        train = [r for r, s in zip(records, split_of, strict=True) if s == "train"]
+        val = [r for r, s in zip(records, split_of, strict=True) if s == "val"]
+        test = [r for r, s in zip(records, split_of, strict=True) if s == "test"]
+        if not val:
+            train, val = carve_validation(train, val_fraction, seed)
+    else:
+        labels_arr = np.array([r.label for r in records])
+        parts = stratified_split(
+            labels_arr, [1 - val_fraction - test_fraction, val_fraction, test_fraction], seed
+        )
+        train, val, test = ([records[i] for i in p] for p in parts)
+    info = {"source": f"manifest {path!s}", "kinds": {m: _name(r) for m, r in readers.items()}}
+    return file_splits(train, val, test, readers, class_names, info)
+
+
+def _name(reader: Reader) -> str:
+    return {AudioReader: "audio", ImageReader: "image", NpyReader: "npy"}[type(reader)]
+
+
+def _reader(mod: str, records: list[Record], kind: str | None, image_size: list[int] | None,
+            channels: int, audio: dict | None) -> Reader:
+    files = [r.paths[mod] for r in records if r.paths[mod] is not None]
+    if not files:
+        raise DataError(f"modality {mod!r} has no file in the manifest")
+    if kind is None:
+        found = {_kind_of(str(f)) for f in files}
+        if None in found or len(found) != 1:
+            raise DataError(
+                f"cannot tell the file kind of modality {mod!r} from its suffixes "
+                f"({sorted({Path(f).suffix for f in files})}); declare kinds: {{{mod}: npy|image|"
+                "audio}"
+            )
+        kind = found.pop()
+    if kind not in KINDS:
+        raise DataError(f"file kind {kind!r} of modality {mod!r} is not one of {list(KINDS)}")
+    if kind == "audio":
+        return AudioReader(AudioSpec(**(audio or {})))
+    if kind == "npy":
+        return NpyReader(shape=tuple(read_npy(files[0]).shape))
+    if image_size is not None:
+        return ImageReader(channels=channels, size=(int(image_size[0]), int(image_size[1])))
+    first = read_image(files[0], "RGB" if channels == 3 else "L")
+    return ImageReader(channels=channels, expect=(int(first.shape[1]), int(first.shape[2])))

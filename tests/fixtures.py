@@ -1,0 +1,108 @@
+"""Tiny datasets in the real on-disk layouts (synthetic WAVs, JPEG frames, list files, manifest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dmrnet.data.cremad import CLASSES as CREMAD_CLASSES
+from dmrnet.data.io import write_wav
+
+
+def tone(label: int, rate: int = 16000, seconds: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A class-dependent tone plus noise: the class is audible in the spectrogram."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    return 0.5 * np.sin(2 * np.pi * (300 + 250 * label) * t) + 0.05 * rng.standard_normal(t.size)
+
+
+def picture(label: int, size=(40, 48), seed: int = 0, gray: bool = False) -> Image.Image:
+    """A class-dependent colour field plus noise."""
+    rng = np.random.default_rng(seed)
+    base = np.array([(label * 67) % 256, (label * 131 + 60) % 256, (label * 29 + 120) % 256])
+    arr = np.clip(base + rng.normal(0, 12, (*size, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    return img.convert("L") if gray else img
+
+
+def make_cremad(root: Path, actors=("1001", "1002", "1003", "1004", "1005"), frames: int = 2,
+                clips_per_class: int = 1) -> Path:
+    (root / "AudioWAV").mkdir(parents=True, exist_ok=True)
+    for a in actors:
+        for k, emo in enumerate(CREMAD_CLASSES):
+            for c in range(clips_per_class):
+                clip = f"{a}_S{c:02d}_{emo}_XX"
+                seed = int(a) * 100 + k * 10 + c
+                write_wav(root / "AudioWAV" / f"{clip}.wav", tone(k, seed=seed), 16000)
+                fdir = root / "Image-01-FPS" / clip
+                fdir.mkdir(parents=True, exist_ok=True)
+                for f in range(frames):
+                    picture(k, seed=seed + f).save(fdir / f"{f:05d}.jpg")
+    return root
+
+
+def write_cremad_splits(root: Path, train_actors, test_actors) -> None:
+    def lines(actors):
+        return "".join(
+            f"{p.stem},{p.stem.split('_')[2]}\n"
+            for p in sorted((root / "AudioWAV").glob("*.wav")) if p.stem.split("_")[0] in actors
+        )
+
+    (root / "train.csv").write_text(lines(train_actors))
+    (root / "test.csv").write_text(lines(test_actors))
+
+
+def make_kinetics_sounds(root: Path, classes=("playing drums", "laughing", "singing"),
+                         clips=4) -> Path:
+    for split in ("train", "test"):
+        n = clips if split == "train" else 2
+        for k, cls in enumerate(classes):
+            adir = root / "audio" / split / cls
+            vdir = root / "visual" / f"{split}_img" / "Image-01-FPS" / cls
+            adir.mkdir(parents=True, exist_ok=True)
+            for c in range(n):
+                clip = f"clip{c:03d}"
+                if not (split == "train" and c == 0 and k == 0):  # one clip without audio
+                    write_wav(adir / f"{clip}.wav", tone(k, seconds=1.0, seed=c), 16000)
+                if not (split == "train" and c == 1 and k == 1):  # one clip without frames
+                    (vdir / clip).mkdir(parents=True, exist_ok=True)
+                    picture(k, seed=c).save(vdir / clip / "00000.jpg")
+    return root
+
+
+def make_casia(root: Path, per_split=(12, 6, 6)) -> Path:
+    for split, n in zip(("train", "val", "test"), per_split, strict=True):
+        lines = []
+        for i in range(n):
+            label = i % 2
+            d = root / split / f"s{i:03d}"
+            d.mkdir(parents=True, exist_ok=True)
+            picture(3 * label, (60, 50), seed=i).save(d / "color.jpg")
+            picture(3 * label + 1, (60, 50), seed=i, gray=True).save(d / "depth.jpg")
+            picture(3 * label + 2, (60, 50), seed=i, gray=True).save(d / "ir.jpg")
+            lines.append(f"{split}/s{i:03d}/color.jpg {split}/s{i:03d}/depth.jpg "
+                         f"{split}/s{i:03d}/ir.jpg {label}")
+        (root / f"{split}_list.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_manifest(root: Path, n: int = 36) -> Path:
+    """Three modalities of three kinds (npy, png, wav); some entries empty (missing)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["vec,img,snd,label,split"]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = ["cat", "dog", "eel"][i % 3]
+        k = i % 3
+        np.save(root / f"v{i}.npy", (rng.normal(k, 0.3, 8)).astype(np.float32))
+        picture(k, (16, 16), seed=i).save(root / f"i{i}.png")
+        write_wav(root / f"s{i}.wav", tone(k, seconds=0.3, seed=i), 16000)
+        vec = f"v{i}.npy" if i % 5 != 1 else ""
+        img = f"i{i}.png" if i % 5 != 2 else ""
+        snd = f"s{i}.wav" if i % 7 != 3 else ""
+        split = "test" if i % 6 == 0 else ("val" if i % 6 == 3 else "train")
+        rows.append(f"{vec},{img},{snd},{label},{split}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root / "manifest.csv"
