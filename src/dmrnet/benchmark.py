@@ -74,6 +74,16 @@ def _check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError("no seed given, e.g. --seeds 0,1,2")
     if cfg.epochs < 1:
         raise BenchmarkError(f"epochs must be at least 1; got {cfg.epochs}")
+    import inspect
+
+    known = set(inspect.signature(DMRNetModule.__init__).parameters) - {
+        "self", "modalities", "input_shapes", "num_classes", "class_names"}
+    unknown = sorted(set(cfg.model) - known - {"method"})
+    if unknown:
+        raise BenchmarkError(
+            f"{unknown[0]!r} is not a model setting; model settings: {sorted(known)} "
+            "(data settings go in dataset_kwargs of a --config file)"
+        )
 
 
 def _method_names() -> list[str]:

@@ -1,0 +1,132 @@
+"""Short `dmrnet fit` + all-subset `dmrnet test` runs through the CLI on fixtures in each
+paper task's layout and on a manifest; `dmrnet prepare cremad` on a real (tiny) video."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmrnet.cli import main
+
+from .fixtures import (
+    make_casia,
+    make_cremad,
+    make_kinetics_sounds,
+    make_manifest,
+    write_cremad_splits,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fit_and_test(config: str, out: Path, extra: list[str]) -> dict[str, float]:
+    cfg = str(ROOT / "configs" / "smoke" / config)
+    common = ["--config", cfg, "--trainer.default_root_dir", str(out), *extra]
+    assert main(["fit", *common]) == 0
+    ckpts = sorted((out / "lightning_logs").glob("version_0/checkpoints/best-*.ckpt"))
+    assert len(ckpts) == 1
+    assert main(["test", *common, "--ckpt_path", str(ckpts[0])]) == 0
+    with open(out / "lightning_logs" / "version_1" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: float(v) for row in rows for k, v in row.items() if v not in ("", None)}
+
+
+def test_cremad_fit_and_test(tmp_path):
+    root = make_cremad(tmp_path / "crema", actors=("1001", "1002", "1003"))
+    write_cremad_splits(root, {"1001", "1002"}, {"1003"})
+    m = fit_and_test("cremad.yaml", tmp_path / "run", [
+        "--data.root", str(root), "--data.dataset_kwargs.train_csv", "train.csv",
+        "--data.dataset_kwargs.test_csv", "test.csv"])
+    for subset in ("audio", "visual", "audio+visual"):
+        assert 0.0 <= m[f"test/{subset}/accuracy"] <= 1.0
+    assert "test/mean" in m and "test/worst" in m
+
+
+def test_kinetics_sounds_fit_and_test(tmp_path):
+    root = make_kinetics_sounds(tmp_path / "ks")
+    m = fit_and_test("kinetics_sounds.yaml", tmp_path / "run", ["--data.root", str(root)])
+    assert {"test/audio/accuracy", "test/visual/accuracy", "test/audio+visual/accuracy"} <= set(m)
+
+
+def test_casia_surf_fit_and_test_reports_iso_rates(tmp_path):
+    root = make_casia(tmp_path / "casia")
+    m = fit_and_test("casia_surf.yaml", tmp_path / "run", ["--data.root", str(root)])
+    for subset in ("rgb", "depth", "ir", "rgb+depth", "rgb+ir", "depth+ir", "rgb+depth+ir"):
+        for key in ("acer", "apcer", "bpcer", "accuracy"):
+            assert 0.0 <= m[f"test/{subset}/{key}"] <= 1.0
+        assert m[f"test/{subset}/acer"] == pytest.approx(
+            (m[f"test/{subset}/apcer"] + m[f"test/{subset}/bpcer"]) / 2, abs=1e-6)
+    # the worst subset is the one with the highest ACER (lower is better)
+    assert m["test/worst"] == pytest.approx(max(m[f"test/{s}/acer"] for s in (
+        "rgb", "depth", "ir", "rgb+depth", "rgb+ir", "depth+ir", "rgb+depth+ir")))
+
+
+def test_manifest_fit_test_and_benchmark(tmp_path, capsys):
+    path = make_manifest(tmp_path / "m")
+    m = fit_and_test("manifest.yaml", tmp_path / "run",
+                     ["--data.dataset_kwargs.manifest", str(path)])
+    assert len([k for k in m if k.startswith("test/") and k.endswith("/accuracy")]) == 7
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--dataset", "manifest", "--manifest", str(path),
+                 "--modalities", "vec,img", "--seeds", "0", "--epochs", "2", "--out", str(out),
+                 "--set", "encoders={img: {name: resnet18}}", "--set", "hcr_warmup_epochs=1",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert res["modalities"] == ["vec", "img"]
+    assert set(res["runs"][0]["per_subset"]) == {"vec", "img", "vec+img"}
+
+
+def test_casia_benchmark_selects_on_acer(tmp_path):
+    root = make_casia(tmp_path / "casia")
+    out = tmp_path / "b"
+    code = main(["benchmark", "--dataset", "casia_surf", "--root", str(root), "--methods",
+                 "dmrnet", "--seeds", "0", "--epochs", "1", "--out", str(out), "--no-progress",
+                 "--encoder", "se_resnet_stem", "--set", "trunk=resnet_trunk",
+                 "--set", "metric=acer", "--set", "dataset_kwargs={image_size: 32}",
+                 "--set", "embed_dim=32", "--hcr-subsets", "rgb,ir,rgb+ir",
+                 "--hcr-warmup-epochs", "0"])
+    assert code == 2  # dataset_kwargs is not a model setting: a clear error, not a crash
+    cfg = out.parent / "casia.yaml"
+    cfg.write_text(f"dataset: casia_surf\nroot: {root}\nmethods: [dmrnet]\nseeds: [0]\n"
+                   f"epochs: 1\nprogress: false\ndataset_kwargs: {{image_size: 32}}\nmodel:\n"
+                   "  encoder: se_resnet_stem\n  trunk: resnet_trunk\n  metric: acer\n"
+                   "  embed_dim: 32\n  hcr_subsets: [rgb, ir, rgb+ir]\n  hcr_warmup_epochs: 0\n")
+    assert main(["benchmark", "--config", str(cfg), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["metric"] == "acer" and res["higher_is_better"] is False
+    run = res["runs"][0]
+    assert run["worst"] == pytest.approx(max(run["per_subset"].values()))
+    assert set(run["per_subset_all"]["rgb"]) == {"acer", "apcer", "bpcer", "accuracy"}
+    assert run["hard_subsets"] == ["rgb", "ir", "rgb+ir"]
+
+
+def test_prepare_cremad_extracts_frames_with_pyav(tmp_path, capsys):
+    av = pytest.importorskip("av")
+    videos = tmp_path / "VideoFlash"
+    videos.mkdir()
+    with av.open(str(videos / "1001_DFA_ANG_XX.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for i in range(25):  # 2.5 s at 10 fps
+            img = np.full((24, 32, 3), i * 10, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "Image-01-FPS"
+    assert main(["prepare", "cremad", "--videos", str(videos), "--out", str(out)]) == 0
+    frames = sorted((out / "1001_DFA_ANG_XX").glob("*.jpg"))
+    assert [f.name for f in frames] == ["00000.jpg", "00001.jpg", "00002.jpg"]
+    # existing frames are kept unless --overwrite
+    frames[0].write_bytes(b"user edit")
+    assert main(["prepare", "cremad", "--videos", str(videos), "--out", str(out)]) == 0
+    assert frames[0].read_bytes() == b"user edit"
+    assert "kept 1 existing" in capsys.readouterr().out
+    (videos / "1002_DFA_ANG_XX.mp4").write_bytes(b"broken")
+    assert main(["prepare", "cremad", "--videos", str(videos), "--out", str(out)]) == 2
+    assert "cannot open video" in capsys.readouterr().err
