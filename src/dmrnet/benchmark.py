@@ -49,9 +49,9 @@ class BenchmarkConfig:
     root: str | None = None
     modalities: list[str] | None = None
     methods: list[str] = field(default_factory=lambda: ["baseline", "dmrnet"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 30
-    batch_size: int = 64
+    seeds: list[int] | None = None  # None = the dataset's default (0,1,2; rgbd-shapes 0,1)
+    epochs: int | None = None  # None = the dataset's default (mfeat 30, rgbd-shapes 10)
+    batch_size: int | None = None  # None = the dataset's default (64; rgbd-shapes 32)
     model: dict[str, Any] = field(default_factory=dict)
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     accelerator: str = "auto"
@@ -59,6 +59,38 @@ class BenchmarkConfig:
     progress: bool | None = None  # None = a progress bar when the terminal is interactive
     overwrite: bool = False
     keep_checkpoints: bool = True
+
+
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mfeat": {"epochs": 30, "model": {}},
+    "rgbd-shapes": {
+        "epochs": 10,
+        "batch_size": 32,
+        "seeds": [0, 1],
+        "model": {
+            "architecture": "dense", "metric": "miou", "embed_dim": 64,
+            "encoder_kwargs": {"width": 16},
+            "dense_kwargs": {"decoder_channels": [64, 32, 16]},
+            "hcr_warmup_epochs": 3, "lr": 0.005, "weight_decay": 0.0001,
+        },
+    },
+    "casia_surf": {"model": {"encoder": "se_resnet_stem", "trunk": "resnet_trunk",
+                             "metric": "acer", "embed_dim": 512}},
+    "cremad": {"model": {"encoder": "resnet18"}},
+    "kinetics_sounds": {"model": {"encoder": "resnet18"}},
+}
+"""Per-dataset settings used where the user gives none (the user's values always win)."""
+
+
+def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
+    defaults = DATASET_DEFAULTS.get(cfg.dataset, {})
+    model = {**defaults.get("model", {}), **cfg.model}
+    epochs = cfg.epochs if cfg.epochs is not None else defaults.get("epochs", 30)
+    batch = cfg.batch_size if cfg.batch_size is not None else defaults.get("batch_size", 64)
+    seeds = cfg.seeds if cfg.seeds is not None else defaults.get("seeds", [0, 1, 2])
+    from dataclasses import replace
+
+    return replace(cfg, model=model, epochs=epochs, batch_size=batch, seeds=seeds)
 
 
 def _check_config(cfg: BenchmarkConfig) -> None:
@@ -77,7 +109,7 @@ def _check_config(cfg: BenchmarkConfig) -> None:
     import inspect
 
     known = set(inspect.signature(DMRNetModule.__init__).parameters) - {
-        "self", "modalities", "input_shapes", "num_classes", "class_names"}
+        "self", "modalities", "input_shapes", "num_classes", "class_names", "preprocessing"}
     unknown = sorted(set(cfg.model) - known - {"method"})
     if unknown:
         raise BenchmarkError(
@@ -135,9 +167,11 @@ def _fit_and_test(
     progress: bool,
 ) -> tuple[DMRNetModule, float, float, int]:
     L.seed_everything(seed, workers=True, verbose=False)
+    linked = {"class_names": data.class_names, "preprocessing": data.preprocessing}
+    if data.class_weights is not None and "class_weights" not in module_kwargs:
+        linked["class_weights"] = data.class_weights
     module = DMRNetModule(
-        data.modalities, data.input_shapes, data.num_classes,
-        class_names=data.class_names, **module_kwargs,
+        data.modalities, data.input_shapes, data.num_classes, **linked, **module_kwargs,
     )
     ckpt_dir = out / "checkpoints" / run_name
     mode = "max" if module.task_metric.higher_is_better else "min"
@@ -182,6 +216,8 @@ def run_benchmark(
     cfg: BenchmarkConfig, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run every method for every seed; write and return the results dict."""
+    DATASETS.get(cfg.dataset)
+    cfg = apply_dataset_defaults(cfg)
     _check_config(cfg)
     quiet_lightning()
     out = prepare_out_dir(cfg.out, cfg.overwrite)

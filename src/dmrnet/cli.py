@@ -57,9 +57,11 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_csv(str),
                    help="comma list from baseline, dmrnet, full_only, dedicated, dmrnet_no_hcr, "
                    "dmrnet_no_kl (default baseline,dmrnet)")
-    p.add_argument("--seeds", type=_csv(int), help="comma list (default 0,1,2)")
-    p.add_argument("--epochs", type=int, help="training epochs per run (default 30)")
-    p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
+    p.add_argument("--seeds", type=_csv(int), help="comma list (default 0,1,2; rgbd-shapes 0,1)")
+    p.add_argument("--epochs", type=int, help="training epochs per run (default: the "
+                   "dataset's, mfeat 30, rgbd-shapes 10)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 64; "
+                   "rgbd-shapes 32)")
     p.add_argument("--out", help="output folder (default runs/<dataset>-<time>)")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace a non-empty output folder")

@@ -22,7 +22,7 @@ def subset_outputs(
     inputs: Mapping[str, Tensor],
     availability: Tensor,
     subsets: Iterable[int] | None = None,
-    max_rows: int = 8192,
+    max_rows: int | None = None,
 ) -> Iterator[tuple[int, Tensor | None, ModelOutput]]:
     """Yield ``(subset_index, rows, output)`` for each subset, encoding the batch once.
 
@@ -35,8 +35,10 @@ def subset_outputs(
     Args:
         inputs: modality -> (B, *shape); availability: (B, M) bool.
         subsets: subset indices to evaluate (default: all 2^M − 1).
-        max_rows: bound on the samples stacked into one head call (memory).
+        max_rows: bound on the samples stacked into one head call (memory); default: the
+            model's ``eval_max_rows`` or 8192.
     """
+    max_rows = max_rows or int(getattr(model, "eval_max_rows", 8192))
     model.check(inputs, availability)
     availability = availability.bool()
     features = model.encode(inputs)
@@ -67,16 +69,28 @@ def _run_chunk(
 ) -> Iterator[tuple[int, Tensor | None, ModelOutput]]:
     index = torch.cat([c[2] for c in chunk])
     avail = torch.cat([masks[s].expand(len(idx), -1) for s, _, idx in chunk])
-    feats = [f.index_select(0, index) for f in features]
-    gone = None if absent is None else [a.index_select(0, index) for a in absent]
-    out = model.forward_head(feats, avail, gone)
+    out = model.forward_head(_rows(features, index), avail, _rows(absent, index))
     sizes = [len(c[2]) for c in chunk]
-    parts = {
-        name: (None if value is None else value.split(sizes))
-        for name, value in vars(out).items()
-    }
     for k, (s, rows, _) in enumerate(chunk):
-        yield s, rows, ModelOutput(**{n: (None if v is None else v[k]) for n, v in parts.items()})
+        part = {name: _part(value, sizes, k) for name, value in vars(out).items()}
+        yield s, rows, ModelOutput(**part)
+
+
+def _rows(obj: object, index: Tensor) -> object:
+    """Select batch rows in a tensor or a (nested) list of tensors."""
+    if obj is None:
+        return None
+    if isinstance(obj, Tensor):
+        return obj.index_select(0, index)
+    return [_rows(o, index) for o in obj]  # type: ignore[attr-defined]
+
+
+def _part(value: object, sizes: list[int], k: int) -> object:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return value.split(sizes)[k]
+    return [_part(v, sizes, k) for v in value]  # type: ignore[attr-defined]
 
 
 def naive_subset_outputs(

@@ -21,7 +21,8 @@ class DMRNetCLI(LightningCLI):
         super().__init__(DMRNetModule, MultimodalDataModule, **kwargs)  # type: ignore[arg-type]
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in ("modalities", "input_shapes", "num_classes", "class_names"):
+        for key in ("modalities", "input_shapes", "num_classes", "class_names", "class_weights",
+                    "preprocessing"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(

@@ -39,12 +39,16 @@ class ModelOutput:
         mu: (B, D) embedding mean.
         logvar: (B, D) embedding log-variance; None for methods without a variance head.
         z: (B, D) the representation the predictor saw (a sample in training, mu otherwise).
+        aux_logits: an auxiliary predictor's output for the HCR term (dense models), or None.
+        side_logits: deep-supervision outputs at lower resolutions (training only), or None.
     """
 
     logits: Tensor
     mu: Tensor
     logvar: Tensor | None = None
     z: Tensor | None = None
+    aux_logits: Tensor | None = None
+    side_logits: list[Tensor] | None = None
 
     @property
     def variance(self) -> Tensor | None:
@@ -383,11 +387,18 @@ class MultimodalModel(nn.Module):
         return self.forward_head(feats, availability, absent)
 
 
-class DMRNetObjective(nn.Module):
-    """Sums the named loss terms: task CE + alpha * KL + beta * HCR.
+IGNORE_INDEX = 255
+"""Target value of pixels that carry no label (void); ignored by losses and metrics."""
 
-    ``forward`` returns a dict of weighted terms ("task", and "kl" / "hcr" where enabled) and
-    their sum under "loss". Terms a method does not use are absent.
+
+class DMRNetObjective(nn.Module):
+    """Sums the named loss terms: task CE + alpha * KL + beta * HCR (+ deep supervision).
+
+    ``forward`` returns a dict of weighted terms ("task", and "kl" / "hcr" / "side" where
+    enabled) and their sum under "loss". Terms a method does not use are absent. For dense
+    targets (B, H, W) a sample's loss is the mean over its labelled pixels; ``class_weights``
+    (K,) weight the classes (e.g. median frequency). The HCR term uses the model's auxiliary
+    predictor when it has one (``aux_logits``), else the main logits.
     """
 
     def __init__(
@@ -395,25 +406,43 @@ class DMRNetObjective(nn.Module):
         kl: KLRegularizer | None = None,
         hcr: HardCombinationRegularizer | None = None,
         label_smoothing: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.kl = kl
         self.hcr = hcr
         self.label_smoothing = label_smoothing
+        self.ignore_index = ignore_index
+        weights = None if class_weights is None else torch.tensor(list(class_weights)).float()
+        self.register_buffer("class_weights", weights)
+
+    def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
+        """(B,) loss per sample; dense losses are averaged over each sample's labelled pixels."""
+        if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
+            target = F.interpolate(target[:, None].float(), size=logits.shape[-2:],
+                                   mode="nearest")[:, 0].long()
+        loss = F.cross_entropy(logits, target, weight=self.class_weights, reduction="none",
+                               ignore_index=self.ignore_index,
+                               label_smoothing=self.label_smoothing)
+        if loss.dim() > 1:
+            valid = (target != self.ignore_index).flatten(1).sum(dim=1).clamp_min(1)
+            loss = loss.flatten(1).sum(dim=1) / valid
+        return loss
 
     def forward(self, out: ModelOutput, target: Tensor, subset_index: Tensor) -> dict[str, Tensor]:
-        per_sample = F.cross_entropy(
-            out.logits, target, reduction="none", label_smoothing=self.label_smoothing
-        )
-        if per_sample.dim() > 1:  # dense: mean over pixels
-            per_sample = per_sample.flatten(1).mean(dim=1)
+        per_sample = self.per_sample(out.logits, target)
         terms = {"task": per_sample.mean()}
+        if out.side_logits:
+            terms["side"] = sum(self.per_sample(s, target).mean() for s in out.side_logits)
         if self.kl is not None and self.kl.weight > 0 and out.logvar is not None:
             terms["kl"] = self.kl(out.mu, out.logvar)
         if self.hcr is not None:
             if out.logvar is not None:
                 self.hcr.accumulate(subset_index, out.variance)
             if self.hcr.beta > 0:
-                terms["hcr"] = self.hcr(per_sample, subset_index)
+                hard_loss = (per_sample if out.aux_logits is None
+                             else self.per_sample(out.aux_logits, target))
+                terms["hcr"] = self.hcr(hard_loss, subset_index)
         terms["loss"] = sum(terms.values())  # type: ignore[assignment]
         return terms

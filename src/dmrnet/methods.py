@@ -79,16 +79,28 @@ def build_method(
     label_smoothing: float = 0.0,
     trunk: str | None = None,
     trunk_kwargs: Mapping[str, object] | None = None,
+    architecture: str = "late_fusion",
+    dense_kwargs: Mapping[str, object] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> tuple[MultimodalModel, DMRNetObjective]:
     """Build the model and its objective for a named method.
 
     ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
     with ``{"name": ..., **kwargs}``. ``alpha``/``beta`` None take the method's defaults.
     ``trunk``/``trunk_kwargs`` name shared layers after fusion (mid-level fusion, e.g.
-    "resnet_trunk" for CASIA-SURF).
+    "resnet_trunk" for CASIA-SURF). ``architecture="dense"`` builds the segmentation model
+    (:class:`~dmrnet.segmentation.DenseMultimodalModel`; ``encoder_kwargs`` give its ResNet
+    ``layers``/``block``/``width``, ``dense_kwargs`` its ``decoder_channels``,
+    ``deep_supervision`` and ``aux_decoder``); its KL is per pixel, averaged over pixels.
     """
     spec = get_method(method)
     mods = list(SubsetSpace(modalities).modalities)
+    if architecture not in ("late_fusion", "dense"):
+        raise ConfigError(f"architecture must be 'late_fusion' or 'dense'; got {architecture!r}")
+    if architecture == "dense":
+        return _build_dense(spec, mods, input_shapes, num_classes, encoder_kwargs, embed_dim,
+                            alpha, beta, hcr_warmup_epochs, hcr_top_k, hcr_candidates,
+                            hcr_subsets, label_smoothing, dense_kwargs, class_weights)
     unknown = [m for m in (encoders or {}) if m not in mods]
     if unknown:
         raise ConfigError(f"encoder given for modality {unknown[0]!r}, not one of {mods}")
@@ -146,4 +158,40 @@ def build_method(
         if spec.variance and beta > 0
         else None
     )
-    return model, DMRNetObjective(kl, hcr, label_smoothing=label_smoothing)
+    objective = DMRNetObjective(kl, hcr, label_smoothing=label_smoothing,
+                                class_weights=class_weights)
+    return model, objective
+
+
+def _build_dense(spec: MethodSpec, mods: list[str], input_shapes: Mapping[str, Sequence[int]],
+                 num_classes: int, encoder_kwargs: Mapping[str, object] | None, embed_dim: int,
+                 alpha: float | None, beta: float | None, warmup: int, top_k: int,
+                 candidates: str, hard: Sequence[str] | None, label_smoothing: float,
+                 dense_kwargs: Mapping[str, object] | None,
+                 class_weights: Sequence[float] | None) -> tuple:
+    from dmrnet.segmentation import DenseMultimodalModel
+
+    shapes = {m: tuple(input_shapes[m]) for m in mods}
+    bad = [m for m, s in shapes.items() if len(s) != 3]
+    if bad:
+        raise ConfigError(f"dense models need (C, H, W) inputs; modality {bad[0]!r} has "
+                          f"{shapes[bad[0]]}")
+    alpha = spec.alpha if alpha is None else alpha
+    beta = spec.beta if beta is None else beta
+    if (alpha > 0 or beta > 0) and not spec.variance:
+        raise ConfigError(f"method {spec.name!r} has no variance head, so alpha and beta must "
+                          f"be 0 (got alpha={alpha}, beta={beta})")
+    dense = dict(dense_kwargs or {})
+    model = DenseMultimodalModel(
+        mods, {m: s[0] for m, s in shapes.items()}, num_classes, embed_dim=embed_dim,
+        variance=spec.variance, sample=spec.sample,
+        aux_decoder=bool(dense.pop("aux_decoder", False)) and spec.variance and beta > 0,
+        **dict(encoder_kwargs or {}), **dense,  # type: ignore[arg-type]
+    )
+    kl = KLRegularizer(alpha, spatial="mean") if spec.variance else None
+    hcr = (HardCombinationRegularizer(model.space.names, beta, warmup, top_k,
+                                      candidates=candidates, hard_subsets=hard)
+           if spec.variance and beta > 0 else None)
+    objective = DMRNetObjective(kl, hcr, label_smoothing=label_smoothing,
+                                class_weights=class_weights)
+    return model, objective

@@ -68,7 +68,46 @@ TASK_METRICS: dict[str, TaskMetric] = {
         lambda k: MulticlassAccuracy(num_classes=k, average="micro", validate_args=False),
     ),
     "acer": TaskMetric("acer", False, lambda k: _binary(k, SpoofingErrorRates)),
+    "miou": TaskMetric("miou", True, lambda k: SegmentationIoU(k)),
 }
+
+
+class SegmentationIoU(Metric):
+    """Confusion-matrix segmentation metrics for logits (B, K, H, W) and targets (B, H, W).
+
+    Pixels whose target is ``ignore_index`` (void) are left out. ``compute()`` gives ``miou``
+    (mean over the classes that occur in targets or predictions), ``pixel_accuracy`` and one
+    ``iou/<k>`` per class (NaN for a class that never occurs).
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.add_state("confusion", default=torch.zeros(num_classes, num_classes,
+                                                        dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        pred = preds.argmax(dim=1) if preds.dim() == target.dim() + 1 else preds
+        valid = target != self.ignore_index
+        k = self.num_classes
+        idx = target[valid].long() * k + pred[valid].long()
+        self.confusion += torch.bincount(idx, minlength=k * k).view(k, k)
+
+    def compute(self) -> dict[str, Tensor]:
+        conf = self.confusion.double()
+        tp = conf.diag()
+        union = conf.sum(0) + conf.sum(1) - tp
+        iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+        total = conf.sum()
+        out = {"miou": iou.nanmean().float(),
+               "pixel_accuracy": (tp.sum() / total).float() if total > 0 else torch.tensor(
+                   float("nan"))}
+        out.update({f"iou/{c}": iou[c].float() for c in range(self.num_classes)})
+        return out
 
 
 def _binary(num_classes: int, cls: Callable[[], Metric]) -> Metric:
@@ -136,6 +175,7 @@ def worst_subset(per_subset: Mapping[str, float], higher_is_better: bool = True)
 __all__ = [
     "TASK_METRICS",
     "PerSubsetMetric",
+    "SegmentationIoU",
     "SpoofingErrorRates",
     "TaskMetric",
     "get_task_metric",

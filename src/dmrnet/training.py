@@ -14,12 +14,14 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dmrnet.batch import Batch, MultimodalCollate, check_targets
 from dmrnet.data import DATASETS, SplitData
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
+from dmrnet.method import IGNORE_INDEX
 from dmrnet.methods import build_method, get_method
 from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
 from dmrnet.subsets import SubsetSampler, SubsetSpace
@@ -94,6 +96,21 @@ class MultimodalDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         return list(self.data.class_names)
 
+    @property
+    def class_weights(self) -> list[float] | None:
+        """Per-class loss weights the source computed (e.g. median frequency), or None."""
+        return self.data.info.get("class_weights")
+
+    @property
+    def preprocessing(self) -> dict[str, Any] | None:
+        """Input statistics a trained model needs to serve new data (stored with the model)."""
+        info = self.data.info
+        if "preprocessing" in info:
+            return info["preprocessing"]
+        if "standardizer" in info:
+            return {"standardize": info["standardizer"]}
+        return None
+
     def _collate(self) -> MultimodalCollate:
         return MultimodalCollate(self.data.modalities, self.data.input_shapes)
 
@@ -161,6 +178,10 @@ class DMRNetModule(L.LightningModule):
         label_smoothing: float = 0.0,
         trunk: str | None = None,
         trunk_kwargs: dict[str, Any] | None = None,
+        architecture: str = "late_fusion",
+        dense_kwargs: dict[str, Any] | None = None,
+        class_weights: list[float] | None = None,
+        preprocessing: dict[str, Any] | None = None,
         subset_weights: dict[str, float] | None = None,
         metric: str = "accuracy",
         optimizer: str = "adamw",
@@ -201,7 +222,7 @@ class DMRNetModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if batch.target is None:
             raise ConfigError("training batches need targets")
-        check_targets(batch.target, self.model.num_classes)
+        check_targets(batch.target, self.model.num_classes, IGNORE_INDEX)
         avail = self.sampler.sample(batch.availability)
         subset_index = self.space.indices_of(avail)
         out = self.model(batch.inputs, avail)
@@ -250,10 +271,15 @@ class DMRNetModule(L.LightningModule):
     def _eval_step(self, batch: Batch, metric: PerSubsetMetric) -> None:
         if batch.target is None:
             raise ConfigError("evaluation batches need targets")
-        check_targets(batch.target, self.model.num_classes)
+        check_targets(batch.target, self.model.num_classes, IGNORE_INDEX)
         for s, rows, out in subset_outputs(self.model, batch.inputs, batch.availability):
             target = batch.target if rows is None else batch.target[rows]
-            metric.update(s, out.logits, target)
+            logits = out.logits
+            if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
+                # dense: score predictions at the label's resolution
+                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+            metric.update(s, logits, target)
 
     def _eval_end(self, stage: str, metric: PerSubsetMetric) -> dict[str, Any]:
         values = metric.compute()

@@ -17,11 +17,13 @@ from dmrnet.data.cremad import cremad
 from dmrnet.data.kinetics_sounds import kinetics_sounds
 from dmrnet.data.manifest import manifest
 from dmrnet.data.mfeat import mfeat
+from dmrnet.data.rgbd import nyuv2, rgbd_shapes
 from dmrnet.registry import Registry
 
 DATASETS: Registry[Callable[..., SplitData]] = Registry("dataset")
 for _name, _fn in [("mfeat", mfeat), ("cremad", cremad), ("kinetics_sounds", kinetics_sounds),
-                   ("casia_surf", casia_surf), ("manifest", manifest)]:
+                   ("casia_surf", casia_surf), ("manifest", manifest), ("nyuv2", nyuv2),
+                   ("rgbd-shapes", rgbd_shapes)]:
     DATASETS.register(_name)(_fn)
 
 __all__ = [
@@ -35,5 +37,7 @@ __all__ = [
     "kinetics_sounds",
     "manifest",
     "mfeat",
+    "nyuv2",
+    "rgbd_shapes",
     "stratified_split",
 ]

@@ -46,9 +46,45 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    layers = [BasicBlock(inplanes, planes, stride)]
-    layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 residual block (ResNet-50); output channels = 4 * planes."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def make_layer(
+    inplanes: int, planes: int, blocks: int, stride: int, block: str = "basic"
+) -> nn.Sequential:
+    cls = BLOCKS[block]
+    out = planes * cls.expansion  # type: ignore[attr-defined]
+    layers = [cls(inplanes, planes, stride)]
+    layers += [cls(out, planes) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
@@ -76,27 +112,51 @@ class ResNet(nn.Module):
     Output (B, 512): with a frame axis, each frame is encoded and the features are averaged over T.
     """
 
-    def __init__(self, in_channels: int = 3, layers: Sequence[int] = (2, 2, 2, 2)) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        block: str = "basic",
+        width: int = 64,
+    ) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ConfigError(f"ResNet layers must be four positive block counts; got {layers}")
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        if block not in BLOCKS:
+            raise ConfigError(f"unknown ResNet block {block!r}; choose from {sorted(BLOCKS)}")
+        exp = BLOCKS[block].expansion  # type: ignore[attr-defined]
+        w = int(width)
+        self.conv1 = nn.Conv2d(in_channels, w, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = make_layer(64, 64, layers[0], 1)
-        self.layer2 = make_layer(64, 128, layers[1], 2)
-        self.layer3 = make_layer(128, 256, layers[2], 2)
-        self.layer4 = make_layer(256, 512, layers[3], 2)
+        self.layer1 = make_layer(w, w, layers[0], 1, block)
+        self.layer2 = make_layer(w * exp, 2 * w, layers[1], 2, block)
+        self.layer3 = make_layer(2 * w * exp, 4 * w, layers[2], 2, block)
+        self.layer4 = make_layer(4 * w * exp, 8 * w, layers[3], 2, block)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.in_channels = in_channels
-        self.out_features = 512
+        self.stage_channels = [w, w * exp, 2 * w * exp, 4 * w * exp, 8 * w * exp]
+        """Channels after the stem and after layer1..layer4 (strides 2, 4, 8, 16, 32)."""
+        self.out_features = self.stage_channels[-1]
         init_weights(self)
 
+    def stem(self, x: Tensor) -> Tensor:
+        """conv1 + BN + ReLU: (N, C, H, W) -> (N, w, H/2, W/2)."""
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def stage(self, k: int, x: Tensor) -> Tensor:
+        """Stage k = 1..4 (stage 1 includes the max-pool)."""
+        if k == 1:
+            return self.layer1(self.maxpool(x))
+        return getattr(self, f"layer{k}")(x)
+
     def forward_features(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, 512, H/32, W/32)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        """(N, C, H, W) -> (N, out_features, H/32, W/32)."""
+        x = self.stem(x)
+        for k in range(1, 5):
+            x = self.stage(k, x)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         frames = x.dim() == 5
@@ -215,10 +275,15 @@ def _channels(input_shape: tuple[int, ...]) -> int:
 
 @ENCODERS.register("resnet")
 def resnet(
-    input_shape: tuple[int, ...], layers: Sequence[int] = (2, 2, 2, 2), weights: str | None = None
+    input_shape: tuple[int, ...],
+    layers: Sequence[int] = (2, 2, 2, 2),
+    weights: str | None = None,
+    block: str = "basic",
+    width: int = 64,
 ) -> ResNet:
-    """ResNet (default ResNet-18 layout); ``layers=[3,4,6,3]`` for the authors' AV backbone."""
-    model = ResNet(_channels(input_shape), layers)
+    """ResNet (default ResNet-18 layout); ``layers=[3,4,6,3]`` for the authors' AV backbone,
+    ``block="bottleneck"`` with [3,4,6,3] for ResNet-50; ``width`` scales every stage."""
+    model = ResNet(_channels(input_shape), layers, block, width)
     if weights:
         load_torchvision_state_dict(model, weights)
     return model
