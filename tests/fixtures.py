@@ -106,3 +106,53 @@ def make_manifest(root: Path, n: int = 36) -> Path:
         rows.append(f"{vec},{img},{snd},{label},{split}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"
+
+
+def _scene_arrays(i: int, size: int):
+    from dmrnet.data.rgbd import render_scene
+
+    rgb, depth, label = render_scene(1000 + i, size)
+    lab = label.numpy().astype(np.uint8) + 1  # files: 0 = void, 1..K
+    lab[:2] = 0  # a void band, as in NYUv2's unlabelled pixels
+    return rgb.permute(1, 2, 0).numpy(), depth[0].numpy().astype(np.uint16), lab
+
+
+def make_nyuv2_prepared(root: Path, n_train: int = 8, n_test: int = 3, size: int = 64,
+                        k: int = 40) -> Path:
+    for split, n in (("train", n_train), ("test", n_test)):
+        names = []
+        for i in range(n):
+            name = f"{split}{i:04d}"
+            rgb, depth, lab = _scene_arrays(i + (0 if split == "train" else 500), size)
+            for sub in ("rgb", "depth", f"labels_{k}"):
+                (root / split / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(root / split / "rgb" / f"{name}.png")
+            Image.fromarray(depth).save(root / split / "depth" / f"{name}.png")
+            Image.fromarray(lab).save(root / split / f"labels_{k}" / f"{name}.png")
+            names.append(name)
+        (root / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def make_nyuv2_mat(root: Path, n: int = 10, size: int = 64) -> Path:
+    """The official file's structure: MATLAB-ordered HDF5 datasets, raw labels mapped by a
+    text file (here raw label r -> class r, 0 = void), 1-based split JSON."""
+    import json
+
+    import h5py
+
+    root.mkdir(parents=True, exist_ok=True)
+    imgs = np.zeros((n, 3, size, size), np.uint8)
+    depths = np.zeros((n, size, size), np.float32)
+    labels = np.zeros((n, size, size), np.uint16)
+    for i in range(n):
+        rgb, depth, lab = _scene_arrays(i, size)
+        imgs[i] = rgb.transpose(2, 1, 0)
+        depths[i] = depth.T / 1000.0
+        labels[i] = lab.T
+    with h5py.File(root / "nyu_depth_v2_labeled.mat", "w") as f:
+        f["images"], f["depths"], f["labels"] = imgs, depths, labels
+    (root / "mapping.txt").write_text("\n".join(str(min(r, 40)) for r in range(895)) + "\n")
+    (root / "splits.json").write_text(json.dumps({"train": list(range(1, n - 2)),
+                                                  "test": list(range(n - 2, n + 1))}))
+    return root

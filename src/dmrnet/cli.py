@@ -1,8 +1,10 @@
 """The ``dmrnet`` command.
 
 - ``dmrnet benchmark ...``: methods x seeds on a dataset, every subset evaluated, results files.
-- ``dmrnet fit|validate|test|predict --config FILE.yaml ...``: single runs through Lightning's
-  CLI (``model:``, ``data:``, ``trainer:`` sections; ``dmrnet fit --help`` lists every option).
+- ``dmrnet fit|validate|test --config FILE.yaml ...``: single runs through Lightning's CLI
+  (``model:``, ``data:``, ``trainer:`` sections; ``dmrnet fit --help`` lists every option).
+- ``dmrnet predict --checkpoint CKPT --input MOD=FILE ...``: every subset of the given inputs.
+- ``dmrnet prepare cremad ...``: extract CREMA-D frames.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
+LIGHTNING_VERBS = ("fit", "validate", "test")
 
 
 def _csv(kind: type) -> Any:
@@ -95,6 +97,33 @@ def prepare_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def predict_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="predict one sample for every subset of its inputs",
+                       description="Load a checkpoint and predict with whatever modalities are "
+                       "given, for every subset of them. Dense models write a picture.")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by fit or benchmark")
+    p.add_argument("--input", action="append", default=[], metavar="MODALITY=FILE",
+                   help="one per available modality (.npy or image; depth as 16-bit PNG)")
+    p.add_argument("--label", help="ground-truth label map (PNG, 0 = void) for the picture")
+    p.add_argument("--out", help="picture to write (dense models)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing picture")
+    return p
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    from dmrnet.data.base import DataError
+    from dmrnet.predict import run_predict
+
+    inputs = {}
+    for item in args.input:
+        if "=" not in item:
+            raise DataError(f"--input takes MODALITY=FILE, got {item!r}")
+        mod, path = item.split("=", 1)
+        inputs[mod.strip()] = path
+    run_predict(args.checkpoint, inputs, args.out, args.label, args.overwrite)
+    return 0
+
+
 def run_prepare_command(args: argparse.Namespace) -> int:
     from dmrnet.data.prepare import prepare_cremad
 
@@ -160,11 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dmrnet",
         description="Multimodal learning robust to missing modalities (DMRNet, ECCV 2024).",
-        epilog="Single runs: dmrnet {fit,validate,test,predict} --config FILE.yaml "
+        epilog="Single runs: dmrnet {fit,validate,test} --config FILE.yaml "
         "(Lightning CLI; see 'dmrnet fit --help').",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     benchmark_parser(sub)
+    predict_parser(sub)
     prepare_parser(sub)
     for verb in LIGHTNING_VERBS:
         sub.add_parser(verb, help=f"Lightning CLI '{verb}' from a YAML config", add_help=False)
@@ -176,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _friendly(lambda: run_benchmark_command(args))
     if args.command == "prepare":
         return _friendly(lambda: run_prepare_command(args))
+    if args.command == "predict":
+        return _friendly(lambda: run_predict_command(args))
     return 2
 
 

@@ -38,7 +38,11 @@ class PyramidPooling(nn.Module):
         super().__init__()
         branch = max(channels // len(bins), 8)
         self.bins = list(bins)
-        self.branches = nn.ModuleList(conv_bn_relu(channels, branch, 1) for _ in self.bins)
+        # no BatchNorm in the branches: a 1x1 pooled map of a batch of one has no statistics
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, branch, 1), nn.ReLU(inplace=True))
+            for _ in self.bins
+        )
         self.out = conv_bn_relu(channels + branch * len(self.bins), out_channels)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -294,6 +294,9 @@ def nyuv2(
                     if not (base / split / sub / f"{n}.png").is_file():
                         raise DataError(f"NYUv2 file {str(base / split / sub / n)!r}.png listed "
                                         f"in {lst.name} does not exist")
+        if len(names["train"]) < 2:
+            raise DataError("NYUv2 needs at least 2 training images (one is held out for "
+                            "validation)")
         order = list(rng.permutation(len(names["train"])))
         n_val = max(1, round(val_fraction * len(order)))
         val_names = [names["train"][i] for i in sorted(order[:n_val])]
@@ -340,6 +343,9 @@ def nyuv2(
         if bad:
             raise DataError(f"split file {str(sf)!r} names image {bad[0]}, but the .mat holds "
                             f"{total}")
+        if len(tr) < 2:
+            raise DataError("NYUv2 needs at least 2 training images (one is held out for "
+                            "validation)")
         order = list(rng.permutation(len(tr)))
         n_val = max(1, round(val_fraction * len(tr)))
         val_idx = [tr[i] for i in sorted(order[:n_val])]

@@ -1,0 +1,185 @@
+"""``dmrnet predict``: run a trained checkpoint on one sample with whatever modalities are given,
+for every subset of them; for dense models, write a picture of the predictions side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmrnet.data.base import DataError
+from dmrnet.errors import ConfigError
+
+
+def load_module(checkpoint: str | Path) -> Any:
+    """A DMRNetModule from a Lightning checkpoint, read with ``weights_only=True``."""
+    from dmrnet.training import DMRNetModule
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        module = DMRNetModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated or unsafe files raise many types
+        raise ConfigError(f"cannot load checkpoint {str(path)!r}: {err}") from err
+    return module.eval()
+
+
+def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
+    """One modality's file -> the model's input (1, *shape), with the stored preprocessing."""
+    from dmrnet.data.io import read_image, read_npy
+
+    path = Path(path)
+    pre: Mapping[str, Any] = module.hparams.get("preprocessing") or {}
+    known = list(module.hparams["input_shapes"])
+    if modality not in known:
+        raise DataError(f"modality {modality!r} is not one of the model's {known}")
+    shape = tuple(module.hparams["input_shapes"][modality])
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        x = read_npy(path)
+    elif suffix in (".png", ".jpg", ".jpeg", ".bmp"):
+        if len(shape) == 3 and shape[0] == 1:  # depth-like: keep the raw values (16-bit mm)
+            from PIL import Image
+
+            with Image.open(path) as img:
+                x = torch.from_numpy(np.array(img).astype(np.float32))
+            if x.dim() == 3:
+                x = x[..., 0]
+            x = x[None]
+        else:
+            x = read_image(path, "RGB" if shape[0] == 3 else "L").float()
+    else:
+        raise DataError(f"cannot read {str(path)!r} for modality {modality!r}: use .npy or an "
+                        "image file")
+    if modality in pre and isinstance(pre[modality], Mapping):
+        p = pre[modality]
+        x = x * float(p.get("scale", 1.0))
+        mean = torch.as_tensor(p.get("mean", 0.0), dtype=torch.float32)
+        std = torch.as_tensor(p.get("std", 1.0), dtype=torch.float32)
+        if mean.dim() == 1:
+            mean, std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+        x = (x - mean) / std
+    elif "standardize" in pre:
+        st = pre["standardize"]
+        x = (x - torch.tensor(st["mean"][modality])) / torch.tensor(st["std"][modality])
+    return x[None].float()  # shapes are checked by the model
+
+
+def predict_subsets(module: Any, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Probabilities for every subset of the given modalities: name -> (1, K[, H, W])."""
+    from dmrnet.evaluation import subset_outputs
+
+    model = module.model
+    unknown = [m for m in inputs if m not in model.modalities]
+    if unknown:
+        raise DataError(f"modality {unknown[0]!r} is not one of the model's {model.modalities}")
+    if not inputs:
+        raise DataError(f"give at least one input, e.g. --input {model.modalities[0]}=FILE")
+    ref = next(iter(inputs.values()))
+    full = {}
+    for m in model.modalities:
+        if m in inputs:
+            full[m] = inputs[m]
+        else:  # absent: zeros of the right shape, marked unavailable
+            shape = tuple(module.hparams["input_shapes"][m])
+            if len(shape) == 3:
+                shape = (shape[0], *ref.shape[-2:])
+            full[m] = torch.zeros(1, *shape)
+    avail = torch.tensor([[m in inputs for m in model.modalities]])
+    with torch.no_grad():
+        return {model.space.name(s): out.logits.softmax(dim=1)
+                for s, _, out in subset_outputs(model, full, avail)}
+
+
+def palette(k: int) -> np.ndarray:
+    """A fixed, distinct colour per class (tab20, then seeded random colours; void = black)."""
+    import matplotlib
+
+    tab = (np.array(matplotlib.colormaps["tab20"].colors) * 255).astype(np.uint8)
+    tab = np.concatenate([tab[0::2], tab[1::2]])  # the strong colours first
+    extra = np.random.default_rng(12345).integers(40, 256, (max(k - len(tab), 0), 3))
+    return np.concatenate([tab, extra.astype(np.uint8)])[:k]
+
+
+def colourise(label: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((*label.shape, 3), np.uint8)
+    valid = (label >= 0) & (label < k)
+    out[valid] = palette(k)[label[valid]]
+    return out
+
+
+def write_picture(path: str | Path, raw: Mapping[str, np.ndarray], probs: Mapping[str, Tensor],
+                  class_names: list[str], label: np.ndarray | None = None) -> None:
+    """Inputs, ground truth and each subset's prediction side by side in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(class_names)
+    panels: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+    for name, img in raw.items():
+        if img.ndim == 3:
+            panels.append((name, img, {}))
+        else:
+            panels.append((name, img, {"cmap": "viridis"}))
+    if label is not None:
+        panels.append(("ground truth", colourise(label, k), {}))
+    for subset, p in probs.items():
+        panels.append((f"prediction: {subset}", colourise(p[0].argmax(0).numpy(), k), {}))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    for ax, (title, img, kw) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(img, **kw)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    colours = palette(k) / 255.0
+    handles = [matplotlib.patches.Patch(color=colours[c], label=class_names[c]) for c in range(k)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(k, 8), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.94))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_predict(checkpoint: str, inputs: Mapping[str, str], out: str | None,
+                label: str | None = None, overwrite: bool = False) -> dict[str, Tensor]:
+    module = load_module(checkpoint)
+    tensors = {m: read_input(module, m, p) for m, p in inputs.items()}
+    probs = predict_subsets(module, tensors)
+    names = list(module.hparams.get("class_names") or
+                 [str(c) for c in range(module.hparams["num_classes"])])
+    first = next(iter(probs.values()))
+    if first.dim() == 2:
+        for subset, p in probs.items():
+            top = int(p[0].argmax())
+            print(f"{subset:<30} {names[top]}  (p = {float(p[0, top]):.3f})")
+        return probs
+    if out is None:
+        raise DataError("dense prediction writes a picture: give --out FILE.png")
+    if Path(out).exists() and not overwrite:
+        raise DataError(f"{out!r} exists; choose another --out or pass --overwrite")
+    raw = {}
+    for m, p in inputs.items():
+        x = tensors[m][0]
+        raw[m] = (np.asarray(_image(p)) if x.shape[0] == 3 else x[0].numpy())
+    lab = None
+    if label is not None:
+        from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
+
+        lab_t = _labels_from_file(_read_png(Path(label)), len(names), repr(label))
+        lab = np.where(lab_t.numpy() == VOID, -1, lab_t.numpy())
+    write_picture(out, raw, probs, names, lab)
+    print(f"wrote {out}: {', '.join(raw)} inputs and predictions for {', '.join(probs)}")
+    return probs
+
+
+def _image(path: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB").copy()
