@@ -18,12 +18,13 @@ from dmrnet.data.kinetics_sounds import kinetics_sounds
 from dmrnet.data.manifest import manifest
 from dmrnet.data.mfeat import mfeat
 from dmrnet.data.rgbd import nyuv2, rgbd_shapes
+from dmrnet.data.synthetic import synthetic
 from dmrnet.registry import Registry
 
 DATASETS: Registry[Callable[..., SplitData]] = Registry("dataset")
 for _name, _fn in [("mfeat", mfeat), ("cremad", cremad), ("kinetics_sounds", kinetics_sounds),
                    ("casia_surf", casia_surf), ("manifest", manifest), ("nyuv2", nyuv2),
-                   ("rgbd-shapes", rgbd_shapes)]:
+                   ("rgbd-shapes", rgbd_shapes), ("synthetic", synthetic)]:
     DATASETS.register(_name)(_fn)
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "nyuv2",
     "rgbd_shapes",
     "stratified_split",
+    "synthetic",
 ]
