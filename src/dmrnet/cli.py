@@ -124,6 +124,22 @@ def run_predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def analyze_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("analyze", help="variance vs error, direction alignment, HCR effect",
+                       description="Analyse a benchmark run folder: per subset embedding "
+                       "variance vs error (Spearman), intra-class direction alignment, and "
+                       "the hard subsets' accuracy change against dmrnet_no_hcr.")
+    p.add_argument("run_dir", help="a folder written by dmrnet benchmark")
+    return p
+
+
+def run_analyze_command(args: argparse.Namespace) -> int:
+    from dmrnet.analysis import analyze_run
+
+    analyze_run(args.run_dir)
+    return 0
+
+
 def run_prepare_command(args: argparse.Namespace) -> int:
     from dmrnet.data.prepare import prepare_cremad
 
@@ -194,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     benchmark_parser(sub)
+    analyze_parser(sub)
     predict_parser(sub)
     prepare_parser(sub)
     for verb in LIGHTNING_VERBS:
@@ -208,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _friendly(lambda: run_prepare_command(args))
     if args.command == "predict":
         return _friendly(lambda: run_predict_command(args))
+    if args.command == "analyze":
+        return _friendly(lambda: run_analyze_command(args))
     return 2
 
 

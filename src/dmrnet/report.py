@@ -45,6 +45,10 @@ def format_summary(results: dict[str, Any]) -> str:
             f"{m:<{width}}{_pm(s['mean'], s['mean_std']):<22}"
             f"{_pm(s['worst'], s['worst_std']):<22}{s['seeds']:<7}{s['train_seconds']:.1f}"
         )
+    for c in results.get("comparisons") or []:
+        if c["seeds"] >= 2:
+            lines.append(f"{c['a']} − {c['b']} on {c['on']}: {c['diff']:+.4f} "
+                         f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] → {c['verdict']}")
     a, b, rows = differing_subsets(results)
     if rows:
         lines.append(f"subsets where {b} and {a} differ most ({b} − {a}):")
@@ -105,6 +109,16 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += ["", f"## Subsets where {b} and {a} differ most", "",
                   f"| subset | {a} | {b} | {b} − {a} |", "|---|---|---|---|"]
         lines += [f"| {s} | {va:.4f} | {vb:.4f} | {d:+.4f} |" for s, va, vb, d in rows]
+    comps = results.get("comparisons") or []
+    if comps:
+        lines += ["", "## Paired comparisons over seeds", "",
+                  "Difference a − b per seed, mean and bootstrap 95 % interval over seeds; a "
+                  "winner is named only with 3 or more seeds and an interval that excludes 0.", "",
+                  "| a | b | on | seeds | a − b | 95 % interval | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['a']} | {c['b']} | {c['on']} | {c['seeds']} | {c['diff']:+.4f} | "
+                  f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {c['verdict']} |"
+                  for c in comps]
     hard = [(r["seed"], r["method"], r.get("hard_subsets")) for r in results["runs"]
             if r.get("hard_subsets")]
     if hard:

@@ -1,0 +1,243 @@
+"""The paper's claims, measured (``dmrnet analyze``):
+
+- the HCR premise: subsets with larger mean embedding variance have larger error (per subset,
+  with the Spearman rank correlation);
+- the intra-class direction constraint: for the same samples, how aligned mu is across subsets
+  (mean cosine between subsets) and with the classifier weight of the true class (the paper:
+  lower under DMRNet than under the common-subspace baseline);
+- the hard subsets HCR chose and their accuracy change against ``dmrnet_no_hcr``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dmrnet.data.base import DataError
+from dmrnet.evaluation import subset_outputs
+
+
+def spearman(x: Iterable[float], y: Iterable[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points."""
+    a, b = np.asarray(list(x), float), np.asarray(list(y), float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if len(a) < 3:
+        return math.nan
+
+    def rank(v: np.ndarray) -> np.ndarray:
+        order = v.argsort(kind="mergesort")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for val in np.unique(v):  # ties share their mean rank
+            idx = v == val
+            r[idx] = r[idx].mean()
+        return r
+
+    ra, rb = rank(a), rank(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def direction_alignment(mus: Tensor, targets: Tensor, class_weights: Tensor) -> dict[str, float]:
+    """mus (S, N, D): mu of the same N samples under S subsets; class_weights (K, D).
+
+    Returns the mean cosine between mu of different subsets (over sample and subset pairs) and
+    the mean cosine between mu and the true class's classifier weight (over subsets, samples).
+    """
+    u = F.normalize(mus.double(), dim=-1)
+    s = u.shape[0]
+    if s > 1:
+        gram = torch.einsum("snd,tnd->nst", u, u)  # (N, S, S)
+        off = (gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)) / (s * (s - 1))
+        between = float(off.mean())
+    else:
+        between = math.nan
+    w = F.normalize(class_weights.double(), dim=-1)[targets]  # (N, D)
+    to_class = float(torch.einsum("snd,nd->sn", u, w).mean())
+    return {"between_subsets": between, "to_class_weight": to_class}
+
+
+@torch.no_grad()
+def model_statistics(module: Any, loader: Iterable[Any], max_samples: int = 2000
+                     ) -> dict[str, Any]:
+    """Per subset: error rate and mean sigma^2 (if the method has it); and direction alignment
+    on the complete samples. Classification models only."""
+    model = module.model.eval()
+    names = model.space.names
+    errors = {n: [0, 0] for n in names}
+    var_sum = {n: [0.0, 0] for n in names}
+    mus: list[list[Tensor]] = [[] for _ in names]
+    targets: list[Tensor] = []
+    seen = 0
+    for batch in loader:
+        if seen >= max_samples:
+            break
+        complete = batch.availability.all(dim=1)
+        for s, rows, out in subset_outputs(model, batch.inputs, batch.availability):
+            if out.logits.dim() != 2:
+                raise DataError("analysis covers classification models (logits (B, K))")
+            target = batch.target if rows is None else batch.target[rows]
+            wrong = (out.logits.argmax(1) != target).sum().item()
+            errors[names[s]][0] += int(wrong)
+            errors[names[s]][1] += len(target)
+            if out.logvar is not None:
+                var_sum[names[s]][0] += float(out.variance.sum())
+                var_sum[names[s]][1] += len(target)
+            mu = out.mu.flatten(2).mean(2) if out.mu.dim() > 2 else out.mu
+            sel = complete if rows is None else complete[rows]
+            mus[s].append(mu[sel])
+        targets.append(batch.target[complete])
+        seen += len(batch)
+    error = {n: e / t if t else math.nan for n, (e, t) in errors.items()}
+    variance = {n: v / c for n, (v, c) in var_sum.items() if c}
+    result: dict[str, Any] = {"error": error, "variance": variance}
+    if variance:
+        result["variance_error_spearman"] = spearman([variance[n] for n in names],
+                                                     [error[n] for n in names])
+    y = torch.cat(targets)
+    if len(y) and len({sum(len(t) for t in m) for m in mus}) == 1:
+        stacked = torch.stack([torch.cat(m) for m in mus])  # (S, N, D)
+        result["alignment"] = direction_alignment(stacked, y, model.classifier.weight)
+    return result
+
+
+def analyze_run(run_dir: str | Path, echo: Any = print) -> dict[str, Any]:
+    """Analyse every kept checkpoint of a benchmark run; write analysis.json / .md / plots."""
+    from dmrnet.predict import load_module
+    from dmrnet.training import MultimodalDataModule
+
+    run = Path(run_dir)
+    res_path = run / "results.json"
+    if not res_path.is_file():
+        raise DataError(f"{str(run)!r} holds no results.json; give a folder written by "
+                        "dmrnet benchmark")
+    results = json.loads(res_path.read_text())
+    cfg = results.get("config", {})
+    if results.get("metric") != "accuracy":
+        raise DataError("analysis covers classification runs scored by accuracy")
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    for r in results["runs"]:
+        ckpt = run / "checkpoints" / f"{r['method']}-seed{r['seed']}" / "best.ckpt"
+        if r["method"] == "dedicated" or not ckpt.is_file():
+            continue
+        module = load_module(ckpt)
+        data = MultimodalDataModule(cfg.get("dataset", results["dataset"]), root=cfg.get("root"),
+                                    modalities=cfg.get("modalities"), seed=r["seed"],
+                                    dataset_kwargs=cfg.get("dataset_kwargs") or {})
+        stats = model_statistics(module, data.test_dataloader())
+        stats["seed"] = r["seed"]
+        per_method.setdefault(r["method"], []).append(stats)
+    summary: dict[str, Any] = {}
+    for method, stats in per_method.items():
+        entry: dict[str, Any] = {}
+        rho = [s["variance_error_spearman"] for s in stats if "variance_error_spearman" in s]
+        if rho:
+            entry["variance_error_spearman"] = float(np.nanmean(rho))
+        al = [s["alignment"] for s in stats if "alignment" in s]
+        if al:
+            entry["cos_between_subsets"] = float(np.mean([a["between_subsets"] for a in al]))
+            entry["cos_to_class_weight"] = float(np.mean([a["to_class_weight"] for a in al]))
+        summary[method] = entry
+    hcr = _hcr_effect(results)
+    analysis = {"per_method": per_method, "summary": summary, "hcr": hcr}
+    (run / "analysis.json").write_text(json.dumps(analysis, indent=2, default=_nan_none))
+    (run / "analysis.md").write_text(_markdown(analysis))
+    _plots(analysis, results["subsets"], run)
+    echo(_markdown(analysis))
+    return analysis
+
+
+def _hcr_effect(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Chosen hard subsets per seed and their accuracy change against dmrnet_no_hcr."""
+    by = {(r["method"], r["seed"]): r for r in results["runs"]}
+    out = []
+    for (method, seed), r in by.items():
+        if not r.get("hard_subsets"):
+            continue
+        ref = by.get(("dmrnet_no_hcr", seed))
+        for subset in r["hard_subsets"]:
+            item = {"method": method, "seed": seed, "subset": subset,
+                    "accuracy": r["per_subset"][subset]}
+            if ref is not None:
+                item["accuracy_no_hcr"] = ref["per_subset"][subset]
+                item["change"] = r["per_subset"][subset] - ref["per_subset"][subset]
+            out.append(item)
+    return out
+
+
+def _nan_none(obj: Any) -> Any:
+    return None if isinstance(obj, float) and math.isnan(obj) else str(obj)
+
+
+def _markdown(analysis: dict[str, Any]) -> str:
+    lines = ["## Analysis", "", "| method | Spearman(variance, error) over subsets | "
+             "cos(mu, mu) between subsets | cos(mu, w_true class) |", "|---|---|---|---|"]
+    for method, s in analysis["summary"].items():
+        def f(key: str, s: dict = s) -> str:
+            v = s.get(key)
+            return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.3f}"
+
+        lines.append(f"| {method} | {f('variance_error_spearman')} | "
+                     f"{f('cos_between_subsets')} | {f('cos_to_class_weight')} |")
+    if analysis["hcr"]:
+        lines += ["", "| method | seed | hard subset | accuracy | without HCR | change |",
+                  "|---|---|---|---|---|---|"]
+        for h in analysis["hcr"]:
+            no = f"{h['accuracy_no_hcr']:.4f}" if "accuracy_no_hcr" in h else "—"
+            ch = f"{h['change']:+.4f}" if "change" in h else "—"
+            lines.append(f"| {h['method']} | {h['seed']} | {h['subset']} | "
+                         f"{h['accuracy']:.4f} | {no} | {ch} |")
+    lines += ["", "![variance vs error](analysis_variance_error.png)",
+              "![alignment](analysis_alignment.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(analysis: dict[str, Any], subsets: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method, stats in analysis["per_method"].items():
+        xs, ys = [], []
+        for s in stats:
+            for n in subsets:
+                if n in s["variance"]:
+                    xs.append(s["variance"][n])
+                    ys.append(s["error"][n])
+        if xs:
+            rho = analysis["summary"][method].get("variance_error_spearman", math.nan)
+            ax.scatter(xs, ys, s=12, alpha=0.7, label=f"{method} (Spearman {rho:+.2f})")
+    ax.set_xlabel("mean embedding variance of the subset")
+    ax.set_ylabel("test error rate of the subset")
+    ax.set_title("HCR premise: do high-variance subsets err more?")
+    if ax.has_data():
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "analysis_variance_error.png", dpi=110)
+    plt.close(fig)
+
+    methods = [m for m, s in analysis["summary"].items() if "cos_between_subsets" in s]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(methods))
+    ax.bar(x - 0.2, [analysis["summary"][m]["cos_between_subsets"] for m in methods], 0.4,
+           label="cos(mu, mu) between subsets")
+    ax.bar(x + 0.2, [analysis["summary"][m]["cos_to_class_weight"] for m in methods], 0.4,
+           label="cos(mu, true-class weight)")
+    ax.set_xticks(x, methods)
+    ax.set_title("Intra-class direction alignment (same test samples)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "analysis_alignment.png", dpi=110)
+    plt.close(fig)
