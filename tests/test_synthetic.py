@@ -16,7 +16,7 @@ def test_deterministic_under_a_seed_and_recorded():
     assert not torch.equal(a.test.features["weak"],
                            synthetic(seed=5, train=50, val=20, test=20).test.features["weak"])
     assert a.modalities == ["strong", "medium", "weak"] and a.num_classes == 8
-    assert a.info["params"]["weak_order"] == 3
+    assert a.info["params"]["weak_order"] == 4
     assert synthetic(num_modalities=5, train=10, val=5, test=5).modalities == [
         "strong", "medium", "medium2", "medium3", "weak"]
     with pytest.raises(DataError, match="at least 3 modalities"):

@@ -63,6 +63,7 @@ class BenchmarkConfig:
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mfeat": {"epochs": 30, "model": {}},
+    "synthetic": {"epochs": 10, "model": {}},  # the fixed budget under which headroom shows
     "rgbd-shapes": {
         "epochs": 10,
         "batch_size": 32,
@@ -165,6 +166,7 @@ def _fit_and_test(
     data: MultimodalDataModule,
     module_kwargs: dict[str, Any],
     progress: bool,
+    keep: bool | None = None,
 ) -> tuple[DMRNetModule, float, float, int]:
     L.seed_everything(seed, workers=True, verbose=False)
     linked = {"class_names": data.class_names, "preprocessing": data.preprocessing}
@@ -198,7 +200,7 @@ def _fit_and_test(
     t0 = time.perf_counter()
     trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
     eval_seconds = time.perf_counter() - t0
-    if not cfg.keep_checkpoints:
+    if not (cfg.keep_checkpoints if keep is None else keep):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return module, train_seconds, eval_seconds, best_epoch
 
@@ -242,6 +244,8 @@ def run_benchmark(
                  f"{len(space)} subsets of {modalities}")
             if method == DEDICATED:
                 run = _run_dedicated(cfg, out, seed, data, space, progress, echo)
+            elif method == "mmanet":
+                run = _run_mmanet(cfg, out, seed, data, progress)
             else:
                 name = f"{method}-seed{seed}"
                 module, tr_s, ev_s, best = _fit_and_test(
@@ -369,6 +373,25 @@ def paired_comparisons(
                             "diff": float(d.mean()), "diff_std": float(d.std()),
                             "ci95": [lo, hi], "verdict": verdict})
     return out
+
+
+def _run_mmanet(cfg: BenchmarkConfig, out: Path, seed: int, data: MultimodalDataModule,
+                progress: bool) -> dict[str, Any]:
+    """MMANet's two stages: a full_only teacher, then the student distilled from it."""
+    base = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta")
+            and not k.startswith("hcr_")}
+    _, t_train, _, _ = _fit_and_test(cfg, out, f"mmanet-teacher-seed{seed}", seed, data,
+                                     {**base, "method": "full_only"}, progress, keep=True)
+    teacher = out / "checkpoints" / f"mmanet-teacher-seed{seed}" / "best.ckpt"
+    module, tr_s, ev_s, best = _fit_and_test(
+        cfg, out, f"mmanet-seed{seed}", seed, data,
+        {**base, "method": "mmanet", "teacher_checkpoint": str(teacher)}, progress)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(teacher.parent, ignore_errors=True)
+    res = module.test_results
+    return {"method": "mmanet", "seed": seed, "per_subset": res["per_subset"],
+            "mean": res["mean"], "worst": res["worst"], "train_seconds": t_train + tr_s,
+            "eval_seconds": ev_s, "best_epoch": best, "teacher_train_seconds": t_train}
 
 
 def summarize_runs(runs: Sequence[dict[str, Any]], higher_is_better: bool) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def _rows(obj: object, index: Tensor) -> object:
 
 
 def _part(value: object, sizes: list[int], k: int) -> object:
-    if value is None:
+    if value is None or isinstance(value, dict):  # dicts hold batch-level scalars (losses)
         return None
     if isinstance(value, Tensor):
         return value.split(sizes)[k]

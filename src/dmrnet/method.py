@@ -41,6 +41,7 @@ class ModelOutput:
         z: (B, D) the representation the predictor saw (a sample in training, mu otherwise).
         aux_logits: an auxiliary predictor's output for the HCR term (dense models), or None.
         side_logits: deep-supervision outputs at lower resolutions (training only), or None.
+        extra_losses: a method's own auxiliary loss terms, already weighted (training only).
     """
 
     logits: Tensor
@@ -49,6 +50,7 @@ class ModelOutput:
     z: Tensor | None = None
     aux_logits: Tensor | None = None
     side_logits: list[Tensor] | None = None
+    extra_losses: dict[str, Tensor] | None = None
 
     @property
     def variance(self) -> Tensor | None:
@@ -435,6 +437,8 @@ class DMRNetObjective(nn.Module):
         terms = {"task": per_sample.mean()}
         if out.side_logits:
             terms["side"] = sum(self.per_sample(s, target).mean() for s in out.side_logits)
+        if out.extra_losses:
+            terms.update(out.extra_losses)
         if self.kl is not None and self.kl.weight > 0 and out.logvar is not None:
             terms["kl"] = self.kl(out.mu, out.logvar)
         if self.hcr is not None:

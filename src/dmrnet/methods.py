@@ -49,6 +49,10 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("full_only", "trained on complete inputs only", False, False, 0.0, 0.0, "full"),
         MethodSpec("dmrnet_no_hcr", "DMRNet without HCR", True, True, 1e-3, 0.0),
         MethodSpec("dmrnet_no_kl", "DMRNet without KL", True, True, 0.0, 0.2),
+        MethodSpec("shaspec", "ShaSpec (CVPR 2023): shared + specific encoders", False, False,
+                   0.0, 0.0),
+        MethodSpec("mmanet", "MMANet (CVPR 2023): teacher distillation + weak-subset mining",
+                   False, False, 0.0, 0.0),
     ]
 }
 
@@ -82,13 +86,16 @@ def build_method(
     architecture: str = "late_fusion",
     dense_kwargs: Mapping[str, object] | None = None,
     class_weights: Sequence[float] | None = None,
+    method_kwargs: Mapping[str, object] | None = None,
 ) -> tuple[MultimodalModel, DMRNetObjective]:
     """Build the model and its objective for a named method.
 
     ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
     with ``{"name": ..., **kwargs}``. ``alpha``/``beta`` None take the method's defaults.
     ``trunk``/``trunk_kwargs`` name shared layers after fusion (mid-level fusion, e.g.
-    "resnet_trunk" for CASIA-SURF). ``architecture="dense"`` builds the segmentation model
+    "resnet_trunk" for CASIA-SURF). ``method_kwargs`` go to a peer method (ShaSpec's
+    ``dao_weight``, ``dco_weight``, ``proj_dim``; MMANet's ``temperature``, ``distill_weight``,
+    ``feature_weight``, ``mar_weight``). ``architecture="dense"`` builds the segmentation model
     (:class:`~dmrnet.segmentation.DenseMultimodalModel`; ``encoder_kwargs`` give its ResNet
     ``layers``/``block``/``width``, ``dense_kwargs`` its ``decoder_channels``,
     ``deep_supervision`` and ``aux_decoder``); its KL is per pixel, averaged over pixels.
@@ -97,6 +104,14 @@ def build_method(
     mods = list(SubsetSpace(modalities).modalities)
     if architecture not in ("late_fusion", "dense"):
         raise ConfigError(f"architecture must be 'late_fusion' or 'dense'; got {architecture!r}")
+    if method == "shaspec":
+        from dmrnet.peers.shaspec import ShaSpecModel
+
+        shaspec = ShaSpecModel(mods, input_shapes, num_classes, encoder=encoder,
+                               encoder_kwargs=encoder_kwargs, embed_dim=embed_dim,
+                               **dict(method_kwargs or {}))  # type: ignore[arg-type]
+        return shaspec, DMRNetObjective(label_smoothing=label_smoothing,
+                                        class_weights=class_weights)
     if architecture == "dense":
         return _build_dense(spec, mods, input_shapes, num_classes, encoder_kwargs, embed_dim,
                             alpha, beta, hcr_warmup_epochs, hcr_top_k, hcr_candidates,
@@ -158,6 +173,12 @@ def build_method(
         if spec.variance and beta > 0
         else None
     )
+    if method == "mmanet":
+        from dmrnet.peers.mmanet import MMANetObjective
+
+        return model, MMANetObjective(model.space.names, label_smoothing=label_smoothing,
+                                      class_weights=class_weights,
+                                      **dict(method_kwargs or {}))  # type: ignore[arg-type]
     objective = DMRNetObjective(kl, hcr, label_smoothing=label_smoothing,
                                 class_weights=class_weights)
     return model, objective

@@ -182,6 +182,8 @@ class DMRNetModule(L.LightningModule):
         dense_kwargs: dict[str, Any] | None = None,
         class_weights: list[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
+        method_kwargs: dict[str, Any] | None = None,
+        teacher_checkpoint: str | None = None,
         subset_weights: dict[str, float] | None = None,
         metric: str = "accuracy",
         optimizer: str = "adamw",
@@ -205,6 +207,15 @@ class DMRNetModule(L.LightningModule):
         self.space: SubsetSpace = self.model.space
         weights = {self.space.names[-1]: 1.0} if spec.train_subsets == "full" else None
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
+        self._teacher: Any = None  # MMANet's frozen teacher; not a submodule, not saved
+        if method == "mmanet":
+            if teacher_checkpoint is None:
+                raise ConfigError("method 'mmanet' needs teacher_checkpoint: a full_only "
+                                  "model's checkpoint (dmrnet benchmark trains it for you)")
+            from dmrnet.peers.mmanet import load_teacher
+
+            # object.__setattr__: keep it out of the module tree (not trained, not saved)
+            object.__setattr__(self, "_teacher", load_teacher(teacher_checkpoint))
         self.task_metric = get_task_metric(metric)
         names = self.space.names
         tm = self.task_metric
@@ -226,7 +237,13 @@ class DMRNetModule(L.LightningModule):
         avail = self.sampler.sample(batch.availability)
         subset_index = self.space.indices_of(avail)
         out = self.model(batch.inputs, avail)
-        terms = self.objective(out, batch.target, subset_index)
+        if self._teacher is not None:
+            self._teacher.to(self.device)
+            with torch.no_grad():  # the teacher sees everything the sample has
+                teacher = self._teacher(batch.inputs, batch.availability)
+            terms = self.objective(out, batch.target, subset_index, teacher=teacher)
+        else:
+            terms = self.objective(out, batch.target, subset_index)
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=len(batch),
                      prog_bar=name == "loss")

@@ -5,17 +5,22 @@ Classes are K = 8 combinations of three binary factors (b0, b1, b2). With M moda
 
 - modality 0 ("strong") shows b0 and b1 linearly, with little noise;
 - modality 1 ("medium") shows b0 linearly, with more noise;
-- modality M-1 ("weak") shows b1 only through an XOR of two sign features (a non-linear code
-  that an encoder has to learn), with noise;
-- b2 needs two modalities together: modality 1 carries a random sign r, modality M-1 carries
-  r * (2 b2 - 1); either alone says nothing about b2;
+- modality M-1 ("weak") shows b1 only as the parity of ``weak_order`` (default 4) sign
+  features: a non-linear code that its encoder has to learn, slowly;
+- b2 needs two modalities together: modality 1 and modality M-1 each carry weak linear evidence
+  of it (``pair_snr``), which adds up;
 - further modalities (M > 3) repeat modality 1's kind with more noise.
 
 So single modalities differ in informativeness, part of the class information is specific to
-one modality (b1 in a learned, non-linear form in the weak one), and part needs two. A model
-trained on random subsets tends to leave the weak modality's encoder under-trained, because the
-strong modality already explains b1 whenever it is present; a dedicated weak-only model does not
-have that shortcut. Every parameter is recorded in ``info`` (and so in results.json).
+one modality (b1 in a learned, non-linear form in the weak one), and part needs two.
+
+What creates headroom (measured, see the issue notes): a model trained on random subsets leaves
+the weak modality's encoder under-trained when its code is hard to learn and the budget is
+fixed, because the strong modality already explains b1 whenever it is present; a dedicated
+weak-only model has no such shortcut. With a 2-sign code, 2,000 training samples and 30 epochs
+the baseline matched the dedicated models within 2 points on every subset; with the defaults
+here (4-sign code, 1,000 samples, 10 epochs) the dedicated weak-only model is 4-11 points
+better. Every parameter is recorded in ``info`` (and so in results.json).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dmrnet.data.base import ArrayDataset, DataError, SplitData, Standardizer
 def generate(
     n: int, seed: int, num_modalities: int = 3, dim: int = 16, noise: float = 1.0,
     strong_snr: float = 2.5, medium_snr: float = 1.0, weak_snr: float = 3.0,
-    pair_snr: float = 0.6, weak_order: int = 3,
+    pair_snr: float = 0.6, weak_order: int = 4,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``n`` samples: features per modality (n, dim) float32 and labels (n,) in 0..7."""
     if num_modalities < 3:
@@ -69,7 +74,7 @@ def synthetic(
     seed: int = 0,
     num_modalities: int = 3,
     dim: int = 16,
-    train: int = 2000,
+    train: int = 1000,
     val: int = 1000,
     test: int = 2000,
     noise: float = 1.0,
@@ -77,7 +82,7 @@ def synthetic(
     medium_snr: float = 1.0,
     weak_snr: float = 3.0,
     pair_snr: float = 0.6,
-    weak_order: int = 3,
+    weak_order: int = 4,
 ) -> SplitData:
     """Train / val / test drawn independently from ``seed``; standardised on train."""
     if root is not None:

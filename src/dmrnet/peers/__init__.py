@@ -1,0 +1,1 @@
+"""Peer methods behind the same forward contract as DMRNet (see ``dmrnet.methods``)."""
