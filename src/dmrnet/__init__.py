@@ -23,6 +23,7 @@ from dmrnet.method import (
 )
 from dmrnet.methods import METHODS, build_method
 from dmrnet.registry import ENCODERS, create_encoder, create_model
+from dmrnet.serving import Prediction, Predictor, load_model, save_model
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
 __version__ = "0.1.0"
@@ -39,6 +40,8 @@ __all__ = [
     "ModelOutput",
     "MultimodalCollate",
     "MultimodalModel",
+    "Prediction",
+    "Predictor",
     "ProbabilisticEmbedding",
     "SubsetSampler",
     "SubsetSpace",
@@ -46,6 +49,8 @@ __all__ = [
     "create_encoder",
     "create_model",
     "kl_divergence",
+    "load_model",
     "predict_all_subsets",
+    "save_model",
     "subset_outputs",
 ]

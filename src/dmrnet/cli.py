@@ -140,6 +140,40 @@ def run_analyze_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("export", help="write a model folder (config + safetensors) or ONNX",
+                       description="Export a trained checkpoint: 'folder' writes config.json "
+                       "and model.safetensors (load with dmrnet.load_model); 'onnx' writes one "
+                       "graph with the availability mask as an input, serving every subset.")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt (or a model folder for onnx)")
+    p.add_argument("--format", choices=["folder", "onnx"], default="folder")
+    p.add_argument("--out", required=True, help="folder or .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    return p
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from dmrnet.predict import load_module
+    from dmrnet.serving import export_onnx, load_model, save_model
+
+    src = Path(args.checkpoint)
+    if args.format == "folder":
+        save_model(load_module(src), args.out, overwrite=args.overwrite)
+        print(f"wrote {args.out}/config.json and model.safetensors")
+        return 0
+    if src.is_dir():
+        predictor = load_model(src)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            predictor = load_model(save_model(load_module(src), Path(tmp) / "m"))
+    export_onnx(predictor, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: inputs {predictor.modalities} + availability (B, "
+          f"{len(predictor.modalities)}); outputs probs, uncertainty")
+    return 0
+
+
 def run_prepare_command(args: argparse.Namespace) -> int:
     from dmrnet.data.prepare import prepare_cremad
 
@@ -211,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     benchmark_parser(sub)
     analyze_parser(sub)
+    export_parser(sub)
     predict_parser(sub)
     prepare_parser(sub)
     for verb in LIGHTNING_VERBS:
@@ -227,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _friendly(lambda: run_predict_command(args))
     if args.command == "analyze":
         return _friendly(lambda: run_analyze_command(args))
+    if args.command == "export":
+        return _friendly(lambda: run_export_command(args))
     return 2
 
 

@@ -1,0 +1,245 @@
+"""Using a trained model: a model folder (human-readable ``config.json`` + ``model.safetensors``),
+``load_model`` that rebuilds it without the training code's objects, and ``Predictor.predict``
+that takes whatever modalities arrive.
+
+Nothing here unpickles: the config is JSON and the weights are safetensors, so a model folder
+cannot run code when it is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmrnet.batch import BatchError
+from dmrnet.errors import ConfigError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+FORMAT = "dmrnet-model/1"
+_TRAINING_ONLY = {"subset_weights", "metric", "optimizer", "lr", "weight_decay", "momentum",
+                  "nesterov", "scheduler", "milestones", "gamma", "warmup_epochs",
+                  "teacher_checkpoint", "label_smoothing"}
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Predictor.predict` returns for a batch of B samples.
+
+    Attributes:
+        probs: (B, K) class probabilities (or (B, K, H, W) for dense models).
+        subsets: the subset each sample was predicted with, e.g. ["rgb+depth", "rgb"].
+        uncertainty: (B,) mean sigma^2 of the embedding (DMRNet-family methods), else None.
+            Higher means the embedding of that input is more spread; it is a relative score
+            within one model, not a calibrated probability (see the README).
+    """
+
+    probs: Tensor
+    subsets: list[str]
+    uncertainty: Tensor | None
+
+
+class Predictor:
+    """A trained network with its metadata; ``predict`` serves any subset of modalities."""
+
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.config = config
+        args = config["model"]
+        self.modalities: list[str] = list(args["modalities"])
+        self.input_shapes = {m: tuple(s) for m, s in args["input_shapes"].items()}
+        self.class_names: list[str] = list(config.get("class_names") or
+                                           [str(k) for k in range(args["num_classes"])])
+        self.preprocessing: dict[str, Any] = dict(config.get("preprocessing") or {})
+
+    def _standardize(self, m: str, x: Tensor) -> Tensor:
+        st = self.preprocessing.get("standardize")
+        if st is None or m not in st.get("mean", {}):
+            return x
+        mean = torch.tensor(st["mean"][m], dtype=x.dtype).view(self.input_shapes[m])
+        std = torch.tensor(st["std"][m], dtype=x.dtype).view(self.input_shapes[m])
+        return (x - mean) / std
+
+    def _batch(self, inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+               ) -> tuple[dict[str, Tensor], Tensor, bool]:
+        """Stack inputs into the batch contract; returns (inputs, availability, single)."""
+        if isinstance(inputs, Mapping):
+            unknown = [k for k in inputs if k not in self.modalities]
+            if unknown:
+                raise BatchError(f"modality {unknown[0]!r} is not one of {self.modalities}")
+            if not inputs:
+                raise BatchError(f"no modality given; the model takes any of {self.modalities}")
+            given = {m: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+                     for m, v in inputs.items()}
+            first = next(iter(given))
+            single = given[first].dim() == len(self.input_shapes[first])
+            samples = [{m: v for m, v in given.items()}] if single else [
+                {m: v[i] for m, v in given.items()} for i in range(len(given[first]))]
+            sizes = {m: (1 if single else len(v)) for m, v in given.items()}
+            if len(set(sizes.values())) != 1:
+                raise BatchError(f"modalities have different batch sizes: {sizes}")
+        else:
+            samples, single = list(inputs), False
+        if not samples:
+            raise BatchError("empty batch: no sample to predict")
+        batch = len(samples)
+        avail = torch.zeros(batch, len(self.modalities), dtype=torch.bool)
+        out: dict[str, Tensor] = {}
+        for j, m in enumerate(self.modalities):
+            shape = self.input_shapes[m]
+            t = torch.zeros(batch, *shape)
+            for i, s in enumerate(samples):
+                unknown = [k for k in s if k not in self.modalities]
+                if unknown:
+                    raise BatchError(f"sample {i}: modality {unknown[0]!r} is not one of "
+                                     f"{self.modalities}")
+                v = s.get(m)
+                if v is None:
+                    continue
+                v = torch.as_tensor(np.asarray(v), dtype=torch.float32)
+                if tuple(v.shape) != shape:
+                    raise BatchError(f"sample {i}: modality {m!r} has shape {tuple(v.shape)}, "
+                                     f"expected {shape}")
+                if not bool(torch.isfinite(v).all()):
+                    raise BatchError(f"sample {i}: modality {m!r} holds NaN or inf")
+                t[i] = self._standardize(m, v)
+                avail[i, j] = True
+            out[m] = t
+        empty = (~avail.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise BatchError(f"sample(s) {empty[:5]} have no modality; give at least one of "
+                             f"{self.modalities}")
+        return out, avail, single
+
+    @torch.no_grad()
+    def predict(self, inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Prediction:
+        """Predict from whatever modalities are present.
+
+        Args:
+            inputs: a dict modality -> array that simply omits absent modalities, for one
+                sample (arrays shaped like the model's inputs) or a batch (a leading batch
+                axis); or a list of such per-sample dicts, each with its own modalities.
+        """
+        x, avail, _ = self._batch(inputs)
+        out = self.model(x, avail)
+        space = self.model.space
+        subsets = [space.name(int(i)) for i in space.indices_of(avail)]
+        return Prediction(probs=out.logits.softmax(dim=1), subsets=subsets,
+                          uncertainty=out.variance)
+
+
+def model_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The network-building arguments among a DMRNetModule's hyperparameters."""
+    return {k: v for k, v in hparams.items() if k not in _TRAINING_ONLY
+            and k not in ("class_names", "preprocessing", "class_weights")}
+
+
+def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``path/config.json`` and ``path/model.safetensors`` for a trained DMRNetModule."""
+    from safetensors.torch import save_file
+
+    from dmrnet import __version__
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise ConfigError(f"{str(path)!r} exists; choose another folder or pass overwrite")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    hp = dict(module.hparams)
+    config = {
+        "format": FORMAT, "dmrnet_version": __version__,
+        "model": model_arguments(hp), "class_names": hp.get("class_names"),
+        "preprocessing": hp.get("preprocessing"),
+        "hard_subsets": list(getattr(module, "hard_subsets", []) or []),
+    }
+    (path / CONFIG).write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
+    save_file(state, str(path / WEIGHTS), metadata={"format": FORMAT})
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """Rebuild a model folder written by :func:`save_model` (no training objects, no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from dmrnet.methods import build_method
+
+    path = Path(path)
+    cfg_path, w_path = path / CONFIG, path / WEIGHTS
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise ConfigError(f"model folder {str(path)!r} has no {p.name}")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{str(cfg_path)!r} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ConfigError(f"{str(cfg_path)!r} is not a dmrnet model config ({FORMAT})")
+    import inspect
+
+    known = inspect.signature(build_method).parameters
+    args = {k: v for k, v in config["model"].items() if k in known}
+    args["input_shapes"] = {m: tuple(s) for m, s in args["input_shapes"].items()}
+    try:
+        model, _ = build_method(**args)
+    except (TypeError, KeyError) as err:
+        raise ConfigError(f"{str(cfg_path)!r} does not describe a model: {err}") from err
+    try:
+        state = load_file(str(w_path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"cannot read weights {str(w_path)!r}: {err}") from err
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"weights in {str(w_path)!r} do not fit the config: {first}") from err
+    return Predictor(model.to(device), config)
+
+
+class _ExportWrapper(torch.nn.Module):
+    """(x_1, ..., x_M, availability) -> (probs, uncertainty): one graph for every subset."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.modalities = list(model.modalities)
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
+        *xs, avail = args
+        out = self.model(dict(zip(self.modalities, xs, strict=True)), avail > 0.5)
+        var = out.variance if out.variance is not None else out.logits.new_zeros(len(xs[0]))
+        return out.logits.softmax(dim=1), var
+
+
+def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False) -> Path:
+    """Write an ONNX graph with inputs ``<modality>`` (B, *shape) and ``availability`` (B, M)
+    float (1 = present) and outputs ``probs`` (B, K) and ``uncertainty`` (B,)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{str(path)!r} exists; choose another file or pass overwrite")
+    model = predictor.model
+    was = getattr(model, "validate_inputs", False)
+    model.validate_inputs = False  # data-dependent Python checks cannot live in a graph
+    try:
+        wrapper = _ExportWrapper(model).eval()
+        xs = tuple(torch.zeros(2, *predictor.input_shapes[m]) for m in predictor.modalities)
+        avail = torch.ones(2, len(predictor.modalities))
+        names = [*predictor.modalities, "availability"]
+        axes = {n: {0: "batch"} for n in [*names, "probs", "uncertainty"]}
+        with torch.no_grad():
+            torch.onnx.export(wrapper, (*xs, avail), str(path), input_names=names,
+                              output_names=["probs", "uncertainty"], dynamic_axes=axes,
+                              opset_version=17, dynamo=False)
+    finally:
+        model.validate_inputs = was
+    return path

@@ -1,0 +1,141 @@
+"""Model folders (config.json + safetensors), Predictor.predict, safe loading, ONNX export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dmrnet.batch import BatchError
+from dmrnet.cli import main
+from dmrnet.errors import ConfigError
+from dmrnet.predict import load_module
+from dmrnet.serving import load_model, save_model
+from dmrnet.training import DMRNetModule
+
+SHAPES = {"a": [6], "b": [4], "c": [5]}
+
+
+def module(method="dmrnet"):
+    torch.manual_seed(0)
+    m = DMRNetModule(list(SHAPES), SHAPES, 3, method=method, class_names=["x", "y", "z"],
+                     encoder_kwargs={"out_features": 8, "hidden": [16]}, embed_dim=8,
+                     preprocessing={"standardize": {"mean": {"a": [1.0] * 6},
+                                                    "std": {"a": [2.0] * 6}}})
+    m.model.train()
+    for _ in range(3):  # non-trivial BatchNorm statistics
+        m.model({k: torch.randn(16, *s) for k, s in SHAPES.items()},
+                torch.ones(16, 3, dtype=torch.bool))
+    return m.eval()
+
+
+def test_folder_roundtrip_and_predict_with_missing_modalities(tmp_path):
+    mod = module()
+    path = save_model(mod, tmp_path / "model")
+    config = json.loads((path / "config.json").read_text())
+    assert config["model"]["method"] == "dmrnet" and config["class_names"] == ["x", "y", "z"]
+    assert "lr" not in config["model"]  # training settings stay out
+    pred = load_model(path)
+    x = {"a": np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32),
+         "c": np.random.default_rng(1).normal(size=(5, 5)).astype(np.float32)}
+    out = pred.predict(x)  # b is absent: simply omitted
+    assert out.probs.shape == (5, 3) and out.subsets == ["a+c"] * 5
+    assert out.uncertainty is not None and out.uncertainty.shape == (5,)
+    # the same numbers as the training module, with the stored standardisation applied
+    xa = (torch.as_tensor(x["a"]) - 1.0) / 2.0
+    ref = mod.model({"a": xa, "b": torch.zeros(5, 4), "c": torch.as_tensor(x["c"])},
+                    torch.tensor([[True, False, True]] * 5))
+    assert torch.allclose(out.probs, ref.logits.softmax(1), atol=1e-6)
+    single = pred.predict({"b": np.zeros(4, np.float32)})
+    assert single.probs.shape == (1, 3) and single.subsets == ["b"]
+    mixed = pred.predict([{"a": x["a"][0]}, {"b": np.ones(4), "c": x["c"][1]}])
+    assert mixed.subsets == ["a", "b+c"]
+    with pytest.raises(ConfigError, match="exists"):
+        save_model(mod, path)
+    assert load_model(save_model(mod, path, overwrite=True)).modalities == ["a", "b", "c"]
+
+
+def test_predict_errors_name_the_problem(tmp_path):
+    pred = load_model(save_model(module(), tmp_path / "m"))
+    with pytest.raises(BatchError, match="modality 'ir' is not one of"):
+        pred.predict({"ir": np.zeros(3)})
+    with pytest.raises(BatchError, match="no modality given"):
+        pred.predict({})
+    with pytest.raises(BatchError, match="sample\\(s\\) \\[1\\] have no modality"):
+        pred.predict([{"a": np.zeros(6)}, {}])
+    with pytest.raises(BatchError, match="modality 'a' has shape \\(7,\\), expected \\(6,\\)"):
+        pred.predict({"a": np.zeros(7)})
+    with pytest.raises(BatchError, match="NaN or inf"):
+        pred.predict({"a": np.full(6, np.nan)})
+    with pytest.raises(BatchError, match="empty batch"):
+        pred.predict([])
+
+
+def test_baseline_has_no_uncertainty(tmp_path):
+    pred = load_model(save_model(module("baseline"), tmp_path / "m"))
+    assert pred.predict({"a": np.zeros(6)}).uncertainty is None
+
+
+def test_corrupt_and_code_carrying_files_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "x": Payload()}, evil)
+    with pytest.raises(ConfigError, match="cannot load checkpoint"):
+        load_module(evil)
+    assert not marker.exists()  # nothing ran
+    assert main(["predict", "--checkpoint", str(evil), "--input", "a=x.npy"]) == 2
+    assert not marker.exists()
+    good = save_model(module(), tmp_path / "m")
+    data = (good / "model.safetensors").read_bytes()
+    (good / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ConfigError, match="cannot read weights"):
+        load_model(good)
+    (good / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_model(good)
+    with pytest.raises(ConfigError, match="has no config.json"):
+        load_model(tmp_path)
+    truncated = tmp_path / "t.ckpt"
+    ok = tmp_path / "ok.ckpt"
+    import lightning as L
+
+    trainer = L.Trainer(max_epochs=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module())
+    trainer.save_checkpoint(ok)
+    truncated.write_bytes(ok.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="cannot load checkpoint"):
+        load_module(truncated)
+    assert load_module(ok).hparams["method"] == "dmrnet"
+
+
+def test_onnx_graph_serves_every_subset_like_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from dmrnet.serving import export_onnx
+
+    pred = load_model(save_model(module(), tmp_path / "m"))
+    path = export_onnx(pred, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = {m: rng.normal(size=(4, *s)).astype(np.float32) for m, s in SHAPES.items()}
+    worst = 0.0
+    for s in range(len(pred.model.space)):
+        mask = pred.model.space.masks()[s]
+        avail = mask.float().expand(4, -1).numpy().copy()
+        probs, unc = session.run(None, {**x, "availability": avail})
+        with torch.no_grad():
+            ref = pred.model({m: torch.as_tensor(v) for m, v in x.items()},
+                             torch.as_tensor(avail) > 0.5)
+        worst = max(worst, float(np.abs(probs - ref.logits.softmax(1).numpy()).max()),
+                    float(np.abs(unc - ref.variance.numpy()).max()))
+    assert worst < 1e-4
+    assert main(["export", "--checkpoint", str(tmp_path / "m"), "--format", "onnx", "--out",
+                 str(path)]) == 2  # exists: refused
