@@ -66,7 +66,7 @@ def test_predict_errors_name_the_problem(tmp_path):
         pred.predict({})
     with pytest.raises(BatchError, match="sample\\(s\\) \\[1\\] have no modality"):
         pred.predict([{"a": np.zeros(6)}, {}])
-    with pytest.raises(BatchError, match="modality 'a' has shape \\(7,\\), expected \\(6,\\)"):
+    with pytest.raises(BatchError, match="modality 'a' has shape \\(7,\\); expected \\(6,\\)"):
         pred.predict({"a": np.zeros(7)})
     with pytest.raises(BatchError, match="NaN or inf"):
         pred.predict({"a": np.full(6, np.nan)})

@@ -222,13 +222,38 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def find_resume_checkpoint(target: str) -> Path:
+    """``--resume`` target: a .ckpt file, or a folder searched for its newest ``last.ckpt``."""
+    from dmrnet.errors import ConfigError
+
+    path = Path(target)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]
+        raise ConfigError(f"no last.ckpt under {str(path)!r} to resume from")
+    raise ConfigError(f"--resume {target!r}: no such checkpoint or folder")
+
+
 def lightning_cli(argv: Sequence[str]) -> int:
     from dmrnet.benchmark import filter_noise
     from dmrnet.lightning_cli import DMRNetCLI
 
     filter_noise()
+    args = list(argv)
+    if "--resume" in args:  # dmrnet fit ... --resume RUN_DIR_OR_CKPT
+        i = args.index("--resume")
+        if i + 1 >= len(args):
+            from dmrnet.errors import ConfigError
+
+            raise ConfigError("--resume needs a run folder or a checkpoint")
+        ckpt = find_resume_checkpoint(args[i + 1])
+        args = [*args[:i], *args[i + 2 :], "--ckpt_path", str(ckpt)]
+        print(f"resuming from {ckpt}", file=sys.stderr)
     # from the shell, let Lightning read sys.argv itself (it warns when given both)
-    DMRNetCLI(args=None if list(argv) == sys.argv[1:] else list(argv))
+    DMRNetCLI(args=None if args == sys.argv[1:] else args)
     return 0
 
 

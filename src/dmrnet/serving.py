@@ -77,15 +77,25 @@ class Predictor:
                 raise BatchError(f"modality {unknown[0]!r} is not one of {self.modalities}")
             if not inputs:
                 raise BatchError(f"no modality given; the model takes any of {self.modalities}")
-            given = {m: torch.as_tensor(np.asarray(v), dtype=torch.float32)
-                     for m, v in inputs.items()}
-            first = next(iter(given))
-            single = given[first].dim() == len(self.input_shapes[first])
-            samples = [{m: v for m, v in given.items()}] if single else [
-                {m: v[i] for m, v in given.items()} for i in range(len(given[first]))]
-            sizes = {m: (1 if single else len(v)) for m, v in given.items()}
-            if len(set(sizes.values())) != 1:
-                raise BatchError(f"modalities have different batch sizes: {sizes}")
+            given = {m: _as_tensor(m, v) for m, v in inputs.items()}
+            kinds = {}
+            for m, v in given.items():
+                shape = self.input_shapes[m]
+                if tuple(v.shape) == shape:
+                    kinds[m] = None  # one sample
+                elif v.dim() == len(shape) + 1 and tuple(v.shape[1:]) == shape:
+                    kinds[m] = int(v.shape[0])
+                else:
+                    raise BatchError(f"modality {m!r} has shape {tuple(v.shape)}; expected "
+                                     f"{shape} for one sample or (B, {', '.join(map(str, shape))})"
+                                     " for a batch")
+            if len(set(kinds.values())) != 1:
+                raise BatchError(f"modalities disagree on the batch size: {kinds} (None = one "
+                                 "sample without a batch axis)")
+            size = next(iter(kinds.values()))
+            single = size is None
+            samples = [dict(given)] if single else [
+                {m: v[i] for m, v in given.items()} for i in range(size)]
         else:
             samples, single = list(inputs), False
         if not samples:
@@ -104,7 +114,7 @@ class Predictor:
                 v = s.get(m)
                 if v is None:
                     continue
-                v = torch.as_tensor(np.asarray(v), dtype=torch.float32)
+                v = _as_tensor(m, v)
                 if tuple(v.shape) != shape:
                     raise BatchError(f"sample {i}: modality {m!r} has shape {tuple(v.shape)}, "
                                      f"expected {shape}")
@@ -134,6 +144,13 @@ class Predictor:
         subsets = [space.name(int(i)) for i in space.indices_of(avail)]
         return Prediction(probs=out.logits.softmax(dim=1), subsets=subsets,
                           uncertainty=out.variance)
+
+
+def _as_tensor(modality: str, value: Any) -> Tensor:
+    try:
+        return torch.as_tensor(np.asarray(value, dtype=np.float32))
+    except (TypeError, ValueError) as err:
+        raise BatchError(f"modality {modality!r} is not a numeric array: {err}") from err
 
 
 def model_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:

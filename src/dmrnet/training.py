@@ -10,9 +10,11 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -27,6 +29,24 @@ from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
 log = logging.getLogger("dmrnet")
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A shuffle that depends only on (seed, epoch): a resumed run sees the same order as an
+    uninterrupted one. Lightning calls ``set_epoch`` before every epoch."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -115,12 +135,10 @@ class MultimodalDataModule(L.LightningDataModule):
         return MultimodalCollate(self.data.modalities, self.data.input_shapes)
 
     def _loader(self, ds: Any, train: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(int(self.seed)) if train else None
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            generator=gen,
+            sampler=EpochShuffleSampler(len(ds), self.seed) if train else None,
             collate_fn=self._collate(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -276,13 +294,24 @@ class DMRNetModule(L.LightningModule):
                     self.log(f"hcr_variance/{name}", value, rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # random states too, so a resumed run draws the same subsets and samples as an
+        # uninterrupted one (Lightning keeps model, optimiser, scheduler and loop state)
         checkpoint["dmrnet"] = {"hard_subsets": self.hard_subsets,
-                                "subset_variance": self.subset_variance}
+                                "subset_variance": self.subset_variance,
+                                "rng_torch": torch.get_rng_state(),
+                                "rng_numpy": _numpy_state(),
+                                "rng_python": list(random.getstate()[1])}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("dmrnet", {})
         self.hard_subsets = list(extra.get("hard_subsets", []))
         self.subset_variance = dict(extra.get("subset_variance", {}))
+        if "rng_torch" in extra:
+            torch.set_rng_state(torch.as_tensor(extra["rng_torch"], dtype=torch.uint8))
+            keys, pos, has_gauss, gauss = extra["rng_numpy"]
+            np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), int(pos),
+                                 int(has_gauss), float(gauss)))
+            random.setstate((3, tuple(extra["rng_python"]), None))
 
     # --- evaluation -------------------------------------------------------------------------
     def _eval_step(self, batch: Batch, metric: PerSubsetMetric) -> None:
@@ -378,6 +407,11 @@ class DMRNetModule(L.LightningModule):
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def _numpy_state() -> list[Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [keys.tolist(), int(pos), int(has_gauss), float(gauss)]
 
 
 def _nan_low(v: float) -> float:

@@ -1,0 +1,80 @@
+"""Kill a training process with SIGKILL mid-run, resume with --resume, and finish with exactly
+the weights and metrics of an uninterrupted run (CPU, fixed seed)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--config", str(ROOT / "configs" / "mfeat_dmrnet.yaml"), "--data.modalities",
+        "[fac, mor]", "--trainer.max_epochs", "4", "--data.batch_size", "16",
+        "--model.hcr_warmup_epochs", "2", "--trainer.enable_progress_bar", "false",
+        "--checkpoint.every_n_epochs", "1"]
+
+
+def fit(root: Path, extra: list[str] = ()) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.Popen([sys.executable, "-m", "dmrnet.cli", "fit", *ARGS,
+                             "--trainer.default_root_dir", str(root), *extra],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def last_epoch(ckpt: Path) -> int:
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # being written
+        return -1
+
+
+def val_means(csv_path: Path) -> dict[int, float]:
+    with open(csv_path) as fh:
+        return {int(r["epoch"]): float(r["val/mean"]) for r in csv.DictReader(fh)
+                if r.get("val/mean")}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    full = fit(a)
+    killed = fit(b)
+    ckpt = b / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and killed.poll() is None:
+        if ckpt.is_file() and last_epoch(ckpt) >= 1:
+            killed.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    epochs_before = max(val_means(b / "lightning_logs/version_0/metrics.csv"), default=-1)
+    assert epochs_before < 3  # killed before the end
+    resumed = fit(b, ["--resume", str(b)])
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    assert full.wait(timeout=600) == 0, full.stderr.read()[-3000:]
+
+    ref = val_means(a / "lightning_logs/version_0/metrics.csv")
+    after = val_means(b / "lightning_logs/version_1/metrics.csv")
+    assert sorted(ref) == list(range(4))
+    # no epoch lost or repeated: the resumed run starts right after the last saved epoch
+    start = last_epoch(sorted((b / "lightning_logs/version_0/checkpoints").glob("last*.ckpt"))[0])
+    assert sorted(after) == list(range(start + 1, 4))
+    for epoch, value in after.items():
+        assert value == pytest.approx(ref[epoch], abs=1e-6), epoch
+    final_a = torch.load(a / "lightning_logs/version_0/checkpoints/last.ckpt",
+                         weights_only=True)["state_dict"]
+    final_b = torch.load(b / "lightning_logs/version_1/checkpoints/last.ckpt",
+                         weights_only=True)["state_dict"]
+    for key, value in final_a.items():
+        assert torch.allclose(value.float(), final_b[key].float(), atol=1e-6), key
