@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dmrnet.errors import ConfigError
 from dmrnet.method import (
@@ -102,6 +103,22 @@ def build_method(
     """
     spec = get_method(method)
     mods = list(SubsetSpace(modalities).modalities)
+    alpha = spec.alpha if alpha is None else alpha
+    beta = spec.beta if beta is None else beta
+    if (alpha > 0 or beta > 0) and not spec.variance:
+        raise ConfigError(
+            f"method {method!r} has no variance head, so alpha and beta must be 0 "
+            f"(got alpha={alpha}, beta={beta}); use a dmrnet method for KL or HCR"
+        )
+
+    def objective(names: list[str], spatial: str = "sum") -> DMRNetObjective:
+        kl = KLRegularizer(alpha, spatial=spatial) if spec.variance else None
+        hcr = (HardCombinationRegularizer(names, beta, hcr_warmup_epochs, hcr_top_k,
+                                          candidates=hcr_candidates, hard_subsets=hcr_subsets)
+               if spec.variance and beta > 0 else None)
+        return DMRNetObjective(kl, hcr, label_smoothing=label_smoothing,
+                               class_weights=class_weights)
+
     if architecture not in ("late_fusion", "dense"):
         raise ConfigError(f"architecture must be 'late_fusion' or 'dense'; got {architecture!r}")
     if method == "shaspec":
@@ -113,9 +130,9 @@ def build_method(
         return shaspec, DMRNetObjective(label_smoothing=label_smoothing,
                                         class_weights=class_weights)
     if architecture == "dense":
-        return _build_dense(spec, mods, input_shapes, num_classes, encoder_kwargs, embed_dim,
-                            alpha, beta, hcr_warmup_epochs, hcr_top_k, hcr_candidates,
-                            hcr_subsets, label_smoothing, dense_kwargs, class_weights)
+        dense = _build_dense(spec, mods, input_shapes, num_classes, encoder_kwargs, embed_dim,
+                             beta, dense_kwargs)
+        return dense, objective(dense.space.names, spatial="mean")  # KL per pixel
     unknown = [m for m in (encoders or {}) if m not in mods]
     if unknown:
         raise ConfigError(f"encoder given for modality {unknown[0]!r}, not one of {mods}")
@@ -153,43 +170,18 @@ def build_method(
         trunk=trunk_module,
         spatial=spatial.pop(),
     )
-    alpha = spec.alpha if alpha is None else alpha
-    beta = spec.beta if beta is None else beta
-    if (alpha > 0 or beta > 0) and not spec.variance:
-        raise ConfigError(
-            f"method {method!r} has no variance head, so alpha and beta must be 0 "
-            f"(got alpha={alpha}, beta={beta}); use a dmrnet method for KL or HCR"
-        )
-    kl = KLRegularizer(alpha) if spec.variance else None
-    hcr = (
-        HardCombinationRegularizer(
-            model.space.names,
-            beta,
-            hcr_warmup_epochs,
-            hcr_top_k,
-            candidates=hcr_candidates,
-            hard_subsets=hcr_subsets,
-        )
-        if spec.variance and beta > 0
-        else None
-    )
     if method == "mmanet":
         from dmrnet.peers.mmanet import MMANetObjective
 
         return model, MMANetObjective(model.space.names, label_smoothing=label_smoothing,
                                       class_weights=class_weights,
                                       **dict(method_kwargs or {}))  # type: ignore[arg-type]
-    objective = DMRNetObjective(kl, hcr, label_smoothing=label_smoothing,
-                                class_weights=class_weights)
-    return model, objective
+    return model, objective(model.space.names)
 
 
 def _build_dense(spec: MethodSpec, mods: list[str], input_shapes: Mapping[str, Sequence[int]],
                  num_classes: int, encoder_kwargs: Mapping[str, object] | None, embed_dim: int,
-                 alpha: float | None, beta: float | None, warmup: int, top_k: int,
-                 candidates: str, hard: Sequence[str] | None, label_smoothing: float,
-                 dense_kwargs: Mapping[str, object] | None,
-                 class_weights: Sequence[float] | None) -> tuple:
+                 beta: float, dense_kwargs: Mapping[str, object] | None) -> Any:
     from dmrnet.segmentation import DenseMultimodalModel
 
     shapes = {m: tuple(input_shapes[m]) for m in mods}
@@ -197,11 +189,6 @@ def _build_dense(spec: MethodSpec, mods: list[str], input_shapes: Mapping[str, S
     if bad:
         raise ConfigError(f"dense models need (C, H, W) inputs; modality {bad[0]!r} has "
                           f"{shapes[bad[0]]}")
-    alpha = spec.alpha if alpha is None else alpha
-    beta = spec.beta if beta is None else beta
-    if (alpha > 0 or beta > 0) and not spec.variance:
-        raise ConfigError(f"method {spec.name!r} has no variance head, so alpha and beta must "
-                          f"be 0 (got alpha={alpha}, beta={beta})")
     dense = dict(dense_kwargs or {})
     model = DenseMultimodalModel(
         mods, {m: s[0] for m, s in shapes.items()}, num_classes, embed_dim=embed_dim,
@@ -209,10 +196,4 @@ def _build_dense(spec: MethodSpec, mods: list[str], input_shapes: Mapping[str, S
         aux_decoder=bool(dense.pop("aux_decoder", False)) and spec.variance and beta > 0,
         **dict(encoder_kwargs or {}), **dense,  # type: ignore[arg-type]
     )
-    kl = KLRegularizer(alpha, spatial="mean") if spec.variance else None
-    hcr = (HardCombinationRegularizer(model.space.names, beta, warmup, top_k,
-                                      candidates=candidates, hard_subsets=hard)
-           if spec.variance and beta > 0 else None)
-    objective = DMRNetObjective(kl, hcr, label_smoothing=label_smoothing,
-                                class_weights=class_weights)
-    return model, objective
+    return model
