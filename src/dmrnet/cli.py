@@ -264,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dmrnet",
         description="Multimodal learning robust to missing modalities (DMRNet, ECCV 2024).",
-        epilog="Single runs: dmrnet {fit,validate,test} --config FILE.yaml "
+        epilog="Single runs: dmrnet {fit,validate,test} --config FILE.yaml; resume a fit with "
+        "'dmrnet fit --config FILE.yaml --resume RUN_DIR_OR_CKPT' "
         "(Lightning CLI; see 'dmrnet fit --help').",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
