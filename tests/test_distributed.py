@@ -37,3 +37,16 @@ def test_two_process_ddp_metrics_equal_single_process(tmp_path):
     for subset, value in single.items():
         assert ddp["test"]["per_subset"][subset] == pytest.approx(value, abs=1e-9), subset
     assert ddp["test"]["mean"] == pytest.approx(module.test_results["mean"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_torchrun_launch(tmp_path):
+    """The same worker under torchrun: Lightning takes the processes torchrun started."""
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", "29517", str(HERE / "ddp_worker.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    assert ddp["world_size"] == 2 and set(ddp["test"]["per_subset"]) == {
+        "fac", "pix", "mor", "fac+pix", "fac+mor", "pix+mor", "fac+pix+mor"}
