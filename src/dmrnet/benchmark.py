@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from dmrnet.data import DATASETS
 from dmrnet.errors import DMRNetError
 from dmrnet.methods import METHODS
-from dmrnet.metrics import get_task_metric, summarize
+from dmrnet.metrics import get_task_metric, summarize, worst_subset
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import DMRNetModule, MultimodalDataModule
 
@@ -263,7 +263,7 @@ def run_benchmark(
                     run["per_subset_all"] = res["per_subset_all"]
             runs.append(run)
             echo(f"      test {metric.name}: mean {run['mean']:.4f}, worst {run['worst']:.4f} "
-                 f"({_worst_name(run['per_subset'], metric.higher_is_better)}); train "
+                 f"({worst_subset(run['per_subset'], metric.higher_is_better)}); train "
                  f"{run['train_seconds']:.1f}s, eval {run['eval_seconds']:.2f}s")
     results = {
         "dataset": cfg.dataset,
@@ -277,11 +277,9 @@ def run_benchmark(
         "config": asdict(cfg),
         "data": info,
     }
-    from dmrnet.report import write_results
+    from dmrnet.report import format_summary, write_results
 
     write_results(results, out)
-    from dmrnet.report import format_summary
-
     echo(format_summary(results))
     echo(f"wrote {out / 'results.json'}, results.csv, report.md, per_subset.png")
     if metric.name == "accuracy" and cfg.keep_checkpoints:
@@ -296,12 +294,6 @@ def run_benchmark(
                 echo(f"analysis {method}: " + ", ".join(parts))
         echo("wrote analysis.json, analysis.md and analysis_*.png")
     return results
-
-
-def _worst_name(per_subset: dict[str, float], higher_is_better: bool) -> str:
-    from dmrnet.metrics import worst_subset
-
-    return worst_subset(per_subset, higher_is_better)
 
 
 def _run_dedicated(

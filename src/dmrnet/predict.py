@@ -57,18 +57,9 @@ def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
     else:
         raise DataError(f"cannot read {str(path)!r} for modality {modality!r}: use .npy or an "
                         "image file")
-    if modality in pre and isinstance(pre[modality], Mapping):
-        p = pre[modality]
-        x = x * float(p.get("scale", 1.0))
-        mean = torch.as_tensor(p.get("mean", 0.0), dtype=torch.float32)
-        std = torch.as_tensor(p.get("std", 1.0), dtype=torch.float32)
-        if mean.dim() == 1:
-            mean, std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
-        x = (x - mean) / std
-    elif "standardize" in pre:
-        st = pre["standardize"]
-        x = (x - torch.tensor(st["mean"][modality])) / torch.tensor(st["std"][modality])
-    return x[None].float()  # shapes are checked by the model
+    from dmrnet.serving import apply_preprocessing
+
+    return apply_preprocessing(pre, modality, x.float())[None]  # shapes: checked by the model
 
 
 def predict_subsets(module: Any, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:

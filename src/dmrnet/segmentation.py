@@ -61,9 +61,12 @@ class LearnedUpsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
         k = torch.tensor([0.25, 0.5, 0.25])
         with torch.no_grad():
-            self.conv.weight.copy_((k[:, None] * k[None, :]).expand(channels, 1, 3, 3))
+            self.conv.weight.copy_((k[:, None] * k[None, :]).expand_as(self.conv.weight))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -176,7 +179,7 @@ class DenseMultimodalModel(nn.Module):
             if dec is not None:
                 for up in dec.modules():
                     if isinstance(up, LearnedUpsample):
-                        LearnedUpsample.__init__(up, up.conv.in_channels)
+                        up.reset_parameters()
 
     # --- the contract shared with MultimodalModel -------------------------------------------
     def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None:

@@ -60,14 +60,6 @@ class Predictor:
                                            [str(k) for k in range(args["num_classes"])])
         self.preprocessing: dict[str, Any] = dict(config.get("preprocessing") or {})
 
-    def _standardize(self, m: str, x: Tensor) -> Tensor:
-        st = self.preprocessing.get("standardize")
-        if st is None or m not in st.get("mean", {}):
-            return x
-        mean = torch.tensor(st["mean"][m], dtype=x.dtype).view(self.input_shapes[m])
-        std = torch.tensor(st["std"][m], dtype=x.dtype).view(self.input_shapes[m])
-        return (x - mean) / std
-
     def _batch(self, inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]
                ) -> tuple[dict[str, Tensor], Tensor, bool]:
         """Stack inputs into the batch contract; returns (inputs, availability, single)."""
@@ -120,7 +112,7 @@ class Predictor:
                                      f"expected {shape}")
                 if not bool(torch.isfinite(v).all()):
                     raise BatchError(f"sample {i}: modality {m!r} holds NaN or inf")
-                t[i] = self._standardize(m, v)
+                t[i] = apply_preprocessing(self.preprocessing, m, v)
                 avail[i, j] = True
             out[m] = t
         empty = (~avail.any(dim=1)).nonzero().flatten().tolist()
@@ -144,6 +136,28 @@ class Predictor:
         subsets = [space.name(int(i)) for i in space.indices_of(avail)]
         return Prediction(probs=out.logits.softmax(dim=1), subsets=subsets,
                           uncertainty=out.variance)
+
+
+def apply_preprocessing(pre: Mapping[str, Any], modality: str, x: Tensor) -> Tensor:
+    """Apply the input statistics stored with a model to one sample (*shape) of a modality.
+
+    Two forms: ``{modality: {"scale", "mean", "std"}}`` (per channel for images, e.g. RGB-D)
+    and ``{"standardize": {"mean": {modality: [...]}, "std": {...}}}`` (per feature, mfeat).
+    """
+    p = pre.get(modality)
+    if isinstance(p, Mapping):
+        x = x * float(p.get("scale", 1.0))
+        mean = torch.as_tensor(p.get("mean", 0.0), dtype=x.dtype)
+        std = torch.as_tensor(p.get("std", 1.0), dtype=x.dtype)
+        if mean.dim() == 1:
+            mean, std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+        return (x - mean) / std
+    st = pre.get("standardize")
+    if st is None or modality not in st.get("mean", {}):
+        return x
+    mean = torch.tensor(st["mean"][modality], dtype=x.dtype).view(x.shape)
+    std = torch.tensor(st["std"][modality], dtype=x.dtype).view(x.shape)
+    return (x - mean) / std
 
 
 def _as_tensor(modality: str, value: Any) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,16 @@ class ArrayDataset(Dataset):
         return ArrayDataset(
             {m: v[idx] for m, v in self.features.items()}, self.labels[idx], self.availability[idx]
         )
+
+
+def require_root(root: str | Path | None, name: str) -> Path:
+    """The user's local copy of a dataset: an existing folder, or a clear error."""
+    if root is None:
+        raise DataError(f"{name} needs the folder of your local copy: --root DIR (data.root)")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{name} folder {str(path)!r} does not exist")
+    return path
 
 
 def stratified_split(

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmrnet.data.base import DataError, SplitData
-from dmrnet.data.cremad import _root
+from dmrnet.data.base import DataError, SplitData, require_root
 from dmrnet.data.files import ImageReader, Record, check_records, file_splits, select_modalities
 
 MODALITIES = ["rgb", "depth", "ir"]
@@ -47,7 +46,7 @@ def casia_surf(
     image_size: int = 112,
 ) -> SplitData:
     """CASIA-SURF as SplitData with modalities ``rgb``, ``depth``, ``ir`` (3 x 112 x 112)."""
-    base = _root(root, "CASIA-SURF")
+    base = require_root(root, "CASIA-SURF")
     mods = select_modalities(MODALITIES, modalities, "CASIA-SURF")
     splits = [read_list(base, name, mods) for name in (train_list, val_list, test_list)]
     for name, recs in zip((train_list, val_list, test_list), splits, strict=True):

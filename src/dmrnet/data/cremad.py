@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmrnet.data.base import DataError, SplitData
+from dmrnet.data.base import DataError, SplitData, require_root
 from dmrnet.data.files import (
     AudioReader,
     FramesReader,
@@ -33,15 +33,6 @@ from dmrnet.data.transforms import AudioSpec
 log = logging.getLogger("dmrnet")
 
 CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
-
-
-def _root(root: str | Path | None, name: str) -> Path:
-    if root is None:
-        raise DataError(f"{name} needs the folder of your local copy: --root DIR (data.root)")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise DataError(f"{name} folder {str(path)!r} does not exist")
-    return path
 
 
 def read_split_csv(path: Path, classes: list[str]) -> list[tuple[str, int, str]]:
@@ -97,7 +88,7 @@ def cremad(
     audio: dict | None = None,
 ) -> SplitData:
     """CREMA-D as SplitData with modalities ``audio`` (1 x 257 x 188) and ``visual``."""
-    base = _root(root, "CREMA-D")
+    base = require_root(root, "CREMA-D")
     mods = select_modalities(["audio", "visual"], modalities, "CREMA-D")
     wav_dir, img_dir = base / "AudioWAV", base / "Image-01-FPS"
     for m, d in (("audio", wav_dir), ("visual", img_dir)):

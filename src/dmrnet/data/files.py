@@ -107,12 +107,10 @@ class ImageReader(Reader):
 
     def __call__(self, path: Path, train: bool) -> Tensor:
         img = read_image(path, "RGB" if self.channels == 3 else "L")
-        if self.size is None and tuple(img.shape[-2:]) != tuple(self.expect or ()):
-            raise DataError(
-                f"image {str(path)!r} is {img.shape[-2]}x{img.shape[-1]} but this modality's "
-                f"images are {self.expect[0]}x{self.expect[1]} (set image_size to resize)"
-                if self.expect else f"image {str(path)!r} has no expected size"
-            )
+        h, w = self.shape[1:]
+        if self.size is None and tuple(img.shape[-2:]) != (h, w):
+            raise DataError(f"image {str(path)!r} is {img.shape[-2]}x{img.shape[-1]} but this "
+                            f"modality's images are {h}x{w} (set image_size to resize)")
         if self.recipe == "casia":
             return casia_face(img, train, size=self.shape[1])
         if self.recipe == "imagenet":

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmrnet.data.base import DataError, SplitData
-from dmrnet.data.cremad import _root
+from dmrnet.data.base import DataError, SplitData, require_root
 from dmrnet.data.files import (
     AudioReader,
     FramesReader,
@@ -84,7 +83,7 @@ def kinetics_sounds(
     val_fraction: float = 0.1,
 ) -> SplitData:
     """Kinetics-Sounds as SplitData with modalities ``audio`` and ``visual``."""
-    base = _root(root, "Kinetics-Sounds")
+    base = require_root(root, "Kinetics-Sounds")
     mods = select_modalities(["audio", "visual"], modalities, "Kinetics-Sounds")
     classes = _classes(base, class_list)
     train = _records(base, "train", classes, mods)

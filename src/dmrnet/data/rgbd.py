@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dmrnet.data.base import DataError, SplitData
+from dmrnet.data.base import DataError, SplitData, require_root
 from dmrnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 VOID = 255
@@ -271,8 +271,6 @@ def nyuv2(
     (``val_fraction``, from ``seed``); checkpoints are never chosen on the test split.
     ``size`` = (H, W) of samples (all images must have it; default 480 x 640).
     """
-    from dmrnet.data.cremad import _root
-
     if num_classes not in (13, 40) and class_names is None:
         raise DataError(f"NYUv2 comes in 13- and 40-class settings; got {num_classes}")
     mods = _mods(modalities)
@@ -280,7 +278,7 @@ def nyuv2(
     classes = list(class_names) if class_names else [f"class{c + 1}" for c in range(num_classes)]
     rng = np.random.default_rng(seed)
     if mat is None:
-        base = _root(root, "NYUv2")
+        base = require_root(root, "NYUv2")
         names = {}
         for split in ("train", "test"):
             lst = base / f"{split}.txt"
