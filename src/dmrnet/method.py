@@ -27,7 +27,7 @@ from dmrnet.batch import check_inputs
 from dmrnet.errors import ConfigError
 from dmrnet.nn.fusion import create_fusion, zero_missing
 from dmrnet.nn.resnet import init_weights
-from dmrnet.subsets import SEP, SubsetSpace
+from dmrnet.subsets import SEP, SubsetSpace, subset_totals
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ModelOutput:
         """Per-sample mean of sigma^2 over every non-batch axis, (B,); None without a head."""
         if self.logvar is None:
             return None
-        return self.logvar.exp().flatten(1).mean(dim=1)
+        return self.logvar.float().exp().flatten(1).mean(dim=1)
 
 
 class ProbabilisticEmbedding(nn.Module):
@@ -99,7 +99,9 @@ class ProbabilisticEmbedding(nn.Module):
         mu = self.mu(h)
         logvar = self.logvar(h) if self.logvar is not None else None
         if self.training and self.sample and logvar is not None:
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            # exp of a bf16/fp16 log-variance under autocast loses most of its precision
+            std = torch.exp(0.5 * logvar.float())
+            z = (mu.float() + torch.randn_like(std) * std).to(mu.dtype)
         else:
             z = mu
         return z, mu, logvar
@@ -110,8 +112,10 @@ def kl_divergence(mu: Tensor, logvar: Tensor, spatial: str = "sum") -> Tensor:
 
     Summed over channels; for maps (B, C, H, W), ``spatial="sum"`` also sums over pixels (the
     classification recipe) and ``"mean"`` averages over them (per-pixel KL, the dense recipe).
-    Averaged over the batch. Returns a scalar that carries gradient.
+    Averaged over the batch. Returns a float32 scalar that carries gradient (computed in
+    float32 even under autocast, where exp and the sums lose precision in half types).
     """
+    mu, logvar = mu.float(), logvar.float()
     per_elem = 0.5 * (logvar.exp() + mu.pow(2) - logvar - 1.0)
     per_pos = per_elem.sum(dim=1)  # (B[, H, W])
     if per_pos.dim() > 1:
@@ -223,10 +227,10 @@ class HardCombinationRegularizer(nn.Module):
         """Add per-sample mean variances (B,) to their subsets' sums; no-op after warm-up."""
         if not self.warming_up:
             return
-        n = len(self.subset_names)
         idx = subset_index.to(self.variance_sum.device)
-        self.variance_sum += torch.bincount(idx, weights=variance.detach().double(), minlength=n)
-        self.variance_count += torch.bincount(idx, minlength=n)
+        sums, counts = subset_totals(idx, variance.to(idx.device), len(self.subset_names))
+        self.variance_sum += sums
+        self.variance_count += counts
 
     @torch.no_grad()
     def end_epoch(self, epoch: int) -> bool:

@@ -7,8 +7,10 @@ as classification (``dmrnet.method``), for any number of modalities.
         └─► pyramid pooling (context) ─► per-pixel mu / logvar (1x1 Conv + BN2d) ─► z
     z ─► decoder (3 stages, skips from the fused 1/16, 1/8, 1/4 maps, learned upsampling) ─► logits
 
-Secondary streams see only their own data, so evaluation computes them once per batch and
-replays the primary stream and the head for each subset (``encode`` / ``forward_head``).
+Pooling and bilinear resizing are matrix products (``dmrnet.nn.resize``), so training is
+deterministic on CUDA too. Secondary streams see only their own data, so evaluation computes
+them once per batch and replays the primary stream and the head for each subset (``encode`` /
+``forward_head``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from dmrnet.batch import BatchError, check_inputs
 from dmrnet.errors import ConfigError
 from dmrnet.method import ModelOutput, ProbabilisticEmbedding
+from dmrnet.nn.resize import adaptive_avg_pool, resize_bilinear
 from dmrnet.nn.resnet import ResNet, SqueezeExcitation, init_weights
 from dmrnet.subsets import SubsetSpace
 
@@ -48,8 +51,7 @@ class PyramidPooling(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
         feats = [x] + [
-            F.interpolate(b(F.adaptive_avg_pool2d(x, n)), size=size, mode="bilinear",
-                          align_corners=False)
+            resize_bilinear(b(adaptive_avg_pool(x, n)), size)
             for n, b in zip(self.bins, self.branches, strict=True)
         ]
         return self.out(torch.cat(feats, dim=1))
@@ -102,9 +104,7 @@ class Decoder(nn.Module):
                 sides.append(self.sides[i](x))  # at 1/32, 1/16, 1/8
             x = self.ups[i](x)
             skip = skips[i]
-            if x.shape[-2:] != skip.shape[-2:]:
-                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = x + self.skips[i](skip)
+            x = resize_bilinear(x, skip.shape[-2:]) + self.skips[i](skip)
         return self.final_up(self.classifier(x)), sides
 
 
@@ -240,10 +240,10 @@ class DenseMultimodalModel(nn.Module):
         dec_skips = [skips[2], skips[1], skips[0]]  # 1/16, 1/8, 1/4
         size = out_size or tuple(s * 2 for s in features[0][0].shape[-2:])
         logits, sides = self.decoder(z, dec_skips)
-        logits = _to_size(logits, size)
+        logits = resize_bilinear(logits, size)
         aux = None
         if self.aux is not None and self.training:
-            aux = _to_size(self.aux(z, dec_skips)[0], size)
+            aux = resize_bilinear(self.aux(z, dec_skips)[0], size)
         return ModelOutput(logits=logits, mu=mu, logvar=logvar, z=z, aux_logits=aux,
                            side_logits=sides or None)
 
@@ -252,8 +252,3 @@ class DenseMultimodalModel(nn.Module):
         size = tuple(next(iter(inputs.values())).shape[-2:])
         return self.forward_head(self.encode(inputs), availability, out_size=size)
 
-
-def _to_size(x: Tensor, size: Sequence[int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -225,3 +225,16 @@ class SubsetSampler:
         if bool(fallback.any()):
             out[fallback] = availability[fallback]
         return out
+
+
+def subset_totals(subset_index: Tensor, values: Tensor, num_subsets: int) -> tuple[Tensor, Tensor]:
+    """Per-subset sum of ``values`` and number of samples, each (S,) float64.
+
+    subset_index: (B,) long; values: (B,). A one-hot mask and a column sum rather than a
+    weighted ``torch.bincount``, which has no deterministic CUDA kernel: the sums come out
+    bit-identical run after run on every device.
+    """
+    subsets = torch.arange(num_subsets, device=subset_index.device)
+    onehot = (subset_index.view(-1, 1) == subsets).double()  # (B, S)
+    sums = (onehot * values.detach().double().view(-1, 1)).sum(dim=0)
+    return sums, onehot.sum(dim=0)

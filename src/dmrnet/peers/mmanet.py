@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmrnet.method import DMRNetObjective, ModelOutput
+from dmrnet.subsets import subset_totals
 
 
 class MMANetObjective(DMRNetObjective):
@@ -61,9 +62,7 @@ class MMANetObjective(DMRNetObjective):
         if self.mar_weight > 0:
             with torch.no_grad():
                 n = len(self.subset_loss)
-                sums = torch.bincount(subset_index, weights=per_sample.detach().double(),
-                                      minlength=n)
-                counts = torch.bincount(subset_index, minlength=n)
+                sums, counts = subset_totals(subset_index, per_sample, n)
                 seen = counts > 0
                 mean = sums[seen] / counts[seen]
                 old = self.subset_loss[seen]

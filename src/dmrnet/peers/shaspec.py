@@ -111,7 +111,11 @@ class ShaSpecModel(nn.Module):
             gap = ((shared - mean_shared.unsqueeze(1)) ** 2).mean(-1)  # (B, M)
             dao = (gap * w.squeeze(-1)).sum() / w.sum().clamp_min(1.0)
             labels = torch.arange(len(self.modalities), device=spec.device).expand_as(avail)
-            dco = F.cross_entropy(self.domain(spec[avail]), labels[avail])
+            # every (sample, modality) row, averaged over the available ones: boolean-mask
+            # indexing would put an accumulating index_put in the backward pass
+            ce = F.cross_entropy(self.domain(spec).flatten(0, 1), labels.flatten(),
+                                 reduction="none")
+            dco = (ce * w.flatten()).sum() / w.sum().clamp_min(1.0)
             extra = {"dao": self.dao_weight * dao, "dco": self.dco_weight * dco}
         return ModelOutput(logits=self.classifier(z), mu=mu, z=z, extra_losses=extra)
 

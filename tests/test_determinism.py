@@ -1,0 +1,153 @@
+"""The CPU-side guard for `deterministic: true` on CUDA: one training step (warm-up step, HCR
+selection, a step with every loss term on, then every-subset evaluation) of each model family
+runs under an aten-op recorder, and no op without a deterministic CUDA kernel may appear.
+CI has no GPU; PyTorch only raises for such ops on CUDA, so without this test a CUDA-only crash
+(`_bincount_cuda does not have a deterministic implementation`) goes unnoticed."""
+
+from __future__ import annotations
+
+import lightning
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmrnet.batch import MultimodalCollate
+from dmrnet.determinism import cuda_nondeterministic, record_ops
+from dmrnet.methods import METHODS
+from dmrnet.nn.resize import adaptive_avg_pool, resize_bilinear
+from dmrnet.training import DMRNetModule
+
+VECTORS = {"a": [12], "b": [8], "c": [6]}
+IMAGES = {"rgb": [3, 32, 32], "ir": [3, 32, 32]}
+DENSE = {"rgb": [3, 64, 64], "depth": [1, 64, 64]}
+
+
+def make_batch(shapes: dict[str, list[int]], n: int = 8, dense_classes: int | None = None,
+               classes: int = 3):
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        present = [m for j, m in enumerate(shapes) if (i + j) % 3 != 0] or [next(iter(shapes))]
+        inputs = {m: torch.randn(*shapes[m], generator=g) for m in present}
+        if dense_classes is None:
+            target = torch.tensor(i % classes)
+        else:
+            target = torch.randint(0, dense_classes, tuple(shapes["rgb"][1:]), generator=g)
+            target[:4, :4] = 255  # void pixels
+        items.append({"inputs": inputs, "target": target})
+    return MultimodalCollate(list(shapes), shapes)(items)
+
+
+def run_step(module: DMRNetModule, batch) -> None:
+    """Two optimiser steps (HCR warm-up, then HCR active) and one all-subset evaluation."""
+    module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]  # no trainer here
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    module.train()
+    for step in range(2):
+        loss = module.training_step(batch, step)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        hcr = getattr(module.objective, "hcr", None)
+        if hcr is not None and hcr.warming_up:
+            hcr.select()
+    module.eval()
+    with torch.no_grad():
+        module._eval_step(batch, module.val_metric)
+        module._eval_end("val", module.val_metric)
+
+
+def teacher_checkpoint(tmp_path, **kwargs) -> str:
+    teacher = DMRNetModule(list(VECTORS), VECTORS, 3, method="full_only", **kwargs)
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return str(path)
+
+
+LATE_FUSION = sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", LATE_FUSION)
+def test_late_fusion_training_step_has_only_deterministic_cuda_ops(method, tmp_path):
+    net = {"encoder_kwargs": {"hidden": [16], "out_features": 8}, "embed_dim": 8}
+    extra = {"teacher_checkpoint": teacher_checkpoint(tmp_path, **net)} \
+        if method == "mmanet" else {}
+    module = DMRNetModule(list(VECTORS), VECTORS, 3, method=method, hcr_warmup_epochs=1, **net,
+                          **extra)
+    flagged = cuda_nondeterministic(lambda: run_step(module, make_batch(VECTORS)))
+    assert flagged == {}, f"{method}: ops that break deterministic CUDA training: {flagged}"
+
+
+@pytest.mark.parametrize("family", ["mid-level trunk", "resnet", "input-level + mean fusion"])
+def test_conv_families_training_step_has_only_deterministic_cuda_ops(family):
+    kwargs = {
+        "mid-level trunk": dict(encoder="se_resnet_stem", trunk="resnet_trunk", embed_dim=16,
+                                hcr_subsets=["rgb", "rgb+ir"], hcr_warmup_epochs=0, beta=0.7),
+        "resnet": dict(encoder="resnet", encoder_kwargs={"width": 8}, embed_dim=16,
+                       hcr_warmup_epochs=1),
+        "input-level + mean fusion": dict(encoder="resnet", encoder_kwargs={"width": 8},
+                                          embed_dim=16, missing_at="input", fusion="mean",
+                                          hcr_warmup_epochs=1),
+    }[family]
+    module = DMRNetModule(list(IMAGES), IMAGES, 2, method="dmrnet", **kwargs)
+    flagged = cuda_nondeterministic(lambda: run_step(module, make_batch(IMAGES, classes=2)))
+    assert flagged == {}, f"{family}: ops that break deterministic CUDA training: {flagged}"
+
+
+@pytest.mark.parametrize("method", ["dmrnet", "baseline"])
+def test_dense_training_step_has_only_deterministic_cuda_ops(method):
+    hcr = {"beta": 0.5, "hcr_subsets": ["rgb", "depth"], "hcr_warmup_epochs": 0} \
+        if method == "dmrnet" else {}
+    module = DMRNetModule(list(DENSE), DENSE, 5, method=method, architecture="dense",
+                          metric="miou", encoder_kwargs={"width": 8}, embed_dim=16,
+                          dense_kwargs={"decoder_channels": [16, 8, 8], "deep_supervision": True,
+                                        "aux_decoder": method == "dmrnet"},
+                          class_weights=[1.0, 2.0, 1.0, 0.5, 1.0], **hcr)
+    batch = make_batch(DENSE, n=4, dense_classes=5)
+    with record_ops() as ops:
+        run_step(module, batch)
+    assert ops.flagged == {}, f"dense {method}: {ops.flagged}"
+    # the step really ran the convolutions' backward and the per-pixel loss
+    assert {"convolution_backward", "nll_loss2d_forward"} <= set(ops.counts)
+
+
+def test_guard_flags_the_ops_cuda_refuses():
+    """What would be wrong if this failed: the guard above could pass with offenders present."""
+    x = torch.randn(2, 3, 7, 9, requires_grad=True)
+
+    def offenders() -> None:
+        F.interpolate(F.adaptive_avg_pool2d(x, 3), size=(7, 9), mode="bilinear",
+                      align_corners=False).sum().backward()
+        torch.bincount(torch.tensor([0, 1, 1]), weights=torch.ones(3))
+        torch.zeros(3).index_add_(0, torch.tensor([0, 0]), torch.ones(2))
+        torch.randn(5).cumsum(0)
+        F.cross_entropy(torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 3, 3)))
+
+    flagged = cuda_nondeterministic(offenders)
+    assert set(flagged) == {"upsample_bilinear2d_backward", "_adaptive_avg_pool2d_backward",
+                            "bincount", "index_add_", "cumsum", "nll_loss2d_forward"}
+    # the allowed forms of the same ops pass
+    assert cuda_nondeterministic(lambda: (
+        torch.bincount(torch.tensor([0, 1, 1])),
+        torch.arange(5).cumsum(0),
+        F.cross_entropy(torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 3, 3)),
+                        reduction="none"))) == {}
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(7, 3), (3, 7), (2, 6), (6, 1), (15, 20), (5, 5),
+                                             (1, 4), (13, 6)])
+def test_matrix_resize_and_pool_equal_the_builtin_ops(n_in, n_out):
+    x = torch.randn(2, 3, n_in, n_in + 2, dtype=torch.float64, requires_grad=True)
+    size = (n_out, n_out + 1)
+    for ours, theirs in (
+        (resize_bilinear, lambda t, s: F.interpolate(t, size=s, mode="bilinear",
+                                                     align_corners=False)),
+        (adaptive_avg_pool, F.adaptive_avg_pool2d),
+    ):
+        a, b = ours(x, size), theirs(x, size)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        g = torch.randn_like(a)
+        (ga,) = torch.autograd.grad(a, x, g)
+        (gb,) = torch.autograd.grad(b, x, g)
+        torch.testing.assert_close(ga, gb, rtol=0, atol=1e-12)
