@@ -6,6 +6,8 @@ CI has no GPU; PyTorch only raises for such ops on CUDA, so without this test a 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning
 import pytest
 import torch
@@ -17,6 +19,7 @@ from dmrnet.methods import METHODS
 from dmrnet.nn.resize import adaptive_avg_pool, resize_bilinear
 from dmrnet.training import DMRNetModule
 
+ROOT = Path(__file__).resolve().parents[1]
 VECTORS = {"a": [12], "b": [8], "c": [6]}
 IMAGES = {"rgb": [3, 32, 32], "ir": [3, 32, 32]}
 DENSE = {"rgb": [3, 64, 64], "depth": [1, 64, 64]}
@@ -151,3 +154,50 @@ def test_matrix_resize_and_pool_equal_the_builtin_ops(n_in, n_out):
         (ga,) = torch.autograd.grad(a, x, g)
         (gb,) = torch.autograd.grad(b, x, g)
         torch.testing.assert_close(ga, gb, rtol=0, atol=1e-12)
+
+
+# Data-side metadata of each dataset at a tiny size (the recipes' own shapes are GPU-sized).
+TINY_DATA = {
+    "mfeat": ({"fou": [76], "fac": [216], "kar": [64], "pix": [240], "zer": [47], "mor": [6]},
+              10),
+    "synthetic": ({"strong": [16], "medium": [16], "weak": [16]}, 8),
+    "cremad": ({"audio": [1, 33, 24], "visual": [3, 32, 32]}, 6),
+    "kinetics_sounds": ({"audio": [1, 33, 24], "visual": [3, 32, 32]}, 31),
+    "casia_surf": ({"rgb": [3, 32, 32], "depth": [3, 32, 32], "ir": [3, 32, 32]}, 2),
+    "nyuv2": ({"rgb": [3, 64, 64], "depth": [1, 64, 64]}, 40),
+    "rgbd-shapes": ({"rgb": [3, 64, 64], "depth": [1, 64, 64]}, 6),
+    "manifest": ({"img": [3, 32, 32], "snd": [1, 33, 24]}, 3),
+}
+
+
+def shipped_models():
+    """(name, dataset, model settings) of every config file and every benchmark dataset."""
+    import yaml
+
+    from dmrnet.benchmark import DATASET_DEFAULTS
+
+    out = []
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        # every recipe promises reproducible training; the op check below makes it hold on CUDA
+        assert cfg["trainer"]["deterministic"] is True, path
+        out.append((str(path.relative_to(ROOT)), cfg["data"]["dataset"], cfg["model"]))
+    for dataset in ("mfeat", "synthetic", "rgbd-shapes"):
+        for method in ("baseline", "dmrnet"):
+            model = {**DATASET_DEFAULTS[dataset]["model"], "method": method}
+            out.append((f"benchmark {dataset} {method}", dataset, model))
+    return out
+
+
+@pytest.mark.parametrize(("name", "dataset", "model"), shipped_models(),
+                         ids=[m[0] for m in shipped_models()])
+def test_every_shipped_config_trains_with_deterministic_cuda_ops(name, dataset, model):
+    shapes, classes = TINY_DATA[dataset]
+    model = dict(model)
+    if model.get("hcr_warmup_epochs", 5) > 1:
+        model["hcr_warmup_epochs"] = 1  # reach HCR's active term in the second step
+    module = DMRNetModule(list(shapes), shapes, classes, **model)
+    dense = classes if model.get("architecture") == "dense" else None
+    batch = make_batch(shapes, n=4, dense_classes=dense, classes=classes)
+    flagged = cuda_nondeterministic(lambda: run_step(module, batch))
+    assert flagged == {}, f"{name}: ops that break deterministic CUDA training: {flagged}"
