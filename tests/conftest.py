@@ -25,3 +25,13 @@ def random_batch(shapes: dict[str, tuple[int, ...]], batch: int = 8, seed: int =
     avail = torch.rand(batch, len(shapes), generator=g) > 0.4
     avail[~avail.any(dim=1), 0] = True
     return inputs, avail
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA device: skipped without one (and said so)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu_check.sh runs these on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -28,7 +28,7 @@ def picture(label: int, size=(40, 48), seed: int = 0, gray: bool = False) -> Ima
 
 
 def make_cremad(root: Path, actors=("1001", "1002", "1003", "1004", "1005"), frames: int = 2,
-                clips_per_class: int = 1) -> Path:
+                clips_per_class: int = 1, size=(40, 48)) -> Path:
     (root / "AudioWAV").mkdir(parents=True, exist_ok=True)
     for a in actors:
         for k, emo in enumerate(CREMAD_CLASSES):
@@ -39,7 +39,7 @@ def make_cremad(root: Path, actors=("1001", "1002", "1003", "1004", "1005"), fra
                 fdir = root / "Image-01-FPS" / clip
                 fdir.mkdir(parents=True, exist_ok=True)
                 for f in range(frames):
-                    picture(k, seed=seed + f).save(fdir / f"{f:05d}.jpg")
+                    picture(k, size=size, seed=seed + f).save(fdir / f"{f:05d}.jpg")
     return root
 
 

@@ -9,7 +9,7 @@ import torch
 from dmrnet.batch import MultimodalCollate
 from dmrnet.data import DataError, casia_surf, cremad, kinetics_sounds, manifest
 from dmrnet.data.io import read_wav, write_wav
-from dmrnet.data.transforms import AudioSpec, log_spectrogram, resample
+from dmrnet.data.transforms import AudioSpec, imagenet_normalize, log_spectrogram, resample
 
 from .fixtures import (
     make_casia,
@@ -47,13 +47,55 @@ def test_cremad_with_split_files(tmp_path):
     assert data.input_shapes == {"audio": (1, 257, 63), "visual": (3, 32, 32)}
     assert len(data.test) == 6 and len(data.train) + len(data.val) == 24
     assert data.info["validation"] == "10% of the training actors"
+    # items: the 1-s waveform window at 22,050 Hz and a uint8 frame; the spectrogram and the
+    # normalisation are computed per batch on the device
     item = data.test[0]
-    assert item["inputs"]["audio"].shape == (1, 257, 63)
+    assert item["inputs"]["audio"].shape == (22050,)
     assert item["inputs"]["visual"].shape == (3, 32, 32)
+    assert item["inputs"]["visual"].dtype == torch.uint8
     # evaluation is deterministic; training augments
     assert torch.equal(data.test[2]["inputs"]["visual"], data.test[2]["inputs"]["visual"])
-    batch = MultimodalCollate(data.modalities, data.input_shapes)([data.train[i] for i in range(3)])
+    collate = MultimodalCollate(data.modalities, data.item_shapes, dtypes=data.item_dtypes)
+    batch = data.finish_batch(collate([data.train[i] for i in range(3)]))
     assert batch.availability.all()
+    assert batch.inputs["audio"].shape == (3, 1, 257, 63)
+    assert batch.inputs["visual"].shape == (3, 3, 32, 32)
+    assert batch.inputs["visual"].dtype == torch.float32
+
+
+def test_device_side_recipe_equals_the_per_sample_one(tmp_path):
+    """What would be wrong if this failed: moving the STFT and the frame normalisation to the
+    device changed the inputs models see (the recipe of SPEC §3)."""
+    root = make_cremad(tmp_path / "crema", size=(90, 120))
+    write_cremad_splits(root, {"1001", "1002", "1003", "1004"}, {"1005"})
+    data = cremad(root, train_csv="train.csv", test_csv="test.csv", image_size=64,
+                  audio={"seconds": 1.0})
+    readers = list(data.test.readers.values())  # shared by the three splits
+    assert set(data.device_transforms) == {"audio", "visual"}
+
+    def per_sample(on: bool) -> None:
+        for r in readers:
+            r.on_device = on
+
+    collate = MultimodalCollate(data.modalities, data.item_shapes, dtypes=data.item_dtypes)
+    batch = data.finish_batch(collate([data.test[i] for i in range(4)]))
+    per_sample(False)
+    reference = MultimodalCollate(data.modalities, data.input_shapes)(
+        [data.test[i] for i in range(4)])
+    torch.testing.assert_close(batch.inputs["audio"], reference.inputs["audio"], rtol=0,
+                               atol=1e-4)
+    # frames: Pillow's antialiased bilinear on uint8 against torch's on float: the same
+    # filter, up to rounding
+    diff = (batch.inputs["visual"] - reference.inputs["visual"]).abs()
+    assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.2
+    # training: the same random draws give the same frame, crop box and flip in both paths
+    per_sample(True)
+    torch.manual_seed(3)
+    fast = imagenet_normalize(data.train[0]["inputs"]["visual"])
+    per_sample(False)
+    torch.manual_seed(3)
+    slow = data.train[0]["inputs"]["visual"]
+    assert float((fast - slow).abs().mean()) < 0.05
 
 
 def test_cremad_speaker_independent_default_split(tmp_path, caplog):

@@ -134,7 +134,8 @@ def analyze_run(run_dir: str | Path, echo: Any = print) -> dict[str, Any]:
         data = MultimodalDataModule(cfg.get("dataset", results["dataset"]), root=cfg.get("root"),
                                     modalities=cfg.get("modalities"), seed=r["seed"],
                                     dataset_kwargs=cfg.get("dataset_kwargs") or {})
-        stats = model_statistics(module, data.test_dataloader())
+        stats = model_statistics(module, map(data.on_after_batch_transfer,
+                                             data.test_dataloader()))
         stats["seed"] = r["seed"]
         per_method.setdefault(r["method"], []).append(stats)
     summary: dict[str, Any] = {}

@@ -143,6 +143,7 @@ class MultimodalCollate:
         modalities: declared modality names, in order.
         input_shapes: per-modality shape without the batch axis (used for zero-filling).
         dtype: the dtype inputs are converted to (float32, what models compute in).
+        dtypes: per-modality exceptions, e.g. uint8 frames that are normalised on the device.
     """
 
     def __init__(
@@ -150,9 +151,11 @@ class MultimodalCollate:
         modalities: Sequence[str],
         input_shapes: Mapping[str, Sequence[int]],
         dtype: torch.dtype = torch.float32,
+        dtypes: Mapping[str, torch.dtype] | None = None,
     ) -> None:
         self.modalities = list(modalities)
         self.dtype = dtype
+        self.dtypes = {m: (dtypes or {}).get(m, dtype) for m in self.modalities}
         missing = [m for m in self.modalities if m not in input_shapes]
         if missing:
             raise BatchError(f"no input shape given for modality {missing[0]!r}")
@@ -167,7 +170,7 @@ class MultimodalCollate:
         for j, name in enumerate(self.modalities):
             shape = self.input_shapes[name]
             present = [i for i, it in enumerate(items) if it["inputs"].get(name) is not None]
-            out = torch.zeros((batch, *shape), dtype=self.dtype)
+            out = torch.zeros((batch, *shape), dtype=self.dtypes[name])
             for i in present:
                 x = torch.as_tensor(items[i]["inputs"][name])
                 if tuple(x.shape) != shape:

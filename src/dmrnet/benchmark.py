@@ -22,11 +22,13 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.data import DATASETS
 from dmrnet.errors import DMRNetError
 from dmrnet.methods import METHODS
 from dmrnet.metrics import get_task_metric, summarize, worst_subset
+from dmrnet.runtime import DeviceSetup, check_precision
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import DMRNetModule, MultimodalDataModule
 
@@ -56,6 +58,7 @@ class BenchmarkConfig:
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     accelerator: str = "auto"
     devices: int | str = 1
+    precision: str | None = None  # Lightning's names; None = "32-true"
     progress: bool | None = None  # None = a progress bar when the terminal is interactive
     overwrite: bool = False
     keep_checkpoints: bool = True
@@ -107,6 +110,23 @@ def _check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError("no seed given, e.g. --seeds 0,1,2")
     if cfg.epochs < 1:
         raise BenchmarkError(f"epochs must be at least 1; got {cfg.epochs}")
+    check_precision(cfg.precision)
+    what = (f"accelerator {cfg.accelerator!r}, devices {cfg.devices!r}, precision "
+            f"{cfg.precision or '32-true'!r}")
+    try:  # Lightning's own checks of accelerator x devices x precision, before any work
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices,
+                              precision=cfg.precision, logger=False, enable_checkpointing=False,
+                              enable_progress_bar=False, enable_model_summary=False)
+    except (ValueError, RuntimeError, MisconfigurationException) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BenchmarkError(f"{what}: {first}") from err
+    if cfg.precision is not None and probe.precision != cfg.precision:
+        device = probe.strategy.root_device.type
+        raise BenchmarkError(f"{what}: {cfg.precision} does not run on {device} (Lightning "
+                             f"would silently use {probe.precision}); pass --precision "
+                             f"{probe.precision}")
     import inspect
 
     known = set(inspect.signature(DMRNetModule.__init__).parameters) - {
@@ -187,7 +207,8 @@ def _fit_and_test(
         devices=cfg.devices,
         deterministic=True,
         logger=CSVLogger(out / "logs", name=run_name, version=""),
-        callbacks=[checkpoint],
+        precision=cfg.precision,
+        callbacks=[checkpoint, DeviceSetup(batch_size=cfg.batch_size)],
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -220,8 +241,8 @@ def run_benchmark(
     """Run every method for every seed; write and return the results dict."""
     DATASETS.get(cfg.dataset)
     cfg = apply_dataset_defaults(cfg)
-    _check_config(cfg)
     quiet_lightning()
+    _check_config(cfg)
     out = prepare_out_dir(cfg.out, cfg.overwrite)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     metric = get_task_metric(str(cfg.model.get("metric", "accuracy")))

@@ -69,6 +69,8 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
                    help="replace a non-empty output folder")
     p.add_argument("--accelerator", help="cpu, gpu, auto (default auto)")
     p.add_argument("--devices", help="devices per run (default 1)")
+    p.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed "
+                   "(CPU and GPU), 16-mixed (GPU), ...")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when the terminal is interactive)")
     model = p.add_argument_group("model (shared by every method)")
@@ -198,6 +200,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         "methods": args.methods, "seeds": args.seeds, "epochs": args.epochs,
         "batch_size": args.batch_size, "out": args.out, "overwrite": args.overwrite,
         "accelerator": args.accelerator, "devices": args.devices, "progress": args.progress,
+        "precision": args.precision,
     }
     cfg = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if args.manifest is not None:

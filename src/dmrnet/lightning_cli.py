@@ -10,6 +10,7 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from dmrnet.runtime import DeviceSetup
 from dmrnet.training import DMRNetModule, MultimodalDataModule
 
 
@@ -25,6 +26,9 @@ class DMRNetCLI(LightningCLI):
                     "preprocessing"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # TF32 on CUDA, CPU threads sized to the model: --device.matmul_precision highest,
+        # --device.cpu_threads 8
+        parser.add_lightning_class_args(DeviceSetup, "device")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/mean",

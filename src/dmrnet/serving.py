@@ -27,7 +27,7 @@ WEIGHTS = "model.safetensors"
 FORMAT = "dmrnet-model/1"
 _TRAINING_ONLY = {"subset_weights", "metric", "optimizer", "lr", "weight_decay", "momentum",
                   "nesterov", "scheduler", "milestones", "gamma", "warmup_epochs",
-                  "teacher_checkpoint", "label_smoothing"}
+                  "teacher_checkpoint", "label_smoothing", "channels_last"}
 
 
 @dataclass

@@ -132,7 +132,14 @@ class MultimodalDataModule(L.LightningDataModule):
         return None
 
     def _collate(self) -> MultimodalCollate:
-        return MultimodalCollate(self.data.modalities, self.data.input_shapes)
+        return MultimodalCollate(self.data.modalities, self.data.item_shapes,
+                                 dtypes=self.data.item_dtypes)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int = 0) -> Batch:
+        """Finish the batch on its device (batched STFT, frame normalisation; see
+        :class:`~dmrnet.data.base.DeviceTransform`). Called by Lightning after transfer; call
+        it yourself on batches taken from the loaders directly."""
+        return self.data.finish_batch(batch)
 
     def _loader(self, ds: Any, train: bool) -> DataLoader:
         return DataLoader(
@@ -173,6 +180,8 @@ class DMRNetModule(L.LightningModule):
         scheduler: "none" | "cosine" | "multistep" | "onecycle"; milestones/gamma for multistep;
             warmup_epochs of linear warm-up before it.
         class_names: stored with the model for reports and prediction.
+        channels_last: keep convolution weights and image inputs in channels-last memory
+            order (faster convolutions on tensor-core GPUs, with bf16/fp16 especially).
     """
 
     def __init__(
@@ -214,6 +223,7 @@ class DMRNetModule(L.LightningModule):
         gamma: float = 0.1,
         warmup_epochs: int = 0,
         class_names: list[str] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -222,6 +232,9 @@ class DMRNetModule(L.LightningModule):
         chosen = {k: v for k, v in self.hparams.items() if k in model_args}
         chosen["input_shapes"] = {m: tuple(v) for m, v in input_shapes.items()}
         self.model, self.objective = build_method(**chosen)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.space: SubsetSpace = self.model.space
         weights = {self.space.names[-1]: 1.0} if spec.train_subsets == "full" else None
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
@@ -245,7 +258,14 @@ class DMRNetModule(L.LightningModule):
 
     # --- the forward contract ---------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor) -> Any:
-        return self.model(inputs, availability)
+        return self.model(self._layout(inputs), availability)
+
+    def _layout(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Image inputs (B, C, H, W) in channels-last order when ``channels_last`` is on."""
+        if not self.channels_last:
+            return inputs
+        return {m: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+                for m, x in inputs.items()}
 
     # --- training ---------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -254,7 +274,7 @@ class DMRNetModule(L.LightningModule):
         check_targets(batch.target, self.model.num_classes, IGNORE_INDEX)
         avail = self.sampler.sample(batch.availability)
         subset_index = self.space.indices_of(avail)
-        out = self.model(batch.inputs, avail)
+        out = self(batch.inputs, avail)
         if self._teacher is not None:
             self._teacher.to(self.device)
             with torch.no_grad():  # the teacher sees everything the sample has
@@ -318,7 +338,8 @@ class DMRNetModule(L.LightningModule):
         if batch.target is None:
             raise ConfigError("evaluation batches need targets")
         check_targets(batch.target, self.model.num_classes, IGNORE_INDEX)
-        for s, rows, out in subset_outputs(self.model, batch.inputs, batch.availability):
+        for s, rows, out in subset_outputs(self.model, self._layout(batch.inputs),
+                                           batch.availability):
             target = batch.target if rows is None else batch.target[rows]
             logits = out.logits
             if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
@@ -358,7 +379,7 @@ class DMRNetModule(L.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Each sample with the modalities it has: probabilities (B, K), subset index (B,),
         and mean embedding variance (B,) where the method has one."""
-        out = self.model(batch.inputs, batch.availability)
+        out = self(batch.inputs, batch.availability)
         result = {"probs": out.logits.softmax(dim=1),
                   "subset_index": self.space.indices_of(batch.availability)}
         if out.variance is not None:

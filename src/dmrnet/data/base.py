@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dmrnet.batch import BatchError
+from dmrnet.batch import Batch, BatchError
 from dmrnet.errors import DMRNetError
 
 
@@ -155,9 +155,26 @@ class Standardizer:
         return (x - mu.view(x.shape[1:])) / sd.view(x.shape[1:])
 
 
+class DeviceTransform(Protocol):
+    """The last, batchable step of a modality's recipe, run on the training device after the
+    batch is transferred (e.g. a batched STFT, or uint8 -> normalised float)."""
+
+    item_shape: tuple[int, ...]  # what the dataset yields per sample
+    item_dtype: torch.dtype
+
+    def finish(self, batch: Tensor) -> Tensor:
+        """(B, *item_shape) -> (B, *input_shape) float, on the batch's device."""
+        ...
+
+
 @dataclass
 class SplitData:
-    """What a data source hands to training: three splits and the metadata models need."""
+    """What a data source hands to training: three splits and the metadata models need.
+
+    ``input_shapes`` are what models see. Modalities in ``device_transforms`` are yielded by
+    the datasets as ``item_shape`` / ``item_dtype`` and finished per batch by
+    :meth:`finish_batch` on the device (the DataModule does it after transfer).
+    """
 
     train: Dataset
     val: Dataset
@@ -166,7 +183,31 @@ class SplitData:
     input_shapes: dict[str, tuple[int, ...]]
     class_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    device_transforms: dict[str, DeviceTransform] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def item_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per modality, the shape a dataset item holds (what the collate stacks)."""
+        t = self.device_transforms
+        return {m: tuple(t[m].item_shape) if m in t else s for m, s in self.input_shapes.items()}
+
+    @property
+    def item_dtypes(self) -> dict[str, torch.dtype]:
+        return {m: t.item_dtype for m, t in self.device_transforms.items()}
+
+    def finish_batch(self, batch: Batch) -> Batch:
+        """Apply the device transforms to a collated batch; absent entries stay zeros."""
+        if not self.device_transforms:
+            return batch
+        inputs = dict(batch.inputs)
+        for j, m in enumerate(self.modalities):
+            if m in self.device_transforms:
+                x = self.device_transforms[m].finish(inputs[m])
+                present = batch.availability[:, j].view(-1, *([1] * (x.dim() - 1)))
+                inputs[m] = torch.where(present, x, torch.zeros((), dtype=x.dtype,
+                                                                 device=x.device))
+        return Batch(inputs=inputs, availability=batch.availability, target=batch.target)

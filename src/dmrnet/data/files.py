@@ -17,8 +17,17 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dmrnet.data.base import DataError, stratified_split
-from dmrnet.data.io import read_image, read_npy, read_wav
-from dmrnet.data.transforms import AudioSpec, casia_face, imagenet_frame, log_spectrogram
+from dmrnet.data.io import read_image, read_npy, read_resized, read_wav
+from dmrnet.data.transforms import (
+    AudioSpec,
+    audio_window,
+    casia_face,
+    crop_box,
+    imagenet_frame,
+    imagenet_normalize,
+    random_hflip,
+    spectrogram_batch,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -33,9 +42,27 @@ class Record:
 
 
 class Reader:
-    """Path -> tensor of ``shape``; ``train`` switches on random augmentation."""
+    """Path -> tensor of ``shape``; ``train`` switches on random augmentation.
+
+    A reader may leave the last, batchable step of its recipe to the training device:
+    then ``__call__`` returns ``item_shape`` / ``item_dtype`` (e.g. a waveform, a uint8 frame)
+    and ``finish`` turns a collated batch (B, *item_shape) into (B, *shape) on whatever device
+    it is on (``finishes_on_device``). Otherwise ``__call__`` returns ``shape`` in float32.
+    """
 
     shape: tuple[int, ...]
+    finishes_on_device: bool = False
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape)
+
+    @property
+    def item_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def finish(self, batch: Tensor) -> Tensor:
+        return batch
 
     def __call__(self, path: Path, train: bool) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -43,33 +70,72 @@ class Reader:
 
 @dataclass
 class AudioReader(Reader):
-    """WAV file -> log-spectrogram (1, F, T) (see :class:`AudioSpec`)."""
+    """WAV file -> log-spectrogram (1, F, T) (see :class:`AudioSpec`).
+
+    With ``on_device`` (default) the loader yields the recipe's waveform window and the
+    spectrogram is computed for the whole batch on the training device (one batched STFT
+    instead of one per sample in the loader's workers).
+    """
 
     spec: AudioSpec = field(default_factory=AudioSpec)
+    on_device: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
         return self.spec.shape
 
+    @property
+    def finishes_on_device(self) -> bool:  # type: ignore[override]
+        return self.on_device
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return (self.spec.num_samples,) if self.on_device else self.spec.shape
+
+    def finish(self, batch: Tensor) -> Tensor:
+        return spectrogram_batch(batch, self.spec) if self.on_device else batch
+
     def __call__(self, path: Path, train: bool) -> Tensor:
         samples, rate = read_wav(path)
-        return log_spectrogram(samples, rate, self.spec, train)
+        window = audio_window(samples, rate, self.spec, train)
+        return window if self.on_device else spectrogram_batch(window[None], self.spec)[0]
 
 
 @dataclass
 class FramesReader(Reader):
     """Folder of frame images -> (3, size, size) for one frame, (T, 3, size, size) for several.
 
-    Training picks random frames; evaluation takes evenly spaced ones (deterministic).
+    Training picks random frames; evaluation takes evenly spaced ones (deterministic). With
+    ``on_device`` (default) each frame is cropped and resized by Pillow while decoding (JPEG
+    draft mode, uint8, no float copy of the full frame) and ImageNet normalisation runs on the
+    training device; otherwise the frame is decoded whole and transformed in float here.
     """
 
     size: int = 224
     frames: int = 1
+    on_device: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
         one = (3, self.size, self.size)
         return one if self.frames == 1 else (self.frames, *one)
+
+    @property
+    def finishes_on_device(self) -> bool:  # type: ignore[override]
+        return self.on_device
+
+    @property
+    def item_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.on_device else torch.float32
+
+    def finish(self, batch: Tensor) -> Tensor:
+        return imagenet_normalize(batch) if self.on_device else batch
+
+    def _frame(self, path: Path, train: bool) -> Tensor:
+        if not self.on_device:
+            return imagenet_frame(read_image(path), train, self.size)
+        x = read_resized(path, (self.size, self.size), crop_box if train else None)
+        return random_hflip(x) if train else x
 
     def __call__(self, path: Path, train: bool) -> Tensor:
         files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
@@ -81,7 +147,7 @@ class FramesReader(Reader):
         else:
             idx = np.linspace(0, len(files) - 1, self.frames + 2)[1:-1].round().astype(int)
             idx = idx.tolist() if self.frames > 1 else [len(files) // 2]
-        out = [imagenet_frame(read_image(files[i]), train, self.size) for i in idx]
+        out = [self._frame(files[i], train) for i in idx]
         return out[0] if self.frames == 1 else torch.stack(out)
 
 
@@ -234,4 +300,5 @@ def file_splits(
         input_shapes={m: tuple(r.shape) for m, r in readers.items()},
         class_names=list(class_names),
         info=info,
+        device_transforms={m: r for m, r in readers.items() if r.finishes_on_device},
     )

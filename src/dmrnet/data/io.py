@@ -4,6 +4,7 @@ file and what is wrong with it."""
 from __future__ import annotations
 
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,38 @@ def read_image(path: str | Path, mode: str = "RGB") -> Tensor:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
+
+
+Box = tuple[int, int, int, int]
+
+
+def read_resized(path: str | Path, size: tuple[int, int],
+                 box: Box | Callable[[int, int], Box] | None = None) -> Tensor:
+    """Image file -> uint8 RGB (3, *size): the region ``box`` = (top, left, height, width)
+    (default: the whole image) resized with Pillow's antialiased bilinear filter.
+
+    JPEGs are decoded at the largest DCT reduction (1/2, 1/4, 1/8) that still leaves the region
+    at least ``size`` pixels (Pillow's draft mode): frames larger than needed decode faster.
+    Pass ``box`` as a function ``(height, width) -> box`` to choose it from the image's size,
+    which is read from the header before decoding.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            top, left, ch, cw = box(h, w) if callable(box) else (box or (0, 0, h, w))
+            img.draft("RGB", (-(-w * size[1] // max(cw, 1)), -(-h * size[0] // max(ch, 1))))
+            sx, sy = img.size[0] / w, img.size[1] / h  # the decoded size, after any reduction
+            region = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+            out = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR,
+                                            box=region)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot read image {str(path)!r}: {err}") from err
+    return torch.from_numpy(np.array(out, copy=True)).permute(2, 0, 1)
 
 
 def read_npy(path: str | Path) -> Tensor:

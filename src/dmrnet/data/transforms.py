@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,16 +22,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resample(x: Tensor, rate: int, target: int) -> Tensor:
-    """Band-limited resampling of a 1-D signal by Fourier interpolation (N -> N * target / rate)."""
+    """Band-limited resampling of a 1-D signal by Fourier interpolation (N -> N * target / rate).
+
+    numpy's FFT, in float64: about twice as fast as torch's on CPU for these odd lengths.
+    """
     if rate == target:
         return x
     n = x.shape[-1]
     m = max(round(n * target / rate), 1)
-    spec = torch.fft.rfft(x.double())
+    spec = np.fft.rfft(x.numpy().astype(np.float64))
     keep = min(spec.shape[-1], m // 2 + 1)
-    out = torch.zeros(m // 2 + 1, dtype=spec.dtype)
+    out = np.zeros(m // 2 + 1, dtype=spec.dtype)
     out[:keep] = spec[:keep]
-    return (torch.fft.irfft(out, n=m) * (m / n)).float()
+    return torch.from_numpy((np.fft.irfft(out, n=m) * (m / n)).astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -64,12 +68,10 @@ class AudioSpec:
         return (1, self.n_fft // 2 + 1, 1 + self.num_samples // self.hop)
 
 
-def log_spectrogram(samples: Tensor, rate: int, spec: AudioSpec, train: bool = False) -> Tensor:
-    """Waveform (N,) at ``rate`` -> standardised log-magnitude spectrogram ``spec.shape``.
-
-    Resample, tile, cut to ``seconds``, clip to [-1, 1], STFT, log(|S| + 1e-7), per-sample
-    standardisation.
-    """
+def audio_window(samples: Tensor, rate: int, spec: AudioSpec, train: bool = False) -> Tensor:
+    """Waveform (N,) at ``rate`` -> the recipe's window (``spec.num_samples``,) at
+    ``spec.sample_rate``: resample, tile, cut (randomly in training when ``train_crop`` is
+    "random"), clip to [-1, 1]."""
     x = resample(samples, rate, spec.sample_rate)
     need = spec.num_samples
     reps = max(spec.tile, math.ceil(need / max(x.shape[-1], 1)))
@@ -84,12 +86,26 @@ def log_spectrogram(samples: Tensor, rate: int, spec: AudioSpec, train: bool = F
         x = x[start : start + need]
     else:
         x = x.repeat(reps)[:need]
-    x = x.clamp(-1.0, 1.0)
-    stft = torch.stft(x, n_fft=spec.n_fft, hop_length=spec.hop,
-                      window=torch.hann_window(spec.n_fft), center=True, return_complex=True)
+    return x.clamp(-1.0, 1.0).float()
+
+
+def spectrogram_batch(windows: Tensor, spec: AudioSpec) -> Tensor:
+    """Windows (B, N) -> standardised log-magnitude spectrograms (B, *spec.shape), on the
+    windows' device: STFT (Hann), log(|S| + 1e-7), per-sample standardisation."""
+    window = torch.hann_window(spec.n_fft, device=windows.device, dtype=windows.dtype)
+    stft = torch.stft(windows, n_fft=spec.n_fft, hop_length=spec.hop, window=window,
+                      center=True, return_complex=True)
     s = torch.log(stft.abs() + 1e-7)
-    s = (s - s.mean()) / (s.std() + 1e-9)
-    return s.unsqueeze(0).float()
+    flat = s.flatten(1)
+    mean = flat.mean(dim=1).view(-1, 1, 1)
+    std = flat.std(dim=1).view(-1, 1, 1)
+    return ((s - mean) / (std + 1e-9)).unsqueeze(1).float()
+
+
+def log_spectrogram(samples: Tensor, rate: int, spec: AudioSpec, train: bool = False) -> Tensor:
+    """Waveform (N,) at ``rate`` -> standardised log-magnitude spectrogram ``spec.shape``:
+    :func:`audio_window` then :func:`spectrogram_batch` on one window."""
+    return spectrogram_batch(audio_window(samples, rate, spec, train)[None], spec)[0]
 
 
 # --- images --------------------------------------------------------------------------------
@@ -108,25 +124,38 @@ def resize(img: Tensor, size: tuple[int, int]) -> Tensor:
                          align_corners=False, antialias=True).squeeze(0)
 
 
+def crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """A random crop (top, left, crop height, crop width) of a random area fraction in
+    ``scale`` and aspect ratio in ``ratio`` (the usual ImageNet recipe); after ten misses, the
+    centred square."""
+    area = height * width
+    for _ in range(10):
+        target = area * float(torch.empty(()).uniform_(*scale))
+        log_r = torch.empty(()).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+        r = math.exp(float(log_r))
+        cw, ch = round(math.sqrt(target * r)), round(math.sqrt(target / r))
+        if 0 < cw <= width and 0 < ch <= height:
+            top = int(torch.randint(0, height - ch + 1, ()))
+            left = int(torch.randint(0, width - cw + 1, ()))
+            return top, left, ch, cw
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
 def random_resized_crop(
     img: Tensor,
     size: tuple[int, int],
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> Tensor:
-    """Crop a random area fraction and aspect ratio, then resize (the usual ImageNet recipe)."""
-    _, h, w = img.shape
-    area = h * w
-    for _ in range(10):
-        target = area * float(torch.empty(()).uniform_(*scale))
-        log_r = torch.empty(()).uniform_(math.log(ratio[0]), math.log(ratio[1]))
-        r = math.exp(float(log_r))
-        cw, ch = round(math.sqrt(target * r)), round(math.sqrt(target / r))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, ()))
-            left = int(torch.randint(0, w - cw + 1, ()))
-            return resize(img[:, top : top + ch, left : left + cw], size)
-    return resize(center_crop(img, (min(h, w), min(h, w))), size)
+    """Crop a random area fraction and aspect ratio (:func:`crop_box`), then resize."""
+    top, left, ch, cw = crop_box(img.shape[-2], img.shape[-1], scale, ratio)
+    return resize(img[:, top : top + ch, left : left + cw], size)
 
 
 def center_crop(img: Tensor, size: tuple[int, int]) -> Tensor:
@@ -159,6 +188,13 @@ def normalize(img: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> T
     m = torch.tensor(mean, dtype=img.dtype).view(-1, 1, 1)
     s = torch.tensor(std, dtype=img.dtype).view(-1, 1, 1)
     return (img - m) / s
+
+
+def imagenet_normalize(x: Tensor) -> Tensor:
+    """uint8 (..., 3, H, W) -> float32 in ImageNet units, on ``x``'s device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
 
 
 def imagenet_frame(img: Tensor, train: bool, size: int = 224) -> Tensor:

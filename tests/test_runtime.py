@@ -1,0 +1,138 @@
+"""Precision, CPU threads, TF32 settings and channels-last: the speed options of issue 9."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from dmrnet.benchmark import BenchmarkConfig, BenchmarkError, run_benchmark
+from dmrnet.errors import ConfigError
+from dmrnet.method import KLRegularizer, ProbabilisticEmbedding, kl_divergence
+from dmrnet.runtime import (
+    FLOPS_PER_THREAD,
+    DeviceSetup,
+    check_precision,
+    cpu_threads_for,
+    training_flops,
+)
+from dmrnet.training import DMRNetModule, MultimodalDataModule
+
+from .test_determinism import IMAGES, make_batch
+
+MFEAT = {"fou": [76], "fac": [216], "kar": [64], "pix": [240], "zer": [47], "mor": [6]}
+
+
+def test_small_models_get_one_thread_whatever_the_core_count():
+    module = DMRNetModule(list(MFEAT), MFEAT, 10, method="dmrnet")
+    flops = training_flops(module.model, {m: tuple(s) for m, s in MFEAT.items()}, 64)
+    # six MLP encoders + embedding heads: ~0.77 M multiply-adds a sample, x2 x3 x64
+    assert 0.2e9 < flops < 0.4e9
+    assert [cpu_threads_for(flops, cores) for cores in (1, 2, 16, 128)] == [1, 1, 1, 1]
+    # big steps get more threads, never more than the cores, never fewer with more cores
+    big = 40 * FLOPS_PER_THREAD
+    counts = [cpu_threads_for(big, cores) for cores in (1, 2, 8, 16, 64)]
+    assert counts == [1, 2, 8, 16, 40]
+    assert training_flops(module.model, {m: tuple(s) for m, s in MFEAT.items()}, 128) == \
+        pytest.approx(2 * flops, rel=1e-6)
+
+
+def _fit(module, data, callback, **trainer):
+    L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              accelerator="cpu", callbacks=[callback], **trainer).fit(module, datamodule=data)
+
+
+def test_device_setup_sizes_threads_for_the_run_and_restores_them(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    data = MultimodalDataModule("mfeat", modalities=["fac", "mor"], batch_size=64)
+    module = DMRNetModule(data.modalities, data.input_shapes, data.num_classes)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, *args):
+            seen.append(torch.get_num_threads())
+
+    setup = DeviceSetup()
+    L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              accelerator="cpu", callbacks=[setup, Spy()]).fit(module, datamodule=data)
+    assert setup.threads == 1 and seen == [1, 1]
+    assert torch.get_num_threads() == before  # restored when the run ends
+    fixed = DeviceSetup(cpu_threads=2)
+    _fit(module, data, fixed)
+    assert fixed.threads == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    respected = DeviceSetup()
+    _fit(module, data, respected)
+    assert respected.threads is None  # the user's OMP_NUM_THREADS wins over "auto"
+
+
+@pytest.mark.parametrize("bad", [{"matmul_precision": "fast"}, {"cpu_threads": 0},
+                                 {"cpu_threads": "many"}])
+def test_device_setup_refuses_bad_values(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        DeviceSetup(**bad)
+
+
+def test_precision_names_are_lightnings():
+    assert check_precision("bf16-mixed") == "bf16-mixed"
+    assert check_precision(None) is None
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'.*bf16-mixed"):
+        check_precision("fp8")
+
+
+def test_benchmark_bf16_mixed_runs_on_cpu(tmp_path):
+    out = tmp_path / "bf16"
+    results = run_benchmark(BenchmarkConfig(
+        out=str(out), dataset="mfeat", methods=["baseline", "dmrnet"], seeds=[0], epochs=2,
+        precision="bf16-mixed", progress=False), echo=lambda _: None)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["precision"] == "bf16-mixed"
+    for run in results["runs"]:
+        assert len(run["per_subset"]) == 63
+        assert run["mean"] > 0.8  # bf16 autocast still learns mfeat in two epochs
+
+
+@pytest.mark.parametrize(("precision", "message"), [
+    ("16-mixed", "16-mixed does not run on cpu.*--precision bf16-mixed"),
+    ("half", "unknown precision 'half'"),
+])
+def test_benchmark_refuses_a_precision_before_touching_out(tmp_path, precision, message):
+    out = tmp_path / "never"
+    with pytest.raises((BenchmarkError, ConfigError), match=message):
+        run_benchmark(BenchmarkConfig(out=str(out), dataset="mfeat", seeds=[0], epochs=1,
+                                      precision=precision, accelerator="cpu"))
+    assert not out.exists()
+
+
+def test_kl_and_sampling_stay_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    emb = ProbabilisticEmbedding(32, 16).train()
+    h = torch.randn(64, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, mu, logvar = emb(h)
+        kl = KLRegularizer(1.0)(mu, logvar)
+    assert mu.dtype == torch.bfloat16  # the linear layers did run in bf16
+    assert z.dtype == mu.dtype and bool(torch.isfinite(z).all())
+    assert kl.dtype == torch.float32 and bool(torch.isfinite(kl))
+    exact = kl_divergence(mu.double(), logvar.double())
+    assert float(kl.detach()) == pytest.approx(float(exact), rel=1e-6)
+
+
+def test_channels_last_gives_the_same_step_in_the_other_memory_order():
+    batch = make_batch(IMAGES, classes=2)
+    losses = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        module = DMRNetModule(list(IMAGES), IMAGES, 2, method="dmrnet", encoder="resnet",
+                              encoder_kwargs={"width": 8}, embed_dim=16, channels_last=flag)
+        conv = module.model.encoders["rgb"].conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == flag
+        module.log = lambda *a, **k: None
+        torch.manual_seed(1)
+        losses[flag] = module.training_step(batch, 0)
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-4, atol=1e-5)
