@@ -137,7 +137,8 @@ def cremad(
         check_records(recs, mods, f"CREMA-D {name}")
     readers = {}
     if "audio" in mods:
-        readers["audio"] = AudioReader(AudioSpec(**(audio or {})))
+        # CREMA-D's AudioWAV files are 16 kHz: the device resamples whole batches to 22,050
+        readers["audio"] = AudioReader(AudioSpec(**{"source_rate": 16000, **(audio or {})}))
     if "visual" in mods:
         readers["visual"] = FramesReader(size=image_size, frames=frames)
     return file_splits(train, val, test, readers, CLASSES, info)

@@ -26,6 +26,7 @@ from dmrnet.data.transforms import (
     imagenet_frame,
     imagenet_normalize,
     random_hflip,
+    resample_batch,
     spectrogram_batch,
 )
 
@@ -72,9 +73,10 @@ class Reader:
 class AudioReader(Reader):
     """WAV file -> log-spectrogram (1, F, T) (see :class:`AudioSpec`).
 
-    With ``on_device`` (default) the loader yields the recipe's waveform window and the
-    spectrogram is computed for the whole batch on the training device (one batched STFT
-    instead of one per sample in the loader's workers).
+    With ``on_device`` (default) the loader yields the recipe's waveform window (at the
+    spec's ``source_rate`` when it has one) and the resampling and the spectrogram are computed
+    for the whole batch on the training device (batched FFTs instead of per-sample ones in
+    the loader's workers).
     """
 
     spec: AudioSpec = field(default_factory=AudioSpec)
@@ -89,15 +91,27 @@ class AudioReader(Reader):
         return self.on_device
 
     @property
+    def _item_rate(self) -> int:
+        """The rate of the loader's windows (the device resamples them if it differs)."""
+        return (self.spec.source_rate or self.spec.sample_rate) if self.on_device \
+            else self.spec.sample_rate
+
+    @property
     def item_shape(self) -> tuple[int, ...]:
-        return (self.spec.num_samples,) if self.on_device else self.spec.shape
+        if not self.on_device:
+            return self.spec.shape
+        return (round(self._item_rate * self.spec.seconds),)
 
     def finish(self, batch: Tensor) -> Tensor:
-        return spectrogram_batch(batch, self.spec) if self.on_device else batch
+        if not self.on_device:
+            return batch
+        waves = resample_batch(batch, self._item_rate, self.spec.sample_rate,
+                               self.spec.num_samples)
+        return spectrogram_batch(waves.clamp(-1.0, 1.0), self.spec)
 
     def __call__(self, path: Path, train: bool) -> Tensor:
         samples, rate = read_wav(path)
-        window = audio_window(samples, rate, self.spec, train)
+        window = audio_window(samples, rate, self.spec, train, at_rate=self._item_rate)
         return window if self.on_device else spectrogram_batch(window[None], self.spec)[0]
 
 

@@ -49,6 +49,10 @@ class AudioSpec:
         train_crop: "start" (authors' CREMA-D: the first ``seconds``) or "random" (a random
             window in training); evaluation always uses a deterministic window ("start", or the
             centre when ``train_crop`` is "random").
+        source_rate: the rate the files are stored at (CREMA-D: 16000), or None. When set,
+            a loader that finishes on the device cuts the window at this rate and the
+            resampling to ``sample_rate`` runs for the whole batch on the device (files at
+            another rate are first resampled to it in the loader).
     """
 
     sample_rate: int = 22050
@@ -57,6 +61,7 @@ class AudioSpec:
     n_fft: int = 512
     hop: int = 353
     train_crop: str = "start"
+    source_rate: int | None = None
 
     @property
     def num_samples(self) -> int:
@@ -68,12 +73,14 @@ class AudioSpec:
         return (1, self.n_fft // 2 + 1, 1 + self.num_samples // self.hop)
 
 
-def audio_window(samples: Tensor, rate: int, spec: AudioSpec, train: bool = False) -> Tensor:
-    """Waveform (N,) at ``rate`` -> the recipe's window (``spec.num_samples``,) at
-    ``spec.sample_rate``: resample, tile, cut (randomly in training when ``train_crop`` is
-    "random"), clip to [-1, 1]."""
-    x = resample(samples, rate, spec.sample_rate)
-    need = spec.num_samples
+def audio_window(samples: Tensor, rate: int, spec: AudioSpec, train: bool = False,
+                 at_rate: int | None = None) -> Tensor:
+    """Waveform (N,) at ``rate`` -> the recipe's window of ``spec.seconds`` at ``at_rate``
+    (default ``spec.sample_rate``): resample, tile, cut (randomly in training when
+    ``train_crop`` is "random"), clip to [-1, 1]."""
+    at_rate = at_rate or spec.sample_rate
+    x = resample(samples, rate, at_rate)
+    need = round(at_rate * spec.seconds)
     reps = max(spec.tile, math.ceil(need / max(x.shape[-1], 1)))
     if spec.train_crop == "random":
         reps = max(reps, 1)
@@ -87,6 +94,22 @@ def audio_window(samples: Tensor, rate: int, spec: AudioSpec, train: bool = Fals
     else:
         x = x.repeat(reps)[:need]
     return x.clamp(-1.0, 1.0).float()
+
+
+def resample_batch(x: Tensor, rate: int, target: int, length: int | None = None) -> Tensor:
+    """Fourier resampling of a batch of windows (B, N) at ``rate`` to (B, ``length``) at
+    ``target`` (default length N * target / rate), on ``x``'s device."""
+    if rate == target:
+        return x
+    n = x.shape[-1]
+    m = length or max(round(n * target / rate), 1)
+    # float64: the empty band above the source's Nyquist must stay ~0 (in float32 its
+    # rounding noise would reach the log-spectrogram)
+    spec = torch.fft.rfft(x.double(), dim=-1)
+    keep = min(spec.shape[-1], m // 2 + 1)
+    out = spec.new_zeros(x.shape[0], m // 2 + 1)
+    out[:, :keep] = spec[:, :keep]
+    return (torch.fft.irfft(out, n=m, dim=-1) * (m / n)).float()
 
 
 def spectrogram_batch(windows: Tensor, spec: AudioSpec) -> Tensor:
