@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import lightning as L
 import pytest
 import torch
 
 from dmrnet.benchmark import BenchmarkConfig, BenchmarkError, run_benchmark
+from dmrnet.cli import main
 from dmrnet.errors import ConfigError
 from dmrnet.method import KLRegularizer, ProbabilisticEmbedding, kl_divergence
 from dmrnet.runtime import (
@@ -20,17 +22,19 @@ from dmrnet.runtime import (
 )
 from dmrnet.training import DMRNetModule, MultimodalDataModule
 
+from .fixtures import make_cremad, write_cremad_splits
 from .test_determinism import IMAGES, make_batch
+from .test_tasks_cli import fit_and_test
 
 MFEAT = {"fou": [76], "fac": [216], "kar": [64], "pix": [240], "zer": [47], "mor": [6]}
 
 
-def test_small_models_get_one_thread_whatever_the_core_count():
+def test_small_models_get_two_threads_whatever_the_core_count():
     module = DMRNetModule(list(MFEAT), MFEAT, 10, method="dmrnet")
     flops = training_flops(module.model, {m: tuple(s) for m, s in MFEAT.items()}, 64)
     # six MLP encoders + embedding heads: ~0.77 M multiply-adds a sample, x2 x3 x64
     assert 0.2e9 < flops < 0.4e9
-    assert [cpu_threads_for(flops, cores) for cores in (1, 2, 16, 128)] == [1, 1, 1, 1]
+    assert [cpu_threads_for(flops, cores) for cores in (1, 2, 16, 128)] == [1, 2, 2, 2]
     # big steps get more threads, never more than the cores, never fewer with more cores
     big = 40 * FLOPS_PER_THREAD
     counts = [cpu_threads_for(big, cores) for cores in (1, 2, 8, 16, 64)]
@@ -60,7 +64,8 @@ def test_device_setup_sizes_threads_for_the_run_and_restores_them(monkeypatch):
     L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
               accelerator="cpu", callbacks=[setup, Spy()]).fit(module, datamodule=data)
-    assert setup.threads == 1 and seen == [1, 1]
+    expected = min(2, os.cpu_count() or 1)
+    assert setup.threads == expected and seen == [expected, expected]
     assert torch.get_num_threads() == before  # restored when the run ends
     fixed = DeviceSetup(cpu_threads=2)
     _fit(module, data, fixed)
@@ -85,16 +90,28 @@ def test_precision_names_are_lightnings():
         check_precision("fp8")
 
 
-def test_benchmark_bf16_mixed_runs_on_cpu(tmp_path):
+def test_benchmark_bf16_mixed_runs_on_cpu(tmp_path, capsys):
     out = tmp_path / "bf16"
-    results = run_benchmark(BenchmarkConfig(
-        out=str(out), dataset="mfeat", methods=["baseline", "dmrnet"], seeds=[0], epochs=2,
-        precision="bf16-mixed", progress=False), echo=lambda _: None)
+    code = main(["benchmark", "--dataset", "mfeat", "--seeds", "0", "--epochs", "2",
+                 "--precision", "bf16-mixed", "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["precision"] == "bf16-mixed"
-    for run in results["runs"]:
+    for run in saved["runs"]:
         assert len(run["per_subset"]) == 63
         assert run["mean"] > 0.8  # bf16 autocast still learns mfeat in two epochs
+
+
+def test_fit_with_bf16_and_channels_last_on_the_cremad_recipe_pipeline(tmp_path):
+    """The README's GPU fit command, on the CREMA-D smoke config and fixture, on CPU."""
+    root = make_cremad(tmp_path / "crema", actors=("1001", "1002", "1003"))
+    write_cremad_splits(root, {"1001", "1002"}, {"1003"})
+    m = fit_and_test("cremad.yaml", tmp_path / "run", [
+        "--data.root", str(root), "--data.dataset_kwargs.train_csv", "train.csv",
+        "--data.dataset_kwargs.test_csv", "test.csv", "--trainer.precision", "bf16-mixed",
+        "--model.channels_last", "true", "--device.cpu_threads", "2"])
+    for subset in ("audio", "visual", "audio+visual"):
+        assert 0.0 <= m[f"test/{subset}/accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize(("precision", "message"), [
