@@ -201,3 +201,20 @@ def test_every_shipped_config_trains_with_deterministic_cuda_ops(name, dataset, 
     batch = make_batch(shapes, n=4, dense_classes=dense, classes=classes)
     flagged = cuda_nondeterministic(lambda: run_step(module, batch))
     assert flagged == {}, f"{name}: ops that break deterministic CUDA training: {flagged}"
+
+
+def test_device_side_data_transforms_use_only_deterministic_cuda_ops(tmp_path):
+    """The batched resampling, STFT and frame normalisation run on the training device."""
+    from dmrnet.data import cremad
+
+    from .fixtures import make_cremad, write_cremad_splits
+
+    root = make_cremad(tmp_path / "crema", actors=("1001", "1002", "1003"))
+    write_cremad_splits(root, {"1001", "1002"}, {"1003"})
+    data = cremad(root, train_csv="train.csv", test_csv="test.csv", image_size=32)
+    collate = MultimodalCollate(data.modalities, data.item_shapes, dtypes=data.item_dtypes)
+    batch = collate([data.train[i] for i in range(4)])
+    with record_ops() as ops:
+        data.finish_batch(batch)
+    assert ops.flagged == {}
+    assert {"_fft_r2c", "_fft_c2r"} <= set(ops.counts)  # the device really resampled

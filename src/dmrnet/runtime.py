@@ -114,7 +114,9 @@ class DeviceSetup(L.Callback):
                     return
                 batch = self.batch_size or int(getattr(trainer.datamodule, "batch_size", 64))
                 shapes = {m: tuple(s) for m, s in pl_module.hparams["input_shapes"].items()}
-                threads = cpu_threads_for(training_flops(pl_module.model, shapes, batch))
+                # processes on this machine share its cores (CPU DDP runs one per device)
+                cores = max(1, (os.cpu_count() or 1) // max(1, int(trainer.num_devices)))
+                threads = cpu_threads_for(training_flops(pl_module.model, shapes, batch), cores)
             else:
                 threads = int(self.cpu_threads)
             self._restore = {"threads": torch.get_num_threads()}
