@@ -219,7 +219,7 @@ def _fit_and_test(
     train_seconds = time.perf_counter() - t0
     best_epoch = _best_epoch(checkpoint)
     t0 = time.perf_counter()
-    trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
+    trainer.test(module, datamodule=data, ckpt_path="best", verbose=False, weights_only=True)
     eval_seconds = time.perf_counter() - t0
     if not (cfg.keep_checkpoints if keep is None else keep):
         shutil.rmtree(ckpt_dir, ignore_errors=True)

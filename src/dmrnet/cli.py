@@ -162,14 +162,14 @@ def run_export_command(args: argparse.Namespace) -> int:
 
     src = Path(args.checkpoint)
     if args.format == "folder":
-        save_model(load_module(src), args.out, overwrite=args.overwrite)
+        save_model(load_module(args.checkpoint), args.out, overwrite=args.overwrite)
         print(f"wrote {args.out}/config.json and model.safetensors")
         return 0
     if src.is_dir():
         predictor = load_model(src)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            predictor = load_model(save_model(load_module(src), Path(tmp) / "m"))
+            predictor = load_model(save_model(load_module(args.checkpoint), Path(tmp) / "m"))
     export_onnx(predictor, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: inputs {predictor.modalities} + availability (B, "
           f"{len(predictor.modalities)}); outputs probs, uncertainty")
@@ -227,8 +227,10 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
 
 def find_resume_checkpoint(target: str) -> Path:
     """``--resume`` target: a .ckpt file, or a folder searched for its newest ``last.ckpt``."""
-    from dmrnet.errors import ConfigError
+    from dmrnet.errors import ConfigError, local_checkpoint
 
+    if "://" in target:
+        local_checkpoint(target, "--resume")  # refuses URLs with the reason
     path = Path(target)
     if path.is_file():
         return path

@@ -8,3 +8,21 @@ class DMRNetError(ValueError):
 
 class ConfigError(DMRNetError):
     """A method, model or training setting that cannot be used."""
+
+
+def local_checkpoint(path: object, what: str = "checkpoint") -> str:
+    """``path`` as a local file that exists, or a :class:`ConfigError` naming the fix.
+
+    URLs are refused: a downloaded file would be read by whatever loader handles URLs, and
+    Lightning's loads remote checkpoints with pickle enabled (code in the file would run).
+    """
+    text = str(path)
+    if "://" in text:
+        raise ConfigError(f"{what} {text!r} is a URL; dmrnet reads only local files (a remote "
+                          "checkpoint could run code when loaded): download it, check where it "
+                          "comes from, and pass its path")
+    from pathlib import Path
+
+    if not Path(text).expanduser().is_file():
+        raise ConfigError(f"{what} {text!r} does not exist; give the path of a file")
+    return text

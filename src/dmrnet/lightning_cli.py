@@ -7,9 +7,11 @@ on ``val/mean`` (the validation split's mean over subsets), never on the test sp
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from dmrnet.errors import ConfigError, local_checkpoint
 from dmrnet.runtime import DeviceSetup
 from dmrnet.training import DMRNetModule, MultimodalDataModule
 
@@ -20,6 +22,27 @@ class DMRNetCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {"deterministic": True})
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         super().__init__(DMRNetModule, MultimodalDataModule, **kwargs)  # type: ignore[arg-type]
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path`` must be a local file (or Lightning's "best" / "last"), read with
+        ``weights_only=True``: a checkpoint never runs code when it is loaded. Checked before
+        Lightning reads the file's hyperparameters."""
+        cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else None
+        if cfg is not None:
+            path = cfg.get("ckpt_path")
+            if path is not None and str(path) not in ("best", "last"):
+                local_checkpoint(path, "--ckpt_path")
+                try:  # a one-line error for a damaged or unsafe file
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except Exception as err:  # torch raises several types for such files
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                    raise ConfigError(f"cannot load checkpoint {str(path)!r}: {first}") from err
+            if cfg.get("weights_only") is False:
+                raise ConfigError("--weights_only false would let a checkpoint run code when it "
+                                  "is loaded; dmrnet always loads with weights_only=True")
+            if "weights_only" in cfg:
+                cfg["weights_only"] = True
+        super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in ("modalities", "input_shapes", "num_classes", "class_names", "class_weights",

@@ -13,16 +13,14 @@ import torch
 from torch import Tensor
 
 from dmrnet.data.base import DataError
-from dmrnet.errors import ConfigError
+from dmrnet.errors import ConfigError, local_checkpoint
 
 
 def load_module(checkpoint: str | Path) -> Any:
     """A DMRNetModule from a Lightning checkpoint, read with ``weights_only=True``."""
     from dmrnet.training import DMRNetModule
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    path = Path(local_checkpoint(checkpoint))
     try:
         module = DMRNetModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated or unsafe files raise many types

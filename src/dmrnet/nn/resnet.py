@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dmrnet.errors import ConfigError
+from dmrnet.errors import ConfigError, local_checkpoint
 from dmrnet.registry import ENCODERS, TRUNKS
 
 
@@ -236,9 +236,7 @@ def load_torchvision_state_dict(model: ResNet, path: str | Path) -> list[str]:
 
     Returns the keys of ``model`` that the file did not provide. Never unpickles code.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pretrained weights file {str(path)!r} does not exist")
+    path = Path(local_checkpoint(path, "pretrained weights file"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt / unsafe files

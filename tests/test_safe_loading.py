@@ -1,0 +1,128 @@
+"""Loading never runs code: every checkpoint path (Lightning's --ckpt_path, --resume, teacher
+checkpoints, encoder weights, dmrnet predict/export) is a local file read with
+weights_only=True; URLs are refused before anything is fetched (issue 10, item 2)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmrnet.cli import main
+from dmrnet.errors import ConfigError
+from dmrnet.training import DMRNetModule
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "mfeat_dmrnet.yaml")
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def payload(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload(marker)}, path)
+    return path, marker
+
+
+@pytest.fixture
+def server(payload):
+    """A loopback HTTP server offering the payload; records every request it gets."""
+    path, _ = payload
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/x.ckpt", requests
+    httpd.shutdown()
+
+
+@pytest.mark.parametrize("verb", ["fit", "validate", "test"])
+def test_lightning_verbs_refuse_a_url_checkpoint_without_fetching_it(verb, server, payload,
+                                                                     tmp_path, capsys):
+    url, requests = server
+    code = main([verb, "--config", CONFIG, "--trainer.default_root_dir", str(tmp_path / "run"),
+                 "--trainer.max_epochs", "1", "--ckpt_path", url])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "is a URL" in err and "download it" in err and "Traceback" not in err
+    assert requests == [] and not payload[1].exists()
+
+
+def test_lightning_verbs_refuse_a_local_pickle_payload(payload, tmp_path, capsys):
+    path, marker = payload
+    code = main(["test", "--config", CONFIG, "--trainer.default_root_dir", str(tmp_path / "run"),
+                 "--ckpt_path", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot load checkpoint" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_weights_only_false_is_refused(tmp_path, capsys):
+    code = main(["fit", "--config", CONFIG, "--trainer.default_root_dir", str(tmp_path / "run"),
+                 "--trainer.max_epochs", "1", "--weights_only", "false"])
+    assert code == 2 and "weights_only" in capsys.readouterr().err
+
+
+def test_missing_ckpt_path_is_one_line(tmp_path, capsys):
+    code = main(["test", "--config", CONFIG, "--trainer.default_root_dir", str(tmp_path / "run"),
+                 "--ckpt_path", str(tmp_path / "nope.ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_resume_predict_and_export_refuse_urls(server, payload, capsys):
+    url, requests = server
+    assert main(["fit", "--config", CONFIG, "--resume", url]) == 2
+    assert main(["predict", "--checkpoint", url, "--input", "fac=x.npy"]) == 2
+    assert main(["export", "--checkpoint", url, "--out", "never"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("is a URL") == 3
+    assert requests == [] and not payload[1].exists() and not Path("never").exists()
+
+
+def test_teacher_checkpoints_and_encoder_weights_refuse_urls_and_payloads(server, payload):
+    url, requests = server
+    path, marker = payload
+    shapes = {"a": [4], "b": [3]}
+    for bad, message in ((url, "is a URL"), (str(path), "cannot load checkpoint")):
+        with pytest.raises(ConfigError, match=message):
+            DMRNetModule(list(shapes), shapes, 2, method="mmanet", teacher_checkpoint=bad)
+    images = {"a": [3, 16, 16], "b": [3, 16, 16]}
+    for bad, message in ((url, "is a URL"), (str(path), "cannot read weights")):
+        with pytest.raises(ConfigError, match=message):
+            DMRNetModule(list(images), images, 2, encoder="resnet",
+                         encoder_kwargs={"width": 8, "weights": bad})
+    assert requests == [] and not marker.exists()
+
+
+def test_torch_floor_is_the_first_release_that_refuses_pickled_code_by_default():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '"torch>=2.6,<3"' in text
