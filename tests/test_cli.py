@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dmrnet.benchmark import BenchmarkConfig, BenchmarkError, run_benchmark
+from dmrnet.benchmark import BenchmarkConfig, run_benchmark
 from dmrnet.cli import main
+from dmrnet.outputs import OutputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,5 +133,5 @@ def test_help_lists_commands(capsys):
 def test_unknown_output_path_kind(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(BenchmarkError, match="not a folder"):
+    with pytest.raises(OutputError, match="not a folder"):
         run_benchmark(BenchmarkConfig(out=str(f), seeds=[0], epochs=1))

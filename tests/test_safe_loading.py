@@ -113,8 +113,10 @@ def test_teacher_checkpoints_and_encoder_weights_refuse_urls_and_payloads(server
     path, marker = payload
     shapes = {"a": [4], "b": [3]}
     for bad, message in ((url, "is a URL"), (str(path), "cannot load checkpoint")):
+        student = DMRNetModule(list(shapes), shapes, 2, method="mmanet",
+                               teacher_checkpoint=bad)
         with pytest.raises(ConfigError, match=message):
-            DMRNetModule(list(shapes), shapes, 2, method="mmanet", teacher_checkpoint=bad)
+            student.on_fit_start()  # the teacher is loaded when training starts
     images = {"a": [3, 16, 16], "b": [3, 16, 16]}
     for bad, message in ((url, "is a URL"), (str(path), "cannot read weights")):
         with pytest.raises(ConfigError, match=message):

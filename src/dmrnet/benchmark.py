@@ -28,6 +28,7 @@ from dmrnet.data import DATASETS
 from dmrnet.errors import DMRNetError
 from dmrnet.methods import METHODS
 from dmrnet.metrics import get_task_metric, summarize, worst_subset
+from dmrnet.outputs import RunFolder
 from dmrnet.runtime import DeviceSetup, check_precision
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import DMRNetModule, MultimodalDataModule
@@ -39,6 +40,10 @@ DEDICATED = "dedicated"
 
 class BenchmarkError(DMRNetError):
     """A benchmark request that cannot run as given."""
+
+
+class RunInterruptedError(DMRNetError):
+    """Ctrl-C: the run stopped; the message says what was kept."""
 
 
 @dataclass
@@ -143,22 +148,6 @@ def _method_names() -> list[str]:
     return [*METHODS, DEDICATED]
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create the output folder; refuse to reuse a non-empty one unless ``overwrite``."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise BenchmarkError(f"output path {str(path)!r} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise BenchmarkError(
-                f"output folder {str(path)!r} is not empty; choose another --out or pass "
-                "--overwrite to replace it"
-            )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def quiet_lightning() -> None:
     """Keep the benchmark's console to its own progress lines."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -243,7 +232,22 @@ def run_benchmark(
     cfg = apply_dataset_defaults(cfg)
     quiet_lightning()
     _check_config(cfg)
-    out = prepare_out_dir(cfg.out, cfg.overwrite)
+    protected = [p for p in (cfg.root, cfg.dataset_kwargs.get("manifest")) if p]
+    folder = RunFolder(cfg.out, cfg.overwrite, protected)
+    try:
+        with folder as work:
+            results = _run_all(cfg, work, echo)
+    except KeyboardInterrupt:
+        kept = folder.kept
+        raise RunInterruptedError(f"interrupted: {cfg.out!r} is as it was" + (
+            f"; the unfinished run is in {str(kept)!r} (delete it when done)" if kept else
+            "")) from None
+    echo(f"wrote {str(folder.path)!r}")
+    return results
+
+
+def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    """The benchmark itself, written into the folder ``out``."""
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     metric = get_task_metric(str(cfg.model.get("metric", "accuracy")))
     runs: list[dict[str, Any]] = []
@@ -302,7 +306,7 @@ def run_benchmark(
 
     write_results(results, out)
     echo(format_summary(results))
-    echo(f"wrote {out / 'results.json'}, results.csv, report.md, per_subset.png")
+    echo("wrote results.json, results.csv, report.md, per_subset.png")
     if metric.name == "accuracy" and cfg.keep_checkpoints:
         from dmrnet.analysis import analyze_run
 

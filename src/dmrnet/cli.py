@@ -300,10 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _friendly(fn: Any) -> int:
     """Show errors that name the user's mistake as one line, not a stack trace."""
+    from dmrnet.benchmark import RunInterruptedError
     from dmrnet.errors import DMRNetError
 
     try:
         return int(fn() or 0)
+    except RunInterruptedError as err:
+        print(f"dmrnet: {err}", file=sys.stderr)
+        return 130  # the shell's code for Ctrl-C
     except DMRNetError as err:
         print(f"dmrnet: error: {err}", file=sys.stderr)
         return 2

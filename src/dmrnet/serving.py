@@ -9,7 +9,7 @@ cannot run code when it is loaded.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from dmrnet.batch import BatchError
 from dmrnet.errors import ConfigError
+from dmrnet.outputs import RunFolder
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -175,16 +176,21 @@ def model_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:
 
 def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``path/config.json`` and ``path/model.safetensors`` for a trained DMRNetModule."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise ConfigError(f"{str(path)!r} exists; choose another folder or pass overwrite")
+    # written beside the target and moved into place when complete; overwrite replaces only
+    # a folder dmrnet wrote, never '', '.', the home folder or '/'
+    with RunFolder(path, overwrite) as work:
+        _write_model_folder(module, work)
+    return path
+
+
+def _write_model_folder(module: Any, path: Path) -> None:
     from safetensors.torch import save_file
 
     from dmrnet import __version__
 
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not overwrite:
-            raise ConfigError(f"{str(path)!r} exists; choose another folder or pass overwrite")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    path.mkdir(parents=True, exist_ok=True)
     hp = dict(module.hparams)
     config = {
         "format": FORMAT, "dmrnet_version": __version__,
@@ -195,7 +201,6 @@ def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
     save_file(state, str(path / WEIGHTS), metadata={"format": FORMAT})
-    return path
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
@@ -256,8 +261,11 @@ def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False)
     """Write an ONNX graph with inputs ``<modality>`` (B, *shape) and ``availability`` (B, M)
     float (1 = present) and outputs ``probs`` (B, K) and ``uncertainty`` (B,)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{str(path)!r} is a folder; give the path of the .onnx file to write")
     if path.exists() and not overwrite:
         raise ConfigError(f"{str(path)!r} exists; choose another file or pass overwrite")
+    final, path = path, path.with_name(f".{path.name}.partial-{os.getpid()}")
     model = predictor.model
     was = getattr(model, "validate_inputs", False)
     model.validate_inputs = False  # data-dependent Python checks cannot live in a graph
@@ -271,6 +279,8 @@ def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False)
             torch.onnx.export(wrapper, (*xs, avail), str(path), input_names=names,
                               output_names=["probs", "uncertainty"], dynamic_axes=axes,
                               opset_version=17, dynamo=False)
+        os.replace(path, final)  # a complete file, or none
     finally:
         model.validate_inputs = was
-    return path
+        path.unlink(missing_ok=True)
+    return final

@@ -239,14 +239,9 @@ class DMRNetModule(L.LightningModule):
         weights = {self.space.names[-1]: 1.0} if spec.train_subsets == "full" else None
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
         self._teacher: Any = None  # MMANet's frozen teacher; not a submodule, not saved
-        if method == "mmanet":
-            if teacher_checkpoint is None:
-                raise ConfigError("method 'mmanet' needs teacher_checkpoint: a full_only "
-                                  "model's checkpoint (dmrnet benchmark trains it for you)")
-            from dmrnet.peers.mmanet import load_teacher
-
-            # object.__setattr__: keep it out of the module tree (not trained, not saved)
-            object.__setattr__(self, "_teacher", load_teacher(teacher_checkpoint))
+        if method == "mmanet" and teacher_checkpoint is None:
+            raise ConfigError("method 'mmanet' needs teacher_checkpoint: a full_only "
+                              "model's checkpoint (dmrnet benchmark trains it for you)")
         self.task_metric = get_task_metric(metric)
         names = self.space.names
         tm = self.task_metric
@@ -268,6 +263,20 @@ class DMRNetModule(L.LightningModule):
                 for m, x in inputs.items()}
 
     # --- training ---------------------------------------------------------------------------
+    def teacher(self) -> Any:
+        """MMANet's frozen teacher network, loaded on first use (training only: a trained
+        student is used, tested and served without it), or None for other methods."""
+        path = self.hparams.get("teacher_checkpoint")
+        if self._teacher is None and self.hparams.method == "mmanet" and path is not None:
+            from dmrnet.peers.mmanet import load_teacher
+
+            # object.__setattr__: keep it out of the module tree (not trained, not saved)
+            object.__setattr__(self, "_teacher", load_teacher(path))
+        return self._teacher
+
+    def on_fit_start(self) -> None:
+        self.teacher()  # a bad teacher checkpoint stops the run before its first step
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if batch.target is None:
             raise ConfigError("training batches need targets")
@@ -275,10 +284,11 @@ class DMRNetModule(L.LightningModule):
         avail = self.sampler.sample(batch.availability)
         subset_index = self.space.indices_of(avail)
         out = self(batch.inputs, avail)
-        if self._teacher is not None:
-            self._teacher.to(self.device)
+        teacher_net = self.teacher()
+        if teacher_net is not None:
+            teacher_net.to(self.device)
             with torch.no_grad():  # the teacher sees everything the sample has
-                teacher = self._teacher(batch.inputs, batch.availability)
+                teacher = teacher_net(batch.inputs, batch.availability)
             terms = self.objective(out, batch.target, subset_index, teacher=teacher)
         else:
             terms = self.objective(out, batch.target, subset_index)

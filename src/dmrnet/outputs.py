@@ -1,0 +1,131 @@
+"""Output folders that are never destroyed by accident.
+
+:class:`RunFolder` is how ``dmrnet benchmark`` writes ``--out``: the run goes into a hidden
+sibling folder (``.NAME.partial-PID``) and is moved into place only when it is complete, so a
+failure, a full disk or Ctrl-C never leaves a half-written run under ``--out`` and never touches
+what was there. ``--overwrite`` replaces an existing folder only at that final moment, and only
+one that dmrnet wrote (it holds the marker file ``.dmrnet-run``). Paths that hold more than a
+run are refused: ``''``, the current folder, the home folder, ``/``, and the data (or any folder
+above it). A lock file beside the folder keeps a second process from writing the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from dmrnet.errors import DMRNetError
+
+MARKER = ".dmrnet-run"
+"""File in every folder dmrnet writes a run into; only such folders may be replaced."""
+
+
+class OutputError(DMRNetError):
+    """An output path that dmrnet will not write to (or replace)."""
+
+
+def check_output_path(out: str | Path, protected: Iterable[str | Path] = ()) -> Path:
+    """The resolved ``--out``, or an :class:`OutputError` if writing there could destroy
+    something: '' or '.', the current folder, the home folder, '/', or a folder that is (or
+    contains) one of ``protected`` (the data, a manifest)."""
+    if not str(out).strip():
+        raise OutputError("--out is empty; name a new folder for the results, e.g. "
+                          "--out runs/my-run")
+    path = Path(out).expanduser().resolve()
+    forbidden = {Path.cwd().resolve(): "the current folder", Path.home().resolve():
+                 "your home folder", Path(path.anchor): "the file system root"}
+    if path in forbidden:
+        raise OutputError(f"--out {str(out)!r} is {forbidden[path]}; name a new folder for the "
+                          "results, e.g. --out runs/my-run")
+    for item in protected:
+        p = Path(item).expanduser().resolve()
+        if path == p or path in p.parents:
+            raise OutputError(f"--out {str(out)!r} holds your data ({str(item)!r}); choose a "
+                              "folder outside it")
+    return path
+
+
+class RunFolder:
+    """``with RunFolder(out, overwrite, protected) as work:`` write everything into ``work``;
+    on a clean exit it becomes ``out``. Checks run in the constructor, before any work."""
+
+    def __init__(self, out: str | Path, overwrite: bool,
+                 protected: Iterable[str | Path] = ()) -> None:
+        self.path = check_output_path(out, protected)
+        self.overwrite = overwrite
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"output path {str(out)!r} exists and is not a folder")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not overwrite:
+                raise OutputError(f"output folder {str(out)!r} is not empty; choose another "
+                                  "--out or pass --overwrite to replace it")
+            if not (self.path / MARKER).is_file():
+                raise OutputError(f"output folder {str(out)!r} was not written by dmrnet (no "
+                                  f"{MARKER} in it), so --overwrite will not replace it; "
+                                  "choose another --out")
+        parent = self.path.parent
+        above = next((p for p in [parent, *parent.parents] if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise OutputError(f"--out {str(out)!r} is under {str(above)!r}, which is a file; "
+                              "choose a folder path")
+        if not parent.exists():
+            try:
+                parent.mkdir(parents=True)
+            except OSError as err:
+                raise OutputError(f"cannot create the folder for --out {str(out)!r}: "
+                                  f"{err.strerror}") from err
+        if not os.access(parent, os.W_OK):
+            raise OutputError(f"cannot write to {str(parent)!r} (for --out {str(out)!r}): "
+                              "permission denied; choose a writable folder")
+        self.work = parent / f".{self.path.name}.partial-{os.getpid()}"
+        self._lock_file: object = None
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform
+            return
+        lock = open(self.path.parent / f".{self.path.name}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            lock.close()
+            raise OutputError(f"another dmrnet process is writing {str(self.path)!r}; wait for "
+                              "it or choose another --out") from err
+        self._lock_file = lock  # held (and released by the OS if we die) until the end
+
+    def __enter__(self) -> Path:
+        self._lock()
+        self.work.mkdir()
+        (self.work / MARKER).write_text("written by dmrnet; --overwrite may replace this "
+                                        "folder\n")
+        return self.work
+
+    def _commit(self) -> None:
+        old = None
+        if self.path.exists():
+            old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+            self.path.rename(old)  # the previous run stays whole until the new one is in place
+        self.work.rename(self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if kind is None:
+                self._commit()
+            elif not any(p.is_file() and p.name != MARKER for p in self.work.rglob("*")):
+                shutil.rmtree(self.work, ignore_errors=True)  # nothing worth keeping
+        finally:
+            if self._lock_file is not None:
+                self._lock_file.close()  # type: ignore[attr-defined]
+                self._lock_file = None
+
+    @property
+    def kept(self) -> Path | None:
+        """The partial folder left by an interrupted or failed run, if any."""
+        return self.work if self.work.exists() else None

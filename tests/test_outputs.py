@@ -1,0 +1,147 @@
+"""Outputs are never destroyed by accident (issue 10, item 1): the benchmark writes --out only
+when a run is complete, replaces only folders it wrote, refuses paths that hold more than a
+run, locks the folder, and Ctrl-C leaves --out as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dmrnet.benchmark import BenchmarkConfig, RunInterruptedError, run_benchmark
+from dmrnet.cli import main
+from dmrnet.outputs import MARKER, OutputError, RunFolder, check_output_path
+
+from .fixtures import make_manifest
+
+QUICK = ["--modalities", "fac,mor", "--methods", "baseline", "--seeds", "0", "--epochs", "1",
+         "--no-progress"]
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("out", ["", ".", "./", "~"])
+def test_paths_that_hold_more_than_a_run_are_refused_and_nothing_is_touched(
+        out, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data.csv").write_text("1,2")
+    before = files_under(tmp_path)
+    assert main(["benchmark", "--out", out, "--overwrite", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dmrnet: error: --out") and err.count("\n") == 1
+    assert files_under(tmp_path) == before
+
+
+def test_root_and_data_folders_are_refused(tmp_path):
+    path = make_manifest(tmp_path / "m")
+    with pytest.raises(OutputError, match="file system root"):
+        check_output_path("/")
+    for out in (tmp_path / "m", tmp_path):  # the data's folder, or any folder above it
+        with pytest.raises(OutputError, match="holds your data"):
+            check_output_path(out, [path])
+    assert check_output_path(tmp_path / "m" / "runs", [path]) == (tmp_path / "m" / "runs")
+
+
+def test_overwrite_replaces_only_a_folder_dmrnet_wrote(tmp_path, capsys):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "a.jpg").write_bytes(b"jpeg")
+    assert main(["benchmark", "--out", str(mine), "--overwrite", *QUICK]) == 2
+    assert "not written by dmrnet" in capsys.readouterr().err
+    assert (mine / "a.jpg").read_bytes() == b"jpeg"
+
+
+def test_a_failed_run_leaves_the_previous_results_in_place(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["benchmark", "--out", str(out), *QUICK]) == 0
+    assert (out / MARKER).is_file()
+    previous = files_under(out)
+    # a typo in the manifest: reported, and the previous run is untouched
+    code = main(["benchmark", "--dataset", "manifest", "--manifest", str(tmp_path / "typo.csv"),
+                 "--out", str(out), "--overwrite", "--seeds", "0", "--epochs", "1"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert files_under(out) == previous
+    assert not list(tmp_path.glob(".run.partial-*"))  # nothing was trained: nothing kept
+    # a complete run replaces it, at the end
+    assert main(["benchmark", "--out", str(out), "--overwrite", *QUICK[:-3], "--epochs", "2",
+                 "--no-progress"]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["epochs"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+
+
+def test_ctrl_c_leaves_out_as_it_was_and_says_what_was_kept(tmp_path):
+    out = tmp_path / "run"
+    calls = []
+
+    def echo(line: str) -> None:
+        calls.append(line)
+        if "test accuracy" in line:  # the first run has trained: press Ctrl-C
+            raise KeyboardInterrupt
+
+    cfg = BenchmarkConfig(out=str(out), modalities=["fac", "mor"], methods=["baseline"],
+                          seeds=[0, 1], epochs=1, progress=False)
+    with pytest.raises(RunInterruptedError, match="is as it was; the unfinished run is in"):
+        run_benchmark(cfg, echo=echo)
+    assert not out.exists()  # nothing partial looks complete
+    partial = list(tmp_path.glob(".run.partial-*"))
+    assert len(partial) == 1 and any(partial[0].rglob("*.ckpt"))
+
+
+def test_a_second_process_on_the_same_out_gets_a_clear_error(tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    with open(tmp_path / ".run.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running benchmark holds
+        with (pytest.raises(OutputError, match="another dmrnet process is writing"),
+              RunFolder(out, overwrite=False)):
+            pass
+    assert not out.exists()
+
+
+def test_read_only_parent_is_a_one_line_error(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root can write to read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["benchmark", "--out", str(ro / "run"), *QUICK]) == 2
+        assert "permission denied" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_out_under_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["benchmark", "--out", str(tmp_path / "notes.txt" / "run"), *QUICK]) == 2
+    assert "which is a file" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_export_never_empties_the_current_folder(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert main(["benchmark", "--out", str(run), *QUICK]) == 0
+    ckpt = str(run / "checkpoints" / "baseline-seed0" / "best.ckpt")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for out in (".", ""):
+        assert main(["export", "--checkpoint", ckpt, "--out", out, "--overwrite"]) == 2
+    assert main(["export", "--checkpoint", ckpt, "--format", "onnx", "--out", "."]) == 2
+    assert (work / "notes.txt").read_text() == "mine" and len(list(work.iterdir())) == 1
+    capsys.readouterr()
+    # a model folder can be replaced by a new export of it, and is complete when it appears
+    assert main(["export", "--checkpoint", ckpt, "--out", "model"]) == 0
+    assert main(["export", "--checkpoint", ckpt, "--out", "model", "--overwrite"]) == 0
+    assert {p.name for p in (work / "model").iterdir()} == {
+        "config.json", "model.safetensors", MARKER}
