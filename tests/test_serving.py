@@ -117,25 +117,39 @@ def test_corrupt_and_code_carrying_files_are_refused(tmp_path):
     assert load_module(ok).hparams["method"] == "dmrnet"
 
 
-def test_onnx_graph_serves_every_subset_like_pytorch(tmp_path):
+def test_onnx_graph_serves_every_subset_like_pytorch(tmp_path, capsys):
+    """Raw inputs into the ONNX graph give what load_model(...).predict gives, for every subset:
+    the standardisation stored with the model is inside the graph (on 4fe5d57 it was not, and
+    mfeat's fac+pix scored 0.10 from raw features)."""
+    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from dmrnet.serving import export_onnx
+    import onnx
+
+    from dmrnet.serving import ONNX_INPUTS_KEY, export_onnx
 
     pred = load_model(save_model(module(), tmp_path / "m"))
-    path = export_onnx(pred, tmp_path / "m.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert pred.preprocessing  # "a" is standardised: the case that used to go wrong
     rng = np.random.default_rng(0)
-    x = {m: rng.normal(size=(4, *s)).astype(np.float32) for m, s in SHAPES.items()}
-    worst = 0.0
-    for s in range(len(pred.model.space)):
-        mask = pred.model.space.masks()[s]
-        avail = mask.float().expand(4, -1).numpy().copy()
-        probs, unc = session.run(None, {**x, "availability": avail})
-        with torch.no_grad():
-            ref = pred.model({m: torch.as_tensor(v) for m, v in x.items()},
-                             torch.as_tensor(avail) > 0.5)
-        worst = max(worst, float(np.abs(probs - ref.logits.softmax(1).numpy()).max()),
-                    float(np.abs(unc - ref.variance.numpy()).max()))
-    assert worst < 1e-4
+    raw = {m: rng.normal(3.0, 2.0, size=(4, *s)).astype(np.float32) for m, s in SHAPES.items()}
+    for include in (True, False):
+        path = export_onnx(pred, tmp_path / f"m-{include}.onnx", preprocessing=include)
+        note = {p.key: p.value for p in onnx.load(str(path)).metadata_props}[ONNX_INPUTS_KEY]
+        assert note.startswith("raw:" if include else "preprocessed:")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        fed = raw if include else {**raw, "a": (raw["a"] - 1.0) / 2.0}
+        worst = 0.0
+        for s in range(len(pred.model.space)):
+            members = pred.model.space.parse(pred.model.space.name(s))
+            avail = pred.model.space.masks()[s].float().expand(4, -1).numpy().copy()
+            probs, unc = session.run(None, {**fed, "availability": avail})
+            ref = pred.predict({m: raw[m] for m in members})
+            worst = max(worst, float(np.abs(probs - ref.probs.numpy()).max()),
+                        float(np.abs(unc - ref.uncertainty.numpy()).max()))
+        assert worst < 1e-4, include
+    path = tmp_path / "m-True.onnx"
     assert main(["export", "--checkpoint", str(tmp_path / "m"), "--format", "onnx", "--out",
                  str(path)]) == 2  # exists: refused
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(tmp_path / "m"), "--format", "onnx", "--out",
+                 str(tmp_path / "cli.onnx"), "--no-preprocessing"]) == 0
+    assert "NOT in the graph" in capsys.readouterr().out  # said on the console too

@@ -149,6 +149,9 @@ def export_parser(sub: Any) -> argparse.ArgumentParser:
                        "graph with the availability mask as an input, serving every subset.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt (or a model folder for onnx)")
     p.add_argument("--format", choices=["folder", "onnx"], default="folder")
+    p.add_argument("--no-preprocessing", action="store_true",
+                   help="onnx: leave the stored input statistics out of the graph (it then "
+                   "expects preprocessed inputs; its metadata says so)")
     p.add_argument("--out", required=True, help="folder or .onnx file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return p
@@ -158,7 +161,7 @@ def run_export_command(args: argparse.Namespace) -> int:
     import tempfile
 
     from dmrnet.predict import load_module
-    from dmrnet.serving import export_onnx, load_model, save_model
+    from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 
     src = Path(args.checkpoint)
     if args.format == "folder":
@@ -170,9 +173,11 @@ def run_export_command(args: argparse.Namespace) -> int:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             predictor = load_model(save_model(load_module(args.checkpoint), Path(tmp) / "m"))
-    export_onnx(predictor, args.out, overwrite=args.overwrite)
+    export_onnx(predictor, args.out, overwrite=args.overwrite,
+                preprocessing=not args.no_preprocessing)
     print(f"wrote {args.out}: inputs {predictor.modalities} + availability (B, "
-          f"{len(predictor.modalities)}); outputs probs, uncertainty")
+          f"{len(predictor.modalities)}); outputs probs, uncertainty; inputs "
+          f"{onnx_inputs_note(predictor, not args.no_preprocessing)}")
     return 0
 
 

@@ -139,8 +139,10 @@ class Predictor:
                           uncertainty=out.variance)
 
 
-def apply_preprocessing(pre: Mapping[str, Any], modality: str, x: Tensor) -> Tensor:
-    """Apply the input statistics stored with a model to one sample (*shape) of a modality.
+def apply_preprocessing(pre: Mapping[str, Any], modality: str, x: Tensor,
+                        batched: bool = False) -> Tensor:
+    """Apply the input statistics stored with a model to one sample (*shape) of a modality, or
+    to a batch (B, *shape) with ``batched``.
 
     Two forms: ``{modality: {"scale", "mean", "std"}}`` (per channel for images, e.g. RGB-D)
     and ``{"standardize": {"mean": {modality: [...]}, "std": {...}}}`` (per feature, mfeat).
@@ -156,8 +158,9 @@ def apply_preprocessing(pre: Mapping[str, Any], modality: str, x: Tensor) -> Ten
     st = pre.get("standardize")
     if st is None or modality not in st.get("mean", {}):
         return x
-    mean = torch.tensor(st["mean"][modality], dtype=x.dtype).view(x.shape)
-    std = torch.tensor(st["std"][modality], dtype=x.dtype).view(x.shape)
+    shape = x.shape[1:] if batched else x.shape
+    mean = torch.tensor(st["mean"][modality], dtype=x.dtype).view(shape)
+    std = torch.tensor(st["std"][modality], dtype=x.dtype).view(shape)
     return (x - mean) / std
 
 
@@ -243,23 +246,40 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
 
 
 class _ExportWrapper(torch.nn.Module):
-    """(x_1, ..., x_M, availability) -> (probs, uncertainty): one graph for every subset."""
+    """(x_1, ..., x_M, availability) -> (probs, uncertainty): one graph for every subset,
+    with the model's input statistics applied first when ``preprocessing`` is given."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module,
+                 preprocessing: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.modalities = list(model.modalities)
+        self.preprocessing = dict(preprocessing or {})
 
     def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
         *xs, avail = args
+        if self.preprocessing:
+            xs = [apply_preprocessing(self.preprocessing, m, x, batched=True)
+                  for m, x in zip(self.modalities, xs, strict=True)]
         out = self.model(dict(zip(self.modalities, xs, strict=True)), avail > 0.5)
         var = out.variance if out.variance is not None else out.logits.new_zeros(len(xs[0]))
         return out.logits.softmax(dim=1), var
 
 
-def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False) -> Path:
+ONNX_INPUTS_KEY = "dmrnet_inputs"
+"""ONNX metadata key saying whether the graph takes raw inputs (its preprocessing inside)."""
+
+
+def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False,
+                preprocessing: bool = True) -> Path:
     """Write an ONNX graph with inputs ``<modality>`` (B, *shape) and ``availability`` (B, M)
-    float (1 = present) and outputs ``probs`` (B, K) and ``uncertainty`` (B,)."""
+    float (1 = present) and outputs ``probs`` (B, K) and ``uncertainty`` (B,).
+
+    The graph starts with the input statistics the model was trained with (the same
+    preprocessing as :meth:`Predictor.predict`), so it takes raw inputs. ``preprocessing=False``
+    leaves them out: the graph then expects preprocessed inputs, and its metadata
+    (``dmrnet_inputs``) says so.
+    """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{str(path)!r} is a folder; give the path of the .onnx file to write")
@@ -270,7 +290,8 @@ def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False)
     was = getattr(model, "validate_inputs", False)
     model.validate_inputs = False  # data-dependent Python checks cannot live in a graph
     try:
-        wrapper = _ExportWrapper(model).eval()
+        stats = predictor.preprocessing if preprocessing else None
+        wrapper = _ExportWrapper(model, stats).eval()
         xs = tuple(torch.zeros(2, *predictor.input_shapes[m]) for m in predictor.modalities)
         avail = torch.ones(2, len(predictor.modalities))
         names = [*predictor.modalities, "availability"]
@@ -279,8 +300,27 @@ def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False)
             torch.onnx.export(wrapper, (*xs, avail), str(path), input_names=names,
                               output_names=["probs", "uncertainty"], dynamic_axes=axes,
                               opset_version=17, dynamo=False)
+        _set_onnx_inputs_note(path, onnx_inputs_note(predictor, preprocessing))
         os.replace(path, final)  # a complete file, or none
     finally:
         model.validate_inputs = was
         path.unlink(missing_ok=True)
     return final
+
+
+def onnx_inputs_note(predictor: Predictor, preprocessing: bool) -> str:
+    """What the exported graph expects, in words (stored in its metadata)."""
+    if not predictor.preprocessing:
+        return "raw: the model was trained without stored input statistics"
+    if preprocessing:
+        return "raw: the stored input statistics are applied inside the graph"
+    return ("preprocessed: the stored input statistics are NOT in the graph; apply them (see "
+            "config.json 'preprocessing') before feeding it")
+
+
+def _set_onnx_inputs_note(path: Path, note: str) -> None:
+    import onnx
+
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {ONNX_INPUTS_KEY: note})
+    onnx.save(graph, str(path))
