@@ -128,3 +128,22 @@ def test_teacher_checkpoints_and_encoder_weights_refuse_urls_and_payloads(server
 def test_torch_floor_is_the_first_release_that_refuses_pickled_code_by_default():
     text = (ROOT / "pyproject.toml").read_text()
     assert '"torch>=2.6,<3"' in text
+
+
+def test_lightning_and_os_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    """Errors a user causes in fit/test end in one line (exit 2); --debug re-raises."""
+    (tmp_path / "notes.txt").write_text("mine")
+    under_a_file = str(tmp_path / "notes.txt" / "run")
+    code = main(["fit", "--config", CONFIG, "--trainer.max_epochs", "1",
+                 "--trainer.default_root_dir", under_a_file])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dmrnet: error: ") and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+    for accelerator in ("mps", "tpu"):  # not on this machine / its package not installed
+        code = main(["fit", "--config", CONFIG, "--trainer.accelerator", accelerator,
+                     "--trainer.default_root_dir", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert code == 2 and "dmrnet: error:" in err and "Traceback" not in err
+    with pytest.raises(OSError):
+        main(["fit", "--config", CONFIG, "--trainer.max_epochs", "1",
+              "--trainer.default_root_dir", under_a_file, "--debug"])

@@ -268,9 +268,16 @@ def lightning_cli(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``dmrnet`` command. Errors a user can cause end in one ``dmrnet: error: ...`` line
+    (exit 2; Ctrl-C: 130); ``--debug`` anywhere shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    return _friendly(lambda: _main([a for a in argv if a != "--debug"]), debug)
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_VERBS:
-        return _friendly(lambda: lightning_cli(argv))
+        return lightning_cli(argv)
     parser = argparse.ArgumentParser(
         prog="dmrnet",
         description="Multimodal learning robust to missing modalities (DMRNet, ECCV 2024).",
@@ -290,32 +297,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "benchmark":
-        return _friendly(lambda: run_benchmark_command(args))
-    if args.command == "prepare":
-        return _friendly(lambda: run_prepare_command(args))
-    if args.command == "predict":
-        return _friendly(lambda: run_predict_command(args))
-    if args.command == "analyze":
-        return _friendly(lambda: run_analyze_command(args))
-    if args.command == "export":
-        return _friendly(lambda: run_export_command(args))
-    return 2
+    commands = {"benchmark": run_benchmark_command, "prepare": run_prepare_command,
+                "predict": run_predict_command, "analyze": run_analyze_command,
+                "export": run_export_command}
+    return commands[args.command](args)
 
 
-def _friendly(fn: Any) -> int:
-    """Show errors that name the user's mistake as one line, not a stack trace."""
+def _friendly(fn: Any, debug: bool = False) -> int:
+    """Show errors that name the user's mistake as one line, not a stack trace: dmrnet's own
+    errors, Lightning's configuration errors, and the operating system's (a full disk, a
+    permission, a path under a file). Anything else is a bug and keeps its traceback."""
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
     from dmrnet.benchmark import RunInterruptedError
     from dmrnet.errors import DMRNetError
 
+    if debug:
+        return int(fn() or 0)
     try:
         return int(fn() or 0)
     except RunInterruptedError as err:
         print(f"dmrnet: {err}", file=sys.stderr)
         return 130  # the shell's code for Ctrl-C
+    except KeyboardInterrupt:
+        print("dmrnet: interrupted", file=sys.stderr)
+        return 130
     except DMRNetError as err:
         print(f"dmrnet: error: {err}", file=sys.stderr)
         return 2
+    except (MisconfigurationException, ImportError) as err:  # incl. a missing optional package
+        print(f"dmrnet: error: {_first_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        where = f": {err.filename!r}" if err.filename else ""
+        print(f"dmrnet: error: {err.strerror or _first_line(err)}{where}", file=sys.stderr)
+        return 2
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":
