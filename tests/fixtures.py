@@ -102,7 +102,8 @@ def make_manifest(root: Path, n: int = 36) -> Path:
         vec = f"v{i}.npy" if i % 5 != 1 else ""
         img = f"i{i}.png" if i % 5 != 2 else ""
         snd = f"s{i}.wav" if i % 7 != 3 else ""
-        split = "test" if i % 6 == 0 else ("val" if i % 6 == 3 else "train")
+        # every class in every split (i % 6 would put only "cat" in val and test)
+        split = "test" if (i // 3) % 6 == 0 else ("val" if (i // 3) % 6 == 3 else "train")
         rows.append(f"{vec},{img},{snd},{label},{split}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"

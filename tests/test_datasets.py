@@ -153,10 +153,17 @@ def test_cremad_errors(tmp_path):
         cremad(None)
     with pytest.raises(DataError, match="modality 'depth' is not one of CREMA-D"):
         cremad(root, modalities=["depth"])
-    # a corrupt WAV names the file and the split line when it is read
+    # a corrupt WAV is found before any training, named with the split file's line
     (root / "train.csv").write_text("1001_S00_ANG_XX,ANG\n")
+    good = (root / "AudioWAV" / "1002_S00_ANG_XX.wav").read_bytes()
     (root / "AudioWAV" / "1002_S00_ANG_XX.wav").write_bytes(b"RIFF....garbage")
+    with pytest.raises(DataError, match="1 file.* cannot be used.*\n.*cannot read WAV file "
+                                        ".*1002_S00_ANG_XX.wav.*test.csv line 1"):
+        cremad(root, train_csv="train.csv", test_csv="test.csv", val_csv="train.csv")
+    # and if it breaks after the scan, reading it still names the file and the line
+    (root / "AudioWAV" / "1002_S00_ANG_XX.wav").write_bytes(good)
     data = cremad(root, train_csv="train.csv", test_csv="test.csv", val_csv="train.csv")
+    (root / "AudioWAV" / "1002_S00_ANG_XX.wav").write_bytes(b"RIFF....garbage")
     with pytest.raises(DataError, match="cannot read WAV file .*1002_S00_ANG_XX.wav.*test.csv "
                                         "line 1"):
         data.test[0]
@@ -202,9 +209,8 @@ def test_casia_surf_lists_and_errors(tmp_path):
     with pytest.raises(DataError, match="colour.jpg' does not exist \\(bad_list.txt line 1\\)"):
         casia_surf(root, train_list="bad_list.txt")
     (root / "val" / "s000" / "depth.jpg").write_bytes(b"not a jpeg")
-    data = casia_surf(root, image_size=32)
     with pytest.raises(DataError, match="cannot read image .*depth.jpg.*val_list.txt line 1"):
-        data.val[0]
+        casia_surf(root, image_size=32)  # found by the scan, before any training
 
 
 def test_manifest_kinds_missing_entries_and_errors(tmp_path):
@@ -216,22 +222,24 @@ def test_manifest_kinds_missing_entries_and_errors(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (24, 6, 6)
     missing = [i for i, r in enumerate(data.train.records) if r.paths["img"] is None]
     assert missing and "img" not in data.train[missing[0]]["inputs"]
-    # a wrong-size image names the file
+    # a wrong-size image names the file and line, before any training
     picture(0, (20, 16)).save(tmp_path / "m" / "i4.png")
-    data = manifest(manifest=str(path), audio={"seconds": 0.3})
-    row = next(i for i, r in enumerate(data.train.records) if r.paths["img"] and
-               r.paths["img"].name == "i4.png")
     with pytest.raises(DataError, match="image .*i4.png' is 20x16 but this modality's images are "
                                         "16x16.*manifest.csv line 6"):
-        data.train[row]
-    assert manifest(manifest=str(path), image_size=[16, 16]).train[row]["inputs"]["img"].shape \
-        == (3, 16, 16)
+        manifest(manifest=str(path), audio={"seconds": 0.3})
+    data = manifest(manifest=str(path), image_size=[16, 16])
+    row = next(i for i, r in enumerate(data.train.records) if r.paths["img"] and
+               r.paths["img"].name == "i4.png")
+    assert data.train[row]["inputs"]["img"].shape == (3, 16, 16)
+    # every problem is reported at once, each with its file and line
     np.save(tmp_path / "m" / "v5.npy", np.zeros(9, dtype=np.float32))
-    data = manifest(manifest=str(path))
-    row = next(i for i, r in enumerate(data.train.records) if r.paths["vec"] and
-               r.paths["vec"].name == "v5.npy")
-    with pytest.raises(DataError, match="v5.npy' has shape \\(9,\\), expected \\(8,\\)"):
-        data.train[row]
+    with pytest.raises(DataError, match="2 file.* cannot be used(.|\\n)*i4.png' is 20x16(.|\\n)*"
+                                        "v5.npy' has shape \\(9,\\), expected \\(8,\\).*line 7"):
+        manifest(manifest=str(path))
+    np.save(tmp_path / "m" / "v5.npy", np.full(8, np.nan, dtype=np.float32))
+    with pytest.raises(DataError, match="v5.npy' holds NaN or inf"):
+        manifest(manifest=str(path), image_size=[16, 16])
+    np.save(tmp_path / "m" / "v5.npy", np.zeros(8, dtype=np.float32))
     text = path.read_text().splitlines()
     path.write_text("\n".join([*text[:2], text[2].replace(",dog,", ",cow,"), *text[3:]]) + "\n")
     with pytest.raises(DataError, match="manifest.csv line 3: label 'cow' is not one of"):

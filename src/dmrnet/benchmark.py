@@ -10,6 +10,7 @@ that subset's modalities only.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import sys
 import time
@@ -115,6 +116,7 @@ def _check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError("no seed given, e.g. --seeds 0,1,2")
     if cfg.epochs < 1:
         raise BenchmarkError(f"epochs must be at least 1; got {cfg.epochs}")
+    _check_numbers(cfg)
     check_precision(cfg.precision)
     what = (f"accelerator {cfg.accelerator!r}, devices {cfg.devices!r}, precision "
             f"{cfg.precision or '32-true'!r}")
@@ -142,6 +144,33 @@ def _check_config(cfg: BenchmarkConfig) -> None:
             f"{unknown[0]!r} is not a model setting; model settings: {sorted(known)} "
             "(data settings go in dataset_kwargs of a --config file)"
         )
+
+
+NUMBER_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "embed_dim": ("a whole number >= 1", lambda v: v >= 1 and float(v).is_integer()),
+    "lr": ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+    "weight_decay": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "alpha": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "beta": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "hcr_warmup_epochs": ("a whole number >= 0", lambda v: v >= 0 and float(v).is_integer()),
+    "hcr_top_k": ("a whole number >= 1", lambda v: v >= 1 and float(v).is_integer()),
+    "label_smoothing": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+}
+"""Ranges of the numeric model settings, checked before any work."""
+
+
+def _check_numbers(cfg: BenchmarkConfig) -> None:
+    bad_seeds = [s for s in cfg.seeds or [] if not isinstance(s, int) or s < 0]
+    if bad_seeds:
+        raise BenchmarkError(f"seeds must be whole numbers >= 0; got {bad_seeds[0]!r}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise BenchmarkError(f"batch size must be at least 1; got {cfg.batch_size}")
+    for key, (rule, ok) in NUMBER_RULES.items():
+        value = cfg.model.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+            raise BenchmarkError(f"{key} must be {rule}; got {value!r}")
 
 
 def _method_names() -> list[str]:

@@ -17,7 +17,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dmrnet.data.base import DataError, stratified_split
-from dmrnet.data.io import read_image, read_npy, read_resized, read_wav
+from dmrnet.data.io import (
+    check_image,
+    check_npy,
+    check_wav,
+    read_image,
+    read_npy,
+    read_resized,
+    read_wav,
+)
 from dmrnet.data.transforms import (
     AudioSpec,
     audio_window,
@@ -65,6 +73,11 @@ class Reader:
     def finish(self, batch: Tensor) -> Tensor:
         return batch
 
+    def check(self, path: Path) -> str | None:
+        """A quick look at a file (its header, not its content where it can): what is wrong
+        with it, or None. Run on every file before training (:func:`scan_records`)."""
+        return None
+
     def __call__(self, path: Path, train: bool) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -109,6 +122,9 @@ class AudioReader(Reader):
                                self.spec.num_samples)
         return spectrogram_batch(waves.clamp(-1.0, 1.0), self.spec)
 
+    def check(self, path: Path) -> str | None:
+        return check_wav(path)
+
     def __call__(self, path: Path, train: bool) -> Tensor:
         samples, rate = read_wav(path)
         window = audio_window(samples, rate, self.spec, train, at_rate=self._item_rate)
@@ -144,6 +160,13 @@ class FramesReader(Reader):
 
     def finish(self, batch: Tensor) -> Tensor:
         return imagenet_normalize(batch) if self.on_device else batch
+
+    def check(self, path: Path) -> str | None:
+        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if Path(path).is_dir() else []
+        if not files:
+            return f"frame folder {str(path)!r} is missing or holds no image"
+        return check_image(files[len(files) // 2])
 
     def _frame(self, path: Path, train: bool) -> Tensor:
         if not self.on_device:
@@ -185,6 +208,9 @@ class ImageReader(Reader):
             raise DataError("an image reader needs a size or an expected size")
         return (self.channels, int(hw[0]), int(hw[1]))
 
+    def check(self, path: Path) -> str | None:
+        return check_image(path, None if self.size is not None else self.shape[1:])
+
     def __call__(self, path: Path, train: bool) -> Tensor:
         img = read_image(path, "RGB" if self.channels == 3 else "L")
         h, w = self.shape[1:]
@@ -206,6 +232,9 @@ class NpyReader(Reader):
     """.npy file -> float32 array of a fixed ``shape`` (a mismatch names the file)."""
 
     shape: tuple[int, ...] = ()  # type: ignore[assignment]
+
+    def check(self, path: Path) -> str | None:
+        return check_npy(path, self.shape)
 
     def __call__(self, path: Path, train: bool) -> Tensor:
         x = read_npy(path)
@@ -258,6 +287,28 @@ class FileDataset(Dataset):
         return {"inputs": inputs, "target": rec.label}
 
 
+def scan_records(splits: Mapping[str, Sequence[Record]], readers: Mapping[str, Reader],
+                 limit: int = 20) -> None:
+    """Look at every listed file once, before any training, and report every problem found
+    (file and list line; the first ``limit`` of them) in one error."""
+    problems, count = [], 0
+    for split, records in splits.items():
+        for rec in records:
+            for m, reader in readers.items():
+                path = rec.paths.get(m)
+                if path is None:
+                    continue
+                problem = reader.check(Path(path))
+                if problem is not None:
+                    count += 1
+                    if len(problems) < limit:
+                        problems.append(f"  {problem} ({rec.where or split})")
+    if problems:
+        more = f"\n  ... and {count - len(problems)} more" if count > len(problems) else ""
+        raise DataError(f"{count} file(s) cannot be used; fix or remove them:\n"
+                        + "\n".join(problems) + more)
+
+
 def check_records(records: Sequence[Record], modalities: Sequence[str], name: str) -> None:
     """Every listed file exists; every sample has at least one modality."""
     if not records:
@@ -305,6 +356,10 @@ def file_splits(
     from dmrnet.data.base import SplitData
 
     mods = list(readers)
+    for name, part in (("training", train), ("validation", val), ("test", test)):
+        if not part:
+            raise DataError(f"the {name} split holds no sample; every split needs at least one")
+    scan_records({"train": train, "val": val, "test": test}, readers)
     info = {**info, "sizes": {"train": len(train), "val": len(val), "test": len(test)}}
     return SplitData(
         train=FileDataset(train, readers, train=True),

@@ -64,6 +64,8 @@ def read_image(path: str | Path, mode: str = "RGB") -> Tensor:
         with Image.open(path) as img:
             img.load()
             arr = np.asarray(img.convert(mode))
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image {str(path)!r} is too large to decode safely: {err}") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"cannot read image {str(path)!r}: {err}") from err
     if arr.ndim == 2:
@@ -108,10 +110,62 @@ def read_npy(path: str | Path) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"array file {str(path)!r} does not exist")
-    try:
-        arr = np.load(path, allow_pickle=False)
+    try:  # memory-mapped first: a header that promises more than the file holds is refused
+        arr = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
     except (ValueError, OSError, EOFError) as err:
         raise DataError(f"cannot read array {str(path)!r}: {err}") from err
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
         raise DataError(f"array {str(path)!r} has non-numeric dtype {arr.dtype}")
     return torch.from_numpy(np.ascontiguousarray(arr)).float()
+
+
+# --- quick checks: a file's header (and an array's values), for the scan before training ------
+
+
+def check_wav(path: str | Path) -> str | None:
+    """What is wrong with a WAV file, from its header, or None."""
+    try:
+        with wave.open(str(path), "rb") as fh:
+            width, frames = fh.getsampwidth(), fh.getnframes()
+    except (wave.Error, EOFError, OSError) as err:
+        return f"cannot read WAV file {str(path)!r}: {err}"
+    if width not in (1, 2, 3, 4):
+        return f"WAV file {str(path)!r} has unsupported sample width {width} bytes"
+    if frames == 0:
+        return f"WAV file {str(path)!r} holds no samples"
+    return None
+
+
+def check_image(path: str | Path, size: tuple[int, ...] | None = None) -> str | None:
+    """What is wrong with an image file, from its header, or None. ``size`` (H, W): the size
+    every image of its modality must have."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Image.DecompressionBombError as err:
+        return f"image {str(path)!r} is too large to decode safely: {err}"
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        return f"cannot read image {str(path)!r}: {err}"
+    if size is not None and (h, w) != tuple(size):
+        return (f"image {str(path)!r} is {h}x{w} but this modality's images are "
+                f"{size[0]}x{size[1]} (set image_size to resize)")
+    return None
+
+
+def check_npy(path: str | Path, shape: tuple[int, ...] | None = None) -> str | None:
+    """What is wrong with a .npy array, or None: unreadable, a header that promises more data
+    than the file holds, pickled objects, a shape unlike ``shape``, NaN or inf."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        return f"cannot read array {str(path)!r}: {err}"
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+        return f"array {str(path)!r} has non-numeric dtype {arr.dtype}"
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        return (f"array {str(path)!r} has shape {tuple(arr.shape)}, expected {tuple(shape)} "
+                "like the rest of this modality")
+    if np.issubdtype(arr.dtype, np.inexact) and not bool(np.isfinite(arr).all()):
+        return f"array {str(path)!r} holds NaN or inf"
+    return None

@@ -77,6 +77,14 @@ def manifest(
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
         rows = list(enumerate(reader, start=2))
+    blank = [i + 1 for i, c in enumerate(header) if not c.strip()]
+    if blank:
+        raise DataError(f"manifest {path.name}: column {blank[0]} of the header has no name; "
+                        "name every column")
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise DataError(f"manifest {path.name}: column {twice[0]!r} appears twice in the header "
+                        "(only one of them would be read); give each column its own name")
     if label_column not in header:
         raise DataError(f"manifest {path.name} has no label column {label_column!r}; "
                         f"columns: {header}")
@@ -93,7 +101,14 @@ def manifest(
     for n, row in rows:
         if None in row or any(v is None for v in row.values()):
             raise DataError(f"{path.name} line {n}: expected {len(header)} fields like the header")
+    for n, row in rows:
+        label = row[label_column].strip()
+        if not label or label.lower() in ("nan", "inf", "-inf", "+inf", "none", "null"):
+            raise DataError(f"{path.name} line {n}: label {row[label_column]!r} is not a class; "
+                            "give every row a label")
     labels = {row[label_column].strip() for _, row in rows}
+    if classes is None:
+        _same_class_two_ways(labels, rows, label_column, path.name)
     class_names = [str(c) for c in classes] if classes is not None else _sorted_labels(labels)
 
     records, split_of = [], []
@@ -126,8 +141,44 @@ def manifest(
             labels_arr, [1 - val_fraction - test_fraction, val_fraction, test_fraction], seed
         )
         train, val, test = ([records[i] for i in p] for p in parts)
+    _only_in_evaluation(train, {"validation": val, "test": test}, mods, class_names, path.name)
     info = {"source": f"manifest {path!s}", "kinds": {m: _name(r) for m, r in readers.items()}}
     return file_splits(train, val, test, readers, class_names, info)
+
+
+def _same_class_two_ways(labels: set[str], rows: list, column: str, name: str) -> None:
+    """Refuse labels that name one class in two spellings: '1' and '1.0', 'Cat' and 'cat'."""
+    def key(label: str) -> str:
+        try:
+            return repr(float(label))
+        except ValueError:
+            return label.casefold()
+
+    seen: dict[str, str] = {}
+    for label in sorted(labels):
+        other = seen.setdefault(key(label), label)
+        if other != label:
+            lines = [n for n, row in rows if row[column].strip() in (label, other)][:4]
+            raise DataError(f"{name}: labels {other!r} and {label!r} (lines {lines}) look like "
+                            "one class written two ways; write it one way, or pass classes: "
+                            "[...] if they are different classes")
+
+
+def _only_in_evaluation(train: list[Record], others: dict[str, list[Record]],
+                        mods: list[str], classes: list[str], name: str) -> None:
+    """Refuse classes or modalities that evaluation splits have and the training split never
+    shows: no model can learn them."""
+    seen_classes = {r.label for r in train}
+    seen_mods = {m for r in train for m in mods if r.paths.get(m) is not None}
+    for split, records in others.items():
+        for r in records:
+            if r.label not in seen_classes:
+                raise DataError(f"{r.where}: class {classes[r.label]!r} is in the {split} split "
+                                f"but never in training; add training rows of it ({name})")
+            unseen = [m for m in mods if r.paths.get(m) is not None and m not in seen_mods]
+            if unseen:
+                raise DataError(f"{r.where}: modality {unseen[0]!r} has files in the {split} "
+                                f"split but none in training; add training files ({name})")
 
 
 def _name(reader: Reader) -> str:
