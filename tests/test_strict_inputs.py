@@ -116,3 +116,18 @@ def test_numeric_settings_are_checked_before_any_work(tmp_path, capsys, flags, m
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_subset_weights_naming_some_subsets_warn_and_star_sets_the_rest(tmp_path, caplog):
+    """On 4fe5d57 unnamed subsets silently got weight 0, and `dedicated` in the same run
+    crashed on the shared model's subset names."""
+    from dmrnet.subsets import SubsetSampler, SubsetSpace
+
+    space = SubsetSpace(["strong", "medium", "weak"])
+    assert SubsetSampler(space, {"weak": 4, "*": 1}).weights.tolist() == [1, 1, 4, 1, 1, 1, 1]
+    code = main(["benchmark", "--dataset", "synthetic", "--methods", "baseline,dedicated",
+                 "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "b"),
+                 "--set", "subset_weights={weak: 4, medium+weak: 4}", "--no-progress"])
+    assert code == 0
+    assert "names 2 of 7 subsets: the other 5 (strong, medium, strong+medium, strong+weak, ...)" \
+        " get weight 0" in caplog.text

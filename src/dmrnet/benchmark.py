@@ -362,8 +362,10 @@ def _run_dedicated(
     """One full_only model per subset, each trained and tested on that subset's modalities."""
     per_subset: dict[str, float] = {}
     train_s = eval_s = 0.0
-    kwargs = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta") and
-              not k.startswith("hcr_")}
+    # each dedicated model trains on its own (full) subset: the shared model's subset weights
+    # name subsets its space does not have
+    kwargs = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta", "subset_weights")
+              and not k.startswith("hcr_")}
     for i, name in enumerate(space.names):
         members = list(space.parse(name))
         sub = MultimodalDataModule(
@@ -426,8 +428,10 @@ def _run_mmanet(cfg: BenchmarkConfig, out: Path, seed: int, data: MultimodalData
     """MMANet's two stages: a full_only teacher, then the student distilled from it."""
     base = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta")
             and not k.startswith("hcr_")}
+    teacher_kwargs = {k: v for k, v in base.items() if k != "subset_weights"}  # complete inputs
     _, t_train, _, _ = _fit_and_test(cfg, out, f"mmanet-teacher-seed{seed}", seed, data,
-                                     {**base, "method": "full_only"}, progress, keep=True)
+                                     {**teacher_kwargs, "method": "full_only"}, progress,
+                                     keep=True)
     teacher = out / "checkpoints" / f"mmanet-teacher-seed{seed}" / "best.ckpt"
     module, tr_s, ev_s, best = _fit_and_test(
         cfg, out, f"mmanet-seed{seed}", seed, data,

@@ -173,8 +173,10 @@ class SubsetSampler:
 
     Args:
         space: the subset space.
-        weights: relative weight of each subset, by name (missing names get 0) or as a sequence
-            of length S. ``None`` = uniform over all non-empty subsets (the paper's protocol).
+        weights: relative weight of each subset, by name, or as a sequence of length S.
+            ``None`` = uniform over all non-empty subsets (the paper's protocol). By name,
+            ``"*"`` sets the weight of every subset not named; without it they get 0 (and
+            :attr:`unnamed` lists them, so callers can say so).
 
     For each sample, the weights are restricted to subsets contained in its availability and
     renormalised. A sample for which every allowed subset has weight 0 (e.g. a "full only"
@@ -186,10 +188,16 @@ class SubsetSampler:
     ) -> None:
         self.space = space
         w = torch.ones(len(space), dtype=torch.float64)
+        self.unnamed: list[str] = []
         if isinstance(weights, dict):
-            w = torch.zeros(len(space), dtype=torch.float64)
+            default = float(weights.get("*", 0.0))
+            w = torch.full((len(space),), default, dtype=torch.float64)
+            named = {space.index(name) for name in weights if name != "*"}
             for name, value in weights.items():
-                w[space.index(name)] = float(value)
+                if name != "*":
+                    w[space.index(name)] = float(value)
+            if "*" not in weights:
+                self.unnamed = [n for i, n in enumerate(space.names) if i not in named]
         elif weights is not None:
             w = torch.as_tensor(list(weights), dtype=torch.float64)
             if w.numel() != len(space):

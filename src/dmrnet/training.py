@@ -238,6 +238,12 @@ class DMRNetModule(L.LightningModule):
         self.space: SubsetSpace = self.model.space
         weights = {self.space.names[-1]: 1.0} if spec.train_subsets == "full" else None
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
+        if subset_weights and self.sampler.unnamed:
+            log.warning("subset_weights names %d of %d subsets: the other %d (%s) get weight 0 "
+                        "and are never trained on; name them, or add '*': 1 for a default",
+                        len(self.space) - len(self.sampler.unnamed), len(self.space),
+                        len(self.sampler.unnamed), ", ".join(self.sampler.unnamed[:4]) +
+                        (", ..." if len(self.sampler.unnamed) > 4 else ""))
         self._teacher: Any = None  # MMANet's frozen teacher; not a submodule, not saved
         if method == "mmanet" and teacher_checkpoint is None:
             raise ConfigError("method 'mmanet' needs teacher_checkpoint: a full_only "
