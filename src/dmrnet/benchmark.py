@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.data import DATASETS
-from dmrnet.errors import DMRNetError
+from dmrnet.errors import DMRNetError, first_line
 from dmrnet.methods import METHODS
 from dmrnet.metrics import get_task_metric, summarize, worst_subset
 from dmrnet.outputs import RunFolder
@@ -127,8 +127,7 @@ def _check_config(cfg: BenchmarkConfig) -> None:
                               precision=cfg.precision, logger=False, enable_checkpointing=False,
                               enable_progress_bar=False, enable_model_summary=False)
     except (ValueError, RuntimeError, MisconfigurationException) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BenchmarkError(f"{what}: {first}") from err
+        raise BenchmarkError(f"{what}: {first_line(err)}") from err
     if cfg.precision is not None and probe.precision != cfg.precision:
         device = probe.strategy.root_device.type
         raise BenchmarkError(f"{what}: {cfg.precision} does not run on {device} (Lightning "

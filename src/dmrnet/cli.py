@@ -310,7 +310,7 @@ def _friendly(fn: Any, debug: bool = False) -> int:
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from dmrnet.benchmark import RunInterruptedError
-    from dmrnet.errors import DMRNetError
+    from dmrnet.errors import DMRNetError, first_line
 
     if debug:
         return int(fn() or 0)
@@ -326,17 +326,12 @@ def _friendly(fn: Any, debug: bool = False) -> int:
         print(f"dmrnet: error: {err}", file=sys.stderr)
         return 2
     except (MisconfigurationException, ImportError) as err:  # incl. a missing optional package
-        print(f"dmrnet: error: {_first_line(err)}", file=sys.stderr)
+        print(f"dmrnet: error: {first_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:
         where = f": {err.filename!r}" if err.filename else ""
-        print(f"dmrnet: error: {err.strerror or _first_line(err)}{where}", file=sys.stderr)
+        print(f"dmrnet: error: {err.strerror or first_line(err)}{where}", file=sys.stderr)
         return 2
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":

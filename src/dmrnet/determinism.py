@@ -112,9 +112,6 @@ class OpLog:
     counts: dict[str, int] = field(default_factory=dict)
     flagged: dict[str, str] = field(default_factory=dict)  # op -> why
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.counts
-
 
 class _Recorder(TorchDispatchMode):
     def __init__(self, log: OpLog) -> None:

@@ -1,6 +1,8 @@
 """Error types. Every error dmrnet raises for bad input or configuration is a
 :class:`DMRNetError` (a ValueError) whose message names the offending thing and the fix."""
 
+from pathlib import Path
+
 
 class DMRNetError(ValueError):
     """Base class of dmrnet's user-facing errors."""
@@ -21,8 +23,13 @@ def local_checkpoint(path: object, what: str = "checkpoint") -> str:
         raise ConfigError(f"{what} {text!r} is a URL; dmrnet reads only local files (a remote "
                           "checkpoint could run code when loaded): download it, check where it "
                           "comes from, and pass its path")
-    from pathlib import Path
-
     if not Path(text).expanduser().is_file():
         raise ConfigError(f"{what} {text!r} does not exist; give the path of a file")
     return text
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none): how errors
+    from torch, Lightning or the OS are shown in one line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

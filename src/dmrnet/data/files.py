@@ -161,9 +161,16 @@ class FramesReader(Reader):
     def finish(self, batch: Tensor) -> Tensor:
         return imagenet_normalize(batch) if self.on_device else batch
 
+    @staticmethod
+    def _files(path: Path) -> list[Path]:
+        """The folder's frame images in name order ([] if it is missing)."""
+        folder = Path(path)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
     def check(self, path: Path) -> str | None:
-        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if Path(path).is_dir() else []
+        files = self._files(path)
         if not files:
             return f"frame folder {str(path)!r} is missing or holds no image"
         return check_image(files[len(files) // 2])
@@ -175,8 +182,7 @@ class FramesReader(Reader):
         return random_hflip(x) if train else x
 
     def __call__(self, path: Path, train: bool) -> Tensor:
-        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if Path(path).is_dir() else []
+        files = self._files(path)
         if not files:
             raise DataError(f"frame folder {str(path)!r} is missing or holds no image")
         if train:
