@@ -19,6 +19,16 @@ from typing import Any
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one ``dmrnet: error: ...`` line naming the fix, not a usage
+    block (subcommand parsers inherit the class)."""
+
+    def error(self, message: str) -> Any:
+        from dmrnet.errors import UsageError
+
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def _csv(kind: type) -> Any:
     def parse(text: str) -> list:
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -192,14 +202,20 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     import yaml
 
     from dmrnet.benchmark import BenchmarkConfig, run_benchmark
+    from dmrnet.errors import ConfigError
 
     base: dict[str, Any] = {}
     if args.config is not None:
         if not args.config.is_file():
-            raise SystemExit(f"dmrnet: config file {str(args.config)!r} does not exist")
-        base = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(base, dict):
-            raise SystemExit(f"dmrnet: {str(args.config)!r} must hold a YAML mapping")
+            raise ConfigError(f"config file {str(args.config)!r} does not exist")
+        try:
+            base = yaml.safe_load(args.config.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{str(args.config)!r} is not valid YAML: "
+                              f"{' '.join(str(err).split())}") from err
+        if not isinstance(base, dict) or not isinstance(base.get("model") or {}, dict):
+            raise ConfigError(f"{str(args.config)!r} must hold a YAML mapping of benchmark "
+                              "options (with 'model:' a mapping too)")
     flags = {
         "dataset": args.dataset, "root": args.root, "modalities": args.modalities,
         "methods": args.methods, "seeds": args.seeds, "epochs": args.epochs,
@@ -225,7 +241,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     known = set(BenchmarkConfig.__dataclass_fields__)
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise SystemExit(f"dmrnet: unknown benchmark option {unknown[0]!r}; known: {sorted(known)}")
+        raise ConfigError(f"unknown benchmark option {unknown[0]!r} in {str(args.config)!r}; "
+                          f"known: {sorted(known)}")
     run_benchmark(BenchmarkConfig(**cfg, model=model))
     return 0
 
@@ -272,13 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     (exit 2; Ctrl-C: 130); ``--debug`` anywhere shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    return _friendly(lambda: _main([a for a in argv if a != "--debug"]), debug)
+    return _friendly(lambda: _main([a for a in argv if a != "--debug"]), debug, argv)
 
 
 def _main(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_VERBS:
         return lightning_cli(argv)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dmrnet",
         description="Multimodal learning robust to missing modalities (DMRNet, ECCV 2024).",
         epilog="Single runs: dmrnet {fit,validate,test} --config FILE.yaml; resume a fit with "
@@ -303,15 +320,16 @@ def _main(argv: list[str]) -> int:
     return commands[args.command](args)
 
 
-def _friendly(fn: Any, debug: bool = False) -> int:
+def _friendly(fn: Any, debug: bool = False, argv: Sequence[str] = ()) -> int:
     """Show errors that name the user's mistake as one line, not a stack trace: dmrnet's own
     errors, Lightning's configuration errors, and the operating system's (a full disk, a
     permission, a path under a file). Anything else is a bug and keeps its traceback."""
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from dmrnet.benchmark import RunInterruptedError
-    from dmrnet.errors import DMRNetError, first_line
+    from dmrnet.errors import DMRNetError, first_line, one_line
 
+    verb = next((a for a in argv if a in LIGHTNING_VERBS), "fit")
     if debug:
         return int(fn() or 0)
     try:
@@ -324,6 +342,9 @@ def _friendly(fn: Any, debug: bool = False) -> int:
         return 130
     except DMRNetError as err:
         print(f"dmrnet: error: {err}", file=sys.stderr)
+        return 2
+    except argparse.ArgumentError as err:  # Lightning's CLI (jsonargparse): often several lines
+        print(f"dmrnet: error: {one_line(str(err))} (see 'dmrnet {verb} --help')", file=sys.stderr)
         return 2
     except (MisconfigurationException, ImportError) as err:  # incl. a missing optional package
         print(f"dmrnet: error: {first_line(err)}", file=sys.stderr)

@@ -12,6 +12,10 @@ class ConfigError(DMRNetError):
     """A method, model or training setting that cannot be used."""
 
 
+class UsageError(DMRNetError):
+    """A command line that cannot be parsed (an unknown option, a value of the wrong type)."""
+
+
 def local_checkpoint(path: object, what: str = "checkpoint") -> str:
     """``path`` as a local file that exists, or a :class:`ConfigError` naming the fix.
 
@@ -26,6 +30,13 @@ def local_checkpoint(path: object, what: str = "checkpoint") -> str:
     if not Path(text).expanduser().is_file():
         raise ConfigError(f"{what} {text!r} does not exist; give the path of a file")
     return text
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A message that may span lines (jsonargparse's do) as one line of at most ``limit``
+    characters."""
+    flat = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def first_line(err: BaseException) -> str:

@@ -7,6 +7,8 @@ on ``val/mean`` (the validation split's mean over subsets), never on the test sp
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -22,6 +24,12 @@ class DMRNetCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {"deterministic": True})
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         super().__init__(DMRNetModule, MultimodalDataModule, **kwargs)  # type: ignore[arg-type]
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Parse errors are raised (and shown as one line by ``dmrnet``), not printed after
+        a usage block of every option."""
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path`` must be a local file (or Lightning's "best" / "last"), read with
