@@ -29,7 +29,7 @@ from dmrnet.data import DATASETS
 from dmrnet.errors import DMRNetError, first_line
 from dmrnet.methods import METHODS
 from dmrnet.metrics import get_task_metric, summarize, worst_subset
-from dmrnet.outputs import RunFolder
+from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.runtime import DeviceSetup, check_precision
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import DMRNetModule, MultimodalDataModule
@@ -261,21 +261,39 @@ def run_benchmark(
     quiet_lightning()
     _check_config(cfg)
     protected = [p for p in (cfg.root, cfg.dataset_kwargs.get("manifest")) if p]
-    folder = RunFolder(cfg.out, cfg.overwrite, protected)
+    folder = RunFolder(cfg.out, cfg.overwrite, protected)  # checks only; touches nothing
+    # the data are read and every split's files checked before --out is touched
+    first = _data_module(cfg, cfg.seeds[0])
     try:
         with folder as work:
-            results = _run_all(cfg, work, echo)
+            results = _run_all(cfg, work, echo, first)
     except KeyboardInterrupt:
-        kept = folder.kept
-        raise RunInterruptedError(f"interrupted: {cfg.out!r} is as it was" + (
-            f"; the unfinished run is in {str(kept)!r} (delete it when done)" if kept else
-            "")) from None
+        raise RunInterruptedError(f"interrupted: {cfg.out!r} is as it was"
+                                  + _kept(folder)) from None
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        where = f" ({err.filename})" if err.filename else ""
+        raise OutputError(f"{err.strerror or err}{where}: {cfg.out!r} is as it was"
+                          + _kept(folder)) from err
     echo(f"wrote {str(folder.path)!r}")
     return results
 
 
-def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
-    """The benchmark itself, written into the folder ``out``."""
+def _kept(folder: RunFolder) -> str:
+    kept = folder.kept
+    return f"; the unfinished run is in {str(kept)!r} (delete it when done)" if kept else ""
+
+
+def _data_module(cfg: BenchmarkConfig, seed: int) -> MultimodalDataModule:
+    return MultimodalDataModule(
+        cfg.dataset, root=cfg.root, modalities=cfg.modalities, seed=seed,
+        batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs,
+    )
+
+
+def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
+             first: MultimodalDataModule) -> dict[str, Any]:
+    """The benchmark itself, written into the folder ``out``; ``first`` is the data module of
+    the first seed, already read."""
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     metric = get_task_metric(str(cfg.model.get("metric", "accuracy")))
     runs: list[dict[str, Any]] = []
@@ -284,10 +302,7 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None]) -> di
     total = len(cfg.methods) * len(cfg.seeds)
     k = 0
     for seed in cfg.seeds:
-        data = MultimodalDataModule(
-            cfg.dataset, root=cfg.root, modalities=cfg.modalities, seed=seed,
-            batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs,
-        )
+        data = first if seed == cfg.seeds[0] else _data_module(cfg, seed)
         modalities = data.modalities
         info = {k2: v for k2, v in data.data.info.items() if k2 != "standardizer"}
         space = SubsetSpace(modalities)

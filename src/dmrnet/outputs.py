@@ -71,14 +71,8 @@ class RunFolder:
         if above is not None and not above.is_dir():
             raise OutputError(f"--out {str(out)!r} is under {str(above)!r}, which is a file; "
                               "choose a folder path")
-        if not parent.exists():
-            try:
-                parent.mkdir(parents=True)
-            except OSError as err:
-                raise OutputError(f"cannot create the folder for --out {str(out)!r}: "
-                                  f"{err.strerror}") from err
-        if not os.access(parent, os.W_OK):
-            raise OutputError(f"cannot write to {str(parent)!r} (for --out {str(out)!r}): "
+        if above is not None and not os.access(above, os.W_OK):
+            raise OutputError(f"cannot write to {str(above)!r} (for --out {str(out)!r}): "
                               "permission denied; choose a writable folder")
         self.work = parent / f".{self.path.name}.partial-{os.getpid()}"
         self._lock_file: object = None
@@ -98,6 +92,11 @@ class RunFolder:
         self._lock_file = lock  # held (and released by the OS if we die) until the end
 
     def __enter__(self) -> Path:
+        try:  # created only now: the checks above touch nothing
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot create the folder for --out {str(self.path)!r}: "
+                              f"{err.strerror}") from err
         self._lock()
         self.work.mkdir()
         (self.work / MARKER).write_text("written by dmrnet; --overwrite may replace this "

@@ -203,12 +203,103 @@ def _write_model_folder(module: Any, path: Path) -> None:
     }
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
-    save_file(state, str(path / WEIGHTS), metadata={"format": FORMAT})
+    save_file(state, str(path / WEIGHTS), metadata=_weights_metadata(config))
+
+
+_RECORDED = ("modalities", "input_shapes", "class_names")
+"""What the weights file records of its model, checked against config.json on loading."""
+
+
+def _weights_metadata(config: Mapping[str, Any]) -> dict[str, str]:
+    model = config["model"]
+    names = config.get("class_names") or [str(k) for k in range(model["num_classes"])]
+    recorded = {"modalities": list(model["modalities"]),
+                "input_shapes": {m: list(s) for m, s in model["input_shapes"].items()},
+                "class_names": list(names)}
+    return {"format": FORMAT, **{k: json.dumps(v) for k, v in recorded.items()}}
+
+
+def _check_config(config: Any, where: str) -> dict[str, Any]:
+    """The build arguments of a model folder's config, or a ConfigError naming what is wrong."""
+    import inspect
+
+    from dmrnet.methods import build_method
+
+    fix = "; write the folder again with save_model or 'dmrnet export'"
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ConfigError(f"{where!r} is not a dmrnet model config ({FORMAT})")
+    model = config.get("model")
+    if not isinstance(model, dict):
+        raise ConfigError(f"{where!r} has no 'model' mapping{fix}")
+    missing = [k for k in ("method", "modalities", "input_shapes", "num_classes")
+               if k not in model]
+    if missing:
+        raise ConfigError(f"{where!r} lacks model.{missing[0]}{fix}")
+    known = inspect.signature(build_method).parameters
+    unknown = sorted(set(model) - set(known))
+    if unknown:
+        raise ConfigError(f"{where!r} has model settings this dmrnet does not know: {unknown} "
+                          f"(written by dmrnet {config.get('dmrnet_version')}); upgrade dmrnet")
+    mods, shapes, k = model["modalities"], model["input_shapes"], model["num_classes"]
+    if (not isinstance(mods, list) or not mods or len(set(mods)) != len(mods)
+            or not all(isinstance(m, str) and m for m in mods)):
+        raise ConfigError(f"{where!r}: model.modalities must be a list of distinct names, "
+                          f"got {mods!r}")
+    if not isinstance(shapes, dict) or sorted(shapes) != sorted(mods):
+        raise ConfigError(f"{where!r}: model.input_shapes must have one entry per modality "
+                          f"{mods}, got {shapes!r}")
+    for m, shape in shapes.items():
+        if (not isinstance(shape, list) or not shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                           for d in shape)):
+            raise ConfigError(f"{where!r}: input shape of {m!r} must be a list of positive "
+                              f"sizes, got {shape!r}")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ConfigError(f"{where!r}: model.num_classes must be an integer >= 2, got {k!r}")
+    names = config.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != k
+                              or len(set(map(str, names))) != k):
+        raise ConfigError(f"{where!r}: class_names must list {k} distinct names (num_classes), "
+                          f"got {names!r}")
+    if not isinstance(config.get("preprocessing") or {}, dict):
+        raise ConfigError(f"{where!r}: preprocessing must be a mapping")
+    args = dict(model)
+    args["input_shapes"] = {m: tuple(s) for m, s in shapes.items()}
+    return args
+
+
+def _check_recorded(config: Mapping[str, Any], metadata: Mapping[str, str] | None,
+                    where: str) -> None:
+    """Compare what the weights file recorded (modality order, input shapes, class names)
+    with config.json: a config edited or paired with other weights is refused."""
+    import warnings
+
+    recorded = {k: metadata[k] for k in _RECORDED if metadata and k in metadata}
+    if not recorded:
+        warnings.warn(f"{where!r} records no modality order, input shapes or class names "
+                      "(written by an older dmrnet); config.json cannot be checked against "
+                      "it. Save the model again to record them.", stacklevel=3)
+        return
+    expected = {k: json.loads(v) for k, v in _weights_metadata(config).items() if k != "format"}
+    for key, text in recorded.items():
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{where!r}: recorded {key} is not valid JSON: {err}") from err
+        if value != expected[key]:
+            raise ConfigError(f"config.json says {key} {expected[key]!r} but the weights in "
+                              f"{where!r} were trained with {value!r}; use the config.json "
+                              "saved with these weights")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-    """Rebuild a model folder written by :func:`save_model` (no training objects, no pickle)."""
-    from safetensors import SafetensorError
+    """Rebuild a model folder written by :func:`save_model` (no training objects, no pickle).
+
+    The config is checked before anything is built: required keys, modality names and input
+    shapes, class names; then against what the weights file recorded (modality order, input
+    shapes, class names) and, with a forward pass of zeros, that the weights take those shapes.
+    """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     from dmrnet.methods import build_method
@@ -220,29 +311,35 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
             raise ConfigError(f"model folder {str(path)!r} has no {p.name}")
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{str(cfg_path)!r} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ConfigError(f"{str(cfg_path)!r} is not a dmrnet model config ({FORMAT})")
-    import inspect
-
-    known = inspect.signature(build_method).parameters
-    args = {k: v for k, v in config["model"].items() if k in known}
-    args["input_shapes"] = {m: tuple(s) for m, s in args["input_shapes"].items()}
+    args = _check_config(config, str(cfg_path))
+    try:
+        with safe_open(str(w_path), framework="pt") as f:
+            metadata = f.metadata()
+        state = load_file(str(w_path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"cannot read weights {str(w_path)!r}: {err}") from err
+    _check_recorded(config, metadata, str(w_path))
     try:
         model, _ = build_method(**args)
     except (TypeError, KeyError) as err:
         raise ConfigError(f"{str(cfg_path)!r} does not describe a model: {err}") from err
     try:
-        state = load_file(str(w_path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ConfigError(f"cannot read weights {str(w_path)!r}: {err}") from err
-    try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise ConfigError(f"weights in {str(w_path)!r} do not fit the config: {first}") from err
-    return Predictor(model.to(device), config)
+    model = model.to(device).eval()
+    probe = {m: torch.zeros(1, *s, device=device) for m, s in args["input_shapes"].items()}
+    try:
+        with torch.no_grad():
+            model(probe, torch.ones(1, len(probe), dtype=torch.bool, device=device))
+    except (RuntimeError, BatchError) as err:
+        raise ConfigError(f"the weights in {str(w_path)!r} do not take the input shapes in "
+                          f"config.json {config['model']['input_shapes']}: "
+                          f"{str(err).splitlines()[0]}") from err
+    return Predictor(model, config)
 
 
 class _ExportWrapper(torch.nn.Module):
