@@ -92,7 +92,7 @@ def test_local_torchvision_weights(tmp_path):
                             encoder_kwargs={"weights": str(tmp_path / "r18.pth")})
     assert torch.equal(model.encoders["rgb"].conv1.weight, src.conv1.weight)
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="cannot read weights from"):
+    with pytest.raises(ConfigError, match="cannot load weights"):
         load_torchvision_state_dict(ResNet(3), tmp_path / "bad.pth")
     with pytest.raises(ConfigError, match="does not exist"):
         load_torchvision_state_dict(ResNet(3), tmp_path / "none.pth")

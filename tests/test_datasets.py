@@ -157,7 +157,7 @@ def test_cremad_errors(tmp_path):
     (root / "train.csv").write_text("1001_S00_ANG_XX,ANG\n")
     good = (root / "AudioWAV" / "1002_S00_ANG_XX.wav").read_bytes()
     (root / "AudioWAV" / "1002_S00_ANG_XX.wav").write_bytes(b"RIFF....garbage")
-    with pytest.raises(DataError, match="1 file.* cannot be used.*\n.*cannot read WAV file "
+    with pytest.raises(DataError, match="1 file.* cannot be used.*cannot read WAV file "
                                         ".*1002_S00_ANG_XX.wav.*test.csv line 1"):
         cremad(root, train_csv="train.csv", test_csv="test.csv", val_csv="train.csv")
     # and if it breaks after the scan, reading it still names the file and the line
@@ -233,7 +233,7 @@ def test_manifest_kinds_missing_entries_and_errors(tmp_path):
     assert data.train[row]["inputs"]["img"].shape == (3, 16, 16)
     # every problem is reported at once, each with its file and line
     np.save(tmp_path / "m" / "v5.npy", np.zeros(9, dtype=np.float32))
-    with pytest.raises(DataError, match="2 file.* cannot be used(.|\\n)*i4.png' is 20x16(.|\\n)*"
+    with pytest.raises(DataError, match="2 file.* cannot be used.*i4.png' is 20x16.*"
                                         "v5.npy' has shape \\(9,\\), expected \\(8,\\).*line 7"):
         manifest(manifest=str(path))
     np.save(tmp_path / "m" / "v5.npy", np.full(8, np.nan, dtype=np.float32))

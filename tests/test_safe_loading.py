@@ -4,12 +4,9 @@ weights_only=True; URLs are refused before anything is fetched (issue 10, item 2
 
 from __future__ import annotations
 
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from dmrnet.cli import main
 from dmrnet.errors import ConfigError
@@ -17,51 +14,6 @@ from dmrnet.training import DMRNetModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "mfeat_dmrnet.yaml")
-
-
-class Payload:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
-@pytest.fixture
-def payload(tmp_path):
-    marker = tmp_path / "code-ran"
-    path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "payload": Payload(marker)}, path)
-    return path, marker
-
-
-@pytest.fixture
-def server(payload):
-    """A loopback HTTP server offering the payload; records every request it gets."""
-    path, _ = payload
-    requests: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            data = path.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/x.ckpt", requests
-    httpd.shutdown()
 
 
 @pytest.mark.parametrize("verb", ["fit", "validate", "test"])
@@ -118,7 +70,7 @@ def test_teacher_checkpoints_and_encoder_weights_refuse_urls_and_payloads(server
         with pytest.raises(ConfigError, match=message):
             student.on_fit_start()  # the teacher is loaded when training starts
     images = {"a": [3, 16, 16], "b": [3, 16, 16]}
-    for bad, message in ((url, "is a URL"), (str(path), "cannot read weights")):
+    for bad, message in ((url, "is a URL"), (str(path), "cannot load weights")):
         with pytest.raises(ConfigError, match=message):
             DMRNetModule(list(images), images, 2, encoder="resnet",
                          encoder_kwargs={"width": 8, "weights": bad})

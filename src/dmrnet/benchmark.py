@@ -195,6 +195,23 @@ def filter_noise() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def _dedicated_kwargs(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """A dedicated model's settings: each trains on its own (full) subset, so the shared
+    model's subset weights (which name subsets its space does not have) and HCR do not apply."""
+    return {**{k: v for k, v in cfg.model.items() if k not in ("alpha", "beta", "subset_weights")
+               and not k.startswith("hcr_")}, "method": "full_only"}
+
+
+def _module(data: MultimodalDataModule, module_kwargs: dict[str, Any]) -> DMRNetModule:
+    """A method's module for ``data`` (its modalities, shapes, classes and statistics)."""
+    linked = {"class_names": data.class_names, "preprocessing": data.preprocessing}
+    if data.class_weights is not None and "class_weights" not in module_kwargs:
+        linked["class_weights"] = data.class_weights
+    return DMRNetModule(
+        data.modalities, data.input_shapes, data.num_classes, **linked, **module_kwargs,
+    )
+
+
 def _fit_and_test(
     cfg: BenchmarkConfig,
     out: Path,
@@ -206,12 +223,7 @@ def _fit_and_test(
     keep: bool | None = None,
 ) -> tuple[DMRNetModule, float, float, int]:
     L.seed_everything(seed, workers=True, verbose=False)
-    linked = {"class_names": data.class_names, "preprocessing": data.preprocessing}
-    if data.class_weights is not None and "class_weights" not in module_kwargs:
-        linked["class_weights"] = data.class_weights
-    module = DMRNetModule(
-        data.modalities, data.input_shapes, data.num_classes, **linked, **module_kwargs,
-    )
+    module = _module(data, module_kwargs)
     ckpt_dir = out / "checkpoints" / run_name
     mode = "max" if module.task_metric.higher_is_better else "min"
     checkpoint = ModelCheckpoint(
@@ -264,6 +276,16 @@ def run_benchmark(
     folder = RunFolder(cfg.out, cfg.overwrite, protected)  # checks only; touches nothing
     # the data are read and every split's files checked before --out is touched
     first = _data_module(cfg, cfg.seeds[0])
+    for method in cfg.methods:  # and every model's settings (e.g. --hcr-subsets)
+        if method == DEDICATED:
+            stages = [_dedicated_kwargs(cfg)]
+        elif method == "mmanet":  # the teacher's path is known once it is trained
+            teacher, student = _mmanet_kwargs(cfg)
+            stages = [teacher, {**student, "teacher_checkpoint": "<trained first>"}]
+        else:
+            stages = [{**cfg.model, "method": method}]
+        for kwargs in stages:
+            _module(first, kwargs)
     try:
         with folder as work:
             results = _run_all(cfg, work, echo, first)
@@ -284,10 +306,13 @@ def _kept(folder: RunFolder) -> str:
 
 
 def _data_module(cfg: BenchmarkConfig, seed: int) -> MultimodalDataModule:
-    return MultimodalDataModule(
+    """The data of one seed, read (and every split's files checked) now."""
+    data = MultimodalDataModule(
         cfg.dataset, root=cfg.root, modalities=cfg.modalities, seed=seed,
         batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs,
     )
+    _ = data.data
+    return data
 
 
 def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
@@ -376,10 +401,7 @@ def _run_dedicated(
     """One full_only model per subset, each trained and tested on that subset's modalities."""
     per_subset: dict[str, float] = {}
     train_s = eval_s = 0.0
-    # each dedicated model trains on its own (full) subset: the shared model's subset weights
-    # name subsets its space does not have
-    kwargs = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta", "subset_weights")
-              and not k.startswith("hcr_")}
+    kwargs = _dedicated_kwargs(cfg)
     for i, name in enumerate(space.names):
         members = list(space.parse(name))
         sub = MultimodalDataModule(
@@ -388,7 +410,7 @@ def _run_dedicated(
         )
         module, tr_s, ev_s, _ = _fit_and_test(
             cfg, out, f"dedicated-seed{seed}/{name}", seed, sub,
-            {**kwargs, "method": "full_only"}, progress,
+            kwargs, progress,
         )
         per_subset[name] = module.test_results["per_subset"][name]
         train_s += tr_s
@@ -437,19 +459,25 @@ def paired_comparisons(
     return out
 
 
+def _mmanet_kwargs(cfg: BenchmarkConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """MMANet's teacher (full_only, complete inputs) and student settings; the student's
+    ``teacher_checkpoint`` is added once the teacher is trained."""
+    base = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta")
+            and not k.startswith("hcr_")}
+    teacher = {k: v for k, v in base.items() if k != "subset_weights"}
+    return {**teacher, "method": "full_only"}, {**base, "method": "mmanet"}
+
+
 def _run_mmanet(cfg: BenchmarkConfig, out: Path, seed: int, data: MultimodalDataModule,
                 progress: bool) -> dict[str, Any]:
     """MMANet's two stages: a full_only teacher, then the student distilled from it."""
-    base = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta")
-            and not k.startswith("hcr_")}
-    teacher_kwargs = {k: v for k, v in base.items() if k != "subset_weights"}  # complete inputs
+    teacher_kwargs, student_kwargs = _mmanet_kwargs(cfg)
     _, t_train, _, _ = _fit_and_test(cfg, out, f"mmanet-teacher-seed{seed}", seed, data,
-                                     {**teacher_kwargs, "method": "full_only"}, progress,
-                                     keep=True)
+                                     teacher_kwargs, progress, keep=True)
     teacher = out / "checkpoints" / f"mmanet-teacher-seed{seed}" / "best.ckpt"
     module, tr_s, ev_s, best = _fit_and_test(
         cfg, out, f"mmanet-seed{seed}", seed, data,
-        {**base, "method": "mmanet", "teacher_checkpoint": str(teacher)}, progress)
+        {**student_kwargs, "teacher_checkpoint": str(teacher)}, progress)
     if not cfg.keep_checkpoints:
         shutil.rmtree(teacher.parent, ignore_errors=True)
     res = module.test_results

@@ -32,6 +32,20 @@ def local_checkpoint(path: object, what: str = "checkpoint") -> str:
     return text
 
 
+def checkpoint_error(path: object, err: BaseException, what: str = "checkpoint"
+                     ) -> ConfigError:
+    """A one-line error for a checkpoint ``torch.load(weights_only=True)`` refused: damaged,
+    or holding objects that would run code (torch's own message is a page long)."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line),
+                      "it holds objects other than tensors and plain values")
+        return ConfigError(f"cannot load {what} {str(path)!r}: {detail}; such a file could run "
+                           "code when unpickled, so dmrnet does not load it (use checkpoints "
+                           "written by dmrnet or Lightning, from a source you trust)")
+    return ConfigError(f"cannot load {what} {str(path)!r}: {first_line(err)}")
+
+
 def one_line(text: str, limit: int = 400) -> str:
     """A message that may span lines (jsonargparse's do) as one line of at most ``limit``
     characters."""

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from dmrnet.errors import ConfigError, first_line, local_checkpoint
+from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
 from dmrnet.runtime import DeviceSetup
 from dmrnet.training import DMRNetModule, MultimodalDataModule
 
@@ -43,8 +43,7 @@ class DMRNetCLI(LightningCLI):
                 try:  # a one-line error for a damaged or unsafe file
                     torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 except Exception as err:  # torch raises several types for such files
-                    raise ConfigError(f"cannot load checkpoint {str(path)!r}: "
-                                      f"{first_line(err)}") from err
+                    raise checkpoint_error(path, err) from err
             if cfg.get("weights_only") is False:
                 raise ConfigError("--weights_only false would let a checkpoint run code when it "
                                   "is loaded; dmrnet always loads with weights_only=True")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from dmrnet.data.base import DataError
-from dmrnet.errors import ConfigError, local_checkpoint
+from dmrnet.errors import checkpoint_error, local_checkpoint
 
 
 def load_module(checkpoint: str | Path) -> Any:
@@ -24,7 +24,7 @@ def load_module(checkpoint: str | Path) -> Any:
     try:
         module = DMRNetModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated or unsafe files raise many types
-        raise ConfigError(f"cannot load checkpoint {str(path)!r}: {err}") from err
+        raise checkpoint_error(path, err) from err
     return module.eval()
 
 

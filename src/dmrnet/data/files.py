@@ -308,11 +308,11 @@ def scan_records(splits: Mapping[str, Sequence[Record]], readers: Mapping[str, R
                 if problem is not None:
                     count += 1
                     if len(problems) < limit:
-                        problems.append(f"  {problem} ({rec.where or split})")
+                        problems.append(f"{problem} ({rec.where or split})")
     if problems:
-        more = f"\n  ... and {count - len(problems)} more" if count > len(problems) else ""
-        raise DataError(f"{count} file(s) cannot be used; fix or remove them:\n"
-                        + "\n".join(problems) + more)
+        more = f"; and {count - len(problems)} more" if count > len(problems) else ""
+        raise DataError(f"{count} file(s) cannot be used; fix or remove them: "
+                        + "; ".join(problems) + more)
 
 
 def check_records(records: Sequence[Record], modalities: Sequence[str], name: str) -> None:

@@ -187,7 +187,8 @@ def _name(reader: Reader) -> str:
 
 def _reader(mod: str, records: list[Record], kind: str | None, image_size: list[int] | None,
             channels: int, audio: dict | None) -> Reader:
-    files = [r.paths[mod] for r in records if r.paths[mod] is not None]
+    listed = [r for r in records if r.paths[mod] is not None]
+    files = [r.paths[mod] for r in listed]
     if not files:
         raise DataError(f"modality {mod!r} has no file in the manifest")
     if kind is None:
@@ -203,9 +204,12 @@ def _reader(mod: str, records: list[Record], kind: str | None, image_size: list[
         raise DataError(f"file kind {kind!r} of modality {mod!r} is not one of {list(KINDS)}")
     if kind == "audio":
         return AudioReader(AudioSpec(**(audio or {})))
-    if kind == "npy":
-        return NpyReader(shape=tuple(read_npy(files[0]).shape))
-    if image_size is not None:
+    if kind == "image" and image_size is not None:
         return ImageReader(channels=channels, size=(int(image_size[0]), int(image_size[1])))
-    first = read_image(files[0], "RGB" if channels == 3 else "L")
+    try:  # the first file sets the modality's shape
+        if kind == "npy":
+            return NpyReader(shape=tuple(read_npy(files[0]).shape))
+        first = read_image(files[0], "RGB" if channels == 3 else "L")
+    except DataError as err:
+        raise DataError(f"{err} ({listed[0].where})") from err
     return ImageReader(channels=channels, expect=(int(first.shape[1]), int(first.shape[2])))

