@@ -291,6 +291,40 @@ def disk_full(w: World) -> None:
 refer(OUTPUTS, "Ctrl-C during a benchmark", "dmrnet benchmark", "stops",
       "interrupted: 'run' is as it was; the unfinished run is in ...",
       "tests/test_outputs.py::test_ctrl_c_leaves_out_as_it_was_and_says_what_was_kept")
+@case(OUTPUTS, "Ctrl-C during `dmrnet fit` in the second epoch", "dmrnet fit", "stops",
+      "interrupted during fit at epoch 1, step ...: checkpoints kept in ...; continue with "
+      "--resume ...")
+def fit_ctrl_c(w: World) -> None:
+    import signal
+
+    from dmrnet.training import DMRNetModule
+
+    step = DMRNetModule.training_step
+
+    def pressed(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+
+    w.monkeypatch.setattr(DMRNetModule, "training_step", pressed)
+    handler = signal.getsignal(signal.SIGINT)
+    try:  # Lightning ignores further Ctrl-C while it shuts down
+        code, err = w.cli(["fit", "--config", CONFIG, "--trainer.max_epochs", "3",
+                           "--trainer.default_root_dir", str(w.root / "r")])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert code == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert re.search("interrupted during fit at epoch 1, step \\d+: checkpoints kept in .*; "
+                     "continue with --resume", last), last
+    kept = sorted(p.name for p in (w.root / "r").rglob("*.ckpt"))
+    assert kept == ["best-epoch=0.ckpt", "last.ckpt"]
+    import torch
+
+    assert torch.load(w.root / "r" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+                      weights_only=True)["epoch"] == 0  # complete: the end of epoch 0
+
+
 refer(OUTPUTS, "a second benchmark on the same `--out` while one runs", "dmrnet benchmark",
       "error", "another dmrnet process is writing",
       "tests/test_outputs.py::test_a_second_process_on_the_same_out_gets_a_clear_error")

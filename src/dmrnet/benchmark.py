@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.data import DATASETS
-from dmrnet.errors import DMRNetError, first_line
+from dmrnet.errors import DMRNetError, RunInterruptedError, first_line
 from dmrnet.methods import METHODS
 from dmrnet.metrics import get_task_metric, summarize, worst_subset
 from dmrnet.outputs import OutputError, RunFolder
@@ -41,10 +41,6 @@ DEDICATED = "dedicated"
 
 class BenchmarkError(DMRNetError):
     """A benchmark request that cannot run as given."""
-
-
-class RunInterruptedError(DMRNetError):
-    """Ctrl-C: the run stopped; the message says what was kept."""
 
 
 @dataclass

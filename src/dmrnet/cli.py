@@ -266,7 +266,7 @@ def find_resume_checkpoint(target: str) -> Path:
 
 def lightning_cli(argv: Sequence[str]) -> int:
     from dmrnet.benchmark import filter_noise
-    from dmrnet.lightning_cli import DMRNetCLI
+    from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
 
     filter_noise()
     args = list(argv)
@@ -279,8 +279,15 @@ def lightning_cli(argv: Sequence[str]) -> int:
         ckpt = find_resume_checkpoint(args[i + 1])
         args = [*args[:i], *args[i + 2 :], "--ckpt_path", str(ckpt)]
         print(f"resuming from {ckpt}", file=sys.stderr)
-    # from the shell, let Lightning read sys.argv itself (it warns when given both)
-    DMRNetCLI(args=None if args == sys.argv[1:] else args)
+    from dmrnet.errors import RunInterruptedError
+
+    note = InterruptNote()
+    try:  # from the shell, let Lightning read sys.argv itself (it warns when given both)
+        DMRNetCLI(interrupt_note=note, args=None if args == sys.argv[1:] else args)
+    except SystemExit:
+        if note.message is not None:  # Lightning exits with 1 after a Ctrl-C
+            raise RunInterruptedError(note.message) from None
+        raise
     return 0
 
 
@@ -326,8 +333,7 @@ def _friendly(fn: Any, debug: bool = False, argv: Sequence[str] = ()) -> int:
     permission, a path under a file). Anything else is a bug and keeps its traceback."""
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from dmrnet.benchmark import RunInterruptedError
-    from dmrnet.errors import DMRNetError, first_line, one_line
+    from dmrnet.errors import DMRNetError, RunInterruptedError, first_line, one_line
 
     verb = next((a for a in argv if a in LIGHTNING_VERBS), "fit")
     if debug:

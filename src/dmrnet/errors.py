@@ -12,6 +12,10 @@ class ConfigError(DMRNetError):
     """A method, model or training setting that cannot be used."""
 
 
+class RunInterruptedError(DMRNetError):
+    """Ctrl-C: the run stopped; the message says what was kept."""
+
+
 class UsageError(DMRNetError):
     """A command line that cannot be parsed (an unknown option, a value of the wrong type)."""
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
@@ -18,12 +19,42 @@ from dmrnet.runtime import DeviceSetup
 from dmrnet.training import DMRNetModule, MultimodalDataModule
 
 
+class InterruptNote(Callback):
+    """Remembers what a Ctrl-C left behind: Lightning stops with exit code 1 and no word of
+    the checkpoints; ``dmrnet`` turns this note into its message (exit 130)."""
+
+    def __init__(self) -> None:
+        self.message: str | None = None
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt):
+            return
+        saved = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        files = sorted({p for cb in saved for p in (cb.best_model_path, cb.last_model_path)
+                        if p})
+        where = {str(cb.dirpath) for cb in saved if cb.dirpath}
+        if files:
+            kept = (f"checkpoints kept in {', '.join(sorted(where))}; continue with --resume "
+                    f"{sorted(where)[0]}")
+        else:
+            kept = "no checkpoint had been written yet"
+        stage = trainer.state.fn.value if trainer.state.fn is not None else "the run"
+        self.message = (f"interrupted during {stage} at epoch "
+                        f"{trainer.current_epoch}, step {trainer.global_step}: {kept}")
+
+
 class DMRNetCLI(LightningCLI):
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, interrupt_note: InterruptNote | None = None, **kwargs: object) -> None:
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("trainer_defaults", {"deterministic": True})
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        self.interrupt_note = interrupt_note or InterruptNote()
         super().__init__(DMRNetModule, MultimodalDataModule, **kwargs)  # type: ignore[arg-type]
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(self.interrupt_note)
+        return trainer
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """Parse errors are raised (and shown as one line by ``dmrnet``), not printed after
