@@ -262,11 +262,15 @@ def out_under_file(w: World) -> None:
 def out_read_only(w: World) -> None:
     import os
 
-    if os.geteuid() == 0:
-        pytest.skip("root can write to read-only folders")
     ro = w.root / "ro"
     ro.mkdir()
     ro.chmod(0o500)
+    if os.geteuid() == 0:  # root may write anyway: the folder answers as it would to a user
+        import dmrnet.outputs
+
+        real = os.access
+        w.monkeypatch.setattr(dmrnet.outputs.os, "access", lambda p, mode: False if (
+            Path(p) == ro and mode & os.W_OK) else real(p, mode))
     try:
         w.refuses(["benchmark", "--out", str(ro / "run"), *QUICK], "permission denied")
     finally:
