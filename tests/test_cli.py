@@ -17,6 +17,25 @@ from dmrnet.outputs import OutputError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, which are not JSON."""
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_results_json_writes_non_finite_numbers_as_null():
+    import numpy as np
+    import torch
+
+    from dmrnet.report import to_json
+
+    text = to_json({"nan": float("nan"), "inf": [np.float32("inf")], "t": torch.tensor(0.5),
+                    "path": Path("runs/x"), "ok": 1.25})
+    assert strict_json(text) == {"nan": None, "inf": [None], "t": 0.5, "path": "runs/x",
+                                 "ok": 1.25}
+
+
 def test_benchmark_writes_every_file_with_all_63_subsets(tmp_path, capsys):
     out = tmp_path / "bench"
     code = main(["benchmark", "--dataset", "mfeat", "--methods", "baseline,dmrnet",
@@ -24,7 +43,8 @@ def test_benchmark_writes_every_file_with_all_63_subsets(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "mean over subsets" in printed and "differ most" in printed
-    res = json.loads((out / "results.json").read_text())
+    res = strict_json((out / "results.json").read_text())
+    strict_json((out / "analysis.json").read_text())
     assert res["dataset"] == "mfeat" and res["metric"] == "accuracy"
     assert res["modalities"] == ["fou", "fac", "kar", "pix", "zer", "mor"]
     assert [r["method"] for r in res["runs"]] == ["baseline", "dmrnet"]

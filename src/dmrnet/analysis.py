@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dmrnet.data.base import DataError
 from dmrnet.evaluation import subset_outputs
+from dmrnet.report import to_json
 
 
 def spearman(x: Iterable[float], y: Iterable[float]) -> float:
@@ -151,7 +152,7 @@ def analyze_run(run_dir: str | Path, echo: Any = print) -> dict[str, Any]:
         summary[method] = entry
     hcr = _hcr_effect(results)
     analysis = {"per_method": per_method, "summary": summary, "hcr": hcr}
-    (run / "analysis.json").write_text(json.dumps(analysis, indent=2, default=_nan_none))
+    (run / "analysis.json").write_text(to_json(analysis))
     (run / "analysis.md").write_text(_markdown(analysis))
     _plots(analysis, results["subsets"], run)
     echo(_markdown(analysis))
@@ -174,10 +175,6 @@ def _hcr_effect(results: dict[str, Any]) -> list[dict[str, Any]]:
                 item["change"] = r["per_subset"][subset] - ref["per_subset"][subset]
             out.append(item)
     return out
-
-
-def _nan_none(obj: Any) -> Any:
-    return None if isinstance(obj, float) and math.isnan(obj) else str(obj)
 
 
 def _markdown(analysis: dict[str, Any]) -> str:

@@ -60,7 +60,7 @@ def format_summary(results: dict[str, Any]) -> str:
 def write_results(results: dict[str, Any], out: str | Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    (out / "results.json").write_text(to_json(results))
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["method", "seed", "subset", "subset_size", results["metric"]])
@@ -73,11 +73,27 @@ def write_results(results: dict[str, Any], out: str | Path) -> None:
     plot_per_subset(results, out / "per_subset.png")
 
 
-def _json_default(obj: Any) -> Any:
+def to_json(obj: Any) -> str:
+    """Strict JSON for results files: a value that is not a finite number (NaN: a subset
+    with no sample, a correlation of constants; inf) is written ``null``, paths as strings,
+    numpy and torch scalars as numbers. Python's default would write bare ``NaN``, which
+    JSON parsers refuse."""
+    return json.dumps(_plain(obj), indent=2, allow_nan=False)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()  # numpy / torch scalars
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
