@@ -74,7 +74,7 @@ LATE_FUSION = sorted(METHODS)
 @pytest.mark.parametrize("method", LATE_FUSION)
 def test_late_fusion_training_step_has_only_deterministic_cuda_ops(method, tmp_path):
     net = {"encoder_kwargs": {"hidden": [16], "out_features": 8}, "embed_dim": 8}
-    extra = {"teacher_checkpoint": teacher_checkpoint(tmp_path, **net)} \
+    extra = {"method_kwargs": {"teacher_checkpoint": teacher_checkpoint(tmp_path, **net)}} \
         if method == "mmanet" else {}
     module = DMRNetModule(list(VECTORS), VECTORS, 3, method=method, hcr_warmup_epochs=1, **net,
                           **extra)

@@ -51,7 +51,7 @@ def test_shaspec_auxiliary_losses_in_training_only():
 
 
 def test_mmanet_objective_distils_with_margin_weights_and_mines_weak_subsets():
-    from dmrnet.peers.mmanet import MMANetObjective
+    from dmrnet.methods.mmanet import MMANetObjective
 
     obj = MMANetObjective(["a", "b", "a+b"], temperature=1.0, feature_weight=0.0,
                           mar_weight=1.0, momentum=0.0)

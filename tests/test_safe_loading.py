@@ -66,7 +66,7 @@ def test_teacher_checkpoints_and_encoder_weights_refuse_urls_and_payloads(server
     shapes = {"a": [4], "b": [3]}
     for bad, message in ((url, "is a URL"), (str(path), "cannot load checkpoint")):
         student = DMRNetModule(list(shapes), shapes, 2, method="mmanet",
-                               teacher_checkpoint=bad)
+                               method_kwargs={"teacher_checkpoint": bad})
         with pytest.raises(ConfigError, match=message):
             student.on_fit_start()  # the teacher is loaded when training starts
     images = {"a": [3, 16, 16], "b": [3, 16, 16]}

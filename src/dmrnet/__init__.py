@@ -21,8 +21,8 @@ from dmrnet.method import (
     ProbabilisticEmbedding,
     kl_divergence,
 )
-from dmrnet.methods import METHODS, build_method
-from dmrnet.registry import ENCODERS, create_encoder, create_model
+from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
+from dmrnet.registry import ENCODERS, create_encoder
 from dmrnet.serving import Prediction, Predictor, load_model, save_model
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
@@ -37,6 +37,7 @@ __all__ = [
     "DMRNetObjective",
     "HardCombinationRegularizer",
     "KLRegularizer",
+    "Method",
     "ModelOutput",
     "MultimodalCollate",
     "MultimodalModel",
@@ -51,6 +52,7 @@ __all__ = [
     "kl_divergence",
     "load_model",
     "predict_all_subsets",
+    "register_method",
     "save_model",
     "subset_outputs",
 ]

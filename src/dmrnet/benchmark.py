@@ -3,8 +3,8 @@
 ``run_benchmark`` trains each method for each seed with Lightning, picks the checkpoint with the
 best validation mean-over-subsets metric, evaluates every non-empty subset on the test split and
 writes ``results.json``, ``results.csv``, ``report.md`` and ``per_subset.png`` (see
-:mod:`dmrnet.report`). The "dedicated" reference trains one ``full_only`` model per subset on
-that subset's modalities only.
+:mod:`dmrnet.report`). A method's run is its stages in order (most methods have one; see
+:class:`dmrnet.methods.Method`); the glue names no method.
 """
 
 from __future__ import annotations
@@ -27,17 +27,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.data import DATASETS
 from dmrnet.errors import DMRNetError, RunInterruptedError, first_line
-from dmrnet.methods import METHODS
-from dmrnet.metrics import get_task_metric, summarize, worst_subset
+from dmrnet.methods import METHODS, RunRecord, Stage, StageResult, get_method
+from dmrnet.metrics import get_task_metric, worst_subset
 from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.runtime import DeviceSetup, check_precision
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import DMRNetModule, MultimodalDataModule
 
 log = logging.getLogger("dmrnet")
-
-DEDICATED = "dedicated"
-
 
 class BenchmarkError(DMRNetError):
     """A benchmark request that cannot run as given."""
@@ -102,10 +99,10 @@ def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
 def _check_config(cfg: BenchmarkConfig) -> None:
     DATASETS.get(cfg.dataset)
     if not cfg.methods:
-        raise BenchmarkError("no method given; choose from " + ", ".join(_method_names()))
-    unknown = [m for m in cfg.methods if m not in _method_names()]
+        raise BenchmarkError("no method given; choose from " + ", ".join(METHODS.names()))
+    unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
-        raise BenchmarkError(f"unknown method {unknown[0]!r}; choose from {_method_names()}")
+        raise BenchmarkError(f"unknown method {unknown[0]!r}; choose from {METHODS.names()}")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise BenchmarkError(f"a method is listed twice: {cfg.methods}")
     if not cfg.seeds:
@@ -168,10 +165,6 @@ def _check_numbers(cfg: BenchmarkConfig) -> None:
             raise BenchmarkError(f"{key} must be {rule}; got {value!r}")
 
 
-def _method_names() -> list[str]:
-    return [*METHODS, DEDICATED]
-
-
 def quiet_lightning() -> None:
     """Keep the benchmark's console to its own progress lines."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -191,13 +184,6 @@ def filter_noise() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def _dedicated_kwargs(cfg: BenchmarkConfig) -> dict[str, Any]:
-    """A dedicated model's settings: each trains on its own (full) subset, so the shared
-    model's subset weights (which name subsets its space does not have) and HCR do not apply."""
-    return {**{k: v for k, v in cfg.model.items() if k not in ("alpha", "beta", "subset_weights")
-               and not k.startswith("hcr_")}, "method": "full_only"}
-
-
 def _module(data: MultimodalDataModule, module_kwargs: dict[str, Any]) -> DMRNetModule:
     """A method's module for ``data`` (its modalities, shapes, classes and statistics)."""
     linked = {"class_names": data.class_names, "preprocessing": data.preprocessing}
@@ -206,6 +192,57 @@ def _module(data: MultimodalDataModule, module_kwargs: dict[str, Any]) -> DMRNet
     return DMRNetModule(
         data.modalities, data.input_shapes, data.num_classes, **linked, **module_kwargs,
     )
+
+
+def _with_inputs(stage: Stage, checkpoints: dict[str, str]) -> dict[str, Any]:
+    """A stage's settings with the checkpoints it takes from earlier stages filled in (a
+    dotted path sets a key of a nested mapping, e.g. ``method_kwargs.teacher_checkpoint``)."""
+    settings = dict(stage.settings)
+    for path, source in stage.needs.items():
+        *parents, key = path.split(".")
+        target = settings
+        for part in parents:
+            target[part] = dict(target.get(part) or {})
+            target = target[part]
+        target[key] = checkpoints[source]
+    return settings
+
+
+def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
+                data: MultimodalDataModule, higher_is_better: bool, progress: bool,
+                echo: Callable[[str], None]) -> RunRecord:
+    """Train and test each stage of a method in order; its results make the run's record."""
+    method = get_method(name)
+    stages = method.stages(cfg.model, data.modalities)
+    later = {src for stage in stages for src in stage.needs.values()}  # kept for later stages
+    results: list[StageResult] = []
+    checkpoints: dict[str, str] = {}
+    for i, stage in enumerate(stages):
+        stage_data = data if stage.modalities is None else _data_module(cfg, seed,
+                                                                        stage.modalities)
+        run_name = stage.run_name(name, seed)
+        module, tr_s, ev_s, best = _fit_and_test(
+            cfg, out, run_name, seed, stage_data, _with_inputs(stage, checkpoints), progress,
+            keep=True if stage.name in later else None)
+        checkpoints[stage.name] = str(out / "checkpoints" / run_name / "best.ckpt")
+        res = module.test_results
+        results.append(StageResult(
+            stage, res["per_subset"], res["mean"], res["worst"], tr_s, ev_s, best,
+            list(module.hard_subsets), dict(module.subset_variance),
+            res.get("per_subset_all")))
+        if len(stages) > 1 and (progress or (i + 1) % 8 == 0 or i + 1 == len(stages)):
+            echo(f"      {name}: {i + 1}/{len(stages)} stages trained")
+    if not cfg.keep_checkpoints:
+        for stage in stages:
+            if stage.name in later:
+                shutil.rmtree(out / "checkpoints" / stage.run_name(name, seed),
+                              ignore_errors=True)
+    combined = {"train_seconds": sum(r.train_seconds for r in results),
+                "eval_seconds": results[-1].eval_seconds,
+                **method.combine(results, higher_is_better)}
+    stage_seconds = ({r.stage.name: r.train_seconds for r in results if r.stage.name}
+                     if len(results) > 1 else {})
+    return RunRecord(method=name, seed=seed, stage_train_seconds=stage_seconds, **combined)
 
 
 def _fit_and_test(
@@ -272,16 +309,17 @@ def run_benchmark(
     folder = RunFolder(cfg.out, cfg.overwrite, protected)  # checks only; touches nothing
     # the data are read and every split's files checked before --out is touched
     first = _data_module(cfg, cfg.seeds[0])
+    checked: set[str] = set()
     for method in cfg.methods:  # and every model's settings (e.g. --hcr-subsets)
-        if method == DEDICATED:
-            stages = [_dedicated_kwargs(cfg)]
-        elif method == "mmanet":  # the teacher's path is known once it is trained
-            teacher, student = _mmanet_kwargs(cfg)
-            stages = [teacher, {**student, "teacher_checkpoint": "<trained first>"}]
-        else:
-            stages = [{**cfg.model, "method": method}]
-        for kwargs in stages:
-            _module(first, kwargs)
+        for stage in get_method(method).stages(cfg.model, first.modalities):
+            # a checkpoint a stage takes from an earlier one does not exist yet: only its
+            # settings are checked here
+            settings = _with_inputs(stage, {src: "<trained first>" for src in
+                                            stage.needs.values()})
+            key = repr(sorted(settings.items()))
+            if key not in checked:
+                checked.add(key)
+                _module(first, settings)
     try:
         with folder as work:
             results = _run_all(cfg, work, echo, first)
@@ -301,10 +339,12 @@ def _kept(folder: RunFolder) -> str:
     return f"; the unfinished run is in {str(kept)!r} (delete it when done)" if kept else ""
 
 
-def _data_module(cfg: BenchmarkConfig, seed: int) -> MultimodalDataModule:
-    """The data of one seed, read (and every split's files checked) now."""
+def _data_module(cfg: BenchmarkConfig, seed: int,
+                 modalities: list[str] | None = None) -> MultimodalDataModule:
+    """The data of one seed (of ``modalities``, default the configured ones), read (and every
+    split's files checked) now."""
     data = MultimodalDataModule(
-        cfg.dataset, root=cfg.root, modalities=cfg.modalities, seed=seed,
+        cfg.dataset, root=cfg.root, modalities=modalities or cfg.modalities, seed=seed,
         batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs,
     )
     _ = data.data
@@ -331,25 +371,9 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
             k += 1
             echo(f"[{k}/{total}] {method} seed {seed}: training {cfg.epochs} epochs on "
                  f"{len(space)} subsets of {modalities}")
-            if method == DEDICATED:
-                run = _run_dedicated(cfg, out, seed, data, space, progress, echo)
-            elif method == "mmanet":
-                run = _run_mmanet(cfg, out, seed, data, progress)
-            else:
-                name = f"{method}-seed{seed}"
-                module, tr_s, ev_s, best = _fit_and_test(
-                    cfg, out, name, seed, data, {**cfg.model, "method": method}, progress
-                )
-                res = module.test_results
-                run = {
-                    "method": method, "seed": seed, "per_subset": res["per_subset"],
-                    "mean": res["mean"], "worst": res["worst"], "train_seconds": tr_s,
-                    "eval_seconds": ev_s, "best_epoch": best,
-                    "hard_subsets": module.hard_subsets,
-                    "subset_variance": module.subset_variance,
-                }
-                if "per_subset_all" in res:
-                    run["per_subset_all"] = res["per_subset_all"]
+            record = _run_method(cfg, out, method, seed, data, metric.higher_is_better,
+                                 progress, echo)
+            run = record.to_dict()
             runs.append(run)
             echo(f"      test {metric.name}: mean {run['mean']:.4f}, worst {run['worst']:.4f} "
                  f"({worst_subset(run['per_subset'], metric.higher_is_better)}); train "
@@ -383,40 +407,6 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
                 echo(f"analysis {method}: " + ", ".join(parts))
         echo("wrote analysis.json, analysis.md and analysis_*.png")
     return results
-
-
-def _run_dedicated(
-    cfg: BenchmarkConfig,
-    out: Path,
-    seed: int,
-    data: MultimodalDataModule,
-    space: SubsetSpace,
-    progress: bool,
-    echo: Callable[[str], None],
-) -> dict[str, Any]:
-    """One full_only model per subset, each trained and tested on that subset's modalities."""
-    per_subset: dict[str, float] = {}
-    train_s = eval_s = 0.0
-    kwargs = _dedicated_kwargs(cfg)
-    for i, name in enumerate(space.names):
-        members = list(space.parse(name))
-        sub = MultimodalDataModule(
-            cfg.dataset, root=cfg.root, modalities=members, seed=seed,
-            batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs,
-        )
-        module, tr_s, ev_s, _ = _fit_and_test(
-            cfg, out, f"dedicated-seed{seed}/{name}", seed, sub,
-            kwargs, progress,
-        )
-        per_subset[name] = module.test_results["per_subset"][name]
-        train_s += tr_s
-        eval_s += ev_s
-        if progress or (i + 1) % 8 == 0 or i + 1 == len(space):
-            echo(f"      dedicated: {i + 1}/{len(space)} subsets trained")
-    summary = summarize(per_subset, get_task_metric(
-        str(cfg.model.get("metric", "accuracy"))).higher_is_better)
-    return {"method": DEDICATED, "seed": seed, "per_subset": per_subset, **summary,
-            "train_seconds": train_s, "eval_seconds": eval_s}
 
 
 def paired_comparisons(
@@ -453,33 +443,6 @@ def paired_comparisons(
                             "diff": float(d.mean()), "diff_std": float(d.std()),
                             "ci95": [lo, hi], "verdict": verdict})
     return out
-
-
-def _mmanet_kwargs(cfg: BenchmarkConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """MMANet's teacher (full_only, complete inputs) and student settings; the student's
-    ``teacher_checkpoint`` is added once the teacher is trained."""
-    base = {k: v for k, v in cfg.model.items() if k not in ("alpha", "beta")
-            and not k.startswith("hcr_")}
-    teacher = {k: v for k, v in base.items() if k != "subset_weights"}
-    return {**teacher, "method": "full_only"}, {**base, "method": "mmanet"}
-
-
-def _run_mmanet(cfg: BenchmarkConfig, out: Path, seed: int, data: MultimodalDataModule,
-                progress: bool) -> dict[str, Any]:
-    """MMANet's two stages: a full_only teacher, then the student distilled from it."""
-    teacher_kwargs, student_kwargs = _mmanet_kwargs(cfg)
-    _, t_train, _, _ = _fit_and_test(cfg, out, f"mmanet-teacher-seed{seed}", seed, data,
-                                     teacher_kwargs, progress, keep=True)
-    teacher = out / "checkpoints" / f"mmanet-teacher-seed{seed}" / "best.ckpt"
-    module, tr_s, ev_s, best = _fit_and_test(
-        cfg, out, f"mmanet-seed{seed}", seed, data,
-        {**student_kwargs, "teacher_checkpoint": str(teacher)}, progress)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(teacher.parent, ignore_errors=True)
-    res = module.test_results
-    return {"method": "mmanet", "seed": seed, "per_subset": res["per_subset"],
-            "mean": res["mean"], "worst": res["worst"], "train_seconds": t_train + tr_s,
-            "eval_seconds": ev_s, "best_epoch": best, "teacher_train_seconds": t_train}
 
 
 def summarize_runs(runs: Sequence[dict[str, Any]], higher_is_better: bool) -> dict[str, Any]:

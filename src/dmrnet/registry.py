@@ -1,4 +1,4 @@
-"""Registries of encoders and methods, and the one factory, :func:`create_model`.
+"""Registries: a name -> object mapping whose errors list what exists; encoders and trunks.
 
 Add an encoder with ``@ENCODERS.register("name")`` on a function
 ``(input_shape: tuple[int, ...], **kwargs) -> nn.Module`` whose module has an ``out_features``
@@ -46,6 +46,12 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
@@ -68,14 +74,3 @@ def create_trunk(name: str, in_channels: int, **kwargs: Any) -> Any:
     import dmrnet.nn  # noqa: F401
 
     return TRUNKS.get(name)(int(in_channels), **kwargs)
-
-
-def create_model(method: str, **kwargs: Any) -> Any:
-    """Build the network of a method ("dmrnet", "baseline", ...; see ``dmrnet.method.METHODS``).
-
-    Takes the keyword arguments of :func:`dmrnet.methods.build_method`; returns the
-    :class:`~dmrnet.method.MultimodalModel` (use ``build_method`` for its objective too).
-    """
-    from dmrnet.methods import build_method
-
-    return build_method(method, **kwargs)[0]

@@ -21,14 +21,12 @@ from torch import Tensor
 
 from dmrnet.batch import BatchError
 from dmrnet.errors import ConfigError
+from dmrnet.methods import ModelConfig, build_method, get_method
 from dmrnet.outputs import RunFolder
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 FORMAT = "dmrnet-model/1"
-_TRAINING_ONLY = {"subset_weights", "metric", "optimizer", "lr", "weight_decay", "momentum",
-                  "nesterov", "scheduler", "milestones", "gamma", "warmup_epochs",
-                  "teacher_checkpoint", "label_smoothing", "channels_last"}
 
 
 @dataclass
@@ -172,9 +170,13 @@ def _as_tensor(modality: str, value: Any) -> Tensor:
 
 
 def model_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The network-building arguments among a DMRNetModule's hyperparameters."""
-    return {k: v for k, v in hparams.items() if k not in _TRAINING_ONLY
-            and k not in ("class_names", "preprocessing", "class_weights")}
+    """The network-building arguments among a module's hyperparameters: the fields of
+    :class:`~dmrnet.methods.ModelConfig` a trained network needs, with the method's own
+    options as it stores them (e.g. without a teacher's path)."""
+    args = {k: hparams[k] for k in ModelConfig.names(serving=True) if k in hparams}
+    if "method_kwargs" in args:
+        args["method_kwargs"] = get_method(args["method"]).serving_kwargs(args["method_kwargs"])
+    return args
 
 
 def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
@@ -221,10 +223,6 @@ def _weights_metadata(config: Mapping[str, Any]) -> dict[str, str]:
 
 def _check_config(config: Any, where: str) -> dict[str, Any]:
     """The build arguments of a model folder's config, or a ConfigError naming what is wrong."""
-    import inspect
-
-    from dmrnet.methods import build_method
-
     fix = "; write the folder again with save_model or 'dmrnet export'"
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ConfigError(f"{where!r} is not a dmrnet model config ({FORMAT})")
@@ -235,8 +233,7 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
                if k not in model]
     if missing:
         raise ConfigError(f"{where!r} lacks model.{missing[0]}{fix}")
-    known = inspect.signature(build_method).parameters
-    unknown = sorted(set(model) - set(known))
+    unknown = sorted(set(model) - set(ModelConfig.names()))
     if unknown:
         raise ConfigError(f"{where!r} has model settings this dmrnet does not know: {unknown} "
                           f"(written by dmrnet {config.get('dmrnet_version')}); upgrade dmrnet")
@@ -301,8 +298,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
-
-    from dmrnet.methods import build_method
 
     path = Path(path)
     cfg_path, w_path = path / CONFIG, path / WEIGHTS

@@ -7,7 +7,6 @@ HCR bookkeeping at epoch ends, optimisers and schedules.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import random
@@ -24,7 +23,7 @@ from dmrnet.data import DATASETS, SplitData
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.method import IGNORE_INDEX
-from dmrnet.methods import build_method, get_method
+from dmrnet.methods import ModelConfig, get_method
 from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
@@ -167,7 +166,7 @@ class MultimodalDataModule(L.LightningDataModule):
 class DMRNetModule(L.LightningModule):
     """Any method of the family (``method=``) trained with the missing-modality protocol.
 
-    Model arguments are those of :func:`dmrnet.methods.build_method`. Training draws one subset
+    Model arguments are the fields of :class:`dmrnet.methods.ModelConfig`. Training draws one subset
     per sample (``subset_weights``; uniform by default). Validation and test evaluate every
     subset with encoder features reused, and log ``{stage}/{subset}/{metric}``,
     ``{stage}/mean`` and ``{stage}/worst``; checkpoints are selected on ``val/mean``.
@@ -210,7 +209,6 @@ class DMRNetModule(L.LightningModule):
         class_weights: list[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
         method_kwargs: dict[str, Any] | None = None,
-        teacher_checkpoint: str | None = None,
         subset_weights: dict[str, float] | None = None,
         metric: str = "accuracy",
         optimizer: str = "adamw",
@@ -227,16 +225,15 @@ class DMRNetModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        spec = get_method(method)
-        model_args = inspect.signature(build_method).parameters
-        chosen = {k: v for k, v in self.hparams.items() if k in model_args}
-        chosen["input_shapes"] = {m: tuple(v) for m, v in input_shapes.items()}
-        self.model, self.objective = build_method(**chosen)
+        config = ModelConfig.pick(self.hparams)
+        config.input_shapes = {m: tuple(v) for m, v in input_shapes.items()}
+        self.method = get_method(method)
+        self.model, self.objective = self.method.build(config)
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.space: SubsetSpace = self.model.space
-        weights = {self.space.names[-1]: 1.0} if spec.train_subsets == "full" else None
+        weights = {self.space.names[-1]: 1.0} if self.method.train_subsets == "full" else None
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
         if subset_weights and self.sampler.unnamed:
             log.warning("subset_weights names %d of %d subsets: the other %d (%s) get weight 0 "
@@ -244,10 +241,8 @@ class DMRNetModule(L.LightningModule):
                         len(self.space) - len(self.sampler.unnamed), len(self.space),
                         len(self.sampler.unnamed), ", ".join(self.sampler.unnamed[:4]) +
                         (", ..." if len(self.sampler.unnamed) > 4 else ""))
-        self._teacher: Any = None  # MMANet's frozen teacher; not a submodule, not saved
-        if method == "mmanet" and teacher_checkpoint is None:
-            raise ConfigError("method 'mmanet' needs teacher_checkpoint: a full_only "
-                              "model's checkpoint (dmrnet benchmark trains it for you)")
+        # what the method's objective needs besides the batch (e.g. a frozen teacher)
+        self.context = self.method.training_context(config, self.model)
         self.task_metric = get_task_metric(metric)
         names = self.space.names
         tm = self.task_metric
@@ -269,19 +264,9 @@ class DMRNetModule(L.LightningModule):
                 for m, x in inputs.items()}
 
     # --- training ---------------------------------------------------------------------------
-    def teacher(self) -> Any:
-        """MMANet's frozen teacher network, loaded on first use (training only: a trained
-        student is used, tested and served without it), or None for other methods."""
-        path = self.hparams.get("teacher_checkpoint")
-        if self._teacher is None and self.hparams.method == "mmanet" and path is not None:
-            from dmrnet.peers.mmanet import load_teacher
-
-            # object.__setattr__: keep it out of the module tree (not trained, not saved)
-            object.__setattr__(self, "_teacher", load_teacher(path))
-        return self._teacher
-
     def on_fit_start(self) -> None:
-        self.teacher()  # a bad teacher checkpoint stops the run before its first step
+        if self.context is not None:  # a bad file (e.g. a teacher) stops the run before it
+            self.context.setup()       # starts
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if batch.target is None:
@@ -290,14 +275,8 @@ class DMRNetModule(L.LightningModule):
         avail = self.sampler.sample(batch.availability)
         subset_index = self.space.indices_of(avail)
         out = self(batch.inputs, avail)
-        teacher_net = self.teacher()
-        if teacher_net is not None:
-            teacher_net.to(self.device)
-            with torch.no_grad():  # the teacher sees everything the sample has
-                teacher = teacher_net(batch.inputs, batch.availability)
-            terms = self.objective(out, batch.target, subset_index, teacher=teacher)
-        else:
-            terms = self.objective(out, batch.target, subset_index)
+        extra = self.context(batch, self.device) if self.context is not None else {}
+        terms = self.objective(out, batch.target, subset_index, **extra)
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=len(batch),
                      prog_bar=name == "loss")

@@ -13,18 +13,32 @@ Two stages: a full-modality teacher (the same network, trained on complete input
   ``mar_weight * max(0, ema_s / mean(ema) - 1)``.
 
 Defaults: T = 2, distill_weight 1.0, feature_weight 0.1, mar_weight 0.5, momentum 0.9 (our
-choices; the paper tunes its weights per dataset). ``dmrnet benchmark`` runs both stages.
+choices; the paper tunes its weights per dataset). A run has two stages (teacher, then
+student); ``dmrnet benchmark`` trains both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dmrnet.batch import Batch
+from dmrnet.errors import ConfigError
 from dmrnet.method import DMRNetObjective, ModelOutput
+from dmrnet.methods.base import (
+    Method,
+    ModelConfig,
+    Stage,
+    TrainingContext,
+    checkpoint_network,
+    register_method,
+)
+from dmrnet.methods.dmrnet import drop_settings, late_fusion_network
 from dmrnet.subsets import subset_totals
 
 
@@ -78,11 +92,75 @@ class MMANetObjective(DMRNetObjective):
         return terms
 
 
-def load_teacher(path: str) -> nn.Module:
-    """The frozen full-modality teacher's network from a checkpoint (``weights_only``)."""
-    from dmrnet.predict import load_module
+class TeacherContext(TrainingContext):
+    """The frozen teacher's outputs on what each sample has (all its modalities)."""
 
-    teacher = load_module(path).model
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher.eval()
+    def __init__(self, checkpoint: str) -> None:
+        self.checkpoint = checkpoint
+        self.network: nn.Module | None = None
+
+    def setup(self) -> None:
+        if self.network is None:
+            network = checkpoint_network(self.checkpoint)
+            for p in network.parameters():
+                p.requires_grad_(False)
+            self.network = network.eval()
+
+    def __call__(self, batch: Batch, device: Any) -> dict[str, Any]:
+        self.setup()
+        assert self.network is not None
+        self.network.to(device)
+        with torch.no_grad():
+            return {"teacher": self.network(batch.inputs, batch.availability)}
+
+
+@register_method
+class MMANet(Method):
+    name = "mmanet"
+    description = "MMANet (CVPR 2023): teacher distillation + weak-subset mining"
+
+    @dataclass
+    class Options:
+        """temperature, distill_weight, feature_weight (MAD), mar_weight, momentum (MAR);
+        teacher_checkpoint: the trained teacher (the benchmark fills it in)."""
+
+        temperature: float = 2.0
+        distill_weight: float = 1.0
+        feature_weight: float = 0.1
+        mar_weight: float = 0.5
+        momentum: float = 0.9
+        teacher_checkpoint: str | None = None
+
+    def serving_kwargs(self, method_kwargs: Mapping[str, object] | None
+                       ) -> dict[str, object] | None:
+        """A trained student serves without its teacher: the path is not stored."""
+        if method_kwargs is None:
+            return None
+        return {k: v for k, v in method_kwargs.items() if k != "teacher_checkpoint"}
+
+    def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        opts = self.options(config.method_kwargs)
+        model = late_fusion_network(config, variance=False, sample=False)
+        objective = MMANetObjective(
+            model.space.names, temperature=opts.temperature,
+            distill_weight=opts.distill_weight, feature_weight=opts.feature_weight,
+            mar_weight=opts.mar_weight, momentum=opts.momentum,
+            label_smoothing=config.label_smoothing, class_weights=config.class_weights)
+        return model, objective
+
+    def training_context(self, config: ModelConfig, network: nn.Module) -> TeacherContext:
+        path = self.options(config.method_kwargs).teacher_checkpoint
+        if path is None:
+            raise ConfigError("method 'mmanet' needs method_kwargs.teacher_checkpoint: a "
+                              "full_only model's checkpoint (dmrnet benchmark trains it for "
+                              "you)")
+        return TeacherContext(path)
+
+    def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
+        """A full_only teacher on complete inputs, then the student distilled from it."""
+        base = drop_settings(settings, "alpha", "beta", prefixes=("hcr_",))
+        teacher = {**drop_settings(base, "subset_weights", "method_kwargs"),
+                   "method": "full_only"}
+        return [Stage("teacher", teacher),
+                Stage("", {**base, "method": self.name},
+                      needs={"method_kwargs.teacher_checkpoint": "teacher"})]

@@ -1,0 +1,37 @@
+"""Methods, each a registered unit (:class:`Method`): DMRNet and its family (baseline,
+full_only, ablations), the peers ShaSpec and MMANet, and dedicated models per subset.
+
+Add one by subclassing :class:`Method` and decorating it with :func:`register_method`; see
+``docs/architecture.md``.
+"""
+
+from dmrnet.methods import dedicated, dmrnet, mmanet, shaspec  # noqa: F401  (registers them)
+from dmrnet.methods.base import (
+    METHODS,
+    Method,
+    ModelConfig,
+    RunRecord,
+    Stage,
+    StageResult,
+    TrainingContext,
+    build_method,
+    checkpoint_network,
+    create_model,
+    get_method,
+    register_method,
+)
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "ModelConfig",
+    "RunRecord",
+    "Stage",
+    "StageResult",
+    "TrainingContext",
+    "build_method",
+    "checkpoint_network",
+    "create_model",
+    "get_method",
+    "register_method",
+]

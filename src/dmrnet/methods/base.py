@@ -1,0 +1,266 @@
+"""What a method is: a registered unit with its settings, its network and objective, and the
+stages a run of it trains.
+
+A method is a :class:`Method` subclass registered by name in :data:`METHODS`. It declares
+
+- ``Options``: a dataclass of its own hyperparameters (given as ``method_kwargs``), with their
+  defaults in one place; unknown keys are an error that lists them;
+- ``build(config)``: the network (any :class:`~dmrnet.models.protocol.MultimodalNetwork`) and
+  the objective for a :class:`ModelConfig`;
+- ``stages(settings, modalities)``: the models a run trains, in order (one for most methods);
+- ``combine(stages)``: the run's per-subset results from its stages' results;
+- ``training_context(config)``: anything a training step needs besides the batch (e.g. a
+  frozen teacher's outputs), passed to the objective as keyword arguments.
+
+The training loop, the benchmark, serving and the command line use only this interface: adding
+a method touches its own file (or a test's) and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from dmrnet.batch import Batch
+from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
+from dmrnet.registry import Registry
+
+
+@dataclass
+class ModelConfig:
+    """Everything that builds a network and its objective (the arguments of
+    :func:`build_method`). ``method_kwargs`` are the method's own ``Options``."""
+
+    method: str
+    modalities: Sequence[str]
+    input_shapes: Mapping[str, Sequence[int]]
+    num_classes: int
+    encoder: str = "mlp"
+    encoder_kwargs: Mapping[str, object] | None = None
+    encoders: Mapping[str, Mapping[str, object]] | None = None
+    embed_dim: int = 256
+    fusion: str = "concat"
+    missing_at: str = "feature"
+    alpha: float | None = None
+    beta: float | None = None
+    hcr_warmup_epochs: int = 5
+    hcr_top_k: int = 1
+    hcr_candidates: str = "unimodal"
+    hcr_subsets: Sequence[str] | None = None
+    label_smoothing: float = field(default=0.0, metadata={"training_only": True})
+    trunk: str | None = None
+    trunk_kwargs: Mapping[str, object] | None = None
+    architecture: str = "late_fusion"
+    dense_kwargs: Mapping[str, object] | None = None
+    class_weights: Sequence[float] | None = field(default=None,
+                                                  metadata={"training_only": True})
+    method_kwargs: Mapping[str, object] | None = None
+
+    @classmethod
+    def names(cls, serving: bool = False) -> list[str]:
+        """The field names (``serving``: those a trained network needs, without training-only
+        ones such as class weights)."""
+        return [f.name for f in dataclasses.fields(cls)
+                if not (serving and f.metadata.get("training_only"))]
+
+    @classmethod
+    def pick(cls, settings: Mapping[str, Any]) -> ModelConfig:
+        """The model config among a module's settings (other keys are left out)."""
+        known = set(cls.names())
+        return cls(**{k: v for k, v in settings.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model a run of a method trains.
+
+    Attributes:
+        name: "" for a method's only stage; else e.g. "teacher" or a subset name.
+        settings: the module's settings (``method`` included).
+        modalities: train and test on these modalities only (None: all).
+        needs: setting path -> the earlier stage whose best checkpoint it takes, e.g.
+            ``{"method_kwargs.teacher_checkpoint": "teacher"}``.
+        nested: checkpoints under ``<method>-seed<seed>/<name>`` (many stages) rather than
+            ``<method>-<name>-seed<seed>``.
+    """
+
+    name: str
+    settings: dict[str, Any]
+    modalities: list[str] | None = None
+    needs: dict[str, str] = field(default_factory=dict)
+    nested: bool = False
+
+    def run_name(self, method: str, seed: int) -> str:
+        if not self.name:
+            return f"{method}-seed{seed}"
+        if self.nested:
+            return f"{method}-seed{seed}/{self.name}"
+        return f"{method}-{self.name}-seed{seed}"
+
+
+@dataclass
+class StageResult:
+    """What one trained stage gave: its test results and bookkeeping."""
+
+    stage: Stage
+    per_subset: dict[str, float]
+    mean: float
+    worst: float
+    train_seconds: float
+    eval_seconds: float
+    best_epoch: int
+    hard_subsets: list[str] = field(default_factory=list)
+    subset_variance: dict[str, float] = field(default_factory=dict)
+    per_subset_all: dict[str, dict[str, float]] | None = None
+
+
+@dataclass
+class RunRecord:
+    """One method x seed in a benchmark: what ``results.json`` holds per run."""
+
+    method: str
+    seed: int
+    per_subset: dict[str, float]
+    mean: float
+    worst: float
+    train_seconds: float
+    eval_seconds: float
+    best_epoch: int
+    hard_subsets: list[str] = field(default_factory=list)
+    subset_variance: dict[str, float] = field(default_factory=dict)
+    per_subset_all: dict[str, dict[str, float]] | None = None
+    stage_train_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["per_subset_all"] is None:
+            del out["per_subset_all"]
+        return out
+
+
+class TrainingContext:
+    """Extra inputs of a method's objective in training (see :meth:`Method.training_context`).
+    ``setup`` runs when training starts (load files there, so a bad file stops the run
+    before its first step); ``__call__`` gives the objective's keyword arguments for a batch."""
+
+    def setup(self) -> None:
+        """Prepare (e.g. load a checkpoint); called when training starts."""
+
+    def __call__(self, batch: Batch, device: Any) -> dict[str, Any]:
+        return {}
+
+
+class Method:
+    """Base class of a registered method. Subclasses set ``name``, ``description``,
+    ``Options`` and ``build``; the rest has defaults for single-stage methods."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    train_subsets: ClassVar[str] = "random"
+    """"random": one subset per sample (the protocol); "full": complete inputs only."""
+
+    @dataclass
+    class Options:
+        """The method's own hyperparameters (``method_kwargs``); none by default."""
+
+    def options(self, method_kwargs: Mapping[str, object] | None) -> Any:
+        """``method_kwargs`` as this method's ``Options``, or a ConfigError naming the keys
+        it does not know."""
+        kwargs = dict(method_kwargs or {})
+        known = [f.name for f in dataclasses.fields(self.Options)]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ConfigError(f"method {self.name!r} has no option {unknown[0]!r} in "
+                              f"method_kwargs; its options: {known or 'none'}")
+        return self.Options(**kwargs)
+
+    def serving_kwargs(self, method_kwargs: Mapping[str, object] | None
+                       ) -> dict[str, object] | None:
+        """The ``method_kwargs`` a trained network needs (stored in a model folder); by
+        default all of them."""
+        return None if method_kwargs is None else dict(method_kwargs)
+
+    def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        """The network and the objective (``objective(out, target, subset_index, **context)``
+        -> dict of loss terms with the total under "loss")."""
+        raise NotImplementedError
+
+    def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
+        """The models a run trains: by default one, with the given settings."""
+        return [Stage("", {**settings, "method": self.name})]
+
+    def combine(self, results: Sequence[StageResult], higher_is_better: bool) -> dict[str, Any]:
+        """The run's results from its stages' (by default the last stage's)."""
+        last = results[-1]
+        return {"per_subset": last.per_subset, "mean": last.mean, "worst": last.worst,
+                "best_epoch": last.best_epoch, "hard_subsets": last.hard_subsets,
+                "subset_variance": last.subset_variance, "per_subset_all": last.per_subset_all}
+
+    def training_context(self, config: ModelConfig, network: nn.Module
+                         ) -> TrainingContext | None:
+        """What the objective needs besides the batch in training; None: nothing."""
+        return None
+
+
+METHODS: Registry[Method] = Registry("method")
+"""Registered methods by name: ``@register_method`` on a :class:`Method` subclass."""
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register an instance of ``cls`` under ``cls.name``."""
+    if not cls.name:
+        raise ConfigError(f"{cls.__name__} has no name")
+    METHODS.register(cls.name)(cls())
+    return cls
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name`` (an error lists the available ones)."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; available: {METHODS.names()}")
+    return METHODS.get(name)
+
+
+def build_method(method: str, **kwargs: Any) -> tuple[nn.Module, nn.Module]:
+    """Build the network and objective of a named method from :class:`ModelConfig`'s fields
+    (``modalities``, ``input_shapes``, ``num_classes``, ``encoder``, ...)."""
+    try:
+        config = ModelConfig(method=method, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"cannot build method {method!r}: {err}") from err
+    return get_method(method).build(config)
+
+
+def create_model(method: str, **kwargs: Any) -> nn.Module:
+    """Build the network of a method (see :func:`build_method`; the objective is left out)."""
+    return build_method(method, **kwargs)[0]
+
+
+def checkpoint_network(path: str) -> nn.Module:
+    """The network stored in a training checkpoint (ours or Lightning's: ``state_dict`` under
+    ``model.`` and ``hyper_parameters``), rebuilt and loaded with ``weights_only=True``;
+    plain PyTorch, no training objects."""
+    path = local_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged or unsafe files
+        raise checkpoint_error(path, err) from err
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise ConfigError(f"{path!r} is not a dmrnet training checkpoint (no hyperparameters "
+                          "or state_dict)")
+    config = ModelConfig.pick(ckpt["hyper_parameters"])
+    network, _ = get_method(config.method).build(config)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+             if k.startswith("model.")}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(f"the weights in {path!r} do not fit its settings: "
+                          f"{str(err).splitlines()[0]}") from err
+    return network
+

@@ -1,0 +1,37 @@
+"""Dedicated models: the reference a shared model is compared with. One model per subset,
+each trained (complete inputs only) and tested on that subset's modalities."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dmrnet.methods.base import Stage, StageResult, register_method
+from dmrnet.methods.dmrnet import DMRNetFamily, drop_settings
+from dmrnet.metrics import summarize
+from dmrnet.subsets import SubsetSpace
+
+
+@register_method
+class Dedicated(DMRNetFamily):
+    """A run trains 2^M - 1 models; built alone (e.g. ``dmrnet fit``), it is the dedicated
+    model of the configured modalities: ``full_only``'s network and training."""
+
+    name = "dedicated"
+    description = "one full_only model per subset (the reference)"
+    variance, sample, alpha, beta = False, False, 0.0, 0.0
+    train_subsets = "full"
+
+    def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
+        # the shared model's subset weights name subsets a dedicated model does not have,
+        # and HCR does not apply
+        own = {**drop_settings(settings, "alpha", "beta", "subset_weights",
+                               prefixes=("hcr_",)), "method": self.name}
+        space = SubsetSpace(modalities)
+        return [Stage(name, own, modalities=list(space.parse(name)), nested=True)
+                for name in space.names]
+
+    def combine(self, results: Sequence[StageResult], higher_is_better: bool) -> dict[str, Any]:
+        per_subset = {r.stage.name: r.per_subset[r.stage.name] for r in results}
+        return {"per_subset": per_subset, **summarize(per_subset, higher_is_better),
+                "best_epoch": -1, "eval_seconds": sum(r.eval_seconds for r in results)}

@@ -1,0 +1,172 @@
+"""DMRNet and its family: the baseline, full-input training and the ablations are the one
+late-fusion (or dense) network with switches (variance head, sampling, KL and HCR weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from torch import nn
+
+from dmrnet.errors import ConfigError
+from dmrnet.method import (
+    DMRNetObjective,
+    HardCombinationRegularizer,
+    KLRegularizer,
+    MultimodalModel,
+)
+from dmrnet.methods.base import Method, ModelConfig, register_method
+from dmrnet.nn.fusion import create_fusion
+from dmrnet.registry import create_encoder, create_trunk
+from dmrnet.segmentation import DenseMultimodalModel
+from dmrnet.subsets import SubsetSpace
+
+
+class DMRNetFamily(Method):
+    """The family's switches; each registered member sets them.
+
+    Attributes:
+        variance / sample: the probabilistic embedding's switches (see ProbabilisticEmbedding).
+        alpha: default KL weight. beta: default HCR weight (0 = no HCR).
+    """
+
+    variance: ClassVar[bool] = True
+    sample: ClassVar[bool] = True
+    alpha: ClassVar[float] = 1e-3
+    beta: ClassVar[float] = 0.2
+
+    def weights(self, config: ModelConfig) -> tuple[float, float]:
+        """(alpha, beta): the config's, else the method's defaults; checked against the head."""
+        alpha = self.alpha if config.alpha is None else config.alpha
+        beta = self.beta if config.beta is None else config.beta
+        if (alpha > 0 or beta > 0) and not self.variance:
+            raise ConfigError(
+                f"method {config.method!r} has no variance head, so alpha and beta must be 0 "
+                f"(got alpha={alpha}, beta={beta}); use a dmrnet method for KL or HCR"
+            )
+        return alpha, beta
+
+    def objective(self, config: ModelConfig, names: list[str], spatial: str = "sum"
+                  ) -> DMRNetObjective:
+        alpha, beta = self.weights(config)
+        kl = KLRegularizer(alpha, spatial=spatial) if self.variance else None
+        hcr = (HardCombinationRegularizer(names, beta, config.hcr_warmup_epochs,
+                                          config.hcr_top_k, candidates=config.hcr_candidates,
+                                          hard_subsets=config.hcr_subsets)
+               if self.variance and beta > 0 else None)
+        return DMRNetObjective(kl, hcr, label_smoothing=config.label_smoothing,
+                               class_weights=config.class_weights)
+
+    def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        self.options(config.method_kwargs)
+        _, beta = self.weights(config)
+        if config.architecture == "dense":
+            dense = dense_network(config, self.variance, self.sample, beta)
+            return dense, self.objective(config, dense.space.names, spatial="mean")
+        model = late_fusion_network(config, self.variance, self.sample)
+        return model, self.objective(config, model.space.names)
+
+
+def late_fusion_network(config: ModelConfig, variance: bool, sample: bool) -> MultimodalModel:
+    """Encoders per modality -> fusion (-> trunk) -> embedding -> classifier.
+
+    ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
+    with ``{"name": ..., **kwargs}``. ``trunk``/``trunk_kwargs`` name shared layers after
+    fusion (mid-level fusion, e.g. "resnet_trunk" for CASIA-SURF).
+    """
+    if config.architecture not in ("late_fusion", "dense"):
+        raise ConfigError("architecture must be 'late_fusion' or 'dense'; got "
+                          f"{config.architecture!r}")
+    mods = list(SubsetSpace(config.modalities).modalities)
+    encoders, shapes = config.encoders or {}, config.input_shapes
+    unknown = [m for m in encoders if m not in mods]
+    if unknown:
+        raise ConfigError(f"encoder given for modality {unknown[0]!r}, not one of {mods}")
+    missing_shape = [m for m in mods if m not in shapes]
+    if missing_shape:
+        raise ConfigError(f"no input shape for modality {missing_shape[0]!r}")
+    built = {}
+    for m in mods:
+        cfg = dict(encoders.get(m, {}))
+        name = str(cfg.pop("name", config.encoder))
+        kwargs = {**(config.encoder_kwargs or {}), **cfg} if name == config.encoder else cfg
+        built[m] = create_encoder(name, tuple(shapes[m]), **kwargs)
+    spatial = {bool(getattr(e, "spatial", False)) for e in built.values()}
+    if len(spatial) != 1:
+        raise ConfigError(
+            "all encoders must give the same kind of features (all vectors or all maps) to be "
+            "fused; mix of " + ", ".join(f"{m}: {type(e).__name__}" for m, e in built.items())
+        )
+    trunk_module = None
+    if config.trunk is not None:
+        fused = create_fusion(config.fusion,
+                              [int(e.out_features) for e in built.values()]).out_features
+        trunk_module = create_trunk(config.trunk, fused, **dict(config.trunk_kwargs or {}))
+    return MultimodalModel(
+        mods, built, config.num_classes, embed_dim=config.embed_dim, fusion=config.fusion,
+        variance=variance, sample=sample, missing_at=config.missing_at, input_shapes=shapes,
+        trunk=trunk_module, spatial=spatial.pop(),
+    )
+
+
+def dense_network(config: ModelConfig, variance: bool, sample: bool, beta: float
+                  ) -> DenseMultimodalModel:
+    """The segmentation network (:class:`~dmrnet.segmentation.DenseMultimodalModel`):
+    ``encoder_kwargs`` give its ResNet ``layers``/``block``/``width``, ``dense_kwargs`` its
+    ``decoder_channels``, ``deep_supervision`` and ``aux_decoder``; its KL is per pixel."""
+    mods = list(SubsetSpace(config.modalities).modalities)
+    shapes = {m: tuple(config.input_shapes[m]) for m in mods}
+    bad = [m for m, s in shapes.items() if len(s) != 3]
+    if bad:
+        raise ConfigError(f"dense models need (C, H, W) inputs; modality {bad[0]!r} has "
+                          f"{shapes[bad[0]]}")
+    dense = dict(config.dense_kwargs or {})
+    return DenseMultimodalModel(
+        mods, {m: s[0] for m, s in shapes.items()}, config.num_classes,
+        embed_dim=config.embed_dim, variance=variance, sample=sample,
+        aux_decoder=bool(dense.pop("aux_decoder", False)) and variance and beta > 0,
+        **dict(config.encoder_kwargs or {}), **dense,  # type: ignore[arg-type]
+    )
+
+
+@register_method
+class DMRNet(DMRNetFamily):
+    name = "dmrnet"
+    description = "DMRNet: sampled embedding + KL + HCR"
+
+
+@register_method
+class Baseline(DMRNetFamily):
+    name = "baseline"
+    description = "common subspace / modality dropout"
+    variance, sample, alpha, beta = False, False, 0.0, 0.0
+
+
+@register_method
+class FullOnly(DMRNetFamily):
+    name = "full_only"
+    description = "trained on complete inputs only"
+    variance, sample, alpha, beta = False, False, 0.0, 0.0
+    train_subsets = "full"
+
+
+@register_method
+class DMRNetNoHCR(DMRNetFamily):
+    name = "dmrnet_no_hcr"
+    description = "DMRNet without HCR"
+    beta = 0.0
+
+
+@register_method
+class DMRNetNoKL(DMRNetFamily):
+    name = "dmrnet_no_kl"
+    description = "DMRNet without KL"
+    alpha = 0.0
+
+
+def drop_settings(settings: Mapping[str, Any], *names: str, prefixes: Sequence[str] = ()
+                  ) -> dict[str, Any]:
+    """``settings`` without the named keys and those starting with ``prefixes``."""
+    return {k: v for k, v in settings.items()
+            if k not in names and not any(k.startswith(p) for p in prefixes)}

@@ -1,0 +1,39 @@
+"""ShaSpec (Wang et al., CVPR 2023) as a method: its network
+(:class:`~dmrnet.peers.shaspec.ShaSpecModel`, with its auxiliary losses) and the task loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from dmrnet.method import DMRNetObjective
+from dmrnet.methods.base import Method, ModelConfig, register_method
+from dmrnet.peers.shaspec import ShaSpecModel
+
+
+@register_method
+class ShaSpec(Method):
+    name = "shaspec"
+    description = "ShaSpec (CVPR 2023): shared + specific encoders"
+
+    @dataclass
+    class Options:
+        """proj_dim / proj_channels: the per-modality input projection before the shared
+        encoder (vectors / images); dao_weight, dco_weight: the distribution-alignment and
+        domain-classification loss weights (the paper tunes them per dataset)."""
+
+        proj_dim: int = 64
+        proj_channels: int = 3
+        dao_weight: float = 0.1
+        dco_weight: float = 0.02
+
+    def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        opts = self.options(config.method_kwargs)
+        model = ShaSpecModel(config.modalities, config.input_shapes, config.num_classes,
+                             encoder=config.encoder, encoder_kwargs=config.encoder_kwargs,
+                             embed_dim=config.embed_dim, proj_dim=opts.proj_dim,
+                             proj_channels=opts.proj_channels, dao_weight=opts.dao_weight,
+                             dco_weight=opts.dco_weight)
+        return model, DMRNetObjective(label_smoothing=config.label_smoothing,
+                                      class_weights=config.class_weights)
