@@ -9,14 +9,14 @@ from torch.distributions import kl_divergence as torch_kl
 
 from dmrnet.batch import BatchError
 from dmrnet.errors import ConfigError
-from dmrnet.method import (
+from dmrnet.methods import build_method
+from dmrnet.methods.objectives import (
     DMRNetObjective,
     HardCombinationRegularizer,
     KLRegularizer,
-    ProbabilisticEmbedding,
     kl_divergence,
 )
-from dmrnet.methods import build_method
+from dmrnet.models.late_fusion import ProbabilisticEmbedding
 from dmrnet.subsets import SubsetSpace
 
 from .conftest import random_batch
@@ -201,7 +201,7 @@ def test_objective_hcr_uses_per_sample_task_loss():
     hcr = HardCombinationRegularizer(names, beta=1.0, hard_subsets=["a"], warmup_epochs=0)
     hcr.select()
     obj = DMRNetObjective(kl, hcr)
-    from dmrnet.method import ModelOutput
+    from dmrnet.models.protocol import ModelOutput
 
     logits = torch.randn(4, 3)
     target = torch.tensor([0, 1, 2, 0])

@@ -11,8 +11,8 @@ import torch
 from dmrnet.analysis import direction_alignment, spearman
 from dmrnet.benchmark import paired_comparisons
 from dmrnet.cli import main
-from dmrnet.method import ModelOutput
 from dmrnet.methods import build_method
+from dmrnet.models.protocol import ModelOutput
 
 SHAPES = {"a": (6,), "b": (4,), "c": (5,)}
 

@@ -12,7 +12,8 @@ import torch
 from dmrnet.benchmark import BenchmarkConfig, BenchmarkError, run_benchmark
 from dmrnet.cli import main
 from dmrnet.errors import ConfigError
-from dmrnet.method import KLRegularizer, ProbabilisticEmbedding, kl_divergence
+from dmrnet.methods.objectives import KLRegularizer, kl_divergence
+from dmrnet.models.late_fusion import ProbabilisticEmbedding
 from dmrnet.runtime import (
     FLOPS_PER_THREAD,
     DeviceSetup,

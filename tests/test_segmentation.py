@@ -113,7 +113,7 @@ def test_miou_ignores_void_and_matches_hand_counts():
 
 
 def test_objective_ignores_void_pixels():
-    from dmrnet.method import DMRNetObjective
+    from dmrnet.methods.objectives import DMRNetObjective
 
     obj = DMRNetObjective()
     logits = torch.randn(1, 3, 2, 2)

@@ -16,3 +16,66 @@ def test_ruff_clean():
                              "scripts"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+OPTIONAL = {"av", "h5py", "onnx", "onnxruntime", "fcntl", "matplotlib", "matplotlib.pyplot",
+            "hypothesis"}
+"""Imports that may stay inside functions: optional or platform packages (PyAV, h5py, ONNX,
+fcntl) and plotting, which most runs never reach."""
+
+
+def _imports() -> tuple[dict[str, set[str]], list[str]]:
+    """dmrnet's module graph (every import, wherever it is) and the function-local imports
+    that are not of an optional package."""
+    import ast
+
+    src = ROOT / "src" / "dmrnet"
+    names = {}
+    for path in src.rglob("*.py"):
+        name = ".".join(("dmrnet", *path.relative_to(src).with_suffix("").parts))
+        names[name.removesuffix(".__init__")] = path
+
+    def owner(target: str) -> str | None:
+        while target and target not in names:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    graph: dict[str, set[str]] = {n: set() for n in names}
+    local = []
+    for name, path in names.items():
+        tree = ast.parse(path.read_text())
+        top = set(tree.body)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for target in targets:
+                dep = owner(target) if target.startswith("dmrnet") else None
+                if dep is not None and dep != name:
+                    graph[name].add(dep)
+            if node not in top and targets[0] not in OPTIONAL:
+                local.append(f"{path.relative_to(ROOT)}:{node.lineno} {targets[0]}")
+    return graph, local
+
+
+def test_no_import_cycle_and_no_function_local_imports():
+    graph, local = _imports()
+    assert local == [], f"function-local imports of required modules: {local}"
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep):], dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

@@ -12,16 +12,15 @@ references live beside it behind one forward contract::
 from dmrnet.batch import Batch, MultimodalCollate
 from dmrnet.errors import ConfigError, DMRNetError
 from dmrnet.evaluation import predict_all_subsets, subset_outputs
-from dmrnet.method import (
+from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
+from dmrnet.methods.objectives import (
     DMRNetObjective,
     HardCombinationRegularizer,
     KLRegularizer,
-    ModelOutput,
-    MultimodalModel,
-    ProbabilisticEmbedding,
     kl_divergence,
 )
-from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
+from dmrnet.models.late_fusion import MultimodalModel, ProbabilisticEmbedding
+from dmrnet.models.protocol import ModelOutput
 from dmrnet.registry import ENCODERS, create_encoder
 from dmrnet.serving import Prediction, Predictor, load_model, save_model
 from dmrnet.subsets import SubsetSampler, SubsetSpace

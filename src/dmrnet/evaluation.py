@@ -14,11 +14,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from dmrnet.method import ModelOutput, MultimodalModel
+from dmrnet.models.protocol import ModelOutput, MultimodalNetwork
 
 
 def subset_outputs(
-    model: MultimodalModel,
+    model: MultimodalNetwork,
     inputs: Mapping[str, Tensor],
     availability: Tensor,
     subsets: Iterable[int] | None = None,
@@ -61,7 +61,7 @@ def subset_outputs(
 
 
 def _run_chunk(
-    model: MultimodalModel,
+    model: MultimodalNetwork,
     features: Sequence[Tensor],
     absent: Sequence[Tensor] | None,
     masks: Tensor,
@@ -94,7 +94,7 @@ def _part(value: object, sizes: list[int], k: int) -> object:
 
 
 def naive_subset_outputs(
-    model: MultimodalModel,
+    model: MultimodalNetwork,
     inputs: Mapping[str, Tensor],
     availability: Tensor,
     subsets: Iterable[int] | None = None,
@@ -115,7 +115,7 @@ def naive_subset_outputs(
 
 @torch.no_grad()
 def predict_all_subsets(
-    model: MultimodalModel, inputs: Mapping[str, Tensor], availability: Tensor
+    model: MultimodalNetwork, inputs: Mapping[str, Tensor], availability: Tensor
 ) -> dict[str, Tensor]:
     """Class probabilities for every subset: subset name -> (B_s, K), in eval mode."""
     was_training = model.training

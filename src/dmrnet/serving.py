@@ -22,6 +22,7 @@ from torch import Tensor
 from dmrnet.batch import BatchError
 from dmrnet.errors import ConfigError
 from dmrnet.methods import ModelConfig, build_method, get_method
+from dmrnet.models.protocol import MultimodalNetwork
 from dmrnet.outputs import RunFolder
 
 CONFIG = "config.json"
@@ -49,7 +50,7 @@ class Prediction:
 class Predictor:
     """A trained network with its metadata; ``predict`` serves any subset of modalities."""
 
-    def __init__(self, model: torch.nn.Module, config: dict[str, Any]) -> None:
+    def __init__(self, model: MultimodalNetwork, config: dict[str, Any]) -> None:
         self.model = model.eval()
         self.config = config
         args = config["model"]
@@ -341,7 +342,7 @@ class _ExportWrapper(torch.nn.Module):
     """(x_1, ..., x_M, availability) -> (probs, uncertainty): one graph for every subset,
     with the model's input statistics applied first when ``preprocessing`` is given."""
 
-    def __init__(self, model: torch.nn.Module,
+    def __init__(self, model: MultimodalNetwork,
                  preprocessing: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model

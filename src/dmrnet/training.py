@@ -22,8 +22,8 @@ from dmrnet.batch import Batch, MultimodalCollate, check_targets
 from dmrnet.data import DATASETS, SplitData
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
-from dmrnet.method import IGNORE_INDEX
 from dmrnet.methods import ModelConfig, get_method
+from dmrnet.methods.objectives import IGNORE_INDEX
 from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
@@ -173,7 +173,7 @@ class DMRNetModule(L.LightningModule):
 
     Args (besides the model's):
         subset_weights: training subset weights by name (None = the method's default: uniform,
-            or only the full subset for "full_only").
+            or only the full subset for a method that trains on complete inputs).
         metric: task metric name ("accuracy").
         optimizer: "adamw" | "adam" | "sgd". lr, weight_decay, momentum, nesterov: its settings.
         scheduler: "none" | "cosine" | "multistep" | "onecycle"; milestones/gamma for multistep;

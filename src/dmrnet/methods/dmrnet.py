@@ -10,16 +10,12 @@ from typing import Any, ClassVar
 from torch import nn
 
 from dmrnet.errors import ConfigError
-from dmrnet.method import (
-    DMRNetObjective,
-    HardCombinationRegularizer,
-    KLRegularizer,
-    MultimodalModel,
-)
 from dmrnet.methods.base import Method, ModelConfig, register_method
+from dmrnet.methods.objectives import DMRNetObjective, HardCombinationRegularizer, KLRegularizer
+from dmrnet.models.dense import DenseMultimodalModel
+from dmrnet.models.late_fusion import MultimodalModel
 from dmrnet.nn.fusion import create_fusion
 from dmrnet.registry import create_encoder, create_trunk
-from dmrnet.segmentation import DenseMultimodalModel
 from dmrnet.subsets import SubsetSpace
 
 
@@ -112,7 +108,7 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool) -> Mu
 
 def dense_network(config: ModelConfig, variance: bool, sample: bool, beta: float
                   ) -> DenseMultimodalModel:
-    """The segmentation network (:class:`~dmrnet.segmentation.DenseMultimodalModel`):
+    """The segmentation network (:class:`~dmrnet.models.dense.DenseMultimodalModel`):
     ``encoder_kwargs`` give its ResNet ``layers``/``block``/``width``, ``dense_kwargs`` its
     ``decoder_channels``, ``deep_supervision`` and ``aux_decoder``; its KL is per pixel."""
     mods = list(SubsetSpace(config.modalities).modalities)

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from dmrnet.batch import Batch
 from dmrnet.errors import ConfigError
-from dmrnet.method import DMRNetObjective, ModelOutput
 from dmrnet.methods.base import (
     Method,
     ModelConfig,
@@ -39,6 +38,8 @@ from dmrnet.methods.base import (
     register_method,
 )
 from dmrnet.methods.dmrnet import drop_settings, late_fusion_network
+from dmrnet.methods.objectives import DMRNetObjective
+from dmrnet.models.protocol import ModelOutput
 from dmrnet.subsets import subset_totals
 
 

@@ -1,5 +1,5 @@
 """ShaSpec (Wang et al., CVPR 2023) as a method: its network
-(:class:`~dmrnet.peers.shaspec.ShaSpecModel`, with its auxiliary losses) and the task loss."""
+(:class:`~dmrnet.models.shaspec.ShaSpecModel`, with its auxiliary losses) and the task loss."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from dmrnet.method import DMRNetObjective
 from dmrnet.methods.base import Method, ModelConfig, register_method
-from dmrnet.peers.shaspec import ShaSpecModel
+from dmrnet.methods.objectives import DMRNetObjective
+from dmrnet.models.shaspec import ShaSpecModel
 
 
 @register_method

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from dmrnet.batch import BatchError, check_inputs
 from dmrnet.errors import ConfigError
-from dmrnet.method import ModelOutput, ProbabilisticEmbedding
+from dmrnet.models.late_fusion import ProbabilisticEmbedding
+from dmrnet.models.protocol import ModelOutput
 from dmrnet.nn.resize import adaptive_avg_pool, resize_bilinear
 from dmrnet.nn.resnet import ResNet, SqueezeExcitation, init_weights
 from dmrnet.subsets import SubsetSpace
@@ -120,7 +121,7 @@ class DenseMultimodalModel(nn.Module):
         layers / block / width: the ResNet of every stream ([2,2,2,2] basic = ResNet-18,
             [3,4,6,3] basic = ResNet-34, [3,4,6,3] bottleneck = ResNet-50).
         embed_dim: D, channels of the per-pixel embedding (context output).
-        variance / sample: as :class:`~dmrnet.method.ProbabilisticEmbedding`.
+        variance / sample: as :class:`~dmrnet.models.late_fusion.ProbabilisticEmbedding`.
         decoder_channels: widths of the three decoder stages.
         deep_supervision: side outputs at 1/32, 1/16, 1/8 in training.
         aux_decoder: a second decoder whose output feeds the hard combination regulariser

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from dmrnet.batch import check_inputs
 from dmrnet.errors import ConfigError
-from dmrnet.method import ModelOutput, ProbabilisticEmbedding
+from dmrnet.models.late_fusion import ProbabilisticEmbedding
+from dmrnet.models.protocol import ModelOutput
 from dmrnet.nn.resnet import init_weights
 from dmrnet.registry import create_encoder
 from dmrnet.subsets import SubsetSpace

@@ -1,0 +1,203 @@
+"""The late-fusion network of DMRNet and its family (the baseline is the same network with
+flags off):
+
+    x_m --encoder_m--> f_m --(zero where missing)--> fuse (--> trunk) --> h
+    h --> mu = BN(W_mu h),  logvar = BN(W_v h)
+    train: z = mu + eps * exp(logvar / 2);  eval: z = mu
+    z --> predictor g
+
+Plain PyTorch: nothing here knows about files, Lightning or the CLI. The losses are in
+:mod:`dmrnet.methods.objectives`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dmrnet.batch import check_inputs
+from dmrnet.errors import ConfigError
+from dmrnet.models.protocol import ModelOutput
+from dmrnet.nn.fusion import create_fusion, zero_missing
+from dmrnet.nn.resnet import init_weights
+from dmrnet.subsets import SubsetSpace
+
+
+class ProbabilisticEmbedding(nn.Module):
+    """Gaussian embedding of the fused representation.
+
+    mu and logvar are each a Linear + BatchNorm1d (vectors) or a 1x1 Conv + BatchNorm2d (maps).
+    ``forward(h)`` returns ``(z, mu, logvar)``: z is one reparameterised sample when ``sample``
+    and the module is training, else mu. With ``variance=False`` there is no logvar head (the
+    baseline's deterministic embedding) and logvar is None.
+
+    Shapes: h (B, C_in[, H, W]) -> z, mu, logvar (B, C_out[, H, W]).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        variance: bool = True,
+        sample: bool = True,
+        spatial: bool = False,
+    ) -> None:
+        super().__init__()
+        if sample and not variance:
+            raise ConfigError("sampling needs the variance head: set variance=True")
+
+        def head() -> nn.Module:
+            if spatial:
+                return nn.Sequential(
+                    nn.Conv2d(in_features, out_features, 1), nn.BatchNorm2d(out_features)
+                )
+            return nn.Sequential(nn.Linear(in_features, out_features), nn.BatchNorm1d(out_features))
+
+        self.mu = head()
+        self.logvar = head() if variance else None
+        self.sample = sample
+        self.out_features = out_features
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        mu = self.mu(h)
+        logvar = self.logvar(h) if self.logvar is not None else None
+        if self.training and self.sample and logvar is not None:
+            # exp of a bf16/fp16 log-variance under autocast loses most of its precision
+            std = torch.exp(0.5 * logvar.float())
+            z = (mu.float() + torch.randn_like(std) * std).to(mu.dtype)
+        else:
+            z = mu
+        return z, mu, logvar
+
+
+class MultimodalModel(nn.Module):
+    """Encoders -> zero missing -> fusion -> (probabilistic) embedding -> classifier.
+
+    The forward contract shared by every method: ``model(inputs, availability)`` with
+    ``inputs`` a dict modality -> (B, *shape) and ``availability`` (B, M) bool, returning a
+    :class:`ModelOutput`. ``encode`` and ``forward_head`` split it so that evaluation can run the
+    encoders once and reuse their features for every subset.
+
+    Args:
+        modalities: the M modality names, in order.
+        encoders: modality -> encoder module with an ``out_features`` attribute.
+        num_classes: K.
+        embed_dim: D, the embedding size.
+        fusion: "concat" (default) or "mean" (masked mean of the available features).
+        variance: build the logvar head (DMRNet); False = deterministic embedding (baseline).
+        sample: draw z ~ N(mu, sigma^2) in training (DMRNet); False = z = mu always.
+        missing_at: "feature" (zero an absent modality's features after its encoder; default)
+            or "input" (zero its input; the encoder sees zeros).
+        input_shapes: per-modality shape without the batch axis, checked on every forward.
+        validate_inputs: check names, shapes and NaN/inf of each batch (cheap; on by default).
+        trunk: shared layers between fusion and the embedding (mid-level fusion), or None.
+        spatial: the encoders give maps (B, C, H, W): fusion, trunk and embedding work on maps
+            (1x1 Conv + BatchNorm2d heads) and the classifier pools before its linear layer.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        encoders: Mapping[str, nn.Module],
+        num_classes: int,
+        embed_dim: int = 256,
+        fusion: str = "concat",
+        variance: bool = True,
+        sample: bool = True,
+        missing_at: str = "feature",
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        validate_inputs: bool = True,
+        trunk: nn.Module | None = None,
+        spatial: bool = False,
+    ) -> None:
+        super().__init__()
+        self.space = SubsetSpace(modalities)
+        self.modalities = list(self.space.modalities)
+        missing = [m for m in self.modalities if m not in encoders]
+        if missing:
+            raise ConfigError(f"no encoder given for modality {missing[0]!r}")
+        if missing_at not in ("feature", "input"):
+            raise ConfigError(f"missing_at must be 'feature' or 'input'; got {missing_at!r}")
+        if num_classes < 2:
+            raise ConfigError(f"num_classes must be at least 2; got {num_classes}")
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
+        dims = [int(self.encoders[m].out_features) for m in self.modalities]
+        self.fusion = create_fusion(fusion, dims)
+        self.trunk = trunk
+        width = int(trunk.out_features) if trunk is not None else self.fusion.out_features
+        self.embedding = ProbabilisticEmbedding(
+            width, embed_dim, variance=variance, sample=sample, spatial=spatial
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) if spatial else None
+        self.classifier = nn.Linear(embed_dim, num_classes)
+        self.num_classes = num_classes
+        self.missing_at = missing_at
+        self.input_shapes = (
+            {m: tuple(int(s) for s in input_shapes[m]) for m in self.modalities}
+            if input_shapes is not None
+            else None
+        )
+        self.validate_inputs = validate_inputs
+        # the authors' initialisation for the layers built here; encoders and trunks initialise
+        # themselves (and may have loaded weights)
+        init_weights(self.embedding)
+        init_weights(self.classifier)
+
+    def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None:
+        if self.validate_inputs:
+            dtype = self.classifier.weight.dtype
+            check_inputs(inputs, availability, self.modalities, self.input_shapes, dtype=dtype)
+
+    def encode(
+        self, inputs: Mapping[str, Tensor], availability: Tensor | None = None
+    ) -> list[Tensor]:
+        """Per-modality features [(B, D_m)], computed on the inputs as given.
+
+        With ``missing_at="input"`` and an ``availability`` mask, absent inputs are zeroed first.
+        """
+        feats = []
+        for j, m in enumerate(self.modalities):
+            x = inputs[m]
+            if self.missing_at == "input" and availability is not None:
+                x = zero_missing([x], availability[:, j : j + 1])[0]
+            feats.append(self.encoders[m](x))
+        return feats
+
+    def encode_absent(self, inputs: Mapping[str, Tensor]) -> list[Tensor] | None:
+        """Features of an all-zero input per modality (input-level missingness), else None."""
+        if self.missing_at != "input":
+            return None
+        return [self.encoders[m](torch.zeros_like(inputs[m])) for m in self.modalities]
+
+    def forward_head(
+        self,
+        features: Sequence[Tensor],
+        availability: Tensor,
+        absent_features: Sequence[Tensor] | None = None,
+    ) -> ModelOutput:
+        """Fusion, embedding and classifier on encoder features for one availability mask."""
+        avail = availability.bool()
+        if absent_features is not None:  # input-level missingness: the encoder's zero response
+            feats = [
+                torch.where(avail[:, j].view(-1, *([1] * (f.dim() - 1))), f, a)
+                for j, (f, a) in enumerate(zip(features, absent_features, strict=True))
+            ]
+        else:
+            feats = zero_missing(features, avail)
+        h = self.fusion(feats, avail)
+        if self.trunk is not None:
+            h = self.trunk(h)
+        z, mu, logvar = self.embedding(h)
+        logits = self.classifier(z if self.pool is None else self.pool(z))
+        return ModelOutput(logits=logits, mu=mu, logvar=logvar, z=z)
+
+    def forward(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput:
+        """inputs: modality -> (B, *shape); availability: (B, M) bool -> :class:`ModelOutput`."""
+        self.check(inputs, availability)
+        feats = self.encode(inputs, availability)
+        # input-level missingness: absent inputs were zeroed before their encoders, and the
+        # encoders' response to zeros is what the model sees, so nothing is zeroed again
+        absent = feats if self.missing_at == "input" else None
+        return self.forward_head(feats, availability, absent)

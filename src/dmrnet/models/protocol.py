@@ -1,0 +1,84 @@
+"""The forward contract every network implements (:class:`MultimodalNetwork`) and what it
+returns (:class:`ModelOutput`). Evaluation, training, serving and export use networks only
+through this contract, so any method's network works everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from dmrnet.subsets import SubsetSpace
+
+
+@dataclass
+class ModelOutput:
+    """What every method returns.
+
+    Attributes:
+        logits: (B, K) class scores (or (B, K, H, W) for dense tasks).
+        mu: (B, D) embedding mean.
+        logvar: (B, D) embedding log-variance; None for methods without a variance head.
+        z: (B, D) the representation the predictor saw (a sample in training, mu otherwise).
+        aux_logits: an auxiliary predictor's output for the HCR term (dense models), or None.
+        side_logits: deep-supervision outputs at lower resolutions (training only), or None.
+        extra_losses: a method's own auxiliary loss terms, already weighted (training only).
+    """
+
+    logits: Tensor
+    mu: Tensor
+    logvar: Tensor | None = None
+    z: Tensor | None = None
+    aux_logits: Tensor | None = None
+    side_logits: list[Tensor] | None = None
+    extra_losses: dict[str, Tensor] | None = None
+
+    @property
+    def variance(self) -> Tensor | None:
+        """Per-sample mean of sigma^2 over every non-batch axis, (B,); None without a head."""
+        if self.logvar is None:
+            return None
+        return self.logvar.float().exp().flatten(1).mean(dim=1)
+
+
+@runtime_checkable
+class MultimodalNetwork(Protocol):
+    """A network over M modalities that serves any subset of them.
+
+    ``network(inputs, availability)`` takes ``inputs`` modality -> (B, *shape) and
+    ``availability`` (B, M) bool (at least one True per row) and returns a
+    :class:`ModelOutput`. It is split in two so that evaluation runs the encoders once per batch
+    and replays only the head for each of the 2^M - 1 subsets:
+
+    - ``encode(inputs, availability=None)``: M entries, one per modality in order; each is that
+      modality's features (a tensor (B, ...), or a sequence of them for multi-scale or
+      shared/specific features). Opaque to callers: only ``forward_head`` reads them. Computed
+      on the inputs as given (``availability`` only matters for input-level missingness).
+    - ``encode_absent(inputs)``: the features an all-zero input gives (input-level missingness),
+      or None when absent modalities are handled on features.
+    - ``forward_head(features, availability, absent_features=None)``: the prediction for one
+      availability mask; equal to ``forward`` with that mask.
+    - ``check(inputs, availability)``: raise a :class:`~dmrnet.batch.BatchError` naming the
+      problem (unknown modality, shape, dtype, NaN in an available modality) when
+      ``validate_inputs`` is on.
+    """
+
+    modalities: list[str]
+    space: SubsetSpace
+    num_classes: int
+    input_shapes: Mapping[str, tuple[int, ...]] | None
+    validate_inputs: bool
+
+    def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None: ...
+
+    def encode(self, inputs: Mapping[str, Tensor], availability: Tensor | None = None
+               ) -> Sequence[Any]: ...
+
+    def encode_absent(self, inputs: Mapping[str, Tensor]) -> Sequence[Any] | None: ...
+
+    def forward_head(self, features: Sequence[Any], availability: Tensor,
+                     absent_features: Sequence[Any] | None = None) -> ModelOutput: ...
+
+    def __call__(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput: ...

@@ -1,1 +1,0 @@
-"""Peer methods behind the same forward contract as DMRNet (see ``dmrnet.methods``)."""
