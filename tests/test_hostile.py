@@ -280,12 +280,12 @@ def out_read_only(w: World) -> None:
 @case(OUTPUTS, "the disk fills up while results are written", "dmrnet benchmark", "error",
       "No space left on device: .* is as it was; the unfinished run is in")
 def disk_full(w: World) -> None:
-    import dmrnet.report
+    import dmrnet.benchmark
 
     def full(results, out):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(out) / "results.json"))
 
-    w.monkeypatch.setattr(dmrnet.report, "write_results", full)
+    w.monkeypatch.setattr(dmrnet.benchmark, "write_results", full)
     code, err = w.cli(["benchmark", "--out", str(w.root / "out"), *QUICK])
     assert code == 2 and err.strip().splitlines()[-1].startswith("dmrnet: error: No space left")
     assert "is as it was; the unfinished run is in" in err

@@ -21,11 +21,11 @@ from dmrnet.methods.objectives import (
 )
 from dmrnet.models.late_fusion import MultimodalModel, ProbabilisticEmbedding
 from dmrnet.models.protocol import ModelOutput
-from dmrnet.registry import ENCODERS, create_encoder
+from dmrnet.nn import create_encoder
+from dmrnet.registry import ENCODERS
 from dmrnet.serving import Prediction, Predictor, load_model, save_model
 from dmrnet.subsets import SubsetSampler, SubsetSpace
-
-__version__ = "0.1.0"
+from dmrnet.version import __version__
 
 __all__ = [
     "ENCODERS",
@@ -45,6 +45,7 @@ __all__ = [
     "ProbabilisticEmbedding",
     "SubsetSampler",
     "SubsetSpace",
+    "__version__",
     "build_method",
     "create_encoder",
     "create_model",

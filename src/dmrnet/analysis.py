@@ -23,7 +23,9 @@ from torch import Tensor
 
 from dmrnet.data.base import DataError
 from dmrnet.evaluation import subset_outputs
+from dmrnet.predict import load_module
 from dmrnet.report import to_json
+from dmrnet.training import MultimodalDataModule
 
 
 def spearman(x: Iterable[float], y: Iterable[float]) -> float:
@@ -106,30 +108,35 @@ def model_statistics(module: Any, loader: Iterable[Any], max_samples: int = 2000
         result["variance_error_spearman"] = spearman([variance[n] for n in names],
                                                      [error[n] for n in names])
     y = torch.cat(targets)
-    if len(y) and len({sum(len(t) for t in m) for m in mus}) == 1:
+    # directions need a linear classifier on the embedding (every built-in network has one)
+    classifier = getattr(getattr(model, "classifier", None), "weight", None)
+    if classifier is not None and len(y) and len({sum(len(t) for t in m) for m in mus}) == 1:
         stacked = torch.stack([torch.cat(m) for m in mus])  # (S, N, D)
-        result["alignment"] = direction_alignment(stacked, y, model.classifier.weight)
+        result["alignment"] = direction_alignment(stacked, y, classifier)
     return result
 
 
-def analyze_run(run_dir: str | Path, echo: Any = print) -> dict[str, Any]:
-    """Analyse every kept checkpoint of a benchmark run; write analysis.json / .md / plots."""
-    from dmrnet.predict import load_module
-    from dmrnet.training import MultimodalDataModule
+def analyze_run(run_dir: str | Path, echo: Any = print,
+                results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Analyse every kept checkpoint of a benchmark run; write analysis.json / .md / plots.
 
+    ``results``: the run's results in memory (the benchmark passes them before it writes its
+    own files); by default read from ``run_dir/results.json``. :func:`analysis_markdown`
+    renders the returned dict."""
     run = Path(run_dir)
     res_path = run / "results.json"
-    if not res_path.is_file():
-        raise DataError(f"{str(run)!r} holds no results.json; give a folder written by "
-                        "dmrnet benchmark")
-    results = json.loads(res_path.read_text())
+    if results is None:
+        if not res_path.is_file():
+            raise DataError(f"{str(run)!r} holds no results.json; give a folder written by "
+                            "dmrnet benchmark")
+        results = json.loads(res_path.read_text())
     cfg = results.get("config", {})
     if results.get("metric") != "accuracy":
         raise DataError("analysis covers classification runs scored by accuracy")
     per_method: dict[str, list[dict[str, Any]]] = {}
     for r in results["runs"]:
         ckpt = run / "checkpoints" / f"{r['method']}-seed{r['seed']}" / "best.ckpt"
-        if r["method"] == "dedicated" or not ckpt.is_file():
+        if not ckpt.is_file():  # not kept, or a method of many models (one per stage)
             continue
         module = load_module(ckpt)
         data = MultimodalDataModule(cfg.get("dataset", results["dataset"]), root=cfg.get("root"),
@@ -153,9 +160,9 @@ def analyze_run(run_dir: str | Path, echo: Any = print) -> dict[str, Any]:
     hcr = _hcr_effect(results)
     analysis = {"per_method": per_method, "summary": summary, "hcr": hcr}
     (run / "analysis.json").write_text(to_json(analysis))
-    (run / "analysis.md").write_text(_markdown(analysis))
+    (run / "analysis.md").write_text(analysis_markdown(analysis))
     _plots(analysis, results["subsets"], run)
-    echo(_markdown(analysis))
+    echo(analysis_markdown(analysis))
     return analysis
 
 
@@ -177,7 +184,8 @@ def _hcr_effect(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _markdown(analysis: dict[str, Any]) -> str:
+def analysis_markdown(analysis: dict[str, Any]) -> str:
+    """The analysis as a markdown section (also written to analysis.md)."""
     lines = ["## Analysis", "", "| method | Spearman(variance, error) over subsets | "
              "cos(mu, mu) between subsets | cos(mu, w_true class) |", "|---|---|---|---|"]
     for method, s in analysis["summary"].items():

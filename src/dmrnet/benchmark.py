@@ -9,6 +9,7 @@ writes ``results.json``, ``results.csv``, ``report.md`` and ``per_subset.png`` (
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import shutil
@@ -16,20 +17,24 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from dmrnet.analysis import analysis_markdown, analyze_run
 from dmrnet.data import DATASETS
 from dmrnet.errors import DMRNetError, RunInterruptedError, first_line
 from dmrnet.methods import METHODS, RunRecord, Stage, StageResult, get_method
 from dmrnet.metrics import get_task_metric, worst_subset
 from dmrnet.outputs import OutputError, RunFolder
+from dmrnet.report import format_summary, write_results
 from dmrnet.runtime import DeviceSetup, check_precision
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import DMRNetModule, MultimodalDataModule
@@ -91,7 +96,6 @@ def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
     epochs = cfg.epochs if cfg.epochs is not None else defaults.get("epochs", 30)
     batch = cfg.batch_size if cfg.batch_size is not None else defaults.get("batch_size", 64)
     seeds = cfg.seeds if cfg.seeds is not None else defaults.get("seeds", [0, 1, 2])
-    from dataclasses import replace
 
     return replace(cfg, model=model, epochs=epochs, batch_size=batch, seeds=seeds)
 
@@ -126,7 +130,6 @@ def _check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"{what}: {cfg.precision} does not run on {device} (Lightning "
                              f"would silently use {probe.precision}); pass --precision "
                              f"{probe.precision}")
-    import inspect
 
     known = set(inspect.signature(DMRNetModule.__init__).parameters) - {
         "self", "modalities", "input_shapes", "num_classes", "class_names", "preprocessing"}
@@ -227,9 +230,10 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
         checkpoints[stage.name] = str(out / "checkpoints" / run_name / "best.ckpt")
         res = module.test_results
         results.append(StageResult(
-            stage, res["per_subset"], res["mean"], res["worst"], tr_s, ev_s, best,
-            list(module.hard_subsets), dict(module.subset_variance),
-            res.get("per_subset_all")))
+            stage=stage, per_subset=res["per_subset"], mean=res["mean"], worst=res["worst"],
+            best_epoch=best, hard_subsets=list(module.hard_subsets),
+            subset_variance=dict(module.subset_variance),
+            per_subset_all=res.get("per_subset_all"), train_seconds=tr_s, eval_seconds=ev_s))
         if len(stages) > 1 and (progress or (i + 1) % 8 == 0 or i + 1 == len(stages)):
             echo(f"      {name}: {i + 1}/{len(stages)} stages trained")
     if not cfg.keep_checkpoints:
@@ -289,8 +293,6 @@ def _fit_and_test(
 
 
 def _best_epoch(checkpoint: ModelCheckpoint) -> int:
-    import torch
-
     path = checkpoint.best_model_path
     if not path:
         return -1
@@ -312,14 +314,14 @@ def run_benchmark(
     checked: set[str] = set()
     for method in cfg.methods:  # and every model's settings (e.g. --hcr-subsets)
         for stage in get_method(method).stages(cfg.model, first.modalities):
-            # a checkpoint a stage takes from an earlier one does not exist yet: only its
-            # settings are checked here
-            settings = _with_inputs(stage, {src: "<trained first>" for src in
-                                            stage.needs.values()})
-            key = repr(sorted(settings.items()))
+            if stage.needs:  # it takes a checkpoint trained first: its options are checked
+                settings = _with_inputs(stage, dict.fromkeys(stage.needs.values(), ""))
+                get_method(settings["method"]).options(settings.get("method_kwargs"))
+                continue
+            key = repr(sorted(stage.settings.items()))
             if key not in checked:
                 checked.add(key)
-                _module(first, settings)
+                _module(first, stage.settings)
     try:
         with folder as work:
             results = _run_all(cfg, work, echo, first)
@@ -390,17 +392,14 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         "config": asdict(cfg),
         "data": info,
     }
-    from dmrnet.report import format_summary, write_results
 
-    write_results(results, out)
+    analysis = None
+    if metric.name == "accuracy" and cfg.keep_checkpoints:
+        analysis = analyze_run(out, echo=lambda _: None, results=results)
+    write_results(results, out, appendix=analysis_markdown(analysis) if analysis else "")
     echo(format_summary(results))
     echo("wrote results.json, results.csv, report.md, per_subset.png")
-    if metric.name == "accuracy" and cfg.keep_checkpoints:
-        from dmrnet.analysis import analyze_run
-
-        analysis = analyze_run(out, echo=lambda _: None)
-        with open(out / "report.md", "a") as fh:
-            fh.write("\n" + (out / "analysis.md").read_text())
+    if analysis is not None:
         for method, s in analysis["summary"].items():
             parts = [f"{k} {v:+.3f}" for k, v in s.items() if isinstance(v, float)]
             if parts:
@@ -418,7 +417,6 @@ def paired_comparisons(
     for a 95 % interval; a verdict names a winner only with at least 3 seeds and an interval
     that excludes 0.
     """
-    import numpy as np
 
     by = {}
     for r in runs:
@@ -448,7 +446,6 @@ def paired_comparisons(
 def summarize_runs(runs: Sequence[dict[str, Any]], higher_is_better: bool) -> dict[str, Any]:
     """Per method: mean and std over seeds of the mean-over-subsets and worst-subset metric,
     and each subset's mean over seeds."""
-    import numpy as np
 
     out: dict[str, Any] = {}
     for method in dict.fromkeys(r["method"] for r in runs):

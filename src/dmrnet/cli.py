@@ -11,10 +11,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from dmrnet.analysis import analyze_run
+from dmrnet.benchmark import BenchmarkConfig, filter_noise, run_benchmark
+from dmrnet.data import DATASETS
+from dmrnet.data.base import DataError
+from dmrnet.data.prepare import prepare_cremad
+from dmrnet.errors import (
+    ConfigError,
+    DMRNetError,
+    RunInterruptedError,
+    UsageError,
+    first_line,
+    local_checkpoint,
+    one_line,
+)
+from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
+from dmrnet.methods import METHODS
+from dmrnet.predict import load_module, run_predict
+from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
@@ -24,8 +47,6 @@ class _Parser(argparse.ArgumentParser):
     block (subcommand parsers inherit the class)."""
 
     def error(self, message: str) -> Any:
-        from dmrnet.errors import UsageError
-
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
@@ -43,8 +64,6 @@ def _csv(kind: type) -> Any:
 
 
 def _key_value(text: str) -> tuple[str, Any]:
-    import yaml
-
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set takes key=value, got {text!r}")
     key, value = text.split("=", 1)
@@ -52,9 +71,6 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
-    from dmrnet.data import DATASETS
-    from dmrnet.methods import METHODS
-
     p = sub.add_parser(
         "benchmark",
         help="train methods x seeds and evaluate every modality subset",
@@ -127,9 +143,6 @@ def predict_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
-    from dmrnet.data.base import DataError
-    from dmrnet.predict import run_predict
-
     inputs = {}
     for item in args.input:
         if "=" not in item:
@@ -150,8 +163,6 @@ def analyze_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_analyze_command(args: argparse.Namespace) -> int:
-    from dmrnet.analysis import analyze_run
-
     analyze_run(args.run_dir)
     return 0
 
@@ -172,11 +183,6 @@ def export_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_export_command(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from dmrnet.predict import load_module
-    from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
-
     src = Path(args.checkpoint)
     if args.format == "folder":
         save_model(load_module(args.checkpoint), args.out, overwrite=args.overwrite)
@@ -196,18 +202,11 @@ def run_export_command(args: argparse.Namespace) -> int:
 
 
 def run_prepare_command(args: argparse.Namespace) -> int:
-    from dmrnet.data.prepare import prepare_cremad
-
     prepare_cremad(args.videos, args.out, fps=args.fps, overwrite=args.overwrite)
     return 0
 
 
 def run_benchmark_command(args: argparse.Namespace) -> int:
-    import yaml
-
-    from dmrnet.benchmark import BenchmarkConfig, run_benchmark
-    from dmrnet.errors import ConfigError
-
     base: dict[str, Any] = {}
     if args.config is not None:
         if not args.config.is_file():
@@ -253,7 +252,6 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
 
 def find_resume_checkpoint(target: str) -> Path:
     """``--resume`` target: a .ckpt file, or a folder searched for its newest ``last.ckpt``."""
-    from dmrnet.errors import ConfigError, local_checkpoint
 
     if "://" in target:
         local_checkpoint(target, "--resume")  # refuses URLs with the reason
@@ -269,21 +267,16 @@ def find_resume_checkpoint(target: str) -> Path:
 
 
 def lightning_cli(argv: Sequence[str]) -> int:
-    from dmrnet.benchmark import filter_noise
-    from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
-
     filter_noise()
     args = list(argv)
     if "--resume" in args:  # dmrnet fit ... --resume RUN_DIR_OR_CKPT
         i = args.index("--resume")
         if i + 1 >= len(args):
-            from dmrnet.errors import ConfigError
 
             raise ConfigError("--resume needs a run folder or a checkpoint")
         ckpt = find_resume_checkpoint(args[i + 1])
         args = [*args[:i], *args[i + 2 :], "--ckpt_path", str(ckpt)]
         print(f"resuming from {ckpt}", file=sys.stderr)
-    from dmrnet.errors import RunInterruptedError
 
     note = InterruptNote()
     try:  # from the shell, let Lightning read sys.argv itself (it warns when given both)
@@ -335,9 +328,6 @@ def _friendly(fn: Any, debug: bool = False, argv: Sequence[str] = ()) -> int:
     """Show errors that name the user's mistake as one line, not a stack trace: dmrnet's own
     errors, Lightning's configuration errors, and the operating system's (a full disk, a
     permission, a path under a file). Anything else is a bug and keeps its traceback."""
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from dmrnet.errors import DMRNetError, RunInterruptedError, first_line, one_line
 
     verb = next((a for a in argv if a in LIGHTNING_VERBS), "fit")
     if debug:

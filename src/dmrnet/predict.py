@@ -10,15 +10,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from dmrnet.data.base import DataError
+from dmrnet.data.io import read_image, read_npy
+from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
 from dmrnet.errors import checkpoint_error, local_checkpoint
+from dmrnet.evaluation import subset_outputs
+from dmrnet.serving import apply_preprocessing
+from dmrnet.training import DMRNetModule
 
 
 def load_module(checkpoint: str | Path) -> Any:
     """A DMRNetModule from a Lightning checkpoint, read with ``weights_only=True``."""
-    from dmrnet.training import DMRNetModule
 
     path = Path(local_checkpoint(checkpoint))
     try:
@@ -30,7 +35,6 @@ def load_module(checkpoint: str | Path) -> Any:
 
 def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
     """One modality's file -> the model's input (1, *shape), with the stored preprocessing."""
-    from dmrnet.data.io import read_image, read_npy
 
     path = Path(path)
     pre: Mapping[str, Any] = module.hparams.get("preprocessing") or {}
@@ -43,7 +47,6 @@ def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
         x = read_npy(path)
     elif suffix in (".png", ".jpg", ".jpeg", ".bmp"):
         if len(shape) == 3 and shape[0] == 1:  # depth-like: keep the raw values (16-bit mm)
-            from PIL import Image
 
             with Image.open(path) as img:
                 x = torch.from_numpy(np.array(img).astype(np.float32))
@@ -55,14 +58,12 @@ def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
     else:
         raise DataError(f"cannot read {str(path)!r} for modality {modality!r}: use .npy or an "
                         "image file")
-    from dmrnet.serving import apply_preprocessing
 
     return apply_preprocessing(pre, modality, x.float())[None]  # shapes: checked by the model
 
 
 def predict_subsets(module: Any, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Probabilities for every subset of the given modalities: name -> (1, K[, H, W])."""
-    from dmrnet.evaluation import subset_outputs
 
     model = module.model
     unknown = [m for m in inputs if m not in model.modalities]
@@ -158,7 +159,6 @@ def run_predict(checkpoint: str, inputs: Mapping[str, str], out: str | None,
         raw[m] = (np.asarray(_image(p)) if x.shape[0] == 3 else x[0].numpy())
     lab = None
     if label is not None:
-        from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
 
         lab_t = _labels_from_file(_read_png(Path(label)), len(names), repr(label))
         lab = np.where(lab_t.numpy() == VOID, -1, lab_t.numpy())
@@ -168,7 +168,5 @@ def run_predict(checkpoint: str, inputs: Mapping[str, str], out: str | None,
 
 
 def _image(path: str) -> Any:
-    from PIL import Image
-
     with Image.open(path) as img:
         return img.convert("RGB").copy()

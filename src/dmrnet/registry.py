@@ -64,17 +64,3 @@ ENCODERS: Registry[Callable[..., Any]] = Registry("encoder")
 TRUNKS: Registry[Callable[..., Any]] = Registry("trunk")
 """Shared stages after mid-level fusion: ``(in_channels: int, **kwargs) -> nn.Module`` with
 ``out_features``."""
-
-
-def create_encoder(name: str, input_shape: tuple[int, ...], **kwargs: Any) -> Any:
-    """Build a registered encoder for one modality."""
-    import dmrnet.nn  # noqa: F401  (registers the built-in encoders)
-
-    return ENCODERS.get(name)(tuple(input_shape), **kwargs)
-
-
-def create_trunk(name: str, in_channels: int, **kwargs: Any) -> Any:
-    """Build a registered trunk (shared layers between fusion and the embedding)."""
-    import dmrnet.nn  # noqa: F401
-
-    return TRUNKS.get(name)(int(in_channels), **kwargs)

@@ -57,7 +57,9 @@ def format_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict[str, Any], out: str | Path) -> None:
+def write_results(results: dict[str, Any], out: str | Path, appendix: str = "") -> None:
+    """Write results.json, results.csv, report.md (with ``appendix``, e.g. the analysis,
+    at its end) and per_subset.png: the one writer of these files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(to_json(results))
@@ -69,7 +71,8 @@ def write_results(results: dict[str, Any], out: str | Path) -> None:
                 writer.writerow(
                     [run["method"], run["seed"], subset, subset.count(SEP) + 1, f"{value:.6f}"]
                 )
-    (out / "report.md").write_text(markdown_report(results))
+    (out / "report.md").write_text(markdown_report(results) + (f"\n{appendix}" if appendix
+                                                               else ""))
     plot_per_subset(results, out / "per_subset.png")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from dmrnet.batch import BatchError
@@ -24,6 +27,7 @@ from dmrnet.errors import ConfigError
 from dmrnet.methods import ModelConfig, build_method, get_method
 from dmrnet.models.protocol import MultimodalNetwork
 from dmrnet.outputs import RunFolder
+from dmrnet.version import __version__
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -193,10 +197,6 @@ def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
 
 
 def _write_model_folder(module: Any, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    from dmrnet import __version__
-
     hp = dict(module.hparams)
     config = {
         "format": FORMAT, "dmrnet_version": __version__,
@@ -270,7 +270,6 @@ def _check_recorded(config: Mapping[str, Any], metadata: Mapping[str, str] | Non
                     where: str) -> None:
     """Compare what the weights file recorded (modality order, input shapes, class names)
     with config.json: a config edited or paired with other weights is refused."""
-    import warnings
 
     recorded = {k: metadata[k] for k in _RECORDED if metadata and k in metadata}
     if not recorded:
@@ -297,8 +296,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
     shapes, class names; then against what the weights file recorded (modality order, input
     shapes, class names) and, with a forward pass of zeros, that the weights take those shapes.
     """
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     cfg_path, w_path = path / CONFIG, path / WEIGHTS

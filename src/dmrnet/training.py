@@ -283,12 +283,12 @@ class DMRNetModule(L.LightningModule):
         return terms["loss"]
 
     def on_train_start(self) -> None:
-        hcr = self.objective.hcr
+        hcr = getattr(self.objective, "hcr", None)  # HCR, for objectives that have it
         if hcr is not None and hcr.warming_up and hcr.warmup_epochs == 0:  # fixed list, no warm-up
             self.hard_subsets = hcr.select()
 
     def on_train_epoch_end(self) -> None:
-        hcr = self.objective.hcr
+        hcr = getattr(self.objective, "hcr", None)  # HCR, for objectives that have it
         if hcr is None or not hcr.warming_up:
             return
         if self.current_epoch + 1 >= hcr.warmup_epochs:

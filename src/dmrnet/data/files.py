@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dmrnet.data.base import DataError, stratified_split
+from dmrnet.data.base import DataError, SplitData, stratified_split
 from dmrnet.data.io import (
     check_image,
     check_npy,
@@ -35,7 +35,9 @@ from dmrnet.data.transforms import (
     imagenet_normalize,
     random_hflip,
     resample_batch,
+    resize,
     spectrogram_batch,
+    to_float,
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -227,7 +229,6 @@ class ImageReader(Reader):
             return casia_face(img, train, size=self.shape[1])
         if self.recipe == "imagenet":
             return imagenet_frame(img, train, self.shape[1])
-        from dmrnet.data.transforms import resize, to_float
 
         x = to_float(img)
         return resize(x, self.shape[1:]) if self.size is not None else x
@@ -359,7 +360,6 @@ def file_splits(
     readers: Mapping[str, Reader], class_names: Sequence[str], info: dict[str, Any],
 ) -> Any:
     """Build the SplitData of three record lists (training augmentation on train only)."""
-    from dmrnet.data.base import SplitData
 
     mods = list(readers)
     for name, part in (("training", train), ("validation", val), ("test", test)):

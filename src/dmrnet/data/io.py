@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from dmrnet.data.base import DataError
@@ -55,7 +56,6 @@ def write_wav(path: str | Path, samples: np.ndarray | Tensor, rate: int) -> None
 
 def read_image(path: str | Path, mode: str = "RGB") -> Tensor:
     """Image file -> uint8 tensor (C, H, W); ``mode`` "RGB" (3 channels) or "L" (1 channel)."""
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -86,7 +86,6 @@ def read_resized(path: str | Path, size: tuple[int, int],
     Pass ``box`` as a function ``(height, width) -> box`` to choose it from the image's size,
     which is read from the header before decoding.
     """
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -139,7 +138,6 @@ def check_wav(path: str | Path) -> str | None:
 def check_image(path: str | Path, size: tuple[int, ...] | None = None) -> str | None:
     """What is wrong with an image file, from its header, or None. ``size`` (H, W): the size
     every image of its modality must have."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from dmrnet.data.base import DataError, SplitData, require_root
+from dmrnet.data.files import select_modalities
 from dmrnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 VOID = 255
@@ -137,8 +139,6 @@ def _labels_from_file(arr: np.ndarray, num_classes: int, where: str) -> Tensor:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     if not path.is_file():
         raise DataError(f"file {str(path)!r} does not exist")
     try:
@@ -243,8 +243,6 @@ def _splitdata(train_load: Any, n_train: int, val_load: Any, n_val: int, test_lo
 
 
 def _mods(modalities: Sequence[str] | None) -> list[str]:
-    from dmrnet.data.files import select_modalities
-
     return select_modalities(["rgb", "depth"], modalities, "this RGB-D dataset")
 
 

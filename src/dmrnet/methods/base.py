@@ -103,37 +103,41 @@ class Stage:
         return f"{method}-{self.name}-seed{seed}"
 
 
-@dataclass
-class StageResult:
-    """What one trained stage gave: its test results and bookkeeping."""
+@dataclass(kw_only=True)
+class Scores:
+    """Test results of a model or a run: the task metric per subset, its mean and worst, and
+    what training chose (best epoch, HCR's hard subsets and subset variances)."""
 
-    stage: Stage
     per_subset: dict[str, float]
     mean: float
     worst: float
-    train_seconds: float
-    eval_seconds: float
-    best_epoch: int
+    best_epoch: int = -1
     hard_subsets: list[str] = field(default_factory=list)
     subset_variance: dict[str, float] = field(default_factory=dict)
     per_subset_all: dict[str, dict[str, float]] | None = None
 
+    def scores(self) -> dict[str, Any]:
+        """The :class:`Scores` fields alone (e.g. to make a run's record from a stage's)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Scores)}
 
-@dataclass
-class RunRecord:
+
+@dataclass(kw_only=True)
+class StageResult(Scores):
+    """What one trained stage gave."""
+
+    stage: Stage
+    train_seconds: float
+    eval_seconds: float
+
+
+@dataclass(kw_only=True)
+class RunRecord(Scores):
     """One method x seed in a benchmark: what ``results.json`` holds per run."""
 
     method: str
     seed: int
-    per_subset: dict[str, float]
-    mean: float
-    worst: float
     train_seconds: float
     eval_seconds: float
-    best_epoch: int
-    hard_subsets: list[str] = field(default_factory=list)
-    subset_variance: dict[str, float] = field(default_factory=dict)
-    per_subset_all: dict[str, dict[str, float]] | None = None
     stage_train_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,11 +199,9 @@ class Method:
         return [Stage("", {**settings, "method": self.name})]
 
     def combine(self, results: Sequence[StageResult], higher_is_better: bool) -> dict[str, Any]:
-        """The run's results from its stages' (by default the last stage's)."""
-        last = results[-1]
-        return {"per_subset": last.per_subset, "mean": last.mean, "worst": last.worst,
-                "best_epoch": last.best_epoch, "hard_subsets": last.hard_subsets,
-                "subset_variance": last.subset_variance, "per_subset_all": last.per_subset_all}
+        """The run's :class:`Scores` fields (and, optionally, ``eval_seconds``) from its
+        stages' results; by default the last stage's scores."""
+        return results[-1].scores()
 
     def training_context(self, config: ModelConfig, network: nn.Module
                          ) -> TrainingContext | None:

@@ -34,4 +34,4 @@ class Dedicated(DMRNetFamily):
     def combine(self, results: Sequence[StageResult], higher_is_better: bool) -> dict[str, Any]:
         per_subset = {r.stage.name: r.per_subset[r.stage.name] for r in results}
         return {"per_subset": per_subset, **summarize(per_subset, higher_is_better),
-                "best_epoch": -1, "eval_seconds": sum(r.eval_seconds for r in results)}
+                "eval_seconds": sum(r.eval_seconds for r in results)}

@@ -14,8 +14,8 @@ from dmrnet.methods.base import Method, ModelConfig, register_method
 from dmrnet.methods.objectives import DMRNetObjective, HardCombinationRegularizer, KLRegularizer
 from dmrnet.models.dense import DenseMultimodalModel
 from dmrnet.models.late_fusion import MultimodalModel
+from dmrnet.nn import create_encoder, create_trunk
 from dmrnet.nn.fusion import create_fusion
-from dmrnet.registry import create_encoder, create_trunk
 from dmrnet.subsets import SubsetSpace
 
 

@@ -24,8 +24,8 @@ from dmrnet.batch import check_inputs
 from dmrnet.errors import ConfigError
 from dmrnet.models.late_fusion import ProbabilisticEmbedding
 from dmrnet.models.protocol import ModelOutput
+from dmrnet.nn import create_encoder
 from dmrnet.nn.resnet import init_weights
-from dmrnet.registry import create_encoder
 from dmrnet.subsets import SubsetSpace
 
 

@@ -1,8 +1,22 @@
 """Building blocks: encoders, fusion, trunks. Importing this registers the built-in ones."""
 
+from typing import Any
+
 from dmrnet.nn.encoders import MLPEncoder
 from dmrnet.nn.fusion import ConcatFusion, MaskedMeanFusion, create_fusion
 from dmrnet.nn.resnet import ResNet, ResNetTrunk, SEResNetStem, load_torchvision_state_dict
+from dmrnet.registry import ENCODERS, TRUNKS
+
+
+def create_encoder(name: str, input_shape: tuple[int, ...], **kwargs: Any) -> Any:
+    """Build a registered encoder for one modality (an error lists the registered ones)."""
+    return ENCODERS.get(name)(tuple(input_shape), **kwargs)
+
+
+def create_trunk(name: str, in_channels: int, **kwargs: Any) -> Any:
+    """Build a registered trunk (shared layers between fusion and the embedding)."""
+    return TRUNKS.get(name)(int(in_channels), **kwargs)
+
 
 __all__ = [
     "ConcatFusion",
@@ -11,6 +25,8 @@ __all__ = [
     "ResNet",
     "ResNetTrunk",
     "SEResNetStem",
+    "create_encoder",
     "create_fusion",
+    "create_trunk",
     "load_torchvision_state_dict",
 ]
