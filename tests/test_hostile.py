@@ -282,7 +282,7 @@ def out_read_only(w: World) -> None:
 def disk_full(w: World) -> None:
     import dmrnet.benchmark
 
-    def full(results, out):
+    def full(results, out, appendix=""):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(out) / "results.json"))
 
     w.monkeypatch.setattr(dmrnet.benchmark, "write_results", full)
