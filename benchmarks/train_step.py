@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved
 from dmrnet.data import mfeat
-from dmrnet.training import DMRNetModule
+from dmrnet.training import MultimodalModule
 
 
-def make_step(module: DMRNetModule, inputs: dict, avail: torch.Tensor, target: torch.Tensor):
+def make_step(module: MultimodalModule, inputs: dict, avail: torch.Tensor, target: torch.Tensor):
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
     module.train()
 
@@ -46,7 +46,7 @@ def case(name: str, kwargs: dict, inputs: dict, target: torch.Tensor, reps: int,
     fns = {}
     for method in ("baseline", "dmrnet"):
         torch.manual_seed(0)
-        module = DMRNetModule(method=method, **kwargs)
+        module = MultimodalModule(method=method, **kwargs)
         fns[method] = make_step(module, inputs, avail, target)
     t = interleaved(fns, reps=reps, inner=inner)
     ratio = t["dmrnet"] / t["baseline"]

@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dmrnet.benchmark import quiet_lightning
-from dmrnet.training import DMRNetModule, MultimodalDataModule
+from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     L.seed_everything(0, workers=True, verbose=False)
     data = MultimodalDataModule("mfeat", modalities=["fac", "pix", "mor"], seed=0,
                                 batch_size=64, eval_batch_size=100)
-    module = DMRNetModule(data.modalities, data.input_shapes, data.num_classes,
+    module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes,
                           method="dmrnet", hcr_warmup_epochs=1)
     ckpt = ModelCheckpoint(dirpath=out / "ckpt", filename="best", monitor="val/mean", mode="max")
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp",

@@ -155,3 +155,15 @@ def test_unknown_output_path_kind(tmp_path):
     f.write_text("x")
     with pytest.raises(OutputError, match="not a folder"):
         run_benchmark(BenchmarkConfig(out=str(f), seeds=[0], epochs=1))
+
+
+def test_the_benchmark_analysis_in_memory_equals_dmrnet_analyze_from_the_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    assert main(["benchmark", "--dataset", "synthetic", "--methods", "baseline,dmrnet",
+                 "--seeds", "0", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+    in_memory = strict_json((out / "analysis.json").read_text())
+    assert set(in_memory["summary"]) == {"baseline", "dmrnet"}
+    report = (out / "report.md").read_text()
+    assert report.count("## Analysis") == 1  # written once, by one writer
+    assert main(["analyze", str(out)]) == 0  # reloads the kept checkpoints
+    assert strict_json((out / "analysis.json").read_text()) == in_memory

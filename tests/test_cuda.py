@@ -11,7 +11,7 @@ import torch
 from dmrnet.batch import Batch
 from dmrnet.benchmark import BenchmarkConfig, run_benchmark
 from dmrnet.evaluation import naive_subset_outputs, subset_outputs
-from dmrnet.training import DMRNetModule
+from dmrnet.training import MultimodalModule
 
 from .test_determinism import TINY_DATA, make_batch, run_step, shipped_models
 
@@ -43,7 +43,7 @@ def test_every_shipped_model_trains_deterministically_on_cuda(name, dataset, mod
     states = []
     for _ in range(2):  # twice from the same seed: bit-identical weights
         torch.manual_seed(0)
-        module = DMRNetModule(list(shapes), shapes, classes, **model).to("cuda")
+        module = MultimodalModule(list(shapes), shapes, classes, **model).to("cuda")
         torch.manual_seed(1)
         run_step(module, to_device(batch, "cuda"))  # raises on a non-deterministic kernel
         states.append({k: v.detach().cpu() for k, v in module.state_dict().items()})
@@ -57,7 +57,7 @@ def test_cached_equals_naive_evaluation_on_cuda(dense):
     kwargs = ({"architecture": "dense", "metric": "miou", "encoder_kwargs": {"width": 8},
                "embed_dim": 16, "dense_kwargs": {"decoder_channels": [16, 8, 8]}} if dense
               else {"encoder": "resnet", "encoder_kwargs": {"width": 8}, "embed_dim": 16})
-    module = DMRNetModule(list(shapes), shapes, classes, **kwargs).to("cuda").eval()
+    module = MultimodalModule(list(shapes), shapes, classes, **kwargs).to("cuda").eval()
     batch = to_device(make_batch(shapes, n=6, classes=classes,
                                  dense_classes=classes if dense else None), "cuda")
     with torch.no_grad():

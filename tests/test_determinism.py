@@ -17,7 +17,7 @@ from dmrnet.batch import MultimodalCollate
 from dmrnet.determinism import cuda_nondeterministic, record_ops
 from dmrnet.methods import METHODS
 from dmrnet.nn.resize import adaptive_avg_pool, resize_bilinear
-from dmrnet.training import DMRNetModule
+from dmrnet.training import MultimodalModule
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = {"a": [12], "b": [8], "c": [6]}
@@ -41,7 +41,7 @@ def make_batch(shapes: dict[str, list[int]], n: int = 8, dense_classes: int | No
     return MultimodalCollate(list(shapes), shapes)(items)
 
 
-def run_step(module: DMRNetModule, batch) -> None:
+def run_step(module: MultimodalModule, batch) -> None:
     """Two optimiser steps (HCR warm-up, then HCR active) and one all-subset evaluation."""
     module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]  # no trainer here
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
@@ -61,7 +61,7 @@ def run_step(module: DMRNetModule, batch) -> None:
 
 
 def teacher_checkpoint(tmp_path, **kwargs) -> str:
-    teacher = DMRNetModule(list(VECTORS), VECTORS, 3, method="full_only", **kwargs)
+    teacher = MultimodalModule(list(VECTORS), VECTORS, 3, method="full_only", **kwargs)
     path = tmp_path / "teacher.ckpt"
     torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams),
                 "pytorch-lightning_version": lightning.__version__}, path)
@@ -76,7 +76,7 @@ def test_late_fusion_training_step_has_only_deterministic_cuda_ops(method, tmp_p
     net = {"encoder_kwargs": {"hidden": [16], "out_features": 8}, "embed_dim": 8}
     extra = {"method_kwargs": {"teacher_checkpoint": teacher_checkpoint(tmp_path, **net)}} \
         if method == "mmanet" else {}
-    module = DMRNetModule(list(VECTORS), VECTORS, 3, method=method, hcr_warmup_epochs=1, **net,
+    module = MultimodalModule(list(VECTORS), VECTORS, 3, method=method, hcr_warmup_epochs=1, **net,
                           **extra)
     flagged = cuda_nondeterministic(lambda: run_step(module, make_batch(VECTORS)))
     assert flagged == {}, f"{method}: ops that break deterministic CUDA training: {flagged}"
@@ -93,7 +93,7 @@ def test_conv_families_training_step_has_only_deterministic_cuda_ops(family):
                                           embed_dim=16, missing_at="input", fusion="mean",
                                           hcr_warmup_epochs=1),
     }[family]
-    module = DMRNetModule(list(IMAGES), IMAGES, 2, method="dmrnet", **kwargs)
+    module = MultimodalModule(list(IMAGES), IMAGES, 2, method="dmrnet", **kwargs)
     flagged = cuda_nondeterministic(lambda: run_step(module, make_batch(IMAGES, classes=2)))
     assert flagged == {}, f"{family}: ops that break deterministic CUDA training: {flagged}"
 
@@ -102,7 +102,7 @@ def test_conv_families_training_step_has_only_deterministic_cuda_ops(family):
 def test_dense_training_step_has_only_deterministic_cuda_ops(method):
     hcr = {"beta": 0.5, "hcr_subsets": ["rgb", "depth"], "hcr_warmup_epochs": 0} \
         if method == "dmrnet" else {}
-    module = DMRNetModule(list(DENSE), DENSE, 5, method=method, architecture="dense",
+    module = MultimodalModule(list(DENSE), DENSE, 5, method=method, architecture="dense",
                           metric="miou", encoder_kwargs={"width": 8}, embed_dim=16,
                           dense_kwargs={"decoder_channels": [16, 8, 8], "deep_supervision": True,
                                         "aux_decoder": method == "dmrnet"},
@@ -196,7 +196,7 @@ def test_every_shipped_config_trains_with_deterministic_cuda_ops(name, dataset, 
     model = dict(model)
     if model.get("hcr_warmup_epochs", 5) > 1:
         model["hcr_warmup_epochs"] = 1  # reach HCR's active term in the second step
-    module = DMRNetModule(list(shapes), shapes, classes, **model)
+    module = MultimodalModule(list(shapes), shapes, classes, **model)
     dense = classes if model.get("architecture") == "dense" else None
     batch = make_batch(shapes, n=4, dense_classes=dense, classes=classes)
     flagged = cuda_nondeterministic(lambda: run_step(module, batch))

@@ -152,10 +152,10 @@ def ckpt(run: Path) -> str:
 
 def model_folder(path: Path, **kwargs) -> Path:
     from dmrnet.serving import save_model
-    from dmrnet.training import DMRNetModule
+    from dmrnet.training import MultimodalModule
 
     shapes = {"a": [6], "b": [4]}
-    module = DMRNetModule(list(shapes), shapes, 3, class_names=["x", "y", "z"],
+    module = MultimodalModule(list(shapes), shapes, 3, class_names=["x", "y", "z"],
                           encoder_kwargs={"out_features": 8, "hidden": [16]},
                           **{"embed_dim": 8, **kwargs})
     return save_model(module.eval(), path)
@@ -302,16 +302,16 @@ refer(OUTPUTS, "Ctrl-C during a benchmark", "dmrnet benchmark", "stops",
 def fit_ctrl_c(w: World) -> None:
     import signal
 
-    from dmrnet.training import DMRNetModule
+    from dmrnet.training import MultimodalModule
 
-    step = DMRNetModule.training_step
+    step = MultimodalModule.training_step
 
     def pressed(self, batch, batch_idx):
         if self.current_epoch == 1:
             raise KeyboardInterrupt
         return step(self, batch, batch_idx)
 
-    w.monkeypatch.setattr(DMRNetModule, "training_step", pressed)
+    w.monkeypatch.setattr(MultimodalModule, "training_step", pressed)
     handler = signal.getsignal(signal.SIGINT)
     try:  # Lightning ignores further Ctrl-C while it shuts down
         code, err = w.cli(["fit", "--config", CONFIG, "--trainer.max_epochs", "3",
@@ -362,9 +362,9 @@ def export_existing(w: World) -> None:
       "exists; choose another folder / not written by dmrnet / is the current folder")
 def save_model_existing(w: World) -> None:
     from dmrnet.serving import save_model
-    from dmrnet.training import DMRNetModule
+    from dmrnet.training import MultimodalModule
 
-    module = DMRNetModule(["a"], {"a": [3]}, 2)
+    module = MultimodalModule(["a"], {"a": [3]}, 2)
     mine = w.root / "mine"
     mine.mkdir()
     (mine / "photo.jpg").write_bytes(b"jpeg")

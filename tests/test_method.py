@@ -11,9 +11,9 @@ from dmrnet.batch import BatchError
 from dmrnet.errors import ConfigError
 from dmrnet.methods import build_method
 from dmrnet.methods.objectives import (
-    DMRNetObjective,
     HardCombinationRegularizer,
     KLRegularizer,
+    MultimodalObjective,
     kl_divergence,
 )
 from dmrnet.models.late_fusion import ProbabilisticEmbedding
@@ -200,7 +200,7 @@ def test_objective_hcr_uses_per_sample_task_loss():
     names = SubsetSpace(["a", "b"]).names
     hcr = HardCombinationRegularizer(names, beta=1.0, hard_subsets=["a"], warmup_epochs=0)
     hcr.select()
-    obj = DMRNetObjective(kl, hcr)
+    obj = MultimodalObjective(kl, hcr)
     from dmrnet.models.protocol import ModelOutput
 
     logits = torch.randn(4, 3)

@@ -197,10 +197,10 @@ def test_configuration_values(num_classes, method, top_k, fusion, hard):
 @given(cut=st.integers(0, 4000), flip=st.integers(0, 4000))
 def test_damaged_model_folders(tmp_path_factory, cut, flip):
     from dmrnet.serving import load_model, save_model
-    from dmrnet.training import DMRNetModule
+    from dmrnet.training import MultimodalModule
 
     path = tmp_path_factory.mktemp("m")
-    module = DMRNetModule(["a", "b"], {"a": [3], "b": [2]}, 3,
+    module = MultimodalModule(["a", "b"], {"a": [3], "b": [2]}, 3,
                           encoder_kwargs={"out_features": 4, "hidden": [8]}, embed_dim=4)
     save_model(module, path, overwrite=True)
     weights = path / "model.safetensors"

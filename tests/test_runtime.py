@@ -21,7 +21,7 @@ from dmrnet.runtime import (
     cpu_threads_for,
     training_flops,
 )
-from dmrnet.training import DMRNetModule, MultimodalDataModule
+from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 from .fixtures import make_cremad, write_cremad_splits
 from .test_determinism import IMAGES, make_batch
@@ -31,7 +31,7 @@ MFEAT = {"fou": [76], "fac": [216], "kar": [64], "pix": [240], "zer": [47], "mor
 
 
 def test_small_models_get_two_threads_whatever_the_core_count():
-    module = DMRNetModule(list(MFEAT), MFEAT, 10, method="dmrnet")
+    module = MultimodalModule(list(MFEAT), MFEAT, 10, method="dmrnet")
     flops = training_flops(module.model, {m: tuple(s) for m, s in MFEAT.items()}, 64)
     # six MLP encoders + embedding heads: ~0.77 M multiply-adds a sample, x2 x3 x64
     assert 0.2e9 < flops < 0.4e9
@@ -54,7 +54,7 @@ def test_device_setup_sizes_threads_for_the_run_and_restores_them(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     data = MultimodalDataModule("mfeat", modalities=["fac", "mor"], batch_size=64)
-    module = DMRNetModule(data.modalities, data.input_shapes, data.num_classes)
+    module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes)
     seen = []
 
     class Spy(L.Callback):
@@ -146,7 +146,7 @@ def test_channels_last_gives_the_same_step_in_the_other_memory_order():
     losses = {}
     for flag in (False, True):
         torch.manual_seed(0)
-        module = DMRNetModule(list(IMAGES), IMAGES, 2, method="dmrnet", encoder="resnet",
+        module = MultimodalModule(list(IMAGES), IMAGES, 2, method="dmrnet", encoder="resnet",
                               encoder_kwargs={"width": 8}, embed_dim=16, channels_last=flag)
         conv = module.model.encoders["rgb"].conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) == flag

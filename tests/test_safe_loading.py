@@ -10,7 +10,7 @@ import pytest
 
 from dmrnet.cli import main
 from dmrnet.errors import ConfigError
-from dmrnet.training import DMRNetModule
+from dmrnet.training import MultimodalModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "mfeat_dmrnet.yaml")
@@ -65,14 +65,14 @@ def test_teacher_checkpoints_and_encoder_weights_refuse_urls_and_payloads(server
     path, marker = payload
     shapes = {"a": [4], "b": [3]}
     for bad, message in ((url, "is a URL"), (str(path), "cannot load checkpoint")):
-        student = DMRNetModule(list(shapes), shapes, 2, method="mmanet",
+        student = MultimodalModule(list(shapes), shapes, 2, method="mmanet",
                                method_kwargs={"teacher_checkpoint": bad})
         with pytest.raises(ConfigError, match=message):
             student.on_fit_start()  # the teacher is loaded when training starts
     images = {"a": [3, 16, 16], "b": [3, 16, 16]}
     for bad, message in ((url, "is a URL"), (str(path), "cannot load weights")):
         with pytest.raises(ConfigError, match=message):
-            DMRNetModule(list(images), images, 2, encoder="resnet",
+            MultimodalModule(list(images), images, 2, encoder="resnet",
                          encoder_kwargs={"width": 8, "weights": bad})
     assert requests == [] and not marker.exists()
 

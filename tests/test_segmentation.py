@@ -113,9 +113,9 @@ def test_miou_ignores_void_and_matches_hand_counts():
 
 
 def test_objective_ignores_void_pixels():
-    from dmrnet.methods.objectives import DMRNetObjective
+    from dmrnet.methods.objectives import MultimodalObjective
 
-    obj = DMRNetObjective()
+    obj = MultimodalObjective()
     logits = torch.randn(1, 3, 2, 2)
     target = torch.tensor([[[0, 255], [255, 255]]])
     loss = obj.per_sample(logits, target)

@@ -14,14 +14,14 @@ from dmrnet.cli import main
 from dmrnet.errors import ConfigError
 from dmrnet.predict import load_module
 from dmrnet.serving import load_model, save_model
-from dmrnet.training import DMRNetModule
+from dmrnet.training import MultimodalModule
 
 SHAPES = {"a": [6], "b": [4], "c": [5]}
 
 
 def module(method="dmrnet"):
     torch.manual_seed(0)
-    m = DMRNetModule(list(SHAPES), SHAPES, 3, method=method, class_names=["x", "y", "z"],
+    m = MultimodalModule(list(SHAPES), SHAPES, 3, method=method, class_names=["x", "y", "z"],
                      encoder_kwargs={"out_features": 8, "hidden": [16]}, embed_dim=8,
                      preprocessing={"standardize": {"mean": {"a": [1.0] * 6},
                                                     "std": {"a": [2.0] * 6}}})

@@ -14,9 +14,9 @@ from dmrnet.errors import ConfigError, DMRNetError
 from dmrnet.evaluation import predict_all_subsets, subset_outputs
 from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
 from dmrnet.methods.objectives import (
-    DMRNetObjective,
     HardCombinationRegularizer,
     KLRegularizer,
+    MultimodalObjective,
     kl_divergence,
 )
 from dmrnet.models.late_fusion import MultimodalModel, ProbabilisticEmbedding
@@ -33,13 +33,13 @@ __all__ = [
     "Batch",
     "ConfigError",
     "DMRNetError",
-    "DMRNetObjective",
     "HardCombinationRegularizer",
     "KLRegularizer",
     "Method",
     "ModelOutput",
     "MultimodalCollate",
     "MultimodalModel",
+    "MultimodalObjective",
     "Prediction",
     "Predictor",
     "ProbabilisticEmbedding",

@@ -117,11 +117,14 @@ def model_statistics(module: Any, loader: Iterable[Any], max_samples: int = 2000
 
 
 def analyze_run(run_dir: str | Path, echo: Any = print,
-                results: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Analyse every kept checkpoint of a benchmark run; write analysis.json / .md / plots.
+                results: dict[str, Any] | None = None,
+                statistics: dict[tuple[str, int], dict[str, Any]] | None = None
+                ) -> dict[str, Any]:
+    """Analyse a benchmark run; write analysis.json / .md / plots.
 
-    ``results``: the run's results in memory (the benchmark passes them before it writes its
-    own files); by default read from ``run_dir/results.json``. :func:`analysis_markdown`
+    ``results`` and ``statistics`` ((method, seed) -> :func:`model_statistics`) come in memory
+    from the benchmark, which computes them while its models are loaded; ``dmrnet analyze``
+    reads ``run_dir/results.json`` and the kept checkpoints instead. :func:`analysis_markdown`
     renders the returned dict."""
     run = Path(run_dir)
     res_path = run / "results.json"
@@ -135,15 +138,21 @@ def analyze_run(run_dir: str | Path, echo: Any = print,
         raise DataError("analysis covers classification runs scored by accuracy")
     per_method: dict[str, list[dict[str, Any]]] = {}
     for r in results["runs"]:
-        ckpt = run / "checkpoints" / f"{r['method']}-seed{r['seed']}" / "best.ckpt"
-        if not ckpt.is_file():  # not kept, or a method of many models (one per stage)
-            continue
-        module = load_module(ckpt)
-        data = MultimodalDataModule(cfg.get("dataset", results["dataset"]), root=cfg.get("root"),
-                                    modalities=cfg.get("modalities"), seed=r["seed"],
-                                    dataset_kwargs=cfg.get("dataset_kwargs") or {})
-        stats = model_statistics(module, map(data.on_after_batch_transfer,
-                                             data.test_dataloader()))
+        if statistics is not None:
+            if (r["method"], r["seed"]) not in statistics:
+                continue  # a method of many models (one per stage)
+            stats = dict(statistics[(r["method"], r["seed"])])
+        else:
+            ckpt = run / "checkpoints" / f"{r['method']}-seed{r['seed']}" / "best.ckpt"
+            if not ckpt.is_file():  # not kept, or a method of many models (one per stage)
+                continue
+            module = load_module(ckpt)
+            data = MultimodalDataModule(cfg.get("dataset", results["dataset"]),
+                                        root=cfg.get("root"), modalities=cfg.get("modalities"),
+                                        seed=r["seed"],
+                                        dataset_kwargs=cfg.get("dataset_kwargs") or {})
+            stats = model_statistics(module, map(data.on_after_batch_transfer,
+                                                 data.test_dataloader()))
         stats["seed"] = r["seed"]
         per_method.setdefault(r["method"], []).append(stats)
     summary: dict[str, Any] = {}

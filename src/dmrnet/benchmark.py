@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from dmrnet.analysis import analysis_markdown, analyze_run
+from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
 from dmrnet.data import DATASETS
 from dmrnet.errors import DMRNetError, RunInterruptedError, first_line
 from dmrnet.methods import METHODS, RunRecord, Stage, StageResult, get_method
@@ -37,7 +37,7 @@ from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.report import format_summary, write_results
 from dmrnet.runtime import DeviceSetup, check_precision
 from dmrnet.subsets import SubsetSpace
-from dmrnet.training import DMRNetModule, MultimodalDataModule
+from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 log = logging.getLogger("dmrnet")
 
@@ -47,7 +47,7 @@ class BenchmarkError(DMRNetError):
 
 @dataclass
 class BenchmarkConfig:
-    """What to run. ``model`` holds :class:`~dmrnet.training.DMRNetModule` keyword arguments
+    """What to run. ``model`` holds :class:`~dmrnet.training.MultimodalModule` keyword arguments
     shared by every method (encoder, embed_dim, lr, alpha, beta, ...)."""
 
     out: str
@@ -131,7 +131,7 @@ def _check_config(cfg: BenchmarkConfig) -> None:
                              f"would silently use {probe.precision}); pass --precision "
                              f"{probe.precision}")
 
-    known = set(inspect.signature(DMRNetModule.__init__).parameters) - {
+    known = set(inspect.signature(MultimodalModule.__init__).parameters) - {
         "self", "modalities", "input_shapes", "num_classes", "class_names", "preprocessing"}
     unknown = sorted(set(cfg.model) - known - {"method"})
     if unknown:
@@ -187,12 +187,12 @@ def filter_noise() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def _module(data: MultimodalDataModule, module_kwargs: dict[str, Any]) -> DMRNetModule:
+def _module(data: MultimodalDataModule, module_kwargs: dict[str, Any]) -> MultimodalModule:
     """A method's module for ``data`` (its modalities, shapes, classes and statistics)."""
     linked = {"class_names": data.class_names, "preprocessing": data.preprocessing}
     if data.class_weights is not None and "class_weights" not in module_kwargs:
         linked["class_weights"] = data.class_weights
-    return DMRNetModule(
+    return MultimodalModule(
         data.modalities, data.input_shapes, data.num_classes, **linked, **module_kwargs,
     )
 
@@ -213,8 +213,11 @@ def _with_inputs(stage: Stage, checkpoints: dict[str, str]) -> dict[str, Any]:
 
 def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
                 data: MultimodalDataModule, higher_is_better: bool, progress: bool,
-                echo: Callable[[str], None]) -> RunRecord:
-    """Train and test each stage of a method in order; its results make the run's record."""
+                echo: Callable[[str], None], statistics: dict[tuple[str, int], Any] | None
+                ) -> RunRecord:
+    """Train and test each stage of a method in order; its results make the run's record.
+    With ``statistics``, the analysis statistics of the run's own model (its stage named "")
+    are computed while it is loaded and stored there under (method, seed)."""
     method = get_method(name)
     stages = method.stages(cfg.model, data.modalities)
     later = {src for stage in stages for src in stage.needs.values()}  # kept for later stages
@@ -228,6 +231,9 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
             cfg, out, run_name, seed, stage_data, _with_inputs(stage, checkpoints), progress,
             keep=True if stage.name in later else None)
         checkpoints[stage.name] = str(out / "checkpoints" / run_name / "best.ckpt")
+        if statistics is not None and not stage.name:  # the best weights are loaded
+            statistics[(name, seed)] = model_statistics(
+                module, map(stage_data.on_after_batch_transfer, stage_data.test_dataloader()))
         res = module.test_results
         results.append(StageResult(
             stage=stage, per_subset=res["per_subset"], mean=res["mean"], worst=res["worst"],
@@ -258,7 +264,7 @@ def _fit_and_test(
     module_kwargs: dict[str, Any],
     progress: bool,
     keep: bool | None = None,
-) -> tuple[DMRNetModule, float, float, int]:
+) -> tuple[MultimodalModule, float, float, int]:
     L.seed_everything(seed, workers=True, verbose=False)
     module = _module(data, module_kwargs)
     ckpt_dir = out / "checkpoints" / run_name
@@ -359,6 +365,9 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
     the first seed, already read."""
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     metric = get_task_metric(str(cfg.model.get("metric", "accuracy")))
+    # the analysis (variance vs error, directions) is computed from each model in memory
+    statistics: dict[tuple[str, int], Any] | None = (
+        {} if metric.name == "accuracy" and cfg.keep_checkpoints else None)
     runs: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     modalities: list[str] = []
@@ -374,7 +383,7 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
             echo(f"[{k}/{total}] {method} seed {seed}: training {cfg.epochs} epochs on "
                  f"{len(space)} subsets of {modalities}")
             record = _run_method(cfg, out, method, seed, data, metric.higher_is_better,
-                                 progress, echo)
+                                 progress, echo, statistics)
             run = record.to_dict()
             runs.append(run)
             echo(f"      test {metric.name}: mean {run['mean']:.4f}, worst {run['worst']:.4f} "
@@ -394,8 +403,8 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
     }
 
     analysis = None
-    if metric.name == "accuracy" and cfg.keep_checkpoints:
-        analysis = analyze_run(out, echo=lambda _: None, results=results)
+    if statistics is not None:
+        analysis = analyze_run(out, echo=lambda _: None, results=results, statistics=statistics)
     write_results(results, out, appendix=analysis_markdown(analysis) if analysis else "")
     echo(format_summary(results))
     echo("wrote results.json, results.csv, report.md, per_subset.png")

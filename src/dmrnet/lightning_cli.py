@@ -1,4 +1,4 @@
-"""``dmrnet fit|validate|test|predict``: Lightning's CLI over DMRNetModule and the DataModule.
+"""``dmrnet fit|validate|test|predict``: Lightning's CLI over MultimodalModule and the DataModule.
 
 The data module's metadata (modalities, input shapes, class count and names) is linked into
 the model, so a config names a dataset and a method and nothing twice. Checkpoints are selected
@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
 from dmrnet.runtime import DeviceSetup
-from dmrnet.training import DMRNetModule, MultimodalDataModule
+from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 
 class InterruptNote(Callback):
@@ -49,7 +49,7 @@ class DMRNetCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {"deterministic": True})
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         self.interrupt_note = interrupt_note or InterruptNote()
-        super().__init__(DMRNetModule, MultimodalDataModule, **kwargs)  # type: ignore[arg-type]
+        super().__init__(MultimodalModule, MultimodalDataModule, **kwargs)  # type: ignore[arg-type]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

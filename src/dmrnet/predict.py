@@ -19,15 +19,15 @@ from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
 from dmrnet.errors import checkpoint_error, local_checkpoint
 from dmrnet.evaluation import subset_outputs
 from dmrnet.serving import apply_preprocessing
-from dmrnet.training import DMRNetModule
+from dmrnet.training import MultimodalModule
 
 
 def load_module(checkpoint: str | Path) -> Any:
-    """A DMRNetModule from a Lightning checkpoint, read with ``weights_only=True``."""
+    """A MultimodalModule from a Lightning checkpoint, read with ``weights_only=True``."""
 
     path = Path(local_checkpoint(checkpoint))
     try:
-        module = DMRNetModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        module = MultimodalModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated or unsafe files raise many types
         raise checkpoint_error(path, err) from err
     return module.eval()

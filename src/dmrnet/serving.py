@@ -185,7 +185,7 @@ def model_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``path/config.json`` and ``path/model.safetensors`` for a trained DMRNetModule."""
+    """Write ``path/config.json`` and ``path/model.safetensors`` for a trained MultimodalModule."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise ConfigError(f"{str(path)!r} exists; choose another folder or pass overwrite")

@@ -163,7 +163,7 @@ class MultimodalDataModule(L.LightningDataModule):
         return self._loader(self.data.test, train=False)
 
 
-class DMRNetModule(L.LightningModule):
+class MultimodalModule(L.LightningModule):
     """Any method of the family (``method=``) trained with the missing-modality protocol.
 
     Model arguments are the fields of :class:`dmrnet.methods.ModelConfig`. Training draws one subset

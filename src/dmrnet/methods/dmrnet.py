@@ -11,7 +11,7 @@ from torch import nn
 
 from dmrnet.errors import ConfigError
 from dmrnet.methods.base import Method, ModelConfig, register_method
-from dmrnet.methods.objectives import DMRNetObjective, HardCombinationRegularizer, KLRegularizer
+from dmrnet.methods.objectives import HardCombinationRegularizer, KLRegularizer, MultimodalObjective
 from dmrnet.models.dense import DenseMultimodalModel
 from dmrnet.models.late_fusion import MultimodalModel
 from dmrnet.nn import create_encoder, create_trunk
@@ -44,14 +44,14 @@ class DMRNetFamily(Method):
         return alpha, beta
 
     def objective(self, config: ModelConfig, names: list[str], spatial: str = "sum"
-                  ) -> DMRNetObjective:
+                  ) -> MultimodalObjective:
         alpha, beta = self.weights(config)
         kl = KLRegularizer(alpha, spatial=spatial) if self.variance else None
         hcr = (HardCombinationRegularizer(names, beta, config.hcr_warmup_epochs,
                                           config.hcr_top_k, candidates=config.hcr_candidates,
                                           hard_subsets=config.hcr_subsets)
                if self.variance and beta > 0 else None)
-        return DMRNetObjective(kl, hcr, label_smoothing=config.label_smoothing,
+        return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
                                class_weights=config.class_weights)
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:

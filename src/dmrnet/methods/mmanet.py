@@ -38,12 +38,12 @@ from dmrnet.methods.base import (
     register_method,
 )
 from dmrnet.methods.dmrnet import drop_settings, late_fusion_network
-from dmrnet.methods.objectives import DMRNetObjective
+from dmrnet.methods.objectives import MultimodalObjective
 from dmrnet.models.protocol import ModelOutput
 from dmrnet.subsets import subset_totals
 
 
-class MMANetObjective(DMRNetObjective):
+class MMANetObjective(MultimodalObjective):
     """Task CE + MAD (needs the teacher's output) + MAR, as named terms."""
 
     def __init__(self, subset_names: Sequence[str], temperature: float = 2.0,

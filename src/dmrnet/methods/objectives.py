@@ -181,7 +181,7 @@ IGNORE_INDEX = 255
 """Target value of pixels that carry no label (void); ignored by losses and metrics."""
 
 
-class DMRNetObjective(nn.Module):
+class MultimodalObjective(nn.Module):
     """Sums the named loss terms: task CE + alpha * KL + beta * HCR (+ deep supervision).
 
     ``forward`` returns a dict of weighted terms ("task", and "kl" / "hcr" / "side" where

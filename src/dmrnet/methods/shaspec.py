@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from dmrnet.methods.base import Method, ModelConfig, register_method
-from dmrnet.methods.objectives import DMRNetObjective
+from dmrnet.methods.objectives import MultimodalObjective
 from dmrnet.models.shaspec import ShaSpecModel
 
 
@@ -35,5 +35,5 @@ class ShaSpec(Method):
                              embed_dim=config.embed_dim, proj_dim=opts.proj_dim,
                              proj_channels=opts.proj_channels, dao_weight=opts.dao_weight,
                              dco_weight=opts.dco_weight)
-        return model, DMRNetObjective(label_smoothing=config.label_smoothing,
+        return model, MultimodalObjective(label_smoothing=config.label_smoothing,
                                       class_weights=config.class_weights)
