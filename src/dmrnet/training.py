@@ -265,8 +265,10 @@ class MultimodalModule(L.LightningModule):
 
     # --- training ---------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if self.context is not None:  # a bad file (e.g. a teacher) stops the run before it
-            self.context.setup()       # starts
+        # the method's files (e.g. a teacher) are read now: a bad one stops the run before
+        # its first step
+        if self.context is not None:
+            self.context.setup()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if batch.target is None:
