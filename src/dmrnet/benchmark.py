@@ -41,6 +41,7 @@ from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 log = logging.getLogger("dmrnet")
 
+
 class BenchmarkError(DMRNetError):
     """A benchmark request that cannot run as given."""
 
@@ -96,7 +97,6 @@ def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
     epochs = cfg.epochs if cfg.epochs is not None else defaults.get("epochs", 30)
     batch = cfg.batch_size if cfg.batch_size is not None else defaults.get("batch_size", 64)
     seeds = cfg.seeds if cfg.seeds is not None else defaults.get("seeds", [0, 1, 2])
-
     return replace(cfg, model=model, epochs=epochs, batch_size=batch, seeds=seeds)
 
 
@@ -130,7 +130,6 @@ def _check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"{what}: {cfg.precision} does not run on {device} (Lightning "
                              f"would silently use {probe.precision}); pass --precision "
                              f"{probe.precision}")
-
     known = set(inspect.signature(MultimodalModule.__init__).parameters) - {
         "self", "modalities", "input_shapes", "num_classes", "class_names", "preprocessing"}
     unknown = sorted(set(cfg.model) - known - {"method"})
@@ -317,17 +316,7 @@ def run_benchmark(
     folder = RunFolder(cfg.out, cfg.overwrite, protected)  # checks only; touches nothing
     # the data are read and every split's files checked before --out is touched
     first = _data_module(cfg, cfg.seeds[0])
-    checked: set[str] = set()
-    for method in cfg.methods:  # and every model's settings (e.g. --hcr-subsets)
-        for stage in get_method(method).stages(cfg.model, first.modalities):
-            if stage.needs:  # it takes a checkpoint trained first: its options are checked
-                settings = _with_inputs(stage, dict.fromkeys(stage.needs.values(), ""))
-                get_method(settings["method"]).options(settings.get("method_kwargs"))
-                continue
-            key = repr(sorted(stage.settings.items()))
-            if key not in checked:
-                checked.add(key)
-                _module(first, stage.settings)
+    _check_models(cfg, first)  # and every model's settings (e.g. --hcr-subsets)
     try:
         with folder as work:
             results = _run_all(cfg, work, echo, first)
@@ -340,6 +329,22 @@ def run_benchmark(
                           + _kept(folder)) from err
     echo(f"wrote {str(folder.path)!r}")
     return results
+
+
+def _check_models(cfg: BenchmarkConfig, data: MultimodalDataModule) -> None:
+    """Build every distinct stage model once, so bad settings stop the run before training.
+    A stage that takes a checkpoint trained first has only its options checked."""
+    checked: set[str] = set()
+    for method in cfg.methods:
+        for stage in get_method(method).stages(cfg.model, data.modalities):
+            if stage.needs:
+                settings = _with_inputs(stage, dict.fromkeys(stage.needs.values(), ""))
+                get_method(settings["method"]).options(settings.get("method_kwargs"))
+                continue
+            key = repr(sorted(stage.settings.items()))
+            if key not in checked:
+                checked.add(key)
+                _module(data, stage.settings)
 
 
 def _kept(folder: RunFolder) -> str:
@@ -401,7 +406,6 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         "config": asdict(cfg),
         "data": info,
     }
-
     analysis = None
     if statistics is not None:
         analysis = analyze_run(out, echo=lambda _: None, results=results, statistics=statistics)
@@ -426,7 +430,6 @@ def paired_comparisons(
     for a 95 % interval; a verdict names a winner only with at least 3 seeds and an interval
     that excludes 0.
     """
-
     by = {}
     for r in runs:
         by.setdefault(r["method"], {})[r["seed"]] = r

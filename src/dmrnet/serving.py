@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from dmrnet.batch import BatchError
@@ -308,9 +308,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
         raise ConfigError(f"{str(cfg_path)!r} is not valid JSON: {err}") from err
     args = _check_config(config, str(cfg_path))
     try:
-        with safe_open(str(w_path), framework="pt") as f:
+        with safe_open(str(w_path), framework="pt", device=str(device)) as f:  # read once
             metadata = f.metadata()
-        state = load_file(str(w_path), device=str(device))
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as err:
         raise ConfigError(f"cannot read weights {str(w_path)!r}: {err}") from err
     _check_recorded(config, metadata, str(w_path))
