@@ -24,7 +24,7 @@ def main() -> None:
     data = MultimodalDataModule("mfeat", modalities=["fac", "pix", "mor"], seed=0,
                                 batch_size=64, eval_batch_size=100)
     module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes,
-                          method="dmrnet", hcr_warmup_epochs=1)
+                          method="dmrnet", method_kwargs={"hcr_warmup_epochs": 1})
     ckpt = ModelCheckpoint(dirpath=out / "ckpt", filename="best", monitor="val/mean", mode="max")
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp",
                         logger=False, callbacks=[ckpt], enable_progress_bar=False,

@@ -50,7 +50,8 @@ def test_casia_mid_level_fusion_model_embeds_maps():
     model, objective = build_method(
         "dmrnet", modalities=list(shapes), input_shapes=shapes, num_classes=2,
         encoder="se_resnet_stem", trunk="resnet_trunk", embed_dim=512,
-        hcr_subsets=["rgb", "ir", "rgb+ir"], hcr_warmup_epochs=0, beta=0.7,
+        method_kwargs={"hcr_subsets": ["rgb", "ir", "rgb+ir"], "hcr_warmup_epochs": 0,
+                       "beta": 0.7},
     )
     assert isinstance(model.embedding.mu[0], torch.nn.Conv2d)
     assert isinstance(model.embedding.mu[1], torch.nn.BatchNorm2d)

@@ -77,7 +77,7 @@ def test_benchmark_writes_every_file_with_all_63_subsets(tmp_path, capsys):
 def test_benchmark_selects_hard_subsets_and_runs_dedicated(tmp_path):
     cfg = BenchmarkConfig(
         out=str(tmp_path / "b"), modalities=["pix", "mor"], methods=["dmrnet", "dedicated"],
-        seeds=[1], epochs=3, model={"hcr_warmup_epochs": 1}, progress=False,
+        seeds=[1], epochs=3, options={"hcr_warmup_epochs": 1}, progress=False,
     )
     res = run_benchmark(cfg, echo=lambda _: None)
     dmr, ded = res["runs"]
@@ -103,7 +103,7 @@ def test_same_seed_same_results(tmp_path):
         (["--modalities", "pix,ir"], "modality 'ir' is not an mfeat view"),
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["--root", "/nonexistent/mfeat"], "does not exist"),
-        (["--hcr-subsets", "pix+ir"], "'pix\\+ir' is not a subset name"),
+        (["--option", "hcr_subsets=[pix+ir]"], "'pix\\+ir' is not a subset name"),
         (["--epochs", "0"], "epochs must be at least 1"),
     ],
 )
@@ -125,7 +125,7 @@ def test_lightning_cli_fit_then_test_from_yaml(tmp_path):
     fit = subprocess.run(
         [*common, "fit", "--config", str(cfg), "--trainer.max_epochs", "2",
          "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-         "--data.modalities", "[fac, mor]", "--model.hcr_warmup_epochs", "1"],
+         "--data.modalities", "[fac, mor]", "--model.method_kwargs.hcr_warmup_epochs", "1"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
@@ -133,7 +133,7 @@ def test_lightning_cli_fit_then_test_from_yaml(tmp_path):
     assert len(ckpts) == 1
     metrics = (tmp_path / "lightning_logs/version_0/metrics.csv").read_text()
     assert "val/mean" in metrics and "val/fac+mor/accuracy" in metrics
-    assert "hcr_variance/mor" in metrics
+    assert "subset_variance/mor" in metrics
     test = subprocess.run(
         [*common, "test", "--config", str(cfg), "--data.modalities", "[fac, mor]",
          "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpts[0])],

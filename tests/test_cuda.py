@@ -13,7 +13,7 @@ from dmrnet.benchmark import BenchmarkConfig, run_benchmark
 from dmrnet.evaluation import naive_subset_outputs, subset_outputs
 from dmrnet.training import MultimodalModule
 
-from .test_determinism import TINY_DATA, make_batch, run_step, shipped_models
+from .test_determinism import TINY_DATA, make_batch, run_step, shipped_models, short_warmup
 
 pytestmark = pytest.mark.cuda
 
@@ -37,7 +37,7 @@ def deterministic(monkeypatch):
 def test_every_shipped_model_trains_deterministically_on_cuda(name, dataset, model,
                                                               deterministic):
     shapes, classes = TINY_DATA[dataset]
-    model = {**model, "hcr_warmup_epochs": min(int(model.get("hcr_warmup_epochs", 5)), 1)}
+    model = {**model, "method_kwargs": short_warmup(model["method"], model.get("method_kwargs"))}
     dense = classes if model.get("architecture") == "dense" else None
     batch = make_batch(shapes, n=4, dense_classes=dense, classes=classes)
     states = []

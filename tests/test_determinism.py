@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from dmrnet.batch import MultimodalCollate
 from dmrnet.determinism import cuda_nondeterministic, record_ops
-from dmrnet.methods import METHODS
+from dmrnet.methods import METHODS, get_method
 from dmrnet.nn.resize import adaptive_avg_pool, resize_bilinear
 from dmrnet.training import MultimodalModule
 
@@ -68,16 +68,24 @@ def teacher_checkpoint(tmp_path, **kwargs) -> str:
     return str(path)
 
 
+def short_warmup(method, options=None):
+    """``options`` with HCR's warm-up at most one epoch, for a method that has HCR."""
+    options = dict(options or {})
+    if "hcr_warmup_epochs" in get_method(method).option_names():
+        options["hcr_warmup_epochs"] = min(int(options.get("hcr_warmup_epochs", 5)), 1)
+    return options
+
+
 LATE_FUSION = sorted(METHODS)
 
 
 @pytest.mark.parametrize("method", LATE_FUSION)
 def test_late_fusion_training_step_has_only_deterministic_cuda_ops(method, tmp_path):
     net = {"encoder_kwargs": {"hidden": [16], "out_features": 8}, "embed_dim": 8}
-    extra = {"method_kwargs": {"teacher_checkpoint": teacher_checkpoint(tmp_path, **net)}} \
+    options = {"teacher_checkpoint": teacher_checkpoint(tmp_path, **net)} \
         if method == "mmanet" else {}
-    module = MultimodalModule(list(VECTORS), VECTORS, 3, method=method, hcr_warmup_epochs=1, **net,
-                          **extra)
+    module = MultimodalModule(list(VECTORS), VECTORS, 3, method=method, **net,
+                              method_kwargs=short_warmup(method, options))
     flagged = cuda_nondeterministic(lambda: run_step(module, make_batch(VECTORS)))
     assert flagged == {}, f"{method}: ops that break deterministic CUDA training: {flagged}"
 
@@ -86,12 +94,13 @@ def test_late_fusion_training_step_has_only_deterministic_cuda_ops(method, tmp_p
 def test_conv_families_training_step_has_only_deterministic_cuda_ops(family):
     kwargs = {
         "mid-level trunk": dict(encoder="se_resnet_stem", trunk="resnet_trunk", embed_dim=16,
-                                hcr_subsets=["rgb", "rgb+ir"], hcr_warmup_epochs=0, beta=0.7),
+                                method_kwargs={"hcr_subsets": ["rgb", "rgb+ir"],
+                                               "hcr_warmup_epochs": 0, "beta": 0.7}),
         "resnet": dict(encoder="resnet", encoder_kwargs={"width": 8}, embed_dim=16,
-                       hcr_warmup_epochs=1),
+                       method_kwargs={"hcr_warmup_epochs": 1}),
         "input-level + mean fusion": dict(encoder="resnet", encoder_kwargs={"width": 8},
                                           embed_dim=16, missing_at="input", fusion="mean",
-                                          hcr_warmup_epochs=1),
+                                          method_kwargs={"hcr_warmup_epochs": 1}),
     }[family]
     module = MultimodalModule(list(IMAGES), IMAGES, 2, method="dmrnet", **kwargs)
     flagged = cuda_nondeterministic(lambda: run_step(module, make_batch(IMAGES, classes=2)))
@@ -100,8 +109,8 @@ def test_conv_families_training_step_has_only_deterministic_cuda_ops(family):
 
 @pytest.mark.parametrize("method", ["dmrnet", "baseline"])
 def test_dense_training_step_has_only_deterministic_cuda_ops(method):
-    hcr = {"beta": 0.5, "hcr_subsets": ["rgb", "depth"], "hcr_warmup_epochs": 0} \
-        if method == "dmrnet" else {}
+    hcr = {"method_kwargs": {"beta": 0.5, "hcr_subsets": ["rgb", "depth"],
+                             "hcr_warmup_epochs": 0}} if method == "dmrnet" else {}
     module = MultimodalModule(list(DENSE), DENSE, 5, method=method, architecture="dense",
                           metric="miou", encoder_kwargs={"width": 8}, embed_dim=16,
                           dense_kwargs={"decoder_channels": [16, 8, 8], "deep_supervision": True,
@@ -174,7 +183,7 @@ def shipped_models():
     """(name, dataset, model settings) of every config file and every benchmark dataset."""
     import yaml
 
-    from dmrnet.benchmark import DATASET_DEFAULTS
+    from dmrnet.benchmark import BenchmarkConfig, apply_dataset_defaults, method_settings
 
     out = []
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
@@ -184,7 +193,9 @@ def shipped_models():
         out.append((str(path.relative_to(ROOT)), cfg["data"]["dataset"], cfg["model"]))
     for dataset in ("mfeat", "synthetic", "rgbd-shapes"):
         for method in ("baseline", "dmrnet"):
-            model = {**DATASET_DEFAULTS[dataset]["model"], "method": method}
+            cfg = apply_dataset_defaults(BenchmarkConfig(out="-", dataset=dataset,
+                                                         methods=[method]))
+            model = {**method_settings(cfg, method), "method": method}
             out.append((f"benchmark {dataset} {method}", dataset, model))
     return out
 
@@ -193,9 +204,8 @@ def shipped_models():
                          ids=[m[0] for m in shipped_models()])
 def test_every_shipped_config_trains_with_deterministic_cuda_ops(name, dataset, model):
     shapes, classes = TINY_DATA[dataset]
-    model = dict(model)
-    if model.get("hcr_warmup_epochs", 5) > 1:
-        model["hcr_warmup_epochs"] = 1  # reach HCR's active term in the second step
+    # reach HCR's active term in the second step
+    model = {**model, "method_kwargs": short_warmup(model["method"], model.get("method_kwargs"))}
     module = MultimodalModule(list(shapes), shapes, classes, **model)
     dense = classes if model.get("architecture") == "dense" else None
     batch = make_batch(shapes, n=4, dense_classes=dense, classes=classes)

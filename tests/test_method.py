@@ -230,7 +230,7 @@ def test_model_input_errors():
         model(x, torch.ones(4, 3, dtype=torch.bool))
     with pytest.raises(ConfigError, match="unknown method 'dmrnett'"):
         make("dmrnett")
-    with pytest.raises(ConfigError, match="alpha and beta must be 0"):
-        make("baseline", beta=0.2)
+    with pytest.raises(ConfigError, match="method 'baseline' has no option 'beta'"):
+        make("baseline", method_kwargs={"beta": 0.2})
     with pytest.raises(ConfigError, match="encoder given for modality 'z'"):
         make(encoders={"z": {}})

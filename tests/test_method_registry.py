@@ -165,8 +165,14 @@ def test_method_options_are_typed_and_unknown_ones_are_named():
         build_method("shaspec", modalities=["a"], input_shapes={"a": [3]}, num_classes=2,
                      method_kwargs={"dao": 1})
     with pytest.raises(ConfigError, match="its options: none"):
+        build_method("baseline", modalities=["a"], input_shapes={"a": [3]}, num_classes=2,
+                     method_kwargs={"x": 1})
+    with pytest.raises(ConfigError, match="its options: \\['alpha', 'beta', 'hcr_"):
         build_method("dmrnet", modalities=["a"], input_shapes={"a": [3]}, num_classes=2,
                      method_kwargs={"x": 1})
+    with pytest.raises(ConfigError, match="alpha must be a finite number >= 0; got nan"):
+        build_method("dmrnet_no_hcr", modalities=["a"], input_shapes={"a": [3]},
+                     num_classes=2, method_kwargs={"alpha": float("nan")})
     assert get_method("mmanet").Options().temperature == 2.0
 
 

@@ -78,7 +78,7 @@ def test_every_peer_trains_and_evaluates_all_subsets_through_the_cli(tmp_path):
     code = main(["benchmark", "--dataset", "synthetic", "--methods",
                  "baseline,shaspec,mmanet,dmrnet,dmrnet_no_hcr,dmrnet_no_kl,full_only",
                  "--seeds", "0", "--epochs", "2", "--out", str(out), "--no-progress",
-                 "--set", "hcr_warmup_epochs=1"])
+                 "--option", "hcr_warmup_epochs=1"])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in res["runs"]] == [

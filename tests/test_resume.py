@@ -17,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--config", str(ROOT / "configs" / "mfeat_dmrnet.yaml"), "--data.modalities",
         "[fac, mor]", "--trainer.max_epochs", "4", "--data.batch_size", "16",
-        "--model.hcr_warmup_epochs", "2", "--trainer.enable_progress_bar", "false",
+        "--model.method_kwargs.hcr_warmup_epochs", "2", "--trainer.enable_progress_bar", "false",
         "--checkpoint.every_n_epochs", "1"]
 
 

@@ -37,7 +37,7 @@ def test_recipe_shaped_model_forward_backward_on_one_480x640_pair():
         "dmrnet", modalities=["rgb", "depth"], input_shapes=shapes, num_classes=40,
         architecture="dense", encoder_kwargs={"layers": [3, 4, 6, 3]}, embed_dim=512,
         dense_kwargs={"deep_supervision": True, "aux_decoder": True},
-        hcr_subsets=["rgb", "depth"], hcr_warmup_epochs=0, beta=0.5,
+        method_kwargs={"hcr_subsets": ["rgb", "depth"], "hcr_warmup_epochs": 0, "beta": 0.5},
     )
     objective.hcr.select()
     x = {m: torch.randn(1, *s) for m, s in shapes.items()}
@@ -211,7 +211,7 @@ def test_rgbd_shapes_benchmark_and_prediction_picture(tmp_path, capsys):
     out = tmp_path / "b"
     code = main(["benchmark", "--dataset", "rgbd-shapes", "--seeds", "0", "--epochs", "1",
                  "--methods", "dmrnet", "--out", str(out), "--no-progress",
-                 "--set", "encoder_kwargs={width: 8}", "--set", "hcr_warmup_epochs=1"])
+                 "--set", "encoder_kwargs={width: 8}", "--option", "hcr_warmup_epochs=1"])
     assert code == 0, capsys.readouterr().err
     res = json.loads((out / "results.json").read_text())
     assert res["metric"] == "miou" and set(res["runs"][0]["per_subset"]) == {

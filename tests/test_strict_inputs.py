@@ -106,8 +106,10 @@ def test_a_decompression_bomb_image_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--seeds", "-5"], "seeds must be whole numbers >= 0; got -5"),
     (["--embed-dim", "0"], "embed_dim must be a whole number >= 1; got 0"),
-    (["--lr", "nan"], "lr must be a finite number > 0; got nan"),
-    (["--beta", "-1"], "beta must be a finite number >= 0"),
+    (["--lr", "nan"], "optim.lr must be a finite number > 0; got nan"),
+    (["--option", "beta=-1"], "beta must be a finite number >= 0"),
+    (["--set", "optim.weight_decay=-1"], "optim.weight_decay must be a finite number >= 0"),
+    (["--option", "hcr_top_k=0"], "hcr_top_k must be a whole number >= 1; got 0"),
     (["--batch-size", "0"], "batch size must be at least 1"),
 ])
 def test_numeric_settings_are_checked_before_any_work(tmp_path, capsys, flags, message):

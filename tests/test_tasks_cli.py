@@ -73,7 +73,7 @@ def test_manifest_fit_test_and_benchmark(tmp_path, capsys):
     out = tmp_path / "bench"
     code = main(["benchmark", "--dataset", "manifest", "--manifest", str(path),
                  "--modalities", "vec,img", "--seeds", "0", "--epochs", "2", "--out", str(out),
-                 "--set", "encoders={img: {name: resnet18}}", "--set", "hcr_warmup_epochs=1",
+                 "--set", "encoders={img: {name: resnet18}}", "--option", "hcr_warmup_epochs=1",
                  "--no-progress"])
     assert code == 0, capsys.readouterr().err
     res = json.loads((out / "results.json").read_text())
@@ -88,14 +88,15 @@ def test_casia_benchmark_selects_on_acer(tmp_path):
                  "dmrnet", "--seeds", "0", "--epochs", "1", "--out", str(out), "--no-progress",
                  "--encoder", "se_resnet_stem", "--set", "trunk=resnet_trunk",
                  "--set", "metric=acer", "--set", "dataset_kwargs={image_size: 32}",
-                 "--set", "embed_dim=32", "--hcr-subsets", "rgb,ir,rgb+ir",
-                 "--hcr-warmup-epochs", "0"])
+                 "--set", "embed_dim=32", "--option", "hcr_subsets=[rgb, ir, rgb+ir]",
+                 "--option", "hcr_warmup_epochs=0"])
     assert code == 2  # dataset_kwargs is not a model setting: a clear error, not a crash
     cfg = out.parent / "casia.yaml"
     cfg.write_text(f"dataset: casia_surf\nroot: {root}\nmethods: [dmrnet]\nseeds: [0]\n"
                    f"epochs: 1\nprogress: false\ndataset_kwargs: {{image_size: 32}}\nmodel:\n"
                    "  encoder: se_resnet_stem\n  trunk: resnet_trunk\n  metric: acer\n"
-                   "  embed_dim: 32\n  hcr_subsets: [rgb, ir, rgb+ir]\n  hcr_warmup_epochs: 0\n")
+                   "  embed_dim: 32\noptions:\n  hcr_subsets: [rgb, ir, rgb+ir]\n"
+                   "  hcr_warmup_epochs: 0\n")
     assert main(["benchmark", "--config", str(cfg), "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["metric"] == "acer" and res["higher_is_better"] is False

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,17 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
 from dmrnet.data import DATASETS
 from dmrnet.errors import DMRNetError, RunInterruptedError, first_line
-from dmrnet.methods import METHODS, RunRecord, Stage, StageResult, get_method
+from dmrnet.methods import (
+    METHODS,
+    RunRecord,
+    Stage,
+    StageResult,
+    get_method,
+    options_summary,
+)
+from dmrnet.methods.base import LEGACY_OPTIM, LEGACY_OPTIONS
 from dmrnet.metrics import get_task_metric, worst_subset
+from dmrnet.optim import OptimConfig
 from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.report import format_summary, write_results
 from dmrnet.runtime import DeviceSetup, check_precision
@@ -49,7 +57,8 @@ class BenchmarkError(DMRNetError):
 @dataclass
 class BenchmarkConfig:
     """What to run. ``model`` holds :class:`~dmrnet.training.MultimodalModule` keyword arguments
-    shared by every method (encoder, embed_dim, lr, alpha, beta, ...)."""
+    shared by every method (encoder, embed_dim, optim, ...); ``options`` the methods' own
+    options: "KEY" for every method in the run that has KEY, "METHOD.KEY" for one method."""
 
     out: str
     dataset: str = "mfeat"
@@ -60,6 +69,7 @@ class BenchmarkConfig:
     epochs: int | None = None  # None = the dataset's default (mfeat 30, rgbd-shapes 10)
     batch_size: int | None = None  # None = the dataset's default (64; rgbd-shapes 32)
     model: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     accelerator: str = "auto"
     devices: int | str = 1
@@ -80,24 +90,79 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
             "architecture": "dense", "metric": "miou", "embed_dim": 64,
             "encoder_kwargs": {"width": 16},
             "dense_kwargs": {"decoder_channels": [64, 32, 16]},
-            "hcr_warmup_epochs": 3, "lr": 0.005, "weight_decay": 0.0001,
+            "optim": {"lr": 0.005, "weight_decay": 0.0001},
         },
+        "options": {"hcr_warmup_epochs": 3},
     },
     "casia_surf": {"model": {"encoder": "se_resnet_stem", "trunk": "resnet_trunk",
                              "metric": "acer", "embed_dim": 512}},
     "cremad": {"model": {"encoder": "resnet18"}},
     "kinetics_sounds": {"model": {"encoder": "resnet18"}},
 }
-"""Per-dataset settings used where the user gives none (the user's values always win)."""
+"""Per-dataset settings used where the user gives none (the user's values always win, key by
+key inside a mapping such as ``optim``)."""
 
 
 def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
+    """``cfg`` with the dataset's defaults filled in; ``model.method_kwargs`` (e.g. from a
+    config file) counts as options for every method."""
     defaults = DATASET_DEFAULTS.get(cfg.dataset, {})
-    model = {**defaults.get("model", {}), **cfg.model}
+    model = _merge(defaults.get("model", {}), cfg.model)
+    given = model.pop("method_kwargs", None) or {}
+    options = {**defaults.get("options", {}), **given, **cfg.options}
     epochs = cfg.epochs if cfg.epochs is not None else defaults.get("epochs", 30)
     batch = cfg.batch_size if cfg.batch_size is not None else defaults.get("batch_size", 64)
     seeds = cfg.seeds if cfg.seeds is not None else defaults.get("seeds", [0, 1, 2])
-    return replace(cfg, model=model, epochs=epochs, batch_size=batch, seeds=seeds)
+    return replace(cfg, model=model, options=options, epochs=epochs, batch_size=batch,
+                   seeds=seeds)
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``; where both hold a mapping, key by key (one level)."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        both = isinstance(old, Mapping) and isinstance(value, Mapping)
+        out[key] = {**old, **value} if both else value
+    return out
+
+
+def set_dotted(settings: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``settings[a][b] = value`` for the path "a.b" (mappings made as needed)."""
+    *parents, key = path.split(".")
+    target = settings
+    for part in parents:
+        target[part] = dict(target.get(part) or {})
+        target = target[part]
+    target[key] = value
+
+
+def method_settings(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
+    """The shared model settings with ``method``'s own options (those in ``cfg.options`` that
+    it has; "METHOD.KEY" entries for it win over plain "KEY" ones)."""
+    known = set(get_method(method).option_names())
+    shared = {k: v for k, v in cfg.options.items() if "." not in k and k in known}
+    own = {k.split(".", 1)[1]: v for k, v in cfg.options.items()
+           if k.startswith(method + ".")}
+    kwargs = {**shared, **own}
+    return {**cfg.model, **({"method_kwargs": kwargs} if kwargs else {})}
+
+
+def _check_options(cfg: BenchmarkConfig) -> None:
+    """Every option names a method in the run that has it (values are checked by the
+    method when its models are built)."""
+    for key in cfg.options:
+        method, _, name = key.rpartition(".")
+        if method:
+            if method not in cfg.methods:
+                raise BenchmarkError(f"option {key!r} is for method {method!r}, which is not "
+                                     f"in this run ({', '.join(cfg.methods)})")
+            if name not in get_method(method).option_names():
+                raise BenchmarkError(f"method {method!r} has no option {name!r}; its "
+                                     f"options: {get_method(method).option_names() or 'none'}")
+        elif not any(key in get_method(m).option_names() for m in cfg.methods):
+            raise BenchmarkError(f"no method in this run ({', '.join(cfg.methods)}) has option "
+                                 f"{key!r}. {options_summary()}")
 
 
 def _check_config(cfg: BenchmarkConfig) -> None:
@@ -131,26 +196,28 @@ def _check_config(cfg: BenchmarkConfig) -> None:
                              f"would silently use {probe.precision}); pass --precision "
                              f"{probe.precision}")
     known = set(inspect.signature(MultimodalModule.__init__).parameters) - {
-        "self", "modalities", "input_shapes", "num_classes", "class_names", "preprocessing"}
-    unknown = sorted(set(cfg.model) - known - {"method"})
+        "self", "modalities", "input_shapes", "num_classes", "class_names", "preprocessing",
+        "method", "method_kwargs"}
+    unknown = sorted(set(cfg.model) - known)
     if unknown:
-        raise BenchmarkError(
-            f"{unknown[0]!r} is not a model setting; model settings: {sorted(known)} "
-            "(data settings go in dataset_kwargs of a --config file)"
-        )
+        hint = (" (choose methods with --methods)" if unknown[0] == "method" else
+                " (method options go in --option or 'options:')"
+                if unknown[0] in LEGACY_OPTIONS else
+                " (optimisation settings go under optim, e.g. --set optim.lr=0.01)"
+                if unknown[0] in LEGACY_OPTIM else
+                " (data settings go in dataset_kwargs of a --config file)")
+        raise BenchmarkError(f"{unknown[0]!r} is not a model setting; model settings: "
+                             f"{sorted(known)}{hint}")
+    OptimConfig.of(cfg.model.get("optim"))
+    _check_options(cfg)
 
 
 NUMBER_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "embed_dim": ("a whole number >= 1", lambda v: v >= 1 and float(v).is_integer()),
-    "lr": ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
-    "weight_decay": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
-    "alpha": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
-    "beta": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
-    "hcr_warmup_epochs": ("a whole number >= 0", lambda v: v >= 0 and float(v).is_integer()),
-    "hcr_top_k": ("a whole number >= 1", lambda v: v >= 1 and float(v).is_integer()),
     "label_smoothing": ("a number in [0, 1)", lambda v: 0 <= v < 1),
 }
-"""Ranges of the numeric model settings, checked before any work."""
+"""Ranges of the numeric shared model settings, checked before any work (the optimisation's
+and the methods' own options check themselves)."""
 
 
 def _check_numbers(cfg: BenchmarkConfig) -> None:
@@ -201,12 +268,7 @@ def _with_inputs(stage: Stage, checkpoints: dict[str, str]) -> dict[str, Any]:
     dotted path sets a key of a nested mapping, e.g. ``method_kwargs.teacher_checkpoint``)."""
     settings = dict(stage.settings)
     for path, source in stage.needs.items():
-        *parents, key = path.split(".")
-        target = settings
-        for part in parents:
-            target[part] = dict(target.get(part) or {})
-            target = target[part]
-        target[key] = checkpoints[source]
+        set_dotted(settings, path, checkpoints[source])
     return settings
 
 
@@ -218,7 +280,7 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
     With ``statistics``, the analysis statistics of the run's own model (its stage named "")
     are computed while it is loaded and stored there under (method, seed)."""
     method = get_method(name)
-    stages = method.stages(cfg.model, data.modalities)
+    stages = method.stages(method_settings(cfg, name), data.modalities)
     later = {src for stage in stages for src in stage.needs.values()}  # kept for later stages
     results: list[StageResult] = []
     checkpoints: dict[str, str] = {}
@@ -316,7 +378,7 @@ def run_benchmark(
     folder = RunFolder(cfg.out, cfg.overwrite, protected)  # checks only; touches nothing
     # the data are read and every split's files checked before --out is touched
     first = _data_module(cfg, cfg.seeds[0])
-    _check_models(cfg, first)  # and every model's settings (e.g. --hcr-subsets)
+    _check_models(cfg, first)  # and every model's settings (e.g. --option hcr_subsets=...)
     try:
         with folder as work:
             results = _run_all(cfg, work, echo, first)
@@ -336,7 +398,7 @@ def _check_models(cfg: BenchmarkConfig, data: MultimodalDataModule) -> None:
     A stage that takes a checkpoint trained first has only its options checked."""
     checked: set[str] = set()
     for method in cfg.methods:
-        for stage in get_method(method).stages(cfg.model, data.modalities):
+        for stage in get_method(method).stages(method_settings(cfg, method), data.modalities):
             if stage.needs:
                 settings = _with_inputs(stage, dict.fromkeys(stage.needs.values(), ""))
                 get_method(settings["method"]).options(settings.get("method_kwargs"))

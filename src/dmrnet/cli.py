@@ -21,7 +21,7 @@ import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.analysis import analyze_run
-from dmrnet.benchmark import BenchmarkConfig, filter_noise, run_benchmark
+from dmrnet.benchmark import BenchmarkConfig, filter_noise, run_benchmark, set_dotted
 from dmrnet.data import DATASETS
 from dmrnet.data.base import DataError
 from dmrnet.data.prepare import prepare_cremad
@@ -35,7 +35,7 @@ from dmrnet.errors import (
     one_line,
 )
 from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
-from dmrnet.methods import METHODS
+from dmrnet.methods import METHODS, options_summary
 from dmrnet.predict import load_module, run_predict
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 
@@ -106,15 +106,16 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     model = p.add_argument_group("model (shared by every method)")
     model.add_argument("--encoder", help="encoder name for every modality (default mlp)")
     model.add_argument("--embed-dim", type=int, help="embedding size D")
-    model.add_argument("--lr", type=float, help="learning rate")
-    model.add_argument("--alpha", type=float, help="KL weight (DMRNet default 1e-3)")
-    model.add_argument("--beta", type=float, help="HCR weight (DMRNet default 0.2)")
-    model.add_argument("--hcr-warmup-epochs", type=int, help="HCR warm-up epochs (default 5)")
-    model.add_argument("--hcr-top-k", type=int, help="number of hard subsets (default 1)")
-    model.add_argument("--hcr-subsets", type=_csv(str), help="fixed hard subsets (comma list)")
+    model.add_argument("--lr", type=float, help="learning rate (optim.lr)")
     model.add_argument("--set", type=_key_value, action="append", default=[],
-                       metavar="KEY=VALUE", help="any other MultimodalModule argument, e.g. "
-                       "--set fusion=mean --set 'encoder_kwargs={hidden: [512]}'")
+                       metavar="KEY=VALUE", help="any other MultimodalModule argument; a "
+                       "dotted key sets one entry of a mapping, e.g. --set fusion=mean "
+                       "--set optim.weight_decay=0 --set 'encoder_kwargs={hidden: [512]}'")
+    own = p.add_argument_group("method options")
+    own.add_argument("--option", type=_key_value, action="append", default=[],
+                       metavar="[METHOD.]KEY=VALUE", help="a method option, for every method "
+                       "in the run that has it, or for one method: --option beta=0.3 "
+                       "--option dmrnet.hcr_top_k=2. " + options_summary())
     return p
 
 
@@ -230,13 +231,14 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     if args.manifest is not None:
         cfg["dataset_kwargs"] = {**cfg.get("dataset_kwargs", {}), "manifest": args.manifest}
     model = dict(cfg.pop("model", None) or {})
-    model_flags = {
-        "encoder": args.encoder, "embed_dim": args.embed_dim, "lr": args.lr,
-        "alpha": args.alpha, "beta": args.beta, "hcr_warmup_epochs": args.hcr_warmup_epochs,
-        "hcr_top_k": args.hcr_top_k, "hcr_subsets": args.hcr_subsets,
-    }
-    model.update({k: v for k, v in model_flags.items() if v is not None})
-    model.update(dict(args.set))
+    model_flags = {"encoder": args.encoder, "embed_dim": args.embed_dim, "optim.lr": args.lr}
+    for key, value in [*((k, v) for k, v in model_flags.items() if v is not None), *args.set]:
+        set_dotted(model, key, value)
+    options = cfg.pop("options", None) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"options in {str(args.config)!r} must be a mapping of method "
+                          "options, e.g. options: {beta: 0.3}")
+    options = {**options, **dict(args.option)}
     cfg.setdefault("dataset", "mfeat")
     cfg.setdefault("out", str(Path("runs") / f"{cfg['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"))
     if isinstance(cfg.get("devices"), str) and cfg["devices"].isdigit():
@@ -246,7 +248,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown benchmark option {unknown[0]!r} in {str(args.config)!r}; "
                           f"known: {sorted(known)}")
-    run_benchmark(BenchmarkConfig(**cfg, model=model))
+    run_benchmark(BenchmarkConfig(**cfg, model=model, options=options))
     return 0
 
 

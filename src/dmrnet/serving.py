@@ -24,7 +24,7 @@ from torch import Tensor
 
 from dmrnet.batch import BatchError
 from dmrnet.errors import ConfigError
-from dmrnet.methods import ModelConfig, build_method, get_method
+from dmrnet.methods import ModelConfig, build_method, get_method, upgrade_settings
 from dmrnet.models.protocol import MultimodalNetwork
 from dmrnet.outputs import RunFolder
 from dmrnet.version import __version__
@@ -230,6 +230,7 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
     model = config.get("model")
     if not isinstance(model, dict):
         raise ConfigError(f"{where!r} has no 'model' mapping{fix}")
+    model = upgrade_settings(model)  # a folder written by an earlier dmrnet
     missing = [k for k in ("method", "modalities", "input_shapes", "num_classes")
                if k not in model]
     if missing:

@@ -1,8 +1,8 @@
 """Thin Lightning glue: a LightningModule around any method, and a DataModule around any source.
 
-The method code (``dmrnet.method``) is plain PyTorch; this file only wires it to Lightning's
+The method code (``dmrnet.methods``) is plain PyTorch; this file only wires it to Lightning's
 loop: per-sample subset sampling in training, every-subset metrics in validation and test,
-HCR bookkeeping at epoch ends, optimisers and schedules.
+the objective's epoch hooks (e.g. DMRNet's hard-subset choice), optimisers and schedules.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from dmrnet.batch import Batch, MultimodalCollate, check_targets
 from dmrnet.data import DATASETS, SplitData
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
-from dmrnet.methods import ModelConfig, get_method
+from dmrnet.methods import ModelConfig, Objective, Selection, get_method
 from dmrnet.methods.objectives import IGNORE_INDEX
 from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
+from dmrnet.optim import DEFAULT_OPTIM, OptimConfig, configure
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
 log = logging.getLogger("dmrnet")
@@ -164,21 +165,28 @@ class MultimodalDataModule(L.LightningDataModule):
 
 
 class MultimodalModule(L.LightningModule):
-    """Any method of the family (``method=``) trained with the missing-modality protocol.
+    """Any registered method (``method=``) trained with the missing-modality protocol.
 
-    Model arguments are the fields of :class:`dmrnet.methods.ModelConfig`. Training draws one subset
-    per sample (``subset_weights``; uniform by default). Validation and test evaluate every
-    subset with encoder features reused, and log ``{stage}/{subset}/{metric}``,
+    The arguments are the method and its own options, the network shared by every method,
+    the training settings and the optimisation; none is specific to one method. Training
+    draws one subset per sample (``subset_weights``; uniform by default). Validation and test
+    evaluate every subset with encoder features reused, and log ``{stage}/{subset}/{metric}``,
     ``{stage}/mean`` and ``{stage}/worst``; checkpoints are selected on ``val/mean``.
 
-    Args (besides the model's):
+    Args:
+        modalities / input_shapes / num_classes / class_names / class_weights /
+            preprocessing: the data's (the CLI and the benchmark link them from the data).
+        method: a registered method (``dmrnet.methods.METHODS``).
+        method_kwargs: the method's own options (its ``Options``, e.g. DMRNet's alpha, beta
+            and hcr_*); unknown keys are an error that lists the method's options.
+        encoder / encoder_kwargs / encoders / embed_dim / fusion / missing_at / trunk /
+            trunk_kwargs / architecture / dense_kwargs: the network
+            (:class:`dmrnet.methods.ModelConfig`).
+        label_smoothing: of the task loss.
         subset_weights: training subset weights by name (None = the method's default: uniform,
             or only the full subset for a method that trains on complete inputs).
         metric: task metric name ("accuracy").
-        optimizer: "adamw" | "adam" | "sgd". lr, weight_decay, momentum, nesterov: its settings.
-        scheduler: "none" | "cosine" | "multistep" | "onecycle"; milestones/gamma for multistep;
-            warmup_epochs of linear warm-up before it.
-        class_names: stored with the model for reports and prediction.
+        optim: the optimiser and schedule (:class:`dmrnet.optim.OptimConfig`).
         channels_last: keep convolution weights and image inputs in channels-last memory
             order (faster convolutions on tensor-core GPUs, with bf16/fp16 especially).
     """
@@ -189,41 +197,29 @@ class MultimodalModule(L.LightningModule):
         input_shapes: dict[str, list[int]],
         num_classes: int,
         method: str = "dmrnet",
+        method_kwargs: dict[str, Any] | None = None,
         encoder: str = "mlp",
         encoder_kwargs: dict[str, Any] | None = None,
         encoders: dict[str, dict[str, Any]] | None = None,
         embed_dim: int = 256,
         fusion: str = "concat",
         missing_at: str = "feature",
-        alpha: float | None = None,
-        beta: float | None = None,
-        hcr_warmup_epochs: int = 5,
-        hcr_top_k: int = 1,
-        hcr_candidates: str = "unimodal",
-        hcr_subsets: list[str] | None = None,
-        label_smoothing: float = 0.0,
         trunk: str | None = None,
         trunk_kwargs: dict[str, Any] | None = None,
         architecture: str = "late_fusion",
         dense_kwargs: dict[str, Any] | None = None,
-        class_weights: list[float] | None = None,
-        preprocessing: dict[str, Any] | None = None,
-        method_kwargs: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
         subset_weights: dict[str, float] | None = None,
         metric: str = "accuracy",
-        optimizer: str = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        nesterov: bool = False,
-        scheduler: str = "cosine",
-        milestones: list[int] | None = None,
-        gamma: float = 0.1,
-        warmup_epochs: int = 0,
-        class_names: list[str] | None = None,
+        optim: OptimConfig = DEFAULT_OPTIM,
         channels_last: bool = False,
+        class_names: list[str] | None = None,
+        class_weights: list[float] | None = None,
+        preprocessing: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.optim = OptimConfig.of(optim)
+        optim = self.optim.to_dict()  # save_hyperparameters stores this plain mapping
         self.save_hyperparameters()
         config = ModelConfig.pick(self.hparams)
         config.input_shapes = {m: tuple(v) for m, v in input_shapes.items()}
@@ -285,30 +281,32 @@ class MultimodalModule(L.LightningModule):
         return terms["loss"]
 
     def on_train_start(self) -> None:
-        hcr = getattr(self.objective, "hcr", None)  # HCR, for objectives that have it
-        if hcr is not None and hcr.warming_up and hcr.warmup_epochs == 0:  # fixed list, no warm-up
-            self.hard_subsets = hcr.select()
+        if isinstance(self.objective, Objective):
+            self._record(self.objective.start())
 
     def on_train_epoch_end(self) -> None:
-        hcr = getattr(self.objective, "hcr", None)  # HCR, for objectives that have it
-        if hcr is None or not hcr.warming_up:
+        if isinstance(self.objective, Objective):
+            self._record(self.objective.end_train_epoch(self.current_epoch, self._sum))
+
+    def _sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over the training processes."""
+        if self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(value, reduce_op="sum")
+        return value
+
+    def _record(self, selection: Selection | None) -> None:
+        """Keep (for checkpoints and results), log and report what the objective chose."""
+        if selection is None:
             return
-        if self.current_epoch + 1 >= hcr.warmup_epochs:
-            if self.trainer.world_size > 1:  # selection must see every process's samples
-                for buf in (hcr.variance_sum, hcr.variance_count):
-                    buf.copy_(self.trainer.strategy.reduce(buf, reduce_op="sum"))
-            self.subset_variance = hcr.mean_variance()
-            self.hard_subsets = hcr.select()
-            ranked = sorted(self.subset_variance.items(), key=lambda kv: -_nan_low(kv[1]))
-            log.info(
-                "HCR: hard subsets after %d warm-up epoch(s): %s; highest mean variance: %s",
-                hcr.warmup_epochs,
-                self.hard_subsets,
-                ", ".join(f"{k}={v:.4g}" for k, v in ranked[:5]),
-            )
-            for name, value in self.subset_variance.items():
-                if not math.isnan(value):
-                    self.log(f"hcr_variance/{name}", value, rank_zero_only=True)
+        self.hard_subsets = list(selection.hard_subsets)
+        self.subset_variance = dict(selection.subset_variance)
+        ranked = sorted(self.subset_variance.items(), key=lambda kv: -_nan_low(kv[1]))
+        log.info("hard subsets chosen after epoch %d: %s%s", self.current_epoch,
+                 self.hard_subsets, "; highest mean variance: " + ", ".join(
+                     f"{k}={v:.4g}" for k, v in ranked[:5]) if ranked else "")
+        for name, value in self.subset_variance.items():
+            if not math.isnan(value):
+                self.log(f"subset_variance/{name}", value, rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # random states too, so a resumed run draws the same subsets and samples as an
@@ -319,10 +317,15 @@ class MultimodalModule(L.LightningModule):
                                 "rng_numpy": _numpy_state(),
                                 "rng_python": list(random.getstate()[1])}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def restore_choice(self, checkpoint: dict[str, Any]) -> None:
+        """What the objective chose (e.g. hard subsets), from a checkpoint."""
         extra = checkpoint.get("dmrnet", {})
         self.hard_subsets = list(extra.get("hard_subsets", []))
         self.subset_variance = dict(extra.get("subset_variance", {}))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.restore_choice(checkpoint)
+        extra = checkpoint.get("dmrnet", {})
         if "rng_torch" in extra:
             torch.set_rng_state(torch.as_tensor(extra["rng_torch"], dtype=torch.uint8))
             keys, pos, has_gauss, gauss = extra["rng_numpy"]
@@ -385,46 +388,8 @@ class MultimodalModule(L.LightningModule):
 
     # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        params = self.parameters()
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum,
-                                  weight_decay=hp.weight_decay, nesterov=hp.nesterov)
-        elif hp.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            raise ConfigError(f"unknown optimizer {hp.optimizer!r}; choose sgd, adam or adamw")
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
-        warm = int(hp.warmup_epochs)
-        if hp.scheduler == "none":
-            main = None
-        elif hp.scheduler == "cosine":
-            main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
-        elif hp.scheduler == "multistep":
-            main = torch.optim.lr_scheduler.MultiStepLR(
-                opt, milestones=[m - warm for m in (hp.milestones or [])], gamma=hp.gamma
-            )
-        elif hp.scheduler == "onecycle":
-            main = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=hp.lr, total_steps=int(self.trainer.estimated_stepping_batches)
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": main, "interval": "step"}}
-        else:
-            raise ConfigError(
-                f"unknown scheduler {hp.scheduler!r}; choose none, cosine, multistep or onecycle"
-            )
-        if warm > 0:
-            ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
-            sched = ramp if main is None else torch.optim.lr_scheduler.SequentialLR(
-                opt, [ramp, main], milestones=[warm]
-            )
-        else:
-            sched = main
-        if sched is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return configure(self.optim, self.parameters(), int(self.trainer.max_epochs or 1),
+                         int(self.trainer.estimated_stepping_batches))
 
 
 def _numpy_state() -> list[Any]:

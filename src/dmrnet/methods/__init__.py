@@ -10,8 +10,10 @@ from dmrnet.methods.base import (
     METHODS,
     Method,
     ModelConfig,
+    Objective,
     RunRecord,
     Scores,
+    Selection,
     Stage,
     StageResult,
     TrainingContext,
@@ -19,15 +21,19 @@ from dmrnet.methods.base import (
     checkpoint_network,
     create_model,
     get_method,
+    options_summary,
     register_method,
+    upgrade_settings,
 )
 
 __all__ = [
     "METHODS",
     "Method",
     "ModelConfig",
+    "Objective",
     "RunRecord",
     "Scores",
+    "Selection",
     "Stage",
     "StageResult",
     "TrainingContext",
@@ -35,5 +41,7 @@ __all__ = [
     "checkpoint_network",
     "create_model",
     "get_method",
+    "options_summary",
     "register_method",
+    "upgrade_settings",
 ]

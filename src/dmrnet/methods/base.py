@@ -19,7 +19,7 @@ a method touches its own file (or a test's) and nothing else.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -46,12 +46,6 @@ class ModelConfig:
     embed_dim: int = 256
     fusion: str = "concat"
     missing_at: str = "feature"
-    alpha: float | None = None
-    beta: float | None = None
-    hcr_warmup_epochs: int = 5
-    hcr_top_k: int = 1
-    hcr_candidates: str = "unimodal"
-    hcr_subsets: Sequence[str] | None = None
     label_smoothing: float = field(default=0.0, metadata={"training_only": True})
     trunk: str | None = None
     trunk_kwargs: Mapping[str, object] | None = None
@@ -70,9 +64,39 @@ class ModelConfig:
 
     @classmethod
     def pick(cls, settings: Mapping[str, Any]) -> ModelConfig:
-        """The model config among a module's settings (other keys are left out)."""
+        """The model config among a module's settings (other keys are left out; settings
+        saved by earlier versions are read through :func:`upgrade_settings`)."""
         known = set(cls.names())
-        return cls(**{k: v for k, v in settings.items() if k in known})
+        return cls(**{k: v for k, v in upgrade_settings(settings).items() if k in known})
+
+
+LEGACY_OPTIONS = ("alpha", "beta", "hcr_warmup_epochs", "hcr_top_k", "hcr_candidates",
+                  "hcr_subsets", "teacher_checkpoint")
+"""Method options that dmrnet 0.1 kept as top-level module settings."""
+
+LEGACY_OPTIM = ("optimizer", "lr", "weight_decay", "momentum", "nesterov", "scheduler",
+                "milestones", "gamma", "warmup_epochs")
+"""Optimisation settings that dmrnet 0.1 kept as top-level module settings."""
+
+
+def upgrade_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Module settings saved by dmrnet 0.1 (checkpoints, model folders) in today's layout:
+    method options move into ``method_kwargs`` (those the method has; unset ones are
+    dropped) and optimisation settings into ``optim``. Current settings pass unchanged."""
+    out = dict(settings)
+    legacy = [k for k in LEGACY_OPTIONS if k in out]
+    if legacy and "method" in out and out["method"] in METHODS:
+        known = set(METHODS.get(out["method"]).option_names())
+        kwargs = dict(out.get("method_kwargs") or {})
+        for key in legacy:
+            value = out.pop(key)
+            if key in known and value is not None:
+                kwargs.setdefault(key, value)
+        out["method_kwargs"] = kwargs or None
+    moved = {k: out.pop(k) for k in LEGACY_OPTIM if k in out}
+    if moved:
+        out["optim"] = {**moved, **dict(out.get("optim") or {})}
+    return out
 
 
 @dataclass(frozen=True)
@@ -147,6 +171,35 @@ class RunRecord(Scores):
         return out
 
 
+@dataclass
+class Selection:
+    """What an objective chose in training (DMRNet's HCR: its hard subsets, and the mean
+    embedding variance per subset it ranked them by); stored with checkpoints and results."""
+
+    hard_subsets: list[str]
+    subset_variance: dict[str, float] = field(default_factory=dict)
+
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a tensor over the training processes (the identity on one process)."""
+
+
+class Objective(nn.Module):
+    """Base of objectives with training-time state: ``forward(out, target, subset_index,
+    **context)`` returns the named loss terms with their total under "loss"; the hooks let
+    an objective choose something from what it saw (e.g. hard subsets) and report it. A
+    plain ``nn.Module`` objective without hooks works too."""
+
+    def start(self) -> Selection | None:
+        """Called when training starts; a Selection if the objective chose already."""
+        return None
+
+    def end_train_epoch(self, epoch: int, reduce: Reduce) -> Selection | None:
+        """Called after each training epoch (0-based); ``reduce`` sums a tensor over the
+        processes. A Selection when the objective chose in this epoch."""
+        return None
+
+
 class TrainingContext:
     """Extra inputs of a method's objective in training (see :meth:`Method.training_context`).
     ``setup`` runs when training starts (load files there, so a bad file stops the run
@@ -170,13 +223,18 @@ class Method:
 
     @dataclass
     class Options:
-        """The method's own hyperparameters (``method_kwargs``); none by default."""
+        """The method's own hyperparameters (``method_kwargs``); none by default. A
+        ``__post_init__`` that raises ConfigError checks their values."""
+
+    def option_names(self) -> list[str]:
+        """The names of the method's options (the fields of its ``Options``)."""
+        return [f.name for f in dataclasses.fields(self.Options)]
 
     def options(self, method_kwargs: Mapping[str, object] | None) -> Any:
         """``method_kwargs`` as this method's ``Options``, or a ConfigError naming the keys
         it does not know."""
         kwargs = dict(method_kwargs or {})
-        known = [f.name for f in dataclasses.fields(self.Options)]
+        known = self.option_names()
         unknown = sorted(set(kwargs) - set(known))
         if unknown:
             raise ConfigError(f"method {self.name!r} has no option {unknown[0]!r} in "
@@ -219,6 +277,13 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise ConfigError(f"{cls.__name__} has no name")
     METHODS.register(cls.name)(cls())
     return cls
+
+
+def options_summary() -> str:
+    """Each registered method's options, for help texts and errors."""
+    return "Options: " + "; ".join(
+        f"{name}: {', '.join(METHODS.get(name).option_names()) or 'none'}"
+        for name in METHODS.names())
 
 
 def get_method(name: str) -> Method:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dmrnet.methods.base import Stage, StageResult, register_method
-from dmrnet.methods.dmrnet import DMRNetFamily, drop_settings
+from dmrnet.methods.dmrnet import DMRNetFamily, NoOptions, drop_settings
 from dmrnet.metrics import summarize
 from dmrnet.subsets import SubsetSpace
 
@@ -19,14 +19,13 @@ class Dedicated(DMRNetFamily):
 
     name = "dedicated"
     description = "one full_only model per subset (the reference)"
-    variance, sample, alpha, beta = False, False, 0.0, 0.0
+    variance, sample = False, False
+    Options = NoOptions
     train_subsets = "full"
 
     def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
-        # the shared model's subset weights name subsets a dedicated model does not have,
-        # and HCR does not apply
-        own = {**drop_settings(settings, "alpha", "beta", "subset_weights",
-                               prefixes=("hcr_",)), "method": self.name}
+        # the shared model's subset weights name subsets a dedicated model does not have
+        own = {**drop_settings(settings, "subset_weights"), "method": self.name}
         space = SubsetSpace(modalities)
         return [Stage(name, own, modalities=list(space.parse(name)), nested=True)
                 for name in space.names]

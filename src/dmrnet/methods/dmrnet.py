@@ -4,7 +4,9 @@ late-fusion (or dense) network with switches (variance head, sampling, KL and HC
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
@@ -19,44 +21,93 @@ from dmrnet.nn.fusion import create_fusion
 from dmrnet.subsets import SubsetSpace
 
 
+def _check(name: str, value: object, rule: str, ok: bool) -> None:
+    if isinstance(value, bool) or not ok:
+        raise ConfigError(f"{name} must be {rule}; got {value!r}")
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+@dataclass
+class KLOptions:
+    """alpha: weight of KL(N(mu, sigma^2) || N(0, I)) (paper: 1e-3)."""
+
+    alpha: float = 1e-3
+
+    def __post_init__(self) -> None:
+        a = _number(self.alpha)
+        _check("alpha", self.alpha, "a finite number >= 0", math.isfinite(a) and a >= 0)
+
+
+@dataclass
+class HCROptions:
+    """beta: weight of the hard combination regulariser (paper: 0.2 CREMA-D, 0.3
+    Kinetics-Sounds, 0.7 CASIA-SURF); hcr_warmup_epochs: epochs of variance accumulation
+    before the hard subsets are chosen; hcr_top_k: how many; hcr_candidates: "unimodal" (the
+    authors' rule) or "all"; hcr_subsets: a fixed list of hard subsets instead."""
+
+    beta: float = 0.2
+    hcr_warmup_epochs: int = 5
+    hcr_top_k: int = 1
+    hcr_candidates: str = "unimodal"
+    hcr_subsets: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        b, w, k = _number(self.beta), _number(self.hcr_warmup_epochs), _number(self.hcr_top_k)
+        _check("beta", self.beta, "a finite number >= 0", math.isfinite(b) and b >= 0)
+        _check("hcr_warmup_epochs", self.hcr_warmup_epochs, "a whole number >= 0",
+               w >= 0 and w.is_integer())
+        _check("hcr_top_k", self.hcr_top_k, "a whole number >= 1", k >= 1 and k.is_integer())
+        if self.hcr_candidates not in ("unimodal", "all"):
+            raise ConfigError("hcr_candidates must be 'unimodal' or 'all'; got "
+                              f"{self.hcr_candidates!r}")
+        if isinstance(self.hcr_subsets, str):  # "a,b" from a command line
+            self.hcr_subsets = [s.strip() for s in self.hcr_subsets.split(",") if s.strip()]
+
+
+@dataclass
+class DMRNetOptions(HCROptions, KLOptions):
+    """DMRNet's options: alpha (KL) and beta with the HCR settings (see KLOptions and
+    HCROptions)."""
+
+    def __post_init__(self) -> None:
+        KLOptions.__post_init__(self)
+        HCROptions.__post_init__(self)
+
+
+@dataclass
+class NoOptions:
+    """The deterministic members have no options of their own."""
+
+
 class DMRNetFamily(Method):
-    """The family's switches; each registered member sets them.
+    """The family's switches; each registered member sets them, and its ``Options`` say which
+    of KL (alpha) and HCR (beta, hcr_*) it has.
 
     Attributes:
         variance / sample: the probabilistic embedding's switches (see ProbabilisticEmbedding).
-        alpha: default KL weight. beta: default HCR weight (0 = no HCR).
     """
 
     variance: ClassVar[bool] = True
     sample: ClassVar[bool] = True
-    alpha: ClassVar[float] = 1e-3
-    beta: ClassVar[float] = 0.2
-
-    def weights(self, config: ModelConfig) -> tuple[float, float]:
-        """(alpha, beta): the config's, else the method's defaults; checked against the head."""
-        alpha = self.alpha if config.alpha is None else config.alpha
-        beta = self.beta if config.beta is None else config.beta
-        if (alpha > 0 or beta > 0) and not self.variance:
-            raise ConfigError(
-                f"method {config.method!r} has no variance head, so alpha and beta must be 0 "
-                f"(got alpha={alpha}, beta={beta}); use a dmrnet method for KL or HCR"
-            )
-        return alpha, beta
+    Options = DMRNetOptions
 
     def objective(self, config: ModelConfig, names: list[str], spatial: str = "sum"
                   ) -> MultimodalObjective:
-        alpha, beta = self.weights(config)
+        opts = self.options(config.method_kwargs)
+        alpha, beta = getattr(opts, "alpha", 0.0), getattr(opts, "beta", 0.0)
         kl = KLRegularizer(alpha, spatial=spatial) if self.variance else None
-        hcr = (HardCombinationRegularizer(names, beta, config.hcr_warmup_epochs,
-                                          config.hcr_top_k, candidates=config.hcr_candidates,
-                                          hard_subsets=config.hcr_subsets)
+        hcr = (HardCombinationRegularizer(names, beta, opts.hcr_warmup_epochs,
+                                          opts.hcr_top_k, candidates=opts.hcr_candidates,
+                                          hard_subsets=opts.hcr_subsets)
                if self.variance and beta > 0 else None)
         return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
-                               class_weights=config.class_weights)
+                                   class_weights=config.class_weights)
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
-        self.options(config.method_kwargs)
-        _, beta = self.weights(config)
+        beta = getattr(self.options(config.method_kwargs), "beta", 0.0)
         if config.architecture == "dense":
             dense = dense_network(config, self.variance, self.sample, beta)
             return dense, self.objective(config, dense.space.names, spatial="mean")
@@ -136,14 +187,16 @@ class DMRNet(DMRNetFamily):
 class Baseline(DMRNetFamily):
     name = "baseline"
     description = "common subspace / modality dropout"
-    variance, sample, alpha, beta = False, False, 0.0, 0.0
+    variance, sample = False, False
+    Options = NoOptions
 
 
 @register_method
 class FullOnly(DMRNetFamily):
     name = "full_only"
     description = "trained on complete inputs only"
-    variance, sample, alpha, beta = False, False, 0.0, 0.0
+    variance, sample = False, False
+    Options = NoOptions
     train_subsets = "full"
 
 
@@ -151,18 +204,16 @@ class FullOnly(DMRNetFamily):
 class DMRNetNoHCR(DMRNetFamily):
     name = "dmrnet_no_hcr"
     description = "DMRNet without HCR"
-    beta = 0.0
+    Options = KLOptions
 
 
 @register_method
 class DMRNetNoKL(DMRNetFamily):
     name = "dmrnet_no_kl"
     description = "DMRNet without KL"
-    alpha = 0.0
+    Options = HCROptions
 
 
-def drop_settings(settings: Mapping[str, Any], *names: str, prefixes: Sequence[str] = ()
-                  ) -> dict[str, Any]:
-    """``settings`` without the named keys and those starting with ``prefixes``."""
-    return {k: v for k, v in settings.items()
-            if k not in names and not any(k.startswith(p) for p in prefixes)}
+def drop_settings(settings: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """``settings`` without the named keys."""
+    return {k: v for k, v in settings.items() if k not in names}

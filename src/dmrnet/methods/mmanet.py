@@ -159,9 +159,8 @@ class MMANet(Method):
 
     def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
         """A full_only teacher on complete inputs, then the student distilled from it."""
-        base = drop_settings(settings, "alpha", "beta", prefixes=("hcr_",))
-        teacher = {**drop_settings(base, "subset_weights", "method_kwargs"),
+        teacher = {**drop_settings(settings, "subset_weights", "method_kwargs"),
                    "method": "full_only"}
         return [Stage("teacher", teacher),
-                Stage("", {**base, "method": self.name},
+                Stage("", {**settings, "method": self.name},
                       needs={"method_kwargs.teacher_checkpoint": "teacher"})]

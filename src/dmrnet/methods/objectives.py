@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmrnet.errors import ConfigError
+from dmrnet.methods.base import Objective, Reduce, Selection
 from dmrnet.models.protocol import ModelOutput
 from dmrnet.subsets import SEP, subset_totals
 
@@ -181,7 +182,7 @@ IGNORE_INDEX = 255
 """Target value of pixels that carry no label (void); ignored by losses and metrics."""
 
 
-class MultimodalObjective(nn.Module):
+class MultimodalObjective(Objective):
     """Sums the named loss terms: task CE + alpha * KL + beta * HCR (+ deep supervision).
 
     ``forward`` returns a dict of weighted terms ("task", and "kl" / "hcr" / "side" where
@@ -206,6 +207,24 @@ class MultimodalObjective(nn.Module):
         self.ignore_index = ignore_index
         weights = None if class_weights is None else torch.tensor(list(class_weights)).float()
         self.register_buffer("class_weights", weights)
+
+    def start(self) -> Selection | None:
+        """A fixed list of hard subsets with no warm-up is chosen before the first step."""
+        hcr = self.hcr
+        if hcr is not None and hcr.warming_up and hcr.warmup_epochs == 0:
+            return Selection(hcr.select())
+        return None
+
+    def end_train_epoch(self, epoch: int, reduce: Reduce) -> Selection | None:
+        """At the end of HCR's warm-up: the hard subsets, chosen from the variances summed
+        over every process."""
+        hcr = self.hcr
+        if hcr is None or not hcr.warming_up or epoch + 1 < hcr.warmup_epochs:
+            return None
+        for buf in (hcr.variance_sum, hcr.variance_count):
+            buf.copy_(reduce(buf))
+        variance = hcr.mean_variance()
+        return Selection(hcr.select(), variance)
 
     def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
         """(B,) loss per sample; dense losses are averaged over each sample's labelled pixels."""

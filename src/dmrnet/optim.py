@@ -1,0 +1,119 @@
+"""The optimisation config every method trains with: optimiser, learning-rate schedule and
+warm-up (:class:`OptimConfig`), and what it builds for Lightning (:func:`configure`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dmrnet.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("none", "cosine", "multistep", "onecycle")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How a model is optimised.
+
+    Args:
+        optimizer: "adamw" | "adam" | "sgd".
+        lr: learning rate (> 0).
+        weight_decay: decoupled (adamw) or L2 (adam, sgd) weight decay (>= 0).
+        momentum / nesterov: SGD's.
+        scheduler: "none" | "cosine" (to zero over the epochs after warm-up) | "multistep"
+            (x ``gamma`` at each of ``milestones``, in epochs) | "onecycle" (per step).
+        gamma: the multistep factor.
+        warmup_epochs: epochs of linear warm-up (from 0.1 x lr) before the schedule.
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    scheduler: str = "cosine"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose "
+                              f"{', '.join(OPTIMIZERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose "
+                              f"{', '.join(SCHEDULERS)}")
+        for name, rule, ok in (
+            ("lr", "a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+            ("weight_decay", "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+            ("momentum", "a number in [0, 1)", lambda v: 0 <= v < 1),
+            ("gamma", "a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+            ("warmup_epochs", "a whole number >= 0", lambda v: v >= 0 and float(v).is_integer()),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+                raise ConfigError(f"optim.{name} must be {rule}; got {value!r}")
+        if self.scheduler == "multistep" and not self.milestones:
+            raise ConfigError("scheduler 'multistep' needs optim.milestones, e.g. [70]")
+
+    @classmethod
+    def of(cls, value: OptimConfig | Mapping[str, Any] | None) -> OptimConfig:
+        """``value`` as an OptimConfig (a mapping's unknown keys are an error naming them)."""
+        if isinstance(value, OptimConfig):
+            return value
+        kwargs = dict(value or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ConfigError(f"optim has no setting {unknown[0]!r}; its settings: {known}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_OPTIM = OptimConfig()
+"""The defaults (frozen, so one shared instance is safe as an argument default)."""
+
+
+def configure(cfg: OptimConfig, params: Iterable[torch.nn.Parameter], max_epochs: int,
+              total_steps: int) -> Any:
+    """The optimiser and scheduler for Lightning's ``configure_optimizers``: an optimiser, or
+    ``{"optimizer", "lr_scheduler": {"scheduler", "interval"}}``."""
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epochs = max(int(max_epochs or 1), 1)
+    warm = int(cfg.warmup_epochs)
+    if cfg.scheduler == "onecycle":
+        main = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
+                                                   total_steps=int(total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": main, "interval": "step"}}
+    main: Any
+    if cfg.scheduler == "none":
+        main = None
+    elif cfg.scheduler == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
+    else:
+        main = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[m - warm for m in (cfg.milestones or [])], gamma=cfg.gamma)
+    if warm > 0:
+        ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
+        sched = ramp if main is None else torch.optim.lr_scheduler.SequentialLR(
+            opt, [ramp, main], milestones=[warm])
+    else:
+        sched = main
+    if sched is None:
+        return opt
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,119 @@
+"""Files written by dmrnet 0.1 (method options and optimisation settings as top-level module
+settings) still load, with the same numbers; their settings are read in today's layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dmrnet.errors import ConfigError
+from dmrnet.methods import checkpoint_network, upgrade_settings
+from dmrnet.predict import load_module
+from dmrnet.serving import load_model, save_model
+from dmrnet.training import MultimodalModule
+
+SHAPES = {"a": [6], "b": [4]}
+NET = {"encoder_kwargs": {"out_features": 8, "hidden": [16]}, "embed_dim": 8}
+
+
+def trained(method: str, **kwargs) -> MultimodalModule:
+    torch.manual_seed(0)
+    module = MultimodalModule(list(SHAPES), SHAPES, 3, method=method, **NET, **kwargs)
+    module.model.train()
+    for _ in range(2):  # non-trivial BatchNorm statistics
+        module.model({k: torch.randn(8, *s) for k, s in SHAPES.items()},
+                     torch.ones(8, 2, dtype=torch.bool))
+    return module.eval()
+
+
+def as_version_01(hparams: dict, **extra: object) -> dict:
+    """The module settings as dmrnet 0.1 wrote them: options and optimisation flat."""
+    old = {k: v for k, v in hparams.items() if k not in ("method_kwargs", "optim")}
+    old.update(hparams.get("method_kwargs") or {})
+    old.update(hparams["optim"])
+    old.update(extra)
+    return old
+
+
+def old_checkpoint(module: MultimodalModule, path, **extra: object):
+    torch.save({"hyper_parameters": as_version_01(dict(module.hparams), **extra),
+                "state_dict": module.state_dict(),
+                "dmrnet": {"hard_subsets": ["b"], "subset_variance": {"a": 0.5}}}, path)
+    return path
+
+
+def outputs(network: torch.nn.Module) -> torch.Tensor:
+    x = {k: torch.randn(4, *s, generator=torch.Generator().manual_seed(1))
+         for k, s in SHAPES.items()}
+    return network.eval()(x, torch.tensor([[True, False], [True, True]] * 2)).logits
+
+
+def test_old_layout_moves_options_and_optimisation():
+    old = {"method": "dmrnet", "alpha": 0.01, "beta": 0.5, "hcr_top_k": 1, "hcr_subsets": None,
+           "lr": 0.1, "optimizer": "sgd", "embed_dim": 8}
+    assert upgrade_settings(old) == {"method": "dmrnet", "embed_dim": 8,
+                                     "method_kwargs": {"alpha": 0.01, "beta": 0.5,
+                                                       "hcr_top_k": 1},
+                                     "optim": {"lr": 0.1, "optimizer": "sgd"}}
+    # a method without those options drops the unset values 0.1 stored for every method
+    assert upgrade_settings({"method": "baseline", "alpha": None, "beta": None}) == {
+        "method": "baseline", "method_kwargs": None}
+    new = {"method": "dmrnet", "method_kwargs": {"beta": 0.3}, "optim": {"lr": 0.1}}
+    assert upgrade_settings(new) == new
+
+
+def test_old_checkpoint_loads_with_its_options_and_weights(tmp_path):
+    module = trained("dmrnet", method_kwargs={"beta": 0.5, "hcr_warmup_epochs": 2},
+                     optim={"lr": 0.01, "optimizer": "sgd"})
+    loaded = load_module(old_checkpoint(module, tmp_path / "old.ckpt"))
+    assert loaded.hparams["method_kwargs"]["beta"] == 0.5
+    assert loaded.objective.hcr.beta == 0.5 and loaded.objective.hcr.warmup_epochs == 2
+    assert loaded.optim.lr == 0.01 and loaded.optim.optimizer == "sgd"
+    assert loaded.hard_subsets == ["b"]
+    assert torch.equal(outputs(loaded.model), outputs(module.model))
+    assert torch.equal(outputs(checkpoint_network(str(tmp_path / "old.ckpt"))),
+                       outputs(module.model))
+
+
+def test_old_mmanet_checkpoint_with_top_level_teacher_loads(tmp_path):
+    module = trained("mmanet", method_kwargs={"teacher_checkpoint": "gone/best.ckpt"})
+    path = old_checkpoint(module, tmp_path / "old.ckpt")
+    assert torch.load(path)["hyper_parameters"]["teacher_checkpoint"] == "gone/best.ckpt"
+    loaded = load_module(path)
+    assert loaded.hparams["method_kwargs"] == {"teacher_checkpoint": "gone/best.ckpt"}
+    assert torch.equal(outputs(loaded.model), outputs(module.model))
+
+
+def test_old_baseline_checkpoint_with_unset_dmrnet_options_loads(tmp_path):
+    module = trained("baseline")
+    path = old_checkpoint(module, tmp_path / "old.ckpt", alpha=None, beta=None,
+                          hcr_warmup_epochs=5, hcr_top_k=1, hcr_candidates="unimodal",
+                          hcr_subsets=None)
+    assert torch.equal(outputs(load_module(path).model), outputs(module.model))
+
+
+def test_old_model_folder_loads(tmp_path):
+    module = trained("dmrnet", method_kwargs={"beta": 0.5})
+    path = save_model(module, tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["model"] = as_version_01({**config["model"], "optim": {}})
+    assert config["model"]["beta"] == 0.5  # the old layout
+    (path / "config.json").write_text(json.dumps(config))
+    x = {"a": np.ones((2, 6), np.float32)}
+    np.testing.assert_allclose(load_model(path).predict(x).probs,
+                               module.model.eval()({"a": torch.ones(2, 6),
+                                                    "b": torch.zeros(2, 4)},
+                                                   torch.tensor([[True, False]] * 2))
+                               .logits.softmax(1).detach().numpy(), atol=1e-6)
+
+
+def test_checkpoint_with_settings_from_a_newer_dmrnet_is_refused_in_one_line(tmp_path):
+    module = trained("baseline")
+    hparams = {**module.hparams, "future_setting": 1}
+    torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict()},
+               tmp_path / "new.ckpt")
+    with pytest.raises(ConfigError, match="settings this dmrnet does not know.*upgrade dmrnet"):
+        load_module(tmp_path / "new.ckpt")
