@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +83,10 @@ DEFAULT_OPTIM = OptimConfig()
 
 
 def configure(cfg: OptimConfig, params: Iterable[torch.nn.Parameter], max_epochs: int,
-              total_steps: int) -> Any:
+              total_steps: Callable[[], int]) -> Any:
     """The optimiser and scheduler for Lightning's ``configure_optimizers``: an optimiser, or
-    ``{"optimizer", "lr_scheduler": {"scheduler", "interval"}}``."""
+    ``{"optimizer", "lr_scheduler": {"scheduler", "interval"}}``. ``total_steps`` is called
+    only by the one-cycle schedule (Lightning's estimate sets up the training data)."""
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -98,7 +99,7 @@ def configure(cfg: OptimConfig, params: Iterable[torch.nn.Parameter], max_epochs
     warm = int(cfg.warmup_epochs)
     if cfg.scheduler == "onecycle":
         main = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
-                                                   total_steps=int(total_steps))
+                                                   total_steps=int(total_steps()))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": main, "interval": "step"}}
     main: Any
     if cfg.scheduler == "none":

@@ -389,7 +389,7 @@ class MultimodalModule(L.LightningModule):
     # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         return configure(self.optim, self.parameters(), int(self.trainer.max_epochs or 1),
-                         int(self.trainer.estimated_stepping_batches))
+                         lambda: int(self.trainer.estimated_stepping_batches))
 
 
 def _numpy_state() -> list[Any]:
