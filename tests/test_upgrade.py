@@ -117,3 +117,13 @@ def test_checkpoint_with_settings_from_a_newer_dmrnet_is_refused_in_one_line(tmp
                tmp_path / "new.ckpt")
     with pytest.raises(ConfigError, match="settings this dmrnet does not know.*upgrade dmrnet"):
         load_module(tmp_path / "new.ckpt")
+
+
+def test_old_checkpoint_without_hcr_weights_loads_its_hard_mask(tmp_path):
+    module = trained("dmrnet", method_kwargs={"hcr_subsets": ["b"], "hcr_warmup_epochs": 0})
+    module.objective.hcr.select()
+    state = {k: v for k, v in module.state_dict().items() if k != "objective.hcr.weight"}
+    torch.save({"hyper_parameters": as_version_01(dict(module.hparams)), "state_dict": state},
+               tmp_path / "old.ckpt")
+    hcr = load_module(tmp_path / "old.ckpt").objective.hcr
+    assert hcr.weights() == {"b": 1.0} and not hcr.warming_up

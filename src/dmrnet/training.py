@@ -247,6 +247,7 @@ class MultimodalModule(L.LightningModule):
         self.test_results: dict[str, Any] = {}
         self.hard_subsets: list[str] = []
         self.subset_variance: dict[str, float] = {}
+        self.selections: list[dict[str, Any]] = []  # each choice of the objective, in order
 
     # --- the forward contract ---------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor) -> Any:
@@ -287,6 +288,11 @@ class MultimodalModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if isinstance(self.objective, Objective):
             self._record(self.objective.end_train_epoch(self.current_epoch, self._sum))
+        if self.selections:  # the weight of every subset this epoch, 0 where not chosen
+            weights = self.selections[-1]["weights"]
+            for name in self.space.names:
+                self.log(f"subset_weight/{name}", float(weights.get(name, 0.0)),
+                         rank_zero_only=True)
 
     def _sum(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over the training processes."""
@@ -300,9 +306,16 @@ class MultimodalModule(L.LightningModule):
             return
         self.hard_subsets = list(selection.hard_subsets)
         self.subset_variance = dict(selection.subset_variance)
-        ranked = sorted(self.subset_variance.items(), key=lambda kv: -_nan_low(kv[1]))
+        self.selections.append({"epoch": int(self.current_epoch), "rule": selection.rule,
+                                "hard_subsets": list(selection.hard_subsets),
+                                "weights": dict(selection.weights),
+                                "difficulty": dict(selection.difficulty)})
+        ranked_on = selection.difficulty or self.subset_variance
+        what = "validation " + selection.rule.removeprefix("val_") if selection.difficulty \
+            else "mean variance"
+        ranked = sorted(ranked_on.items(), key=lambda kv: -_nan_low(kv[1]))
         log.info("hard subsets chosen after epoch %d: %s%s", self.current_epoch,
-                 self.hard_subsets, "; highest mean variance: " + ", ".join(
+                 self.hard_subsets, f"; highest {what}: " + ", ".join(
                      f"{k}={v:.4g}" for k, v in ranked[:5]) if ranked else "")
         for name, value in self.subset_variance.items():
             if not math.isnan(value):
@@ -313,6 +326,7 @@ class MultimodalModule(L.LightningModule):
         # uninterrupted one (Lightning keeps model, optimiser, scheduler and loop state)
         checkpoint["dmrnet"] = {"hard_subsets": self.hard_subsets,
                                 "subset_variance": self.subset_variance,
+                                "selections": self.selections,
                                 "rng_torch": torch.get_rng_state(),
                                 "rng_numpy": _numpy_state(),
                                 "rng_python": list(random.getstate()[1])}
@@ -322,6 +336,7 @@ class MultimodalModule(L.LightningModule):
         extra = checkpoint.get("dmrnet", {})
         self.hard_subsets = list(extra.get("hard_subsets", []))
         self.subset_variance = dict(extra.get("subset_variance", {}))
+        self.selections = list(extra.get("selections", []))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.restore_choice(checkpoint)
@@ -334,7 +349,7 @@ class MultimodalModule(L.LightningModule):
             random.setstate((3, tuple(extra["rng_python"]), None))
 
     # --- evaluation -------------------------------------------------------------------------
-    def _eval_step(self, batch: Batch, metric: PerSubsetMetric) -> None:
+    def _eval_step(self, batch: Batch, metric: PerSubsetMetric, observe: bool = False) -> None:
         if batch.target is None:
             raise ConfigError("evaluation batches need targets")
         check_targets(batch.target, self.model.num_classes, IGNORE_INDEX)
@@ -347,6 +362,8 @@ class MultimodalModule(L.LightningModule):
                 logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear",
                                        align_corners=False)
             metric.update(s, logits, target)
+            if observe:
+                self.objective.observe(s, logits, target)
 
     def _eval_end(self, stage: str, metric: PerSubsetMetric) -> dict[str, Any]:
         values = metric.compute()
@@ -364,11 +381,20 @@ class MultimodalModule(L.LightningModule):
             result["per_subset_all"] = values
         return result
 
+    def _observes(self) -> bool:
+        """Whether the objective takes validation outputs now (not in the sanity check)."""
+        return (isinstance(self.objective, Objective) and self.objective.observes_validation
+                and not self.trainer.sanity_checking)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metric)
+        self._eval_step(batch, self.val_metric, observe=self._observes())
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_end("val", self.val_metric)
+        result = self._eval_end("val", self.val_metric)
+        if self._observes():
+            better = self.task_metric.higher_is_better
+            errors = {s: (1.0 - v if better else v) for s, v in result["per_subset"].items()}
+            self.objective.end_validation(errors, self._sum)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metric)

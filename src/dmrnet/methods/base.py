@@ -138,6 +138,7 @@ class Scores:
     best_epoch: int = -1
     hard_subsets: list[str] = field(default_factory=list)
     subset_variance: dict[str, float] = field(default_factory=dict)
+    selections: list[dict[str, Any]] = field(default_factory=list)
     per_subset_all: dict[str, dict[str, float]] | None = None
 
     def scores(self) -> dict[str, Any]:
@@ -178,6 +179,11 @@ class Selection:
 
     hard_subsets: list[str]
     subset_variance: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    """Each chosen subset's extra-loss weight (1 for a top-k choice)."""
+    difficulty: dict[str, float] = field(default_factory=dict)
+    """What the choice ranked, where it is not the variance (validation loss or error)."""
+    rule: str = ""
 
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -198,6 +204,17 @@ class Objective(nn.Module):
         """Called after each training epoch (0-based); ``reduce`` sums a tensor over the
         processes. A Selection when the objective chose in this epoch."""
         return None
+
+    observes_validation: bool = False
+    """Whether the glue passes validation outputs to :meth:`observe` and :meth:`end_validation`
+    (validation only; never test)."""
+
+    def observe(self, subset: int, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """One validation batch's outputs for subset index ``subset``."""
+
+    def end_validation(self, errors: Mapping[str, float], reduce: Reduce) -> None:
+        """The validation epoch's error per subset name (1 - metric, or the metric where
+        lower is better), after every :meth:`observe` of the epoch."""
 
 
 class TrainingContext:

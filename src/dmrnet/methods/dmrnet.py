@@ -13,7 +13,13 @@ from torch import nn
 
 from dmrnet.errors import ConfigError
 from dmrnet.methods.base import Method, ModelConfig, register_method
-from dmrnet.methods.objectives import HardCombinationRegularizer, KLRegularizer, MultimodalObjective
+from dmrnet.methods.objectives import (
+    HCR_RULES,
+    HCR_WEIGHTINGS,
+    HardCombinationRegularizer,
+    KLRegularizer,
+    MultimodalObjective,
+)
 from dmrnet.models.dense import DenseMultimodalModel
 from dmrnet.models.late_fusion import MultimodalModel
 from dmrnet.nn import create_encoder, create_trunk
@@ -46,13 +52,21 @@ class HCROptions:
     """beta: weight of the hard combination regulariser (paper: 0.2 CREMA-D, 0.3
     Kinetics-Sounds, 0.7 CASIA-SURF); hcr_warmup_epochs: epochs of variance accumulation
     before the hard subsets are chosen; hcr_top_k: how many; hcr_candidates: "unimodal" (the
-    authors' rule) or "all"; hcr_subsets: a fixed list of hard subsets instead."""
+    authors' rule) or "all"; hcr_subsets: a fixed list of hard subsets instead; hcr_rule:
+    what ranks the subsets, "variance" (the authors') or "val_loss" / "val_error" (per subset
+    on the validation split); hcr_every: re-select every this many epochs after warm-up (0:
+    once); hcr_weighting: "top_k" (weight 1 on the top k) or "soft" (every candidate weighted
+    by its difficulty relative to the candidates' mean). The last three are our additions.
+    See :class:`~dmrnet.methods.objectives.HardCombinationRegularizer`."""
 
     beta: float = 0.2
     hcr_warmup_epochs: int = 5
     hcr_top_k: int = 1
     hcr_candidates: str = "unimodal"
     hcr_subsets: list[str] | None = None
+    hcr_rule: str = "variance"
+    hcr_every: int = 0
+    hcr_weighting: str = "top_k"
 
     def __post_init__(self) -> None:
         b, w, k = _number(self.beta), _number(self.hcr_warmup_epochs), _number(self.hcr_top_k)
@@ -63,6 +77,14 @@ class HCROptions:
         if self.hcr_candidates not in ("unimodal", "all"):
             raise ConfigError("hcr_candidates must be 'unimodal' or 'all'; got "
                               f"{self.hcr_candidates!r}")
+        _check("hcr_every", self.hcr_every, "a whole number >= 0",
+               _number(self.hcr_every) >= 0 and _number(self.hcr_every).is_integer())
+        if self.hcr_rule not in HCR_RULES:
+            raise ConfigError(f"hcr_rule must be one of {', '.join(HCR_RULES)}; got "
+                              f"{self.hcr_rule!r}")
+        if self.hcr_weighting not in HCR_WEIGHTINGS:
+            raise ConfigError("hcr_weighting must be 'top_k' or 'soft'; got "
+                              f"{self.hcr_weighting!r}")
         if isinstance(self.hcr_subsets, str):  # "a,b" from a command line
             self.hcr_subsets = [s.strip() for s in self.hcr_subsets.split(",") if s.strip()]
 
@@ -101,7 +123,9 @@ class DMRNetFamily(Method):
         kl = KLRegularizer(alpha, spatial=spatial) if self.variance else None
         hcr = (HardCombinationRegularizer(names, beta, opts.hcr_warmup_epochs,
                                           opts.hcr_top_k, candidates=opts.hcr_candidates,
-                                          hard_subsets=opts.hcr_subsets)
+                                          hard_subsets=opts.hcr_subsets, rule=opts.hcr_rule,
+                                          every=int(opts.hcr_every),
+                                          weighting=opts.hcr_weighting)
                if self.variance and beta > 0 else None)
         return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
                                    class_weights=config.class_weights)

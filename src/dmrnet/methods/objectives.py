@@ -11,7 +11,7 @@ Plain PyTorch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,26 +54,44 @@ class KLRegularizer(nn.Module):
         return self.weight * kl_divergence(mu, logvar, self.spatial)
 
 
-class HardCombinationRegularizer(nn.Module):
-    """Up-weights the samples of hard modality subsets, found by their embedding variance.
+HCR_RULES = ("variance", "val_loss", "val_error")
+"""How HCR ranks subsets: mean embedding variance in training (the authors'), or the task loss
+or error per subset on the validation split (never the test split)."""
 
-    During the first ``warmup_epochs`` epochs, :meth:`accumulate` sums each subset's per-sample
-    mean sigma^2. At the end of warm-up, :meth:`end_epoch` marks the ``top_k`` subsets with the
-    largest mean variance as hard (or the user's ``hard_subsets``, if given). From then on
-    ``forward`` returns beta * (1/B) * sum over hard-subset samples of their task loss.
+HCR_WEIGHTINGS = ("top_k", "soft")
+
+
+class HardCombinationRegularizer(nn.Module):
+    """Up-weights the samples of hard modality subsets.
+
+    The authors' rule (``rule="variance"``): during the first ``warmup_epochs`` epochs,
+    :meth:`accumulate` sums each subset's per-sample mean sigma^2; at the end of warm-up the
+    ``top_k`` candidate subsets with the largest mean variance are hard (or the user's
+    ``hard_subsets``). From then on ``forward`` returns beta * (1/B) * sum over hard-subset
+    samples of their task loss.
+
+    Rules beside it (our additions, not in the paper): ``"val_loss"`` / ``"val_error"`` rank
+    subsets by their task loss / error on the validation split (:meth:`observe_validation`),
+    which measures difficulty directly; ``every`` > 0 re-selects every that many epochs after
+    warm-up (from the window since the last choice); ``weighting="soft"`` weights every
+    candidate by its difficulty relative to the candidates' mean (d_s / mean d, so beta is
+    the average weight) instead of 1 for the top k.
 
     The state is kept in buffers, so it is saved with checkpoints and survives a resume. For
     multi-process training, sum ``variance_sum`` and ``variance_count`` over processes before
-    :meth:`end_epoch` (the Lightning glue does).
+    :meth:`select` (the objective's hook does).
 
     Args:
         subset_names: names of all S subsets, in subset-index order.
         beta: weight of the extra loss (authors: 0.2 CREMA-D, 0.3 Kinetics-Sounds, 0.7 CASIA-SURF).
-        warmup_epochs: epochs of variance accumulation before selection (authors: about 5).
-        top_k: how many subsets are hard when chosen by variance.
-        candidates: which subsets may be chosen by variance: "unimodal" (the authors' rule: with
-            two modalities they compare the two single-modality subsets) or "all".
-        hard_subsets: a fixed list of subset names instead of the variance ranking.
+        warmup_epochs: epochs before the first selection (authors: about 5).
+        top_k: how many subsets are hard (``weighting="top_k"``).
+        candidates: which subsets may be chosen: "unimodal" (the authors' rule: with two
+            modalities they compare the two single-modality subsets) or "all".
+        hard_subsets: a fixed list of subset names instead of a ranking.
+        rule: "variance" | "val_loss" | "val_error".
+        every: re-select every this many epochs after warm-up (0: choose once).
+        weighting: "top_k" | "soft".
     """
 
     def __init__(
@@ -84,16 +102,25 @@ class HardCombinationRegularizer(nn.Module):
         top_k: int = 1,
         candidates: str = "unimodal",
         hard_subsets: Sequence[str] | None = None,
+        rule: str = "variance",
+        every: int = 0,
+        weighting: str = "top_k",
     ) -> None:
         super().__init__()
         self.subset_names = list(subset_names)
         num = len(self.subset_names)
         if candidates not in ("unimodal", "all"):
             raise ConfigError(f"candidates must be 'unimodal' or 'all'; got {candidates!r}")
+        if rule not in HCR_RULES:
+            raise ConfigError(f"hcr_rule must be one of {', '.join(HCR_RULES)}; got {rule!r}")
+        if weighting not in HCR_WEIGHTINGS:
+            raise ConfigError(f"hcr_weighting must be 'top_k' or 'soft'; got {weighting!r}")
         is_candidate = [candidates == "all" or SEP not in n for n in self.subset_names]
         num_candidates = sum(is_candidate)
         if warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be >= 0; got {warmup_epochs}")
+        if every < 0:
+            raise ConfigError(f"hcr_every must be >= 0; got {every}")
         if not 1 <= top_k <= num_candidates:
             raise ConfigError(
                 f"top_k must be in 1..{num_candidates} (the number of {candidates} subsets); "
@@ -102,6 +129,7 @@ class HardCombinationRegularizer(nn.Module):
         self.beta = float(beta)
         self.warmup_epochs = int(warmup_epochs)
         self.top_k = int(top_k)
+        self.rule, self.every, self.weighting = rule, int(every), weighting
         self.fixed: list[int] | None = None
         if hard_subsets is not None:
             unknown = [s for s in hard_subsets if s not in self.subset_names]
@@ -115,22 +143,45 @@ class HardCombinationRegularizer(nn.Module):
             self.fixed = [self.subset_names.index(s) for s in hard_subsets]
         if self.fixed is None and self.warmup_epochs == 0:
             raise ConfigError(
-                "choosing hard subsets by variance needs at least one warm-up epoch; set "
+                "choosing hard subsets needs at least one warm-up epoch; set "
                 "warmup_epochs >= 1 or give hard_subsets"
             )
         self.register_buffer("variance_sum", torch.zeros(num, dtype=torch.float64))
         self.register_buffer("variance_count", torch.zeros(num, dtype=torch.float64))
         self.register_buffer("hard", torch.zeros(num, dtype=torch.bool))
+        self.register_buffer("weight", torch.zeros(num, dtype=torch.float32))
         self.register_buffer("active", torch.zeros((), dtype=torch.bool))
         self.register_buffer("candidate", torch.tensor(is_candidate), persistent=False)
+        # the latest validation difficulty per subset (NaN: not measured); not saved: a run
+        # resumes at an epoch boundary, after the selection that used it
+        self.register_buffer("difficulty", torch.full((num,), math.nan, dtype=torch.float64),
+                             persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,  # type: ignore[no-untyped-def]
+                              missing_keys, unexpected_keys, error_msgs) -> None:
+        # checkpoints of dmrnet 0.1 have no weight buffer: it is the hard mask
+        if prefix + "weight" not in state_dict and prefix + "hard" in state_dict:
+            state_dict[prefix + "weight"] = state_dict[prefix + "hard"].float()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
 
     @property
     def warming_up(self) -> bool:
         return not bool(self.active)
 
     @property
+    def uses_validation(self) -> bool:
+        """Whether selection needs :meth:`observe_validation` (the val_* rules)."""
+        return self.fixed is None and self.rule != "variance"
+
+    @property
     def hard_names(self) -> list[str]:
         return [n for n, h in zip(self.subset_names, self.hard.tolist(), strict=True) if h]
+
+    def weights(self) -> dict[str, float]:
+        """The extra-loss weight (times beta) of each subset with one."""
+        return {n: w for n, w in zip(self.subset_names, self.weight.tolist(), strict=True)
+                if w > 0}
 
     def mean_variance(self) -> dict[str, float]:
         """Accumulated mean sigma^2 per subset (NaN where a subset had no sample)."""
@@ -138,10 +189,25 @@ class HardCombinationRegularizer(nn.Module):
         mean[self.variance_count == 0] = math.nan
         return dict(zip(self.subset_names, mean.tolist(), strict=True))
 
+    def validation_difficulty(self) -> dict[str, float]:
+        """The latest validation loss or error per subset (NaN: not measured)."""
+        return dict(zip(self.subset_names, self.difficulty.tolist(), strict=True))
+
+    def due(self, epoch: int) -> bool:
+        """Whether a selection falls at the end of training epoch ``epoch`` (0-based)."""
+        done = epoch + 1
+        if done < self.warmup_epochs:
+            return False
+        if self.warming_up:
+            return True
+        return self.every > 0 and (done - self.warmup_epochs) % self.every == 0
+
     @torch.no_grad()
     def accumulate(self, subset_index: Tensor, variance: Tensor) -> None:
-        """Add per-sample mean variances (B,) to their subsets' sums; no-op after warm-up."""
-        if not self.warming_up:
+        """Add per-sample mean variances (B,) to their subsets' sums: during warm-up, and
+        after it while the variance rule re-selects."""
+        rechoose = self.rule == "variance" and self.fixed is None and self.every > 0
+        if not (self.warming_up or rechoose):
             return
         idx = subset_index.to(self.variance_sum.device)
         sums, counts = subset_totals(idx, variance.to(idx.device), len(self.subset_names))
@@ -149,33 +215,70 @@ class HardCombinationRegularizer(nn.Module):
         self.variance_count += counts
 
     @torch.no_grad()
+    def observe_validation(self, difficulty: Mapping[str, float]) -> None:
+        """The validation loss or error per subset name (the val_* rules rank on it)."""
+        values = [float(difficulty.get(n, math.nan)) for n in self.subset_names]
+        self.difficulty.copy_(torch.tensor(values, dtype=torch.float64))
+
+    @torch.no_grad()
     def end_epoch(self, epoch: int) -> bool:
         """Call after each training epoch (0-based). Returns True when the hard set was chosen."""
-        if not self.warming_up or epoch + 1 < self.warmup_epochs:
+        if not self.due(epoch):
             return False
         self.select()
         return True
 
+    def _scores(self) -> Tensor | None:
+        """Each subset's difficulty under the rule (-inf: not a candidate or not seen)."""
+        if self.rule == "variance":
+            score = self.variance_sum / self.variance_count.clamp_min(1)
+            score[self.variance_count == 0] = -math.inf  # never seen: cannot be judged hard
+        else:
+            if bool(torch.isnan(self.difficulty[self.candidate]).all()):
+                return None  # no validation yet
+            score = self.difficulty.clone()
+            score[torch.isnan(score)] = -math.inf
+        score[~self.candidate] = -math.inf
+        return score
+
     @torch.no_grad()
     def select(self) -> list[str]:
-        """Choose the hard subsets now and switch the regulariser on."""
-        self.hard.zero_()
+        """Choose the hard subsets now and switch the regulariser on (a val_* rule with no
+        validation yet keeps the previous choice)."""
         if self.fixed is not None:
+            self.hard.zero_()
             self.hard[self.fixed] = True
+            self.weight.copy_(self.hard.float())
         else:
-            mean = self.variance_sum / self.variance_count.clamp_min(1)
-            mean[self.variance_count == 0] = -math.inf  # never seen: cannot be judged hard
-            mean[~self.candidate] = -math.inf
-            self.hard[torch.topk(mean, self.top_k).indices] = True
+            score = self._scores()
+            if score is None:
+                return self.hard_names
+            self.hard.zero_()
+            if self.weighting == "top_k":
+                self.hard[torch.topk(score, self.top_k).indices] = True
+                self.weight.copy_(self.hard.float())
+            else:
+                seen = torch.isfinite(score)
+                rel = torch.zeros_like(score)
+                if bool(seen.any()):
+                    rel[seen] = score[seen] / score[seen].mean().clamp_min(1e-12)
+                self.weight.copy_(rel.clamp_min(0).float())
+                self.hard.copy_(self.weight > 0)
+            if self.rule == "variance" and self.every > 0:  # the next window starts now
+                self.variance_sum.zero_()
+                self.variance_count.zero_()
         self.active.fill_(True)
         return self.hard_names
 
     def forward(self, per_sample_loss: Tensor, subset_index: Tensor) -> Tensor:
-        """beta * (1/B) * sum_{i: subset_i hard} loss_i; zero during warm-up. Shapes (B,), (B,)."""
+        """beta * (1/B) * sum_i w_{subset_i} loss_i; zero during warm-up. Shapes (B,), (B,)."""
         if self.warming_up or self.beta == 0:
             return per_sample_loss.new_zeros(())
-        is_hard = self.hard.to(subset_index.device)[subset_index]
-        return self.beta * (per_sample_loss * is_hard).sum() / per_sample_loss.shape[0]
+        if self.weighting == "top_k":  # the authors' form, exactly: a hard mask
+            is_hard = self.hard.to(subset_index.device)[subset_index]
+            return self.beta * (per_sample_loss * is_hard).sum() / per_sample_loss.shape[0]
+        w = self.weight.to(subset_index.device)[subset_index].to(per_sample_loss.dtype)
+        return self.beta * (per_sample_loss * w).sum() / per_sample_loss.shape[0]
 
 
 IGNORE_INDEX = 255
@@ -205,6 +308,8 @@ class MultimodalObjective(Objective):
         self.hcr = hcr
         self.label_smoothing = label_smoothing
         self.ignore_index = ignore_index
+        self.val_loss_sum: Tensor | None = None  # the val_loss rule's sums per subset
+        self.val_count: Tensor | None = None
         weights = None if class_weights is None else torch.tensor(list(class_weights)).float()
         self.register_buffer("class_weights", weights)
 
@@ -212,19 +317,63 @@ class MultimodalObjective(Objective):
         """A fixed list of hard subsets with no warm-up is chosen before the first step."""
         hcr = self.hcr
         if hcr is not None and hcr.warming_up and hcr.warmup_epochs == 0:
-            return Selection(hcr.select())
+            return self._selection(hcr.select(), {})
         return None
 
     def end_train_epoch(self, epoch: int, reduce: Reduce) -> Selection | None:
-        """At the end of HCR's warm-up: the hard subsets, chosen from the variances summed
-        over every process."""
+        """When HCR chooses (end of warm-up, then every ``every`` epochs): the hard subsets,
+        from the variances summed over every process or the latest validation."""
         hcr = self.hcr
-        if hcr is None or not hcr.warming_up or epoch + 1 < hcr.warmup_epochs:
+        if hcr is None or not hcr.due(epoch):
             return None
         for buf in (hcr.variance_sum, hcr.variance_count):
             buf.copy_(reduce(buf))
         variance = hcr.mean_variance()
-        return Selection(hcr.select(), variance)
+        hard = hcr.select()
+        if hcr.warming_up:  # a validation rule with no validation yet: choose later
+            return None
+        return self._selection(hard, variance)
+
+    def _selection(self, hard: list[str], variance: dict[str, float]) -> Selection:
+        hcr = self.hcr
+        assert hcr is not None
+        return Selection(hard, variance, weights=hcr.weights(),
+                         difficulty=hcr.validation_difficulty() if hcr.uses_validation
+                         else {}, rule="fixed" if hcr.fixed is not None else hcr.rule)
+
+    @property
+    def observes_validation(self) -> bool:
+        return self.hcr is not None and self.hcr.uses_validation
+
+    @torch.no_grad()
+    def observe(self, subset: int, logits: Tensor, target: Tensor) -> None:
+        """One validation subset's outputs (for the val_loss rule: its task loss)."""
+        if self.hcr is None or self.hcr.rule != "val_loss":
+            return
+        n = len(self.hcr.subset_names)
+        if self.val_loss_sum is None or self.val_loss_sum.device != logits.device:
+            self.val_loss_sum = torch.zeros(n, dtype=torch.float64, device=logits.device)
+            self.val_count = torch.zeros(n, dtype=torch.float64, device=logits.device)
+        loss = self.per_sample(logits.float(), target)
+        self.val_loss_sum[subset] += loss.double().sum()
+        self.val_count[subset] += loss.numel()
+
+    @torch.no_grad()
+    def end_validation(self, errors: Mapping[str, float], reduce: Reduce) -> None:
+        """The validation epoch's per-subset errors (and the loss observed): what the val_*
+        rules rank on at the next selection."""
+        hcr = self.hcr
+        if hcr is None or not hcr.uses_validation:
+            return
+        if hcr.rule == "val_error":
+            hcr.observe_validation(errors)
+            return
+        if self.val_loss_sum is None or self.val_count is None:
+            return
+        total, count = reduce(self.val_loss_sum), reduce(self.val_count)
+        mean = (total / count.clamp_min(1)).masked_fill(count == 0, math.nan)
+        hcr.observe_validation(dict(zip(hcr.subset_names, mean.tolist(), strict=True)))
+        self.val_loss_sum, self.val_count = None, None
 
     def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
         """(B,) loss per sample; dense losses are averaged over each sample's labelled pixels."""
