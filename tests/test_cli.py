@@ -85,6 +85,12 @@ def test_benchmark_selects_hard_subsets_and_runs_dedicated(tmp_path):
     assert set(dmr["subset_variance"]) == {"pix", "mor", "pix+mor"}
     assert ded["method"] == "dedicated" and set(ded["per_subset"]) == {"pix", "mor", "pix+mor"}
     assert min(ded["per_subset"].values()) > 0.3
+    gap = res["gap_to_reference"]  # dedicated ran: every method's gap to it, per subset
+    assert gap["reference"] == "dedicated" and gap["baseline"] is None
+    assert gap["per_method"]["dmrnet"]["per_subset"]["pix"]["gap"] == pytest.approx(
+        ded["per_subset"]["pix"] - dmr["per_subset"]["pix"])
+    assert (tmp_path / "b" / "gap_to_reference.png").stat().st_size > 0
+    assert "## Gap to dedicated" in (tmp_path / "b" / "report.md").read_text()
 
 
 def test_same_seed_same_results(tmp_path):

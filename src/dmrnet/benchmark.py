@@ -465,6 +465,7 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         "runs": runs,
         "summary": summarize_runs(runs, metric.higher_is_better),
         "comparisons": paired_comparisons(runs, metric.higher_is_better),
+        "gap_to_reference": gap_to_reference(runs, metric.higher_is_better, _roles(cfg)),
         "config": asdict(cfg),
         "data": info,
     }
@@ -515,6 +516,70 @@ def paired_comparisons(
                             "diff": float(d.mean()), "diff_std": float(d.std()),
                             "ci95": [lo, hi], "verdict": verdict})
     return out
+
+
+def _roles(cfg: BenchmarkConfig) -> dict[str, str]:
+    """role -> the run's method with it (see ``Method.role``)."""
+    return {get_method(m).role: m for m in cfg.methods if get_method(m).role}
+
+
+def gap_to_reference(runs: Sequence[dict[str, Any]], higher_is_better: bool,
+                     roles: Mapping[str, str], resamples: int = 10000) -> dict[str, Any] | None:
+    """How far each method is from the reference (dedicated models) per subset, and how much
+    of the baseline's gap it closes. None without a reference in the run.
+
+    Per subset and method: ``gap`` = reference - method (method - reference where lower is
+    better), averaged over the seeds both ran; ``closed`` = (baseline gap - method gap) /
+    baseline gap where the baseline's gap is > 0 (1 = as good as the reference, 0 = no better
+    than the baseline, < 0 = worse). ``behind`` lists the subsets where the reference beats
+    the baseline beyond seed noise: the paired bootstrap 95 % interval of the per-seed
+    difference excludes 0, with at least 3 seeds. ``closed_behind`` averages ``closed`` over
+    them: the fraction of the baseline's gap a method closes where there is one.
+    """
+    ref = roles.get("reference")
+    if ref is None:
+        return None
+    base = roles.get("baseline")
+    sign = 1.0 if higher_is_better else -1.0
+    by: dict[str, dict[int, dict[str, float]]] = {}
+    for r in runs:
+        by.setdefault(r["method"], {})[r["seed"]] = r["per_subset"]
+    if ref not in by:
+        return None
+    subsets = list(next(iter(by[ref].values())))
+    rng = np.random.default_rng(0)
+
+    def gaps(method: str, subset: str) -> np.ndarray:
+        seeds = sorted(set(by[ref]) & set(by[method]))
+        return np.array([sign * (by[ref][s][subset] - by[method][s][subset]) for s in seeds])
+
+    behind: list[str] = []
+    if base is not None and base in by:
+        for subset in subsets:
+            d = gaps(base, subset)
+            if len(d) >= 3:
+                boot = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+                if float(np.percentile(boot, 2.5)) > 0:
+                    behind.append(subset)
+    base_gap = ({s: float(gaps(base, s).mean()) for s in subsets}
+                if base is not None and base in by else {})
+    per_method: dict[str, Any] = {}
+    for method in by:
+        if method == ref:
+            continue
+        cells = {}
+        for subset in subsets:
+            g = float(gaps(method, subset).mean())
+            bg = base_gap.get(subset)
+            closed = (bg - g) / bg if bg is not None and bg > 0 else None
+            cells[subset] = {"gap": g, "closed": closed}
+        closed_behind = [cells[s]["closed"] for s in behind]
+        per_method[method] = {
+            "per_subset": cells,
+            "closed_behind": float(np.mean(closed_behind)) if closed_behind else None,
+            "mean_gap": float(np.mean([c["gap"] for c in cells.values()])),
+        }
+    return {"reference": ref, "baseline": base, "behind": behind, "per_method": per_method}
 
 
 def summarize_runs(runs: Sequence[dict[str, Any]], higher_is_better: bool) -> dict[str, Any]:

@@ -49,6 +49,14 @@ def format_summary(results: dict[str, Any]) -> str:
         if c["seeds"] >= 2:
             lines.append(f"{c['a']} − {c['b']} on {c['on']}: {c['diff']:+.4f} "
                          f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] → {c['verdict']}")
+    gap = results.get("gap_to_reference")
+    if gap and gap["baseline"]:
+        lines.append(f"{gap['reference']} beats {gap['baseline']} beyond seed noise on "
+                     f"{len(gap['behind'])} subset(s): {', '.join(gap['behind']) or 'none'}")
+        for m, g in gap["per_method"].items():
+            if m != gap["baseline"] and g["closed_behind"] is not None:
+                lines.append(f"  {m} closes {100 * g['closed_behind']:.0f} % of "
+                             f"{gap['baseline']}'s gap there")
     a, b, rows = differing_subsets(results)
     if rows:
         lines.append(f"subsets where {b} and {a} differ most ({b} − {a}):")
@@ -74,6 +82,8 @@ def write_results(results: dict[str, Any], out: str | Path, appendix: str = "") 
     (out / "report.md").write_text(markdown_report(results) + (f"\n{appendix}" if appendix
                                                                else ""))
     plot_per_subset(results, out / "per_subset.png")
+    if results.get("gap_to_reference"):
+        plot_gap_to_reference(results, out / "gap_to_reference.png")
 
 
 def to_json(obj: Any) -> str:
@@ -138,6 +148,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += [f"| {c['a']} | {c['b']} | {c['on']} | {c['seeds']} | {c['diff']:+.4f} | "
                   f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {c['verdict']} |"
                   for c in comps]
+    lines += gap_markdown(results)
     hard = [(r["seed"], r["method"], r.get("hard_subsets")) for r in results["runs"]
             if r.get("hard_subsets")]
     if hard:
@@ -154,6 +165,68 @@ def markdown_report(results: dict[str, Any]) -> str:
             cells.append(_pm(mean, std))
         lines.append(f"| {subset} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def gap_markdown(results: dict[str, Any]) -> list[str]:
+    """The report's section on the gap to the reference (dedicated models), if it ran."""
+    gap = results.get("gap_to_reference")
+    if not gap:
+        return []
+    ref, base = gap["reference"], gap["baseline"]
+    methods = list(gap["per_method"])
+    closes = f", and in brackets the fraction of {base}’s gap it closes" if base else ""
+    lines = ["", f"## Gap to {ref}", "",
+             f"Per subset: {ref} − method in {results['metric']} (mean over seeds; positive: "
+             f"the method is behind){closes}. Subsets marked * are those where {ref} beats "
+             f"{base} beyond seed noise (paired "
+             "bootstrap 95 % interval over ≥ 3 seeds excludes 0).", "",
+             "![gap to the reference](gap_to_reference.png)", "",
+             "| subset | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for subset in results["subsets"]:
+        cells = []
+        for m in methods:
+            c = gap["per_method"][m]["per_subset"][subset]
+            closed = (f" ({100 * c['closed']:.0f} %)" if c["closed"] is not None and m != base
+                      else "")
+            cells.append(f"{c['gap']:+.4f}{closed}")
+        star = "*" if subset in gap["behind"] else ""
+        lines.append(f"| {subset}{star} | " + " | ".join(cells) + " |")
+    if base:
+        lines += ["", f"Fraction of {base}’s gap closed on the starred subsets: " + ", ".join(
+            f"{m} {100 * g['closed_behind']:.0f} %" if g["closed_behind"] is not None
+            else f"{m} n/a" for m, g in gap["per_method"].items() if m != base) + "."]
+    return lines
+
+
+def plot_gap_to_reference(results: dict[str, Any], path: str | Path) -> None:
+    """One row per subset, one bar per method: its gap to the reference (0 = as good)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gap = results["gap_to_reference"]
+    subsets = results["subsets"]
+    methods = list(gap["per_method"])
+    n, k = len(subsets), max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * n * max(1, k / 2) + 1.5)))
+    height = 0.8 / k
+    for i, m in enumerate(methods):
+        ys = [n - 1 - j + (i - (k - 1) / 2) * height for j in range(n)]
+        xs = [gap["per_method"][m]["per_subset"][s]["gap"] for s in subsets]
+        ax.barh(ys, xs, height=height, label=m)
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([s + (" *" if s in gap["behind"] else "")
+                        for s in reversed(subsets)], fontsize=7 if n > 20 else 9)
+    ax.set_xlabel(f"{gap['reference']} − method, test {results['metric']}")
+    ax.set_title(f"{results['dataset']}: gap to {gap['reference']} per subset "
+                 "(* reference beats the baseline)")
+    ax.grid(axis="x", color="0.92")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_per_subset(results: dict[str, Any], path: str | Path) -> None:

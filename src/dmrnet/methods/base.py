@@ -237,6 +237,9 @@ class Method:
     description: ClassVar[str] = ""
     train_subsets: ClassVar[str] = "random"
     """"random": one subset per sample (the protocol); "full": complete inputs only."""
+    role: ClassVar[str] = ""
+    """"reference": what a shared model could reach (reports measure every method's gap to
+    it); "baseline": the plain shared model whose gap the others try to close; "": neither."""
 
     @dataclass
     class Options:

@@ -22,6 +22,7 @@ class Dedicated(DMRNetFamily):
     variance, sample = False, False
     Options = NoOptions
     train_subsets = "full"
+    role = "reference"
 
     def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
         # the shared model's subset weights name subsets a dedicated model does not have

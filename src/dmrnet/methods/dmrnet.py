@@ -213,6 +213,7 @@ class Baseline(DMRNetFamily):
     description = "common subspace / modality dropout"
     variance, sample = False, False
     Options = NoOptions
+    role = "baseline"
 
 
 @register_method
