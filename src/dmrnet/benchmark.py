@@ -370,15 +370,9 @@ def run_benchmark(
     cfg: BenchmarkConfig, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run every method for every seed; write and return the results dict."""
-    DATASETS.get(cfg.dataset)
-    cfg = apply_dataset_defaults(cfg)
     quiet_lightning()
-    _check_config(cfg)
-    protected = [p for p in (cfg.root, cfg.dataset_kwargs.get("manifest")) if p]
-    folder = RunFolder(cfg.out, cfg.overwrite, protected)  # checks only; touches nothing
-    # the data are read and every split's files checked before --out is touched
-    first = _data_module(cfg, cfg.seeds[0])
-    _check_models(cfg, first)  # and every model's settings (e.g. --option hcr_subsets=...)
+    cfg, first = prepare(cfg)
+    folder = output_folder(cfg)
     try:
         with folder as work:
             results = _run_all(cfg, work, echo, first)
@@ -391,6 +385,25 @@ def run_benchmark(
                           + _kept(folder)) from err
     echo(f"wrote {str(folder.path)!r}")
     return results
+
+
+def prepare(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
+            ) -> tuple[BenchmarkConfig, MultimodalDataModule]:
+    """``cfg`` with the dataset's defaults, checked, and the first seed's data, read (every
+    split's files checked) with every model built once: all before any output is touched.
+    ``data``: already read data of the same dataset and seed (not read again)."""
+    DATASETS.get(cfg.dataset)
+    cfg = apply_dataset_defaults(cfg)
+    _check_config(cfg)
+    first = data if data is not None else _data_module(cfg, cfg.seeds[0])
+    _check_models(cfg, first)  # and every model's settings (e.g. --option hcr_subsets=...)
+    return cfg, first
+
+
+def output_folder(cfg: BenchmarkConfig) -> RunFolder:
+    """The run's output folder, checked (it is created when entered)."""
+    protected = [p for p in (cfg.root, cfg.dataset_kwargs.get("manifest")) if p]
+    return RunFolder(cfg.out, cfg.overwrite, protected)  # checks only; touches nothing
 
 
 def _check_models(cfg: BenchmarkConfig, data: MultimodalDataModule) -> None:

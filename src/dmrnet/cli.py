@@ -38,6 +38,7 @@ from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
 from dmrnet.methods import METHODS, options_summary
 from dmrnet.predict import load_module, run_predict
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
+from dmrnet.sweep import run_sweep
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
@@ -68,6 +69,13 @@ def _key_value(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"--set takes key=value, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
+
+
+def _sweep(text: str) -> tuple[str, list[Any]]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--sweep takes KEY=V1,V2,..., got {text!r}")
+    key, values = text.split("=", 1)
+    return key.strip(), [yaml.safe_load(v) for v in values.split(",") if v.strip()]
 
 
 def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
@@ -111,6 +119,11 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="any other MultimodalModule argument; a "
                        "dotted key sets one entry of a mapping, e.g. --set fusion=mean "
                        "--set optim.weight_decay=0 --set 'encoder_kwargs={hidden: [512]}'")
+    p.add_argument("--sweep", type=_sweep, metavar="KEY=V1,V2,...",
+                   help="run the benchmark once per value of KEY (a method option, "
+                   "[METHOD.]KEY, or a model setting such as optim.lr) into OUT/KEY=VALUE/, "
+                   "and write sweep.json, sweep.md and sweep.png (mean and worst subset "
+                   "against the value, seed bands) in OUT")
     own = p.add_argument_group("method options")
     own.add_argument("--option", type=_key_value, action="append", default=[],
                        metavar="[METHOD.]KEY=VALUE", help="a method option, for every method "
@@ -248,7 +261,11 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown benchmark option {unknown[0]!r} in {str(args.config)!r}; "
                           f"known: {sorted(known)}")
-    run_benchmark(BenchmarkConfig(**cfg, model=model, options=options))
+    config = BenchmarkConfig(**cfg, model=model, options=options)
+    if args.sweep is not None:
+        run_sweep(config, *args.sweep)
+    else:
+        run_benchmark(config)
     return 0
 
 
