@@ -90,13 +90,57 @@ class HCROptions:
 
 
 @dataclass
-class DMRNetOptions(HCROptions, KLOptions):
+class BoosterOptions:
+    """Boosters that combine with any member (baseline + X, dmrnet + X); our additions.
+
+    unimodal_weight: lambda of the unimodal auxiliary heads, a linear classifier per modality
+    on its encoder's pooled features whose task loss (over each sample's available
+    modalities) is added x lambda (0: no heads; Du et al., ICML 2023: UMT/UME).
+    unimodal_detach: the fused head's gradient does not reach the encoders, which learn from
+    their unimodal heads only (DGL, Wei et al., ECCV 2024)."""
+
+    unimodal_weight: float = 0.0
+    unimodal_detach: bool = False
+
+    def __post_init__(self) -> None:
+        u = _number(self.unimodal_weight)
+        _check("unimodal_weight", self.unimodal_weight, "a finite number >= 0",
+               math.isfinite(u) and u >= 0)
+        if not isinstance(self.unimodal_detach, bool):
+            raise ConfigError(f"unimodal_detach must be true or false; got "
+                              f"{self.unimodal_detach!r}")
+        if self.unimodal_detach and u == 0:
+            raise ConfigError("unimodal_detach needs unimodal_weight > 0 (the heads are the "
+                              "encoders' only teacher then)")
+
+
+@dataclass
+class DMRNetOptions(BoosterOptions, HCROptions, KLOptions):
     """DMRNet's options: alpha (KL) and beta with the HCR settings (see KLOptions and
-    HCROptions)."""
+    HCROptions), and the boosters (BoosterOptions)."""
 
     def __post_init__(self) -> None:
         KLOptions.__post_init__(self)
         HCROptions.__post_init__(self)
+        BoosterOptions.__post_init__(self)
+
+
+@dataclass
+class NoHCROptions(BoosterOptions, KLOptions):
+    """dmrnet_no_hcr: alpha and the boosters."""
+
+    def __post_init__(self) -> None:
+        KLOptions.__post_init__(self)
+        BoosterOptions.__post_init__(self)
+
+
+@dataclass
+class NoKLOptions(BoosterOptions, HCROptions):
+    """dmrnet_no_kl: beta with the HCR settings, and the boosters."""
+
+    def __post_init__(self) -> None:
+        HCROptions.__post_init__(self)
+        BoosterOptions.__post_init__(self)
 
 
 @dataclass
@@ -128,18 +172,26 @@ class DMRNetFamily(Method):
                                           weighting=opts.hcr_weighting)
                if self.variance and beta > 0 else None)
         return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
-                                   class_weights=config.class_weights)
+                                   class_weights=config.class_weights,
+                                   unimodal_weight=getattr(opts, "unimodal_weight", 0.0))
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
-        beta = getattr(self.options(config.method_kwargs), "beta", 0.0)
+        opts = self.options(config.method_kwargs)
+        beta, unimodal = getattr(opts, "beta", 0.0), getattr(opts, "unimodal_weight", 0.0)
         if config.architecture == "dense":
+            if unimodal > 0:
+                raise ConfigError("unimodal_weight applies to classification (late_fusion) "
+                                  "models; dense models have no unimodal heads yet")
             dense = dense_network(config, self.variance, self.sample, beta)
             return dense, self.objective(config, dense.space.names, spatial="mean")
-        model = late_fusion_network(config, self.variance, self.sample)
+        model = late_fusion_network(config, self.variance, self.sample, unimodal_heads=unimodal > 0,
+                                    detach_fused=bool(getattr(opts, "unimodal_detach", False)))
         return model, self.objective(config, model.space.names)
 
 
-def late_fusion_network(config: ModelConfig, variance: bool, sample: bool) -> MultimodalModel:
+def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
+                        unimodal_heads: bool = False, detach_fused: bool = False
+                        ) -> MultimodalModel:
     """Encoders per modality -> fusion (-> trunk) -> embedding -> classifier.
 
     ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
@@ -177,7 +229,8 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool) -> Mu
     return MultimodalModel(
         mods, built, config.num_classes, embed_dim=config.embed_dim, fusion=config.fusion,
         variance=variance, sample=sample, missing_at=config.missing_at, input_shapes=shapes,
-        trunk=trunk_module, spatial=spatial.pop(),
+        trunk=trunk_module, spatial=spatial.pop(), unimodal_heads=unimodal_heads,
+        detach_fused=detach_fused,
     )
 
 
@@ -212,7 +265,7 @@ class Baseline(DMRNetFamily):
     name = "baseline"
     description = "common subspace / modality dropout"
     variance, sample = False, False
-    Options = NoOptions
+    Options = BoosterOptions
     role = "baseline"
 
 
@@ -229,14 +282,14 @@ class FullOnly(DMRNetFamily):
 class DMRNetNoHCR(DMRNetFamily):
     name = "dmrnet_no_hcr"
     description = "DMRNet without HCR"
-    Options = KLOptions
+    Options = NoHCROptions
 
 
 @register_method
 class DMRNetNoKL(DMRNetFamily):
     name = "dmrnet_no_kl"
     description = "DMRNet without KL"
-    Options = HCROptions
+    Options = NoKLOptions
 
 
 def drop_settings(settings: Mapping[str, Any], *names: str) -> dict[str, Any]:

@@ -302,10 +302,12 @@ class MultimodalObjective(Objective):
         label_smoothing: float = 0.0,
         ignore_index: int = IGNORE_INDEX,
         class_weights: Sequence[float] | None = None,
+        unimodal_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.kl = kl
         self.hcr = hcr
+        self.unimodal_weight = float(unimodal_weight)
         self.label_smoothing = label_smoothing
         self.ignore_index = ignore_index
         self.val_loss_sum: Tensor | None = None  # the val_loss rule's sums per subset
@@ -375,6 +377,15 @@ class MultimodalObjective(Objective):
         hcr.observe_validation(dict(zip(hcr.subset_names, mean.tolist(), strict=True)))
         self.val_loss_sum, self.val_count = None, None
 
+    def unimodal_loss(self, out: ModelOutput, target: Tensor) -> Tensor:
+        """Mean task loss of the per-modality heads over every (sample, modality it has)."""
+        assert out.modality_logits is not None and out.modality_mask is not None
+        b, m, k = out.modality_logits.shape
+        losses = self.per_sample(out.modality_logits.reshape(b * m, k),
+                                 target.repeat_interleave(m)).view(b, m)
+        mask = out.modality_mask.to(losses.dtype)
+        return (losses * mask).sum() / mask.sum().clamp_min(1)
+
     def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
         """(B,) loss per sample; dense losses are averaged over each sample's labelled pixels."""
         if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
@@ -395,6 +406,8 @@ class MultimodalObjective(Objective):
             terms["side"] = sum(self.per_sample(s, target).mean() for s in out.side_logits)
         if out.extra_losses:
             terms.update(out.extra_losses)
+        if self.unimodal_weight > 0 and out.modality_logits is not None:
+            terms["unimodal"] = self.unimodal_weight * self.unimodal_loss(out, target)
         if self.kl is not None and self.kl.weight > 0 and out.logvar is not None:
             terms["kl"] = self.kl(out.mu, out.logvar)
         if self.hcr is not None:

@@ -95,6 +95,13 @@ class MultimodalModel(nn.Module):
         trunk: shared layers between fusion and the embedding (mid-level fusion), or None.
         spatial: the encoders give maps (B, C, H, W): fusion, trunk and embedding work on maps
             (1x1 Conv + BatchNorm2d heads) and the classifier pools before its linear layer.
+        unimodal_heads: a linear classifier per modality on its pooled encoder features, run in
+            training (``ModelOutput.modality_logits``) so that each encoder learns to classify
+            alone (the unimodal-loss remedy for modality imbalance: Du et al., "On
+            Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023).
+        detach_fused: in training, the fused head's gradient does not reach the encoders:
+            they learn from their unimodal heads only (DGL: Wei et al., "Diagnosing and
+            Re-learning for Balanced Multimodal Learning", ECCV 2024). Needs unimodal_heads.
     """
 
     def __init__(
@@ -111,6 +118,8 @@ class MultimodalModel(nn.Module):
         validate_inputs: bool = True,
         trunk: nn.Module | None = None,
         spatial: bool = False,
+        unimodal_heads: bool = False,
+        detach_fused: bool = False,
     ) -> None:
         super().__init__()
         self.space = SubsetSpace(modalities)
@@ -132,6 +141,13 @@ class MultimodalModel(nn.Module):
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) if spatial else None
         self.classifier = nn.Linear(embed_dim, num_classes)
+        if detach_fused and not unimodal_heads:
+            raise ConfigError("detach_fused needs unimodal_heads: the encoders would get no "
+                              "gradient at all")
+        self.unimodal = (nn.ModuleDict({m: nn.Linear(d, num_classes)
+                                        for m, d in zip(self.modalities, dims, strict=True)})
+                         if unimodal_heads else None)
+        self.detach_fused = detach_fused
         self.num_classes = num_classes
         self.missing_at = missing_at
         self.input_shapes = (
@@ -144,6 +160,8 @@ class MultimodalModel(nn.Module):
         # themselves (and may have loaded weights)
         init_weights(self.embedding)
         init_weights(self.classifier)
+        if self.unimodal is not None:
+            init_weights(self.unimodal)
 
     def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None:
         if self.validate_inputs:
@@ -200,4 +218,14 @@ class MultimodalModel(nn.Module):
         # input-level missingness: absent inputs were zeroed before their encoders, and the
         # encoders' response to zeros is what the model sees, so nothing is zeroed again
         absent = feats if self.missing_at == "input" else None
-        return self.forward_head(feats, availability, absent)
+        if not (self.training and self.unimodal is not None):
+            return self.forward_head(feats, availability, absent)
+        pooled = [f if f.dim() == 2 else f.float().mean(dim=(2, 3)).to(f.dtype) for f in feats]
+        modality_logits = torch.stack([self.unimodal[m](p) for m, p in
+                                       zip(self.modalities, pooled, strict=True)], dim=1)
+        if self.detach_fused:
+            feats = [f.detach() for f in feats]
+            absent = feats if absent is not None else None
+        out = self.forward_head(feats, availability, absent)
+        out.modality_logits, out.modality_mask = modality_logits, availability.bool()
+        return out

@@ -25,6 +25,9 @@ class ModelOutput:
         aux_logits: an auxiliary predictor's output for the HCR term (dense models), or None.
         side_logits: deep-supervision outputs at lower resolutions (training only), or None.
         extra_losses: a method's own auxiliary loss terms, already weighted (training only).
+        modality_logits: (B, M, K) a classifier per modality on its own encoder's features
+            (unimodal auxiliary heads; training only), or None.
+        modality_mask: (B, M) bool, which of those modalities each sample had.
     """
 
     logits: Tensor
@@ -34,6 +37,8 @@ class ModelOutput:
     aux_logits: Tensor | None = None
     side_logits: list[Tensor] | None = None
     extra_losses: dict[str, Tensor] | None = None
+    modality_logits: Tensor | None = None
+    modality_mask: Tensor | None = None
 
     @property
     def variance(self) -> Tensor | None:
