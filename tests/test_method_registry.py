@@ -165,7 +165,7 @@ def test_method_options_are_typed_and_unknown_ones_are_named():
         build_method("shaspec", modalities=["a"], input_shapes={"a": [3]}, num_classes=2,
                      method_kwargs={"dao": 1})
     with pytest.raises(ConfigError, match="its options: none"):
-        build_method("baseline", modalities=["a"], input_shapes={"a": [3]}, num_classes=2,
+        build_method("full_only", modalities=["a"], input_shapes={"a": [3]}, num_classes=2,
                      method_kwargs={"x": 1})
     with pytest.raises(ConfigError, match="its options: \\['alpha', 'beta', 'hcr_"):
         build_method("dmrnet", modalities=["a"], input_shapes={"a": [3]}, num_classes=2,
@@ -198,7 +198,7 @@ def test_every_registered_network_keeps_the_forward_contract(name, tmp_path):
 
 
 GLUE = ["training.py", "benchmark.py", "serving.py", "cli.py", "lightning_cli.py",
-        "evaluation.py", "predict.py"]
+        "evaluation.py", "predict.py", "sweep.py", "optim.py"]
 
 
 def test_the_glue_names_no_method():

@@ -538,8 +538,8 @@ def _roles(cfg: BenchmarkConfig) -> dict[str, str]:
 
 def gap_to_reference(runs: Sequence[dict[str, Any]], higher_is_better: bool,
                      roles: Mapping[str, str], resamples: int = 10000) -> dict[str, Any] | None:
-    """How far each method is from the reference (dedicated models) per subset, and how much
-    of the baseline's gap it closes. None without a reference in the run.
+    """How far each method is from the reference (the method whose role is "reference") per
+    subset, and how much of the baseline's gap it closes. None without a reference in the run.
 
     Per subset and method: ``gap`` = reference - method (method - reference where lower is
     better), averaged over the seeds both ran; ``closed`` = (baseline gap - method gap) /
