@@ -29,7 +29,15 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
 from dmrnet.data import DATASETS
-from dmrnet.errors import DMRNetError, RunInterruptedError, first_line
+from dmrnet.errors import (
+    COUNT_FROM_1,
+    FRACTION,
+    DMRNetError,
+    Rule,
+    RunInterruptedError,
+    first_line,
+    require,
+)
 from dmrnet.methods import (
     METHODS,
     RunRecord,
@@ -212,10 +220,7 @@ def _check_config(cfg: BenchmarkConfig) -> None:
     _check_options(cfg)
 
 
-NUMBER_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "embed_dim": ("a whole number >= 1", lambda v: v >= 1 and float(v).is_integer()),
-    "label_smoothing": ("a number in [0, 1)", lambda v: 0 <= v < 1),
-}
+NUMBER_RULES: dict[str, Rule] = {"embed_dim": COUNT_FROM_1, "label_smoothing": FRACTION}
 """Ranges of the numeric shared model settings, checked before any work (the optimisation's
 and the methods' own options check themselves)."""
 
@@ -226,12 +231,9 @@ def _check_numbers(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"seeds must be whole numbers >= 0; got {bad_seeds[0]!r}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise BenchmarkError(f"batch size must be at least 1; got {cfg.batch_size}")
-    for key, (rule, ok) in NUMBER_RULES.items():
-        value = cfg.model.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
-            raise BenchmarkError(f"{key} must be {rule}; got {value!r}")
+    for key, rule in NUMBER_RULES.items():
+        if cfg.model.get(key) is not None:
+            require(key, cfg.model[key], rule, BenchmarkError)
 
 
 def quiet_lightning() -> None:

@@ -1,6 +1,8 @@
 """Error types. Every error dmrnet raises for bad input or configuration is a
 :class:`DMRNetError` (a ValueError) whose message names the offending thing and the fix."""
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -62,3 +64,22 @@ def first_line(err: BaseException) -> str:
     from torch, Lightning or the OS are shown in one line."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+Rule = tuple[str, Callable[[float], bool]]
+"""A numeric setting's range: its wording for errors, and the test."""
+
+NON_NEGATIVE: Rule = ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+POSITIVE: Rule = ("a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+COUNT: Rule = ("a whole number >= 0", lambda v: v >= 0 and float(v).is_integer())
+COUNT_FROM_1: Rule = ("a whole number >= 1", lambda v: v >= 1 and float(v).is_integer())
+FRACTION: Rule = ("a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def require(name: str, value: object, rule: Rule, error: type[DMRNetError] | None = None
+            ) -> None:
+    """Raise ``error`` (ConfigError) "NAME must be RULE; got VALUE" unless ``value`` is a
+    number (not a bool) that passes ``rule``."""
+    text, ok = rule
+    if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+        raise (error or ConfigError)(f"{name} must be {text}; got {value!r}")

@@ -4,14 +4,13 @@ warm-up (:class:`OptimConfig`), and what it builds for Lightning (:func:`configu
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from dmrnet.errors import ConfigError
+from dmrnet.errors import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, ConfigError, require
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("none", "cosine", "multistep", "onecycle")
@@ -49,16 +48,9 @@ class OptimConfig:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose "
                               f"{', '.join(SCHEDULERS)}")
-        for name, rule, ok in (
-            ("lr", "a finite number > 0", lambda v: math.isfinite(v) and v > 0),
-            ("weight_decay", "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
-            ("momentum", "a number in [0, 1)", lambda v: 0 <= v < 1),
-            ("gamma", "a finite number > 0", lambda v: math.isfinite(v) and v > 0),
-            ("warmup_epochs", "a whole number >= 0", lambda v: v >= 0 and float(v).is_integer()),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
-                raise ConfigError(f"optim.{name} must be {rule}; got {value!r}")
+        for name, rule in (("lr", POSITIVE), ("weight_decay", NON_NEGATIVE),
+                           ("momentum", FRACTION), ("gamma", POSITIVE), ("warmup_epochs", COUNT)):
+            require(f"optim.{name}", getattr(self, name), rule)
         if self.scheduler == "multistep" and not self.milestones:
             raise ConfigError("scheduler 'multistep' needs optim.milestones, e.g. [70]")
 

@@ -16,9 +16,9 @@ from torch import Tensor
 from dmrnet.data.base import DataError
 from dmrnet.data.io import read_image, read_npy
 from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
-from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
+from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
-from dmrnet.methods import upgrade_settings
+from dmrnet.methods import load_weights, read_checkpoint
 from dmrnet.serving import apply_preprocessing
 from dmrnet.training import MultimodalModule
 
@@ -28,25 +28,13 @@ def load_module(checkpoint: str | Path) -> MultimodalModule:
     (settings saved by earlier dmrnet versions are upgraded; see ``upgrade_settings``). The
     random-number state stored for resuming is not applied."""
 
-    path = Path(local_checkpoint(checkpoint))
+    path, ckpt = read_checkpoint(checkpoint)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated or unsafe files raise many types
-        raise checkpoint_error(path, err) from err
-    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(f"{str(path)!r} is not a dmrnet training checkpoint (no "
-                          "hyper_parameters or state_dict)")
-    settings = upgrade_settings(ckpt["hyper_parameters"])
-    try:
-        module = MultimodalModule(**settings)
+        module = MultimodalModule(**ckpt["hyper_parameters"])
     except TypeError as err:
-        raise ConfigError(f"{str(path)!r} has settings this dmrnet does not know ({err}); "
+        raise ConfigError(f"{path!r} has settings this dmrnet does not know ({err}); "
                           "upgrade dmrnet") from err
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ConfigError(f"the weights in {str(path)!r} do not fit its settings: "
-                          f"{str(err).splitlines()[0]}") from err
+    load_weights(module, ckpt["state_dict"], path)
     module.restore_choice(ckpt)
     return module.eval()
 

@@ -39,8 +39,8 @@ def is_model_setting(key: str) -> bool:
 def with_value(cfg: BenchmarkConfig, key: str, value: Any) -> BenchmarkConfig:
     """``cfg`` with the swept setting set to ``value``."""
     if is_model_setting(key):
-        model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.model.items()}
-        set_dotted(model, key, value)
+        model = dict(cfg.model)
+        set_dotted(model, key, value)  # copies the mappings along the path
         return replace(cfg, model=model)
     return replace(cfg, options={**cfg.options, key: value})
 

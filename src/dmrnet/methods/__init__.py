@@ -21,7 +21,9 @@ from dmrnet.methods.base import (
     checkpoint_network,
     create_model,
     get_method,
+    load_weights,
     options_summary,
+    read_checkpoint,
     register_method,
     upgrade_settings,
 )
@@ -41,7 +43,9 @@ __all__ = [
     "checkpoint_network",
     "create_model",
     "get_method",
+    "load_weights",
     "options_summary",
+    "read_checkpoint",
     "register_method",
     "upgrade_settings",
 ]

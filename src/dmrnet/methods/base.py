@@ -328,10 +328,10 @@ def create_model(method: str, **kwargs: Any) -> nn.Module:
     return build_method(method, **kwargs)[0]
 
 
-def checkpoint_network(path: str) -> nn.Module:
-    """The network stored in a training checkpoint (ours or Lightning's: ``state_dict`` under
-    ``model.`` and ``hyper_parameters``), rebuilt and loaded with ``weights_only=True``;
-    plain PyTorch, no training objects."""
+def read_checkpoint(path: object) -> tuple[str, dict[str, Any]]:
+    """A dmrnet training checkpoint (ours or Lightning's: ``hyper_parameters`` and
+    ``state_dict``) read with ``weights_only=True``, its settings in today's layout
+    (:func:`upgrade_settings`): (the local path, the checkpoint)."""
     path = local_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -340,14 +340,25 @@ def checkpoint_network(path: str) -> nn.Module:
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError(f"{path!r} is not a dmrnet training checkpoint (no hyperparameters "
                           "or state_dict)")
-    config = ModelConfig.pick(ckpt["hyper_parameters"])
-    network, _ = get_method(config.method).build(config)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
-             if k.startswith("model.")}
+    return path, {**ckpt, "hyper_parameters": upgrade_settings(ckpt["hyper_parameters"])}
+
+
+def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+    """``module.load_state_dict(state)``, or a ConfigError saying the weights in ``path`` do
+    not fit the settings stored with them."""
     try:
-        network.load_state_dict(state)
+        module.load_state_dict(state)
     except RuntimeError as err:
         raise ConfigError(f"the weights in {path!r} do not fit its settings: "
                           f"{str(err).splitlines()[0]}") from err
-    return network
 
+
+def checkpoint_network(path: str) -> nn.Module:
+    """The network stored in a training checkpoint (``state_dict`` under ``model.``),
+    rebuilt and loaded (see :func:`read_checkpoint`); plain PyTorch, no training objects."""
+    path, ckpt = read_checkpoint(path)
+    config = ModelConfig.pick(ckpt["hyper_parameters"])
+    network, _ = get_method(config.method).build(config)
+    load_weights(network, {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+                           if k.startswith("model.")}, path)
+    return network

@@ -4,14 +4,13 @@ late-fusion (or dense) network with switches (variance head, sampling, KL and HC
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
 
-from dmrnet.errors import ConfigError
+from dmrnet.errors import COUNT, COUNT_FROM_1, NON_NEGATIVE, ConfigError, require
 from dmrnet.methods.base import Method, ModelConfig, register_method
 from dmrnet.methods.objectives import (
     HCR_RULES,
@@ -27,15 +26,6 @@ from dmrnet.nn.fusion import create_fusion
 from dmrnet.subsets import SubsetSpace
 
 
-def _check(name: str, value: object, rule: str, ok: bool) -> None:
-    if isinstance(value, bool) or not ok:
-        raise ConfigError(f"{name} must be {rule}; got {value!r}")
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else math.nan
-
-
 @dataclass
 class KLOptions:
     """alpha: weight of KL(N(mu, sigma^2) || N(0, I)) (paper: 1e-3)."""
@@ -43,8 +33,7 @@ class KLOptions:
     alpha: float = 1e-3
 
     def __post_init__(self) -> None:
-        a = _number(self.alpha)
-        _check("alpha", self.alpha, "a finite number >= 0", math.isfinite(a) and a >= 0)
+        require("alpha", self.alpha, NON_NEGATIVE)
 
 
 @dataclass
@@ -69,16 +58,13 @@ class HCROptions:
     hcr_weighting: str = "top_k"
 
     def __post_init__(self) -> None:
-        b, w, k = _number(self.beta), _number(self.hcr_warmup_epochs), _number(self.hcr_top_k)
-        _check("beta", self.beta, "a finite number >= 0", math.isfinite(b) and b >= 0)
-        _check("hcr_warmup_epochs", self.hcr_warmup_epochs, "a whole number >= 0",
-               w >= 0 and w.is_integer())
-        _check("hcr_top_k", self.hcr_top_k, "a whole number >= 1", k >= 1 and k.is_integer())
+        require("beta", self.beta, NON_NEGATIVE)
+        require("hcr_warmup_epochs", self.hcr_warmup_epochs, COUNT)
+        require("hcr_top_k", self.hcr_top_k, COUNT_FROM_1)
         if self.hcr_candidates not in ("unimodal", "all"):
             raise ConfigError("hcr_candidates must be 'unimodal' or 'all'; got "
                               f"{self.hcr_candidates!r}")
-        _check("hcr_every", self.hcr_every, "a whole number >= 0",
-               _number(self.hcr_every) >= 0 and _number(self.hcr_every).is_integer())
+        require("hcr_every", self.hcr_every, COUNT)
         if self.hcr_rule not in HCR_RULES:
             raise ConfigError(f"hcr_rule must be one of {', '.join(HCR_RULES)}; got "
                               f"{self.hcr_rule!r}")
@@ -103,13 +89,11 @@ class BoosterOptions:
     unimodal_detach: bool = False
 
     def __post_init__(self) -> None:
-        u = _number(self.unimodal_weight)
-        _check("unimodal_weight", self.unimodal_weight, "a finite number >= 0",
-               math.isfinite(u) and u >= 0)
+        require("unimodal_weight", self.unimodal_weight, NON_NEGATIVE)
         if not isinstance(self.unimodal_detach, bool):
             raise ConfigError(f"unimodal_detach must be true or false; got "
                               f"{self.unimodal_detach!r}")
-        if self.unimodal_detach and u == 0:
+        if self.unimodal_detach and self.unimodal_weight == 0:
             raise ConfigError("unimodal_detach needs unimodal_weight > 0 (the heads are the "
                               "encoders' only teacher then)")
 
