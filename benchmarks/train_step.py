@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved
+from dmrnet.batch import Batch
 from dmrnet.data import mfeat
 from dmrnet.training import MultimodalModule
 
@@ -33,7 +34,9 @@ def make_step(module: MultimodalModule, inputs: dict, avail: torch.Tensor, targe
         drawn = module.sampler.sample(avail)
         idx = module.space.indices_of(drawn)
         out = module.model(inputs, drawn)
-        loss = module.objective(out, target, idx)["loss"]
+        extra = {} if module.context is None else module.context(
+            Batch(inputs=inputs, availability=drawn, target=target), "cpu")
+        loss = module.objective(out, target, idx, **extra)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

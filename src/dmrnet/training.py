@@ -266,6 +266,8 @@ class MultimodalModule(L.LightningModule):
         # its first step
         if self.context is not None:
             self.context.setup()
+            if self.trainer.ckpt_path is None:  # a resumed run keeps its trained weights
+                self.context.initialise(self.model)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if batch.target is None:

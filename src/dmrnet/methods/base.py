@@ -225,6 +225,10 @@ class TrainingContext:
     def setup(self) -> None:
         """Prepare (e.g. load a checkpoint); called when training starts."""
 
+    def initialise(self, network: nn.Module) -> None:
+        """Change the network before its first step (e.g. load pretrained weights); called
+        when training starts from scratch, after :meth:`setup`, and not when it resumes."""
+
     def __call__(self, batch: Batch, device: Any) -> dict[str, Any]:
         return {}
 

@@ -4,14 +4,15 @@ late-fusion (or dense) network with switches (variance head, sampling, KL and HC
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
 
 from dmrnet.errors import COUNT, COUNT_FROM_1, NON_NEGATIVE, ConfigError, require
-from dmrnet.methods.base import Method, ModelConfig, register_method
+from dmrnet.methods.base import Method, ModelConfig, Stage, register_method
 from dmrnet.methods.objectives import (
     HCR_RULES,
     HCR_WEIGHTINGS,
@@ -19,6 +20,7 @@ from dmrnet.methods.objectives import (
     KLRegularizer,
     MultimodalObjective,
 )
+from dmrnet.methods.teachers import TeacherOptions, UnimodalTeachers, teacher_stages
 from dmrnet.models.dense import DenseMultimodalModel
 from dmrnet.models.late_fusion import MultimodalModel
 from dmrnet.nn import create_encoder, create_trunk
@@ -76,9 +78,11 @@ class HCROptions:
 
 
 @dataclass
-class BoosterOptions:
+class BoosterOptions(TeacherOptions):
     """Boosters that combine with any member (baseline + X, dmrnet + X); our additions.
 
+    teacher_init / teacher_distill / teacher_checkpoints: dedicated unimodal teachers trained
+    first (see :mod:`dmrnet.methods.teachers`).
     unimodal_weight: lambda of the unimodal auxiliary heads, a linear classifier per modality
     on its encoder's pooled features whose task loss (over each sample's available
     modalities) is added x lambda (0: no heads; Du et al., ICML 2023: UMT/UME).
@@ -89,6 +93,7 @@ class BoosterOptions:
     unimodal_detach: bool = False
 
     def __post_init__(self) -> None:
+        TeacherOptions.__post_init__(self)
         require("unimodal_weight", self.unimodal_weight, NON_NEGATIVE)
         if not isinstance(self.unimodal_detach, bool):
             raise ConfigError(f"unimodal_detach must be true or false; got "
@@ -157,25 +162,53 @@ class DMRNetFamily(Method):
                if self.variance and beta > 0 else None)
         return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
                                    class_weights=config.class_weights,
-                                   unimodal_weight=getattr(opts, "unimodal_weight", 0.0))
+                                   unimodal_weight=getattr(opts, "unimodal_weight", 0.0),
+                                   teacher_weight=getattr(opts, "teacher_distill", 0.0))
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         opts = self.options(config.method_kwargs)
         beta, unimodal = getattr(opts, "beta", 0.0), getattr(opts, "unimodal_weight", 0.0)
+        distill = getattr(opts, "teacher_distill", 0.0) > 0
         if config.architecture == "dense":
-            if unimodal > 0:
-                raise ConfigError("unimodal_weight applies to classification (late_fusion) "
-                                  "models; dense models have no unimodal heads yet")
+            if unimodal > 0 or distill:
+                raise ConfigError(f"{'unimodal_weight' if unimodal > 0 else 'teacher_distill'}"
+                                  " applies to classification (late_fusion) models; dense "
+                                  "models have no unimodal heads or pooled features yet "
+                                  "(teacher_init works for both)")
             dense = dense_network(config, self.variance, self.sample, beta)
             return dense, self.objective(config, dense.space.names, spatial="mean")
         model = late_fusion_network(config, self.variance, self.sample, unimodal_heads=unimodal > 0,
-                                    detach_fused=bool(getattr(opts, "unimodal_detach", False)))
+                                    detach_fused=bool(getattr(opts, "unimodal_detach", False)),
+                                    expose_features=distill)
         return model, self.objective(config, model.space.names)
+
+    def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
+        """One stage; with unimodal teachers, a dedicated teacher per modality first."""
+        opts = self.options(settings.get("method_kwargs"))
+        if getattr(opts, "uses_teachers", False):
+            return teacher_stages(settings, self.name, modalities)
+        return super().stages(settings, modalities)
+
+    def training_context(self, config: ModelConfig, network: nn.Module
+                         ) -> UnimodalTeachers | None:
+        opts = self.options(config.method_kwargs)
+        if not getattr(opts, "uses_teachers", False):
+            return None
+        return UnimodalTeachers(list(SubsetSpace(config.modalities).modalities),
+                                opts.teacher_checkpoints, init=opts.teacher_init,
+                                distill=opts.teacher_distill > 0)
+
+    def serving_kwargs(self, method_kwargs: Mapping[str, object] | None
+                       ) -> dict[str, object] | None:
+        """A trained network serves without its teachers: their paths are not stored."""
+        if method_kwargs is None:
+            return None
+        return {k: v for k, v in method_kwargs.items() if k != "teacher_checkpoints"}
 
 
 def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
-                        unimodal_heads: bool = False, detach_fused: bool = False
-                        ) -> MultimodalModel:
+                        unimodal_heads: bool = False, detach_fused: bool = False,
+                        expose_features: bool = False) -> MultimodalModel:
     """Encoders per modality -> fusion (-> trunk) -> embedding -> classifier.
 
     ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
@@ -214,7 +247,7 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
         mods, built, config.num_classes, embed_dim=config.embed_dim, fusion=config.fusion,
         variance=variance, sample=sample, missing_at=config.missing_at, input_shapes=shapes,
         trunk=trunk_module, spatial=spatial.pop(), unimodal_heads=unimodal_heads,
-        detach_fused=detach_fused,
+        detach_fused=detach_fused, expose_features=expose_features,
     )
 
 
@@ -279,3 +312,39 @@ class DMRNetNoKL(DMRNetFamily):
 def drop_settings(settings: Mapping[str, Any], *names: str) -> dict[str, Any]:
     """``settings`` without the named keys."""
     return {k: v for k, v in settings.items() if k not in names}
+
+
+@dataclass
+class TutoredOptions(BoosterOptions):
+    """The boosters with the preset's defaults: teacher_init on, and unimodal_weight None
+    (2.0 for classification; 0 for dense models, which have no unimodal heads yet)."""
+
+    teacher_init: bool = True
+    unimodal_weight: float | None = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        weight = self.unimodal_weight
+        self.unimodal_weight = 2.0 if weight is None else weight
+        try:
+            BoosterOptions.__post_init__(self)
+        finally:
+            self.unimodal_weight = weight
+
+
+@register_method
+class Tutored(DMRNetFamily):
+    """Our preset: the baseline's network, its encoders started from dedicated unimodal
+    teachers (``teacher_init``) and kept able to classify alone by unimodal heads
+    (``unimodal_weight`` 2). Chosen on validation splits; ``docs/results.md`` has the
+    experiments."""
+
+    name = "tutored"
+    description = "preset: baseline + unimodal-teacher init + unimodal heads"
+    variance, sample = False, False
+    Options = TutoredOptions
+
+    def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        kwargs = dict(config.method_kwargs or {})
+        if kwargs.get("unimodal_weight") is None:
+            kwargs["unimodal_weight"] = 0.0 if config.architecture == "dense" else 2.0
+        return super().build(dataclasses.replace(config, method_kwargs=kwargs))

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from dmrnet.errors import ConfigError
 from dmrnet.methods.base import Objective, Reduce, Selection
+from dmrnet.methods.teachers import distillation_loss
 from dmrnet.models.protocol import ModelOutput
 from dmrnet.subsets import SEP, subset_totals
 
@@ -286,7 +287,8 @@ IGNORE_INDEX = 255
 
 
 class MultimodalObjective(Objective):
-    """Sums the named loss terms: task CE + alpha * KL + beta * HCR (+ deep supervision).
+    """Sums the named loss terms: task CE + alpha * KL + beta * HCR (+ deep supervision, the
+    unimodal heads' loss and the distillation to unimodal teachers, where enabled).
 
     ``forward`` returns a dict of weighted terms ("task", and "kl" / "hcr" / "side" where
     enabled) and their sum under "loss". Terms a method does not use are absent. For dense
@@ -303,8 +305,10 @@ class MultimodalObjective(Objective):
         ignore_index: int = IGNORE_INDEX,
         class_weights: Sequence[float] | None = None,
         unimodal_weight: float = 0.0,
+        teacher_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        self.teacher_weight = float(teacher_weight)
         self.kl = kl
         self.hcr = hcr
         self.unimodal_weight = float(unimodal_weight)
@@ -399,7 +403,8 @@ class MultimodalObjective(Objective):
             loss = loss.flatten(1).sum(dim=1) / valid
         return loss
 
-    def forward(self, out: ModelOutput, target: Tensor, subset_index: Tensor) -> dict[str, Tensor]:
+    def forward(self, out: ModelOutput, target: Tensor, subset_index: Tensor,
+                teacher_features: Sequence[Tensor] | None = None) -> dict[str, Tensor]:
         per_sample = self.per_sample(out.logits, target)
         terms = {"task": per_sample.mean()}
         if out.side_logits:
@@ -408,6 +413,10 @@ class MultimodalObjective(Objective):
             terms.update(out.extra_losses)
         if self.unimodal_weight > 0 and out.modality_logits is not None:
             terms["unimodal"] = self.unimodal_weight * self.unimodal_loss(out, target)
+        if (self.teacher_weight > 0 and teacher_features is not None
+                and out.modality_features is not None and out.modality_mask is not None):
+            terms["teacher"] = self.teacher_weight * distillation_loss(
+                out.modality_features, teacher_features, out.modality_mask)
         if self.kl is not None and self.kl.weight > 0 and out.logvar is not None:
             terms["kl"] = self.kl(out.mu, out.logvar)
         if self.hcr is not None:

@@ -102,6 +102,8 @@ class MultimodalModel(nn.Module):
         detach_fused: in training, the fused head's gradient does not reach the encoders:
             they learn from their unimodal heads only (DGL: Wei et al., "Diagnosing and
             Re-learning for Balanced Multimodal Learning", ECCV 2024). Needs unimodal_heads.
+        expose_features: in training, return each modality's pooled encoder features
+            (``ModelOutput.modality_features``), e.g. for distillation to unimodal teachers.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class MultimodalModel(nn.Module):
         spatial: bool = False,
         unimodal_heads: bool = False,
         detach_fused: bool = False,
+        expose_features: bool = False,
     ) -> None:
         super().__init__()
         self.space = SubsetSpace(modalities)
@@ -148,6 +151,7 @@ class MultimodalModel(nn.Module):
                                         for m, d in zip(self.modalities, dims, strict=True)})
                          if unimodal_heads else None)
         self.detach_fused = detach_fused
+        self.expose_features = expose_features
         self.num_classes = num_classes
         self.missing_at = missing_at
         self.input_shapes = (
@@ -218,14 +222,18 @@ class MultimodalModel(nn.Module):
         # input-level missingness: absent inputs were zeroed before their encoders, and the
         # encoders' response to zeros is what the model sees, so nothing is zeroed again
         absent = feats if self.missing_at == "input" else None
-        if not (self.training and self.unimodal is not None):
+        if not (self.training and (self.unimodal is not None or self.expose_features)):
             return self.forward_head(feats, availability, absent)
         pooled = [f if f.dim() == 2 else f.float().mean(dim=(2, 3)).to(f.dtype) for f in feats]
-        modality_logits = torch.stack([self.unimodal[m](p) for m, p in
-                                       zip(self.modalities, pooled, strict=True)], dim=1)
+        modality_logits = None
+        if self.unimodal is not None:
+            modality_logits = torch.stack([self.unimodal[m](p) for m, p in
+                                           zip(self.modalities, pooled, strict=True)], dim=1)
         if self.detach_fused:
             feats = [f.detach() for f in feats]
             absent = feats if absent is not None else None
         out = self.forward_head(feats, availability, absent)
         out.modality_logits, out.modality_mask = modality_logits, availability.bool()
+        if self.expose_features:
+            out.modality_features = pooled
         return out

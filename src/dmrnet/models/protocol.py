@@ -28,6 +28,8 @@ class ModelOutput:
         modality_logits: (B, M, K) a classifier per modality on its own encoder's features
             (unimodal auxiliary heads; training only), or None.
         modality_mask: (B, M) bool, which of those modalities each sample had.
+        modality_features: M tensors (B, C_m), each modality's pooled encoder features
+            (training only, where a method asks for them), or None.
     """
 
     logits: Tensor
@@ -39,6 +41,7 @@ class ModelOutput:
     extra_losses: dict[str, Tensor] | None = None
     modality_logits: Tensor | None = None
     modality_mask: Tensor | None = None
+    modality_features: list[Tensor] | None = None
 
     @property
     def variance(self) -> Tensor | None:
