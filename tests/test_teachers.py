@@ -250,3 +250,15 @@ def test_epoch_cost_script_prints_measured_ratios():
     for ln in lines:
         ratio = float(ln.split("ratio tutored/baseline")[1].split()[0])
         assert 0.2 < ratio < 5  # a measurement, not a constant: timings of two real runs
+
+
+def test_dataset_default_options_apply_only_to_methods_that_have_them():
+    from dmrnet.benchmark import BenchmarkConfig, _check_options, apply_dataset_defaults
+    plain = apply_dataset_defaults(BenchmarkConfig(out="-", dataset="rgbd-shapes",
+                                                   methods=["baseline", "tutored"]))
+    assert plain.options == {}
+    _check_options(plain)  # was: "no method in this run has option 'hcr_warmup_epochs'"
+    mixed = apply_dataset_defaults(BenchmarkConfig(out="-", dataset="rgbd-shapes",
+                                                   methods=["baseline", "dmrnet"]))
+    assert mixed.options == {"hcr_warmup_epochs": 3}
+    _check_options(mixed)

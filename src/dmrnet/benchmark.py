@@ -112,12 +112,16 @@ key inside a mapping such as ``optim``)."""
 
 
 def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
-    """``cfg`` with the dataset's defaults filled in; ``model.method_kwargs`` (e.g. from a
-    config file) counts as options for every method."""
+    """``cfg`` with the dataset's defaults filled in (its default options only where a method
+    in the run has them); ``model.method_kwargs`` (e.g. from a config file) counts as options
+    for every method."""
     defaults = DATASET_DEFAULTS.get(cfg.dataset, {})
     model = _merge(defaults.get("model", {}), cfg.model)
     given = model.pop("method_kwargs", None) or {}
-    options = {**defaults.get("options", {}), **given, **cfg.options}
+    # a dataset's default options apply to the methods in the run that have them
+    offered = {k: v for k, v in defaults.get("options", {}).items()
+               if any(m in METHODS and k in get_method(m).option_names() for m in cfg.methods)}
+    options = {**offered, **given, **cfg.options}
     epochs = cfg.epochs if cfg.epochs is not None else defaults.get("epochs", 30)
     batch = cfg.batch_size if cfg.batch_size is not None else defaults.get("batch_size", 64)
     seeds = cfg.seeds if cfg.seeds is not None else defaults.get("seeds", [0, 1, 2])
