@@ -231,6 +231,7 @@ class MultimodalModule(L.LightningModule):
         self.space: SubsetSpace = self.model.space
         weights = {self.space.names[-1]: 1.0} if self.method.train_subsets == "full" else None
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
+        self.base_weights = self.sampler.weights.clone()  # an objective's sampling multiplies it
         if subset_weights and self.sampler.unnamed:
             log.warning("subset_weights names %d of %d subsets: the other %d (%s) get weight 0 "
                         "and are never trained on; name them, or add '*': 1 for a default",
@@ -248,6 +249,7 @@ class MultimodalModule(L.LightningModule):
         self.hard_subsets: list[str] = []
         self.subset_variance: dict[str, float] = {}
         self.selections: list[dict[str, Any]] = []  # each choice of the objective, in order
+        self.sampling: dict[str, float] = {}  # the objective's subset sampling factors, if any
 
     # --- the forward contract ---------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor) -> Any:
@@ -290,8 +292,11 @@ class MultimodalModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if isinstance(self.objective, Objective):
             self._record(self.objective.end_train_epoch(self.current_epoch, self._sum))
-        if self.selections:  # the weight of every subset this epoch, 0 where not chosen
-            weights = self.selections[-1]["weights"]
+        for name, value in self.sampling.items():  # difficulty-aware sampling's factors
+            self.log(f"subset_sampling/{name}", float(value), rank_zero_only=True)
+        chosen = [s for s in self.selections if s["rule"]]
+        if chosen:  # the weight of every subset this epoch, 0 where not chosen
+            weights = chosen[-1]["weights"]
             for name in self.space.names:
                 self.log(f"subset_weight/{name}", float(weights.get(name, 0.0)),
                          rank_zero_only=True)
@@ -306,12 +311,17 @@ class MultimodalModule(L.LightningModule):
         """Keep (for checkpoints and results), log and report what the objective chose."""
         if selection is None:
             return
-        self.hard_subsets = list(selection.hard_subsets)
-        self.subset_variance = dict(selection.subset_variance)
+        if selection.sampling:
+            self._resample(selection.sampling)
         self.selections.append({"epoch": int(self.current_epoch), "rule": selection.rule,
                                 "hard_subsets": list(selection.hard_subsets),
                                 "weights": dict(selection.weights),
-                                "difficulty": dict(selection.difficulty)})
+                                "difficulty": dict(selection.difficulty),
+                                "sampling": dict(selection.sampling)})
+        if not selection.rule:  # new sampling weights only: the hard subsets stay as they are
+            return
+        self.hard_subsets = list(selection.hard_subsets)
+        self.subset_variance = dict(selection.subset_variance)
         ranked_on = selection.difficulty or self.subset_variance
         what = "validation " + selection.rule.removeprefix("val_") if selection.difficulty \
             else "mean variance"
@@ -322,6 +332,14 @@ class MultimodalModule(L.LightningModule):
         for name, value in self.subset_variance.items():
             if not math.isnan(value):
                 self.log(f"subset_variance/{name}", value, rank_zero_only=True)
+
+    def _resample(self, sampling: dict[str, float]) -> None:
+        """Draw training subsets with the run's own weights times ``sampling`` from now on."""
+        factor = torch.tensor([float(sampling.get(n, 1.0)) for n in self.space.names])
+        self.sampler = SubsetSampler(self.space, (self.base_weights * factor).tolist())
+        self.sampling = dict(sampling)
+        log.info("subset sampling weights after epoch %d: %s", self.current_epoch,
+                 ", ".join(f"{n}={w:.3g}" for n, w in sampling.items()))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # random states too, so a resumed run draws the same subsets and samples as an

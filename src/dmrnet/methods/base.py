@@ -175,7 +175,8 @@ class RunRecord(Scores):
 @dataclass
 class Selection:
     """What an objective chose in training (DMRNet's HCR: its hard subsets, and the mean
-    embedding variance per subset it ranked them by); stored with checkpoints and results."""
+    embedding variance per subset it ranked them by; difficulty-aware sampling: the subset
+    sampling weights); stored with checkpoints and results."""
 
     hard_subsets: list[str]
     subset_variance: dict[str, float] = field(default_factory=dict)
@@ -184,6 +185,9 @@ class Selection:
     difficulty: dict[str, float] = field(default_factory=dict)
     """What the choice ranked, where it is not the variance (validation loss or error)."""
     rule: str = ""
+    sampling: dict[str, float] = field(default_factory=dict)
+    """Training subset sampling weights from now on, by subset name, multiplying the run's
+    own ``subset_weights`` (empty: sampling unchanged)."""
 
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]

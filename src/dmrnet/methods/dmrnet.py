@@ -16,6 +16,7 @@ from dmrnet.methods.base import Method, ModelConfig, Stage, register_method
 from dmrnet.methods.objectives import (
     HCR_RULES,
     HCR_WEIGHTINGS,
+    DifficultySampling,
     HardCombinationRegularizer,
     KLRegularizer,
     MultimodalObjective,
@@ -87,13 +88,20 @@ class BoosterOptions(TeacherOptions):
     on its encoder's pooled features whose task loss (over each sample's available
     modalities) is added x lambda (0: no heads; Du et al., ICML 2023: UMT/UME).
     unimodal_detach: the fused head's gradient does not reach the encoders, which learn from
-    their unimodal heads only (DGL, Wei et al., ECCV 2024)."""
+    their unimodal heads only (DGL, Wei et al., ECCV 2024).
+    difficulty_sampling: gamma of difficulty-aware subset sampling (0: off): from
+    ``difficulty_warmup`` epochs on, training subsets are drawn with weight (validation error /
+    mean)^gamma (see :class:`~dmrnet.methods.objectives.DifficultySampling`)."""
 
     unimodal_weight: float = 0.0
     unimodal_detach: bool = False
+    difficulty_sampling: float = 0.0
+    difficulty_warmup: int = 1
 
     def __post_init__(self) -> None:
         TeacherOptions.__post_init__(self)
+        require("difficulty_sampling", self.difficulty_sampling, NON_NEGATIVE)
+        require("difficulty_warmup", self.difficulty_warmup, COUNT_FROM_1)
         require("unimodal_weight", self.unimodal_weight, NON_NEGATIVE)
         if not isinstance(self.unimodal_detach, bool):
             raise ConfigError(f"unimodal_detach must be true or false; got "
@@ -160,10 +168,14 @@ class DMRNetFamily(Method):
                                           every=int(opts.hcr_every),
                                           weighting=opts.hcr_weighting)
                if self.variance and beta > 0 else None)
+        gamma = getattr(opts, "difficulty_sampling", 0.0)
+        sampling = (DifficultySampling(names, gamma, int(opts.difficulty_warmup)) if gamma > 0
+                    else None)
         return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
                                    class_weights=config.class_weights,
                                    unimodal_weight=getattr(opts, "unimodal_weight", 0.0),
-                                   teacher_weight=getattr(opts, "teacher_distill", 0.0))
+                                   teacher_weight=getattr(opts, "teacher_distill", 0.0),
+                                   sampling=sampling)
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         opts = self.options(config.method_kwargs)

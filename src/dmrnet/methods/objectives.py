@@ -282,6 +282,57 @@ class HardCombinationRegularizer(nn.Module):
         return self.beta * (per_sample_loss * w).sum() / per_sample_loss.shape[0]
 
 
+class DifficultySampling(nn.Module):
+    """Difficulty-aware subset sampling: after each validation (from ``warmup`` epochs on),
+    subset s is drawn with weight (e_s / mean e)^gamma, e_s its validation error (never test),
+    normalised to mean 1, so the subsets the shared model finds hard are trained on more.
+    Our booster; the weak-subset mining of MMANet (Wei et al., CVPR 2023) weights the loss by
+    a training-loss average instead, and "focal" curricula weight by difficulty the same way.
+
+    The weights are a buffer: saved with checkpoints, so a resumed run draws as it did.
+
+    Args:
+        subset_names: all S subset names, in subset-index order.
+        gamma: the strength (0: uniform; 1: proportional to the error).
+        warmup: epochs before the first re-weighting.
+    """
+
+    def __init__(self, subset_names: Sequence[str], gamma: float = 1.0, warmup: int = 1
+                 ) -> None:
+        super().__init__()
+        self.subset_names = list(subset_names)
+        self.gamma, self.warmup = float(gamma), int(warmup)
+        self.register_buffer("weights", torch.zeros(len(self.subset_names), dtype=torch.float64))
+        self.errors: dict[str, float] = {}
+
+    @property
+    def active(self) -> bool:
+        return bool((self.weights > 0).any())
+
+    def current(self) -> dict[str, float]:
+        """The sampling weight per subset name (empty before the first re-weighting)."""
+        if not self.active:
+            return {}
+        return dict(zip(self.subset_names, self.weights.tolist(), strict=True))
+
+    def observe(self, errors: Mapping[str, float]) -> None:
+        """The latest validation error per subset name."""
+        self.errors = {n: float(errors[n]) for n in self.subset_names if n in errors}
+
+    @torch.no_grad()
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """New weights after training epoch ``epoch`` (0-based), or {} when none are due."""
+        if epoch + 1 < self.warmup or len(self.errors) != len(self.subset_names):
+            return {}
+        e = torch.tensor([max(self.errors[n], 1e-3) for n in self.subset_names],
+                         dtype=torch.float64)
+        if not bool(torch.isfinite(e).all()):
+            return {}
+        w = (e / e.mean()).pow(self.gamma)
+        self.weights.copy_(w / w.mean())
+        return self.current()
+
+
 IGNORE_INDEX = 255
 """Target value of pixels that carry no label (void); ignored by losses and metrics."""
 
@@ -306,9 +357,11 @@ class MultimodalObjective(Objective):
         class_weights: Sequence[float] | None = None,
         unimodal_weight: float = 0.0,
         teacher_weight: float = 0.0,
+        sampling: DifficultySampling | None = None,
     ) -> None:
         super().__init__()
         self.teacher_weight = float(teacher_weight)
+        self.sampling = sampling
         self.kl = kl
         self.hcr = hcr
         self.unimodal_weight = float(unimodal_weight)
@@ -320,25 +373,40 @@ class MultimodalObjective(Objective):
         self.register_buffer("class_weights", weights)
 
     def start(self) -> Selection | None:
-        """A fixed list of hard subsets with no warm-up is chosen before the first step."""
+        """A fixed list of hard subsets with no warm-up is chosen before the first step; a
+        resumed run gets its sampling weights back."""
         hcr = self.hcr
+        chosen = None
         if hcr is not None and hcr.warming_up and hcr.warmup_epochs == 0:
-            return self._selection(hcr.select(), {})
-        return None
+            chosen = self._selection(hcr.select(), {})
+        return self._with_sampling(chosen, self.sampling.current() if self.sampling else {})
 
     def end_train_epoch(self, epoch: int, reduce: Reduce) -> Selection | None:
         """When HCR chooses (end of warm-up, then every ``every`` epochs): the hard subsets,
-        from the variances summed over every process or the latest validation."""
+        from the variances summed over every process or the latest validation; and the new
+        subset sampling weights, where difficulty-aware sampling is on."""
+        sampling = self.sampling.end_epoch(epoch) if self.sampling is not None else {}
         hcr = self.hcr
-        if hcr is None or not hcr.due(epoch):
-            return None
-        for buf in (hcr.variance_sum, hcr.variance_count):
-            buf.copy_(reduce(buf))
-        variance = hcr.mean_variance()
-        hard = hcr.select()
-        if hcr.warming_up:  # a validation rule with no validation yet: choose later
-            return None
-        return self._selection(hard, variance)
+        chosen = None
+        if hcr is not None and hcr.due(epoch):
+            for buf in (hcr.variance_sum, hcr.variance_count):
+                buf.copy_(reduce(buf))
+            variance = hcr.mean_variance()
+            hard = hcr.select()
+            if not hcr.warming_up:  # a validation rule with no validation yet: choose later
+                chosen = self._selection(hard, variance)
+        return self._with_sampling(chosen, sampling)
+
+    def _with_sampling(self, chosen: Selection | None, sampling: dict[str, float]
+                       ) -> Selection | None:
+        """``chosen`` with new sampling weights (a Selection of its own, with no rule, when
+        HCR chose nothing now)."""
+        if not sampling:
+            return chosen
+        if chosen is None:
+            return Selection([], sampling=sampling)
+        chosen.sampling = sampling
+        return chosen
 
     def _selection(self, hard: list[str], variance: dict[str, float]) -> Selection:
         hcr = self.hcr
@@ -349,7 +417,7 @@ class MultimodalObjective(Objective):
 
     @property
     def observes_validation(self) -> bool:
-        return self.hcr is not None and self.hcr.uses_validation
+        return (self.hcr is not None and self.hcr.uses_validation) or self.sampling is not None
 
     @torch.no_grad()
     def observe(self, subset: int, logits: Tensor, target: Tensor) -> None:
@@ -368,6 +436,8 @@ class MultimodalObjective(Objective):
     def end_validation(self, errors: Mapping[str, float], reduce: Reduce) -> None:
         """The validation epoch's per-subset errors (and the loss observed): what the val_*
         rules rank on at the next selection."""
+        if self.sampling is not None:
+            self.sampling.observe(errors)
         hcr = self.hcr
         if hcr is None or not hcr.uses_validation:
             return
