@@ -107,3 +107,66 @@ def test_benchmark_trains_a_boosted_baseline(tmp_path):
     assert "train/unimodal" not in logs["dmrnet-seed0"]
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["options"] == {"baseline.unimodal_weight": 1}
+
+
+def test_difficulty_sampling_weights_follow_validation_error():
+    from dmrnet.methods.objectives import DifficultySampling
+    names = ["a", "b", "a+b"]
+    sampling = DifficultySampling(names, gamma=2.0, warmup=2)
+    sampling.observe({"a": 0.6, "b": 0.3})
+    assert sampling.end_epoch(5) == {}  # not every subset measured yet
+    sampling.observe({"a": 0.6, "b": 0.3, "a+b": 0.3})
+    assert sampling.end_epoch(0) == {}  # warm-up
+    w = sampling.end_epoch(1)
+    raw = torch.tensor([0.6, 0.3, 0.3]) / 0.4
+    expected = raw.pow(2) / raw.pow(2).mean()
+    assert torch.allclose(torch.tensor([w[n] for n in names]), expected.double().float())
+    assert abs(sum(w.values()) / 3 - 1) < 1e-9 and w["a"] > w["b"] == w["a+b"]
+
+
+def test_module_draws_with_the_new_weights_times_its_own_and_keeps_them_on_resume():
+    kwargs = dict(method="baseline", subset_weights={"a": 0, "*": 1},
+                  method_kwargs={"difficulty_sampling": 1.0}, **NET)
+    module = MultimodalModule(list(VECTORS), VECTORS, 3, **kwargs)
+    names = module.space.names
+    assert module.objective.observes_validation
+    errors = {n: 0.1 + 0.1 * i for i, n in enumerate(names)}
+    module.objective.end_validation(errors, lambda t: t)
+    module._record(module.objective.end_train_epoch(0, lambda t: t))
+    e = torch.tensor([errors[n] for n in names], dtype=torch.float64)
+    factor = (e / e.mean()) / (e / e.mean()).mean()
+    base = torch.tensor([0.0 if n == "a" else 1.0 for n in names], dtype=torch.float64)
+    assert torch.allclose(module.sampler.weights.double(), (base * factor).float().double())
+    assert module.selections[-1]["sampling"] and module.selections[-1]["rule"] == ""
+    assert module.hard_subsets == []
+    drawn = module.sampler.sample(torch.ones(4000, 3, dtype=torch.bool))
+    counts = torch.bincount(module.space.indices_of(drawn), minlength=len(names)).double()
+    assert counts[names.index("a")] == 0  # the run's own zero weight stays zero
+    share = counts / counts.sum()
+    assert torch.allclose(share, base * factor / (base * factor).sum(), atol=0.03)
+    resumed = MultimodalModule(list(VECTORS), VECTORS, 3, **kwargs)
+    resumed.objective.load_state_dict(module.objective.state_dict())
+    resumed._record(resumed.objective.start())
+    assert torch.equal(resumed.sampler.weights, module.sampler.weights)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"difficulty_sampling": -1}, "difficulty_sampling must be a finite number >= 0"),
+    ({"difficulty_sampling": 1, "difficulty_warmup": 0}, "difficulty_warmup must be a whole"),
+])
+def test_bad_sampling_settings_are_named(options, message):
+    with pytest.raises(ConfigError, match=message):
+        MultimodalModule(list(VECTORS), VECTORS, 3, method="baseline", method_kwargs=options,
+                         **NET)
+
+
+def test_benchmark_records_difficulty_sampling(tmp_path):
+    out = tmp_path / "d"
+    assert main(["benchmark", "--methods", "baseline", "--option", "difficulty_sampling=2",
+                 "--modalities", "pix,mor", "--seeds", "0", "--epochs", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert [s["epoch"] for s in run["selections"]] == [0, 1]
+    assert set(run["selections"][0]["sampling"]) == {"pix", "mor", "pix+mor"}
+    log = next((out / "logs" / "baseline-seed0").rglob("metrics.csv")).read_text()
+    assert "subset_sampling/pix" in log
