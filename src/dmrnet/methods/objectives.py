@@ -286,8 +286,8 @@ class DifficultySampling(nn.Module):
     """Difficulty-aware subset sampling: after each validation (from ``warmup`` epochs on),
     subset s is drawn with weight (e_s / mean e)^gamma, e_s its validation error (never test),
     normalised to mean 1, so the subsets the shared model finds hard are trained on more.
-    Our booster; the weak-subset mining of MMANet (Wei et al., CVPR 2023) weights the loss by
-    a training-loss average instead, and "focal" curricula weight by difficulty the same way.
+    Our booster; MMANet's weak-subset mining (Wei et al., CVPR 2023) re-weights the loss by a
+    moving average of the training loss instead.
 
     The weights are a buffer: saved with checkpoints, so a resumed run draws as it did.
 
