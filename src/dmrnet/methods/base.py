@@ -99,6 +99,11 @@ def upgrade_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def drop_settings(settings: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """``settings`` without the named keys."""
+    return {k: v for k, v in settings.items() if k not in names}
+
+
 @dataclass(frozen=True)
 class Stage:
     """One model a run of a method trains.

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dmrnet.methods.base import Stage, StageResult, register_method
-from dmrnet.methods.dmrnet import DMRNetFamily, NoOptions, drop_settings
+from dmrnet.methods.base import Stage, StageResult, drop_settings, register_method
+from dmrnet.methods.dmrnet import DMRNetFamily, NoOptions
 from dmrnet.metrics import summarize
 from dmrnet.subsets import SubsetSpace
 

@@ -321,11 +321,6 @@ class DMRNetNoKL(DMRNetFamily):
     Options = NoKLOptions
 
 
-def drop_settings(settings: Mapping[str, Any], *names: str) -> dict[str, Any]:
-    """``settings`` without the named keys."""
-    return {k: v for k, v in settings.items() if k not in names}
-
-
 @dataclass
 class TutoredOptions(BoosterOptions):
     """The boosters with the preset's defaults: teacher_init on, and unimodal_weight None

@@ -35,9 +35,10 @@ from dmrnet.methods.base import (
     Stage,
     TrainingContext,
     checkpoint_network,
+    drop_settings,
     register_method,
 )
-from dmrnet.methods.dmrnet import drop_settings, late_fusion_network
+from dmrnet.methods.dmrnet import late_fusion_network
 from dmrnet.methods.objectives import MultimodalObjective
 from dmrnet.models.protocol import ModelOutput
 from dmrnet.subsets import subset_totals

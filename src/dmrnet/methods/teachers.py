@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from dmrnet.batch import Batch
 from dmrnet.errors import NON_NEGATIVE, ConfigError, require
-from dmrnet.methods.base import Stage, TrainingContext, checkpoint_network
+from dmrnet.methods.base import Stage, TrainingContext, checkpoint_network, drop_settings
+from dmrnet.models.late_fusion import pool_features
 
 TEACHER_METHOD = "dedicated"
 """The method each unimodal teacher is trained with (complete inputs of one modality)."""
@@ -67,9 +68,8 @@ def teacher_stage_name(modality: str) -> str:
 def teacher_stages(settings: Mapping[str, Any], method: str, modalities: Sequence[str]
                    ) -> list[Stage]:
     """One dedicated teacher per modality, then the student that takes their checkpoints."""
-    teacher = {k: v for k, v in settings.items()
-               if k not in ("method_kwargs", "subset_weights")}
-    teacher["method"] = TEACHER_METHOD
+    teacher = {**drop_settings(settings, "method_kwargs", "subset_weights"),
+               "method": TEACHER_METHOD}
     stages = [Stage(teacher_stage_name(m), teacher, modalities=[m]) for m in modalities]
     needs = {f"method_kwargs.teacher_checkpoints.{m}": teacher_stage_name(m)
              for m in modalities}
@@ -145,15 +145,8 @@ class UnimodalTeachers(TrainingContext):
         with torch.no_grad():
             for m in self.modalities:
                 teacher = self.networks[m].to(device)
-                feats.append(pooled(teacher.encode({m: batch.inputs[m]})[0]))
+                feats.append(pool_features(teacher.encode({m: batch.inputs[m]})[0]))
         return {"teacher_features": feats}
-
-
-def pooled(features: Tensor | Sequence[Tensor]) -> Tensor:
-    """An encoder's features as (B, C): vectors as they are, maps averaged over positions
-    (a multi-scale encoder: its last, deepest map)."""
-    f = features if isinstance(features, Tensor) else features[-1]
-    return f if f.dim() == 2 else f.float().mean(dim=tuple(range(2, f.dim()))).to(f.dtype)
 
 
 def distillation_loss(student: Sequence[Tensor], teacher: Sequence[Tensor],

@@ -25,6 +25,12 @@ from dmrnet.nn.resnet import init_weights
 from dmrnet.subsets import SubsetSpace
 
 
+def pool_features(f: Tensor) -> Tensor:
+    """An encoder's features as (B, C): vectors (B, C) as they are, maps (B, C, H, W)
+    averaged over positions (in float32, returned in their dtype)."""
+    return f if f.dim() == 2 else f.float().mean(dim=(2, 3)).to(f.dtype)
+
+
 class ProbabilisticEmbedding(nn.Module):
     """Gaussian embedding of the fused representation.
 
@@ -224,7 +230,7 @@ class MultimodalModel(nn.Module):
         absent = feats if self.missing_at == "input" else None
         if not (self.training and (self.unimodal is not None or self.expose_features)):
             return self.forward_head(feats, availability, absent)
-        pooled = [f if f.dim() == 2 else f.float().mean(dim=(2, 3)).to(f.dtype) for f in feats]
+        pooled = [pool_features(f) for f in feats]
         modality_logits = None
         if self.unimodal is not None:
             modality_logits = torch.stack([self.unimodal[m](p) for m, p in
