@@ -1,5 +1,6 @@
-"""Boosters of the DMRNet family (combine with any member): unimodal auxiliary heads, and
-DGL-style gradient blocking from the fused head into the encoders."""
+"""Boosters of the DMRNet family (combine with any member): unimodal auxiliary heads,
+DGL-style gradient blocking from the fused head into the encoders, difficulty-aware subset
+sampling; with gradient modulation (tests/test_modulation.py) on every member's CUDA op guard."""
 
 from __future__ import annotations
 
@@ -71,7 +72,9 @@ def test_detach_blocks_the_fused_gradient_from_the_encoders():
 
 @pytest.mark.parametrize("method", ["baseline", "dmrnet", "dmrnet_no_hcr", "dmrnet_no_kl"])
 def test_boosters_combine_with_every_member_and_keep_cuda_ops_deterministic(method):
-    options = {"unimodal_weight": 0.5, "unimodal_detach": method == "dmrnet"}
+    # the baseline's heads are OGM-GE's probes; the others' are trained unimodal heads
+    options = {"unimodal_weight": 0.0 if method == "baseline" else 0.5,
+               "unimodal_detach": method == "dmrnet", "ogm_alpha": 0.5}
     if method in ("dmrnet", "dmrnet_no_kl"):
         options["hcr_warmup_epochs"] = 1
     module = MultimodalModule(list(VECTORS), VECTORS, 3, method=method, method_kwargs=options,

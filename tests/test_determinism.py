@@ -49,6 +49,7 @@ def run_step(module: MultimodalModule, batch) -> None:
     for step in range(2):
         loss = module.training_step(batch, step)
         loss.backward()
+        module.on_before_optimizer_step(opt)  # gradient modulation, where on
         opt.step()
         opt.zero_grad()
         hcr = getattr(module.objective, "hcr", None)

@@ -688,6 +688,8 @@ for _name, _what, _argv, _says in (
     ("difficulty_sampling_negative", "`--option difficulty_sampling=-1`",
      [*BENCH, "--option", "difficulty_sampling=-1"],
      "difficulty_sampling must be a finite number"),
+    ("ogm_alpha_negative", "`--option ogm_alpha=-1`",
+     [*BENCH, "--option", "ogm_alpha=-1"], "ogm_alpha must be a finite number"),
     ("teacher_checkpoints_text", "`--option tutored.teacher_checkpoints=a.ckpt`",
      [*BENCH, "--methods", "tutored", "--option", "tutored.teacher_checkpoints=a.ckpt"],
      "teacher_checkpoints must map each modality"),

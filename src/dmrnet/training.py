@@ -289,6 +289,13 @@ class MultimodalModule(L.LightningModule):
         if isinstance(self.objective, Objective):
             self._record(self.objective.start())
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # the gradients are complete (accumulated, all-reduced, unscaled) and not yet clipped
+        if isinstance(self.objective, Objective):
+            logged = self.objective.adjust_gradients(self.model, self.current_epoch, self._sum)
+            for name, value in logged.items():
+                self.log(f"train/{name}", value, on_step=False, on_epoch=True)
+
     def on_train_epoch_end(self) -> None:
         if isinstance(self.objective, Objective):
             self._record(self.objective.end_train_epoch(self.current_epoch, self._sum))
@@ -303,7 +310,7 @@ class MultimodalModule(L.LightningModule):
 
     def _sum(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over the training processes."""
-        if self.trainer.world_size > 1:
+        if self._trainer is not None and self.trainer.world_size > 1:
             return self.trainer.strategy.reduce(value, reduce_op="sum")
         return value
 

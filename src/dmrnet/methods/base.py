@@ -225,6 +225,12 @@ class Objective(nn.Module):
         """The validation epoch's error per subset name (1 - metric, or the metric where
         lower is better), after every :meth:`observe` of the epoch."""
 
+    def adjust_gradients(self, network: nn.Module, epoch: int, reduce: Reduce
+                         ) -> dict[str, float]:
+        """Change ``network``'s gradients after backward, before the optimiser step (e.g.
+        gradient modulation); returns values to log (name -> number)."""
+        return {}
+
 
 class TrainingContext:
     """Extra inputs of a method's objective in training (see :meth:`Method.training_context`).

@@ -13,6 +13,7 @@ from torch import nn
 
 from dmrnet.errors import COUNT, COUNT_FROM_1, NON_NEGATIVE, ConfigError, require
 from dmrnet.methods.base import Method, ModelConfig, Stage, register_method
+from dmrnet.methods.modulation import GradientModulation
 from dmrnet.methods.objectives import (
     HCR_RULES,
     HCR_WEIGHTINGS,
@@ -91,18 +92,29 @@ class BoosterOptions(TeacherOptions):
     their unimodal heads only (DGL, Wei et al., ECCV 2024).
     difficulty_sampling: gamma of difficulty-aware subset sampling (0: off): from
     ``difficulty_warmup`` epochs on, training subsets are drawn with weight (validation error /
-    mean)^gamma (see :class:`~dmrnet.methods.objectives.DifficultySampling`)."""
+    mean)^gamma (see :class:`~dmrnet.methods.objectives.DifficultySampling`).
+    ogm_alpha: alpha of on-the-fly gradient modulation, which slows the dominant modality's
+    encoder (0: off; Peng et al., CVPR 2022: OGM-GE); ogm_noise: add its generalisation-
+    enhancing gradient noise; ogm_epochs: modulate in the first this many epochs (0: all)
+    (see :mod:`dmrnet.methods.modulation`)."""
 
     unimodal_weight: float = 0.0
     unimodal_detach: bool = False
     difficulty_sampling: float = 0.0
     difficulty_warmup: int = 1
+    ogm_alpha: float = 0.0
+    ogm_noise: bool = True
+    ogm_epochs: int = 0
 
     def __post_init__(self) -> None:
         TeacherOptions.__post_init__(self)
         require("difficulty_sampling", self.difficulty_sampling, NON_NEGATIVE)
         require("difficulty_warmup", self.difficulty_warmup, COUNT_FROM_1)
         require("unimodal_weight", self.unimodal_weight, NON_NEGATIVE)
+        require("ogm_alpha", self.ogm_alpha, NON_NEGATIVE)
+        require("ogm_epochs", self.ogm_epochs, COUNT)
+        if not isinstance(self.ogm_noise, bool):
+            raise ConfigError(f"ogm_noise must be true or false; got {self.ogm_noise!r}")
         if not isinstance(self.unimodal_detach, bool):
             raise ConfigError(f"unimodal_detach must be true or false; got "
                               f"{self.unimodal_detach!r}")
@@ -171,27 +183,35 @@ class DMRNetFamily(Method):
         gamma = getattr(opts, "difficulty_sampling", 0.0)
         sampling = (DifficultySampling(names, gamma, int(opts.difficulty_warmup)) if gamma > 0
                     else None)
+        ogm = getattr(opts, "ogm_alpha", 0.0)
+        modulation = (GradientModulation(SubsetSpace(config.modalities).modalities, ogm,
+                                          opts.ogm_noise, int(opts.ogm_epochs))
+                      if ogm > 0 else None)
         return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
                                    class_weights=config.class_weights,
                                    unimodal_weight=getattr(opts, "unimodal_weight", 0.0),
                                    teacher_weight=getattr(opts, "teacher_distill", 0.0),
-                                   sampling=sampling)
+                                   sampling=sampling, modulation=modulation)
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         opts = self.options(config.method_kwargs)
         beta, unimodal = getattr(opts, "beta", 0.0), getattr(opts, "unimodal_weight", 0.0)
         distill = getattr(opts, "teacher_distill", 0.0) > 0
+        ogm = getattr(opts, "ogm_alpha", 0.0) > 0
         if config.architecture == "dense":
-            if unimodal > 0 or distill:
-                raise ConfigError(f"{'unimodal_weight' if unimodal > 0 else 'teacher_distill'}"
-                                  " applies to classification (late_fusion) models; dense "
-                                  "models have no unimodal heads or pooled features yet "
-                                  "(teacher_init works for both)")
+            heads = [k for k, on in (("unimodal_weight", unimodal > 0),
+                                     ("teacher_distill", distill), ("ogm_alpha", ogm)) if on]
+            if heads:
+                raise ConfigError(f"{heads[0]} applies to classification (late_fusion) "
+                                  "models; dense models have no unimodal heads or pooled "
+                                  "features yet (teacher_init works for both)")
             dense = dense_network(config, self.variance, self.sample, beta)
             return dense, self.objective(config, dense.space.names, spatial="mean")
-        model = late_fusion_network(config, self.variance, self.sample, unimodal_heads=unimodal > 0,
+        model = late_fusion_network(config, self.variance, self.sample,
+                                    unimodal_heads=unimodal > 0 or ogm,
                                     detach_fused=bool(getattr(opts, "unimodal_detach", False)),
-                                    expose_features=distill)
+                                    expose_features=distill,
+                                    probe_heads=ogm and unimodal == 0)
         return model, self.objective(config, model.space.names)
 
     def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
@@ -220,7 +240,8 @@ class DMRNetFamily(Method):
 
 def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
                         unimodal_heads: bool = False, detach_fused: bool = False,
-                        expose_features: bool = False) -> MultimodalModel:
+                        expose_features: bool = False, probe_heads: bool = False
+                        ) -> MultimodalModel:
     """Encoders per modality -> fusion (-> trunk) -> embedding -> classifier.
 
     ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
@@ -259,7 +280,7 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
         mods, built, config.num_classes, embed_dim=config.embed_dim, fusion=config.fusion,
         variance=variance, sample=sample, missing_at=config.missing_at, input_shapes=shapes,
         trunk=trunk_module, spatial=spatial.pop(), unimodal_heads=unimodal_heads,
-        detach_fused=detach_fused, expose_features=expose_features,
+        detach_fused=detach_fused, expose_features=expose_features, probe_heads=probe_heads,
     )
 
 

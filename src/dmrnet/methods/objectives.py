@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from dmrnet.errors import ConfigError
 from dmrnet.methods.base import Objective, Reduce, Selection
+from dmrnet.methods.modulation import GradientModulation
 from dmrnet.methods.teachers import distillation_loss
 from dmrnet.models.protocol import ModelOutput
 from dmrnet.subsets import SEP, subset_totals
@@ -341,8 +342,11 @@ class MultimodalObjective(Objective):
     """Sums the named loss terms: task CE + alpha * KL + beta * HCR (+ deep supervision, the
     unimodal heads' loss and the distillation to unimodal teachers, where enabled).
 
-    ``forward`` returns a dict of weighted terms ("task", and "kl" / "hcr" / "side" where
-    enabled) and their sum under "loss". Terms a method does not use are absent. For dense
+    ``forward`` returns a dict of weighted terms ("task", and "kl" / "hcr" / "side" /
+    "unimodal" / "teacher" / "probe" where enabled) and their sum under "loss". With gradient
+    modulation (OGM-GE), the unimodal heads' outputs feed its confidences; with no unimodal
+    loss of their own, the heads are probes on detached features, trained by the "probe"
+    term, which reaches nothing else. Terms a method does not use are absent. For dense
     targets (B, H, W) a sample's loss is the mean over its labelled pixels; ``class_weights``
     (K,) weight the classes (e.g. median frequency). The HCR term uses the model's auxiliary
     predictor when it has one (``aux_logits``), else the main logits.
@@ -358,8 +362,10 @@ class MultimodalObjective(Objective):
         unimodal_weight: float = 0.0,
         teacher_weight: float = 0.0,
         sampling: DifficultySampling | None = None,
+        modulation: GradientModulation | None = None,
     ) -> None:
         super().__init__()
+        self.modulation = modulation
         self.teacher_weight = float(teacher_weight)
         self.sampling = sampling
         self.kl = kl
@@ -451,6 +457,15 @@ class MultimodalObjective(Objective):
         hcr.observe_validation(dict(zip(hcr.subset_names, mean.tolist(), strict=True)))
         self.val_loss_sum, self.val_count = None, None
 
+    def adjust_gradients(self, network: nn.Module, epoch: int, reduce: Reduce
+                         ) -> dict[str, float]:
+        """Gradient modulation (OGM-GE), where on: its coefficient per modality, logged as
+        ``ogm_coefficient/<modality>``."""
+        if self.modulation is None:
+            return {}
+        k = self.modulation.apply(network, epoch, reduce)
+        return {f"ogm_coefficient/{m}": v for m, v in k.items()}
+
     def unimodal_loss(self, out: ModelOutput, target: Tensor) -> Tensor:
         """Mean task loss of the per-modality heads over every (sample, modality it has)."""
         assert out.modality_logits is not None and out.modality_mask is not None
@@ -481,8 +496,13 @@ class MultimodalObjective(Objective):
             terms["side"] = sum(self.per_sample(s, target).mean() for s in out.side_logits)
         if out.extra_losses:
             terms.update(out.extra_losses)
-        if self.unimodal_weight > 0 and out.modality_logits is not None:
-            terms["unimodal"] = self.unimodal_weight * self.unimodal_loss(out, target)
+        if out.modality_logits is not None:
+            if self.unimodal_weight > 0:
+                terms["unimodal"] = self.unimodal_weight * self.unimodal_loss(out, target)
+            elif self.modulation is not None:
+                terms["probe"] = self.unimodal_loss(out, target)
+            if self.modulation is not None and out.modality_mask is not None:
+                self.modulation.observe(out.modality_logits, out.modality_mask, target)
         if (self.teacher_weight > 0 and teacher_features is not None
                 and out.modality_features is not None and out.modality_mask is not None):
             terms["teacher"] = self.teacher_weight * distillation_loss(

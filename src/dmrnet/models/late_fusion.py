@@ -110,6 +110,8 @@ class MultimodalModel(nn.Module):
             Re-learning for Balanced Multimodal Learning", ECCV 2024). Needs unimodal_heads.
         expose_features: in training, return each modality's pooled encoder features
             (``ModelOutput.modality_features``), e.g. for distillation to unimodal teachers.
+        probe_heads: the unimodal heads see detached features: probes that measure each
+            encoder (e.g. for gradient modulation) without training it.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class MultimodalModel(nn.Module):
         unimodal_heads: bool = False,
         detach_fused: bool = False,
         expose_features: bool = False,
+        probe_heads: bool = False,
     ) -> None:
         super().__init__()
         self.space = SubsetSpace(modalities)
@@ -157,6 +160,9 @@ class MultimodalModel(nn.Module):
                                         for m, d in zip(self.modalities, dims, strict=True)})
                          if unimodal_heads else None)
         self.detach_fused = detach_fused
+        if probe_heads and not unimodal_heads:
+            raise ConfigError("probe_heads needs unimodal_heads: they are the probes")
+        self.probe_heads = probe_heads
         self.expose_features = expose_features
         self.num_classes = num_classes
         self.missing_at = missing_at
@@ -233,8 +239,9 @@ class MultimodalModel(nn.Module):
         pooled = [pool_features(f) for f in feats]
         modality_logits = None
         if self.unimodal is not None:
-            modality_logits = torch.stack([self.unimodal[m](p) for m, p in
-                                           zip(self.modalities, pooled, strict=True)], dim=1)
+            modality_logits = torch.stack(
+                [self.unimodal[m](p.detach() if self.probe_heads else p)
+                 for m, p in zip(self.modalities, pooled, strict=True)], dim=1)
         if self.detach_fused:
             feats = [f.detach() for f in feats]
             absent = feats if absent is not None else None
