@@ -122,7 +122,7 @@ def test_noise_is_as_large_as_the_gradient_spread():
     enc["a"].weight.grad = torch.randn(200, 200) * 3.0
     enc["a"].bias.grad = torch.ones(200)
     original = enc["a"].weight.grad.clone()
-    ogm.apply(holder, 0, lambda t: t)
+    ogm.modulate(holder, 0, lambda t: t)
     noise = enc["a"].weight.grad - original  # one modality: k = 1
     assert noise.std().item() == pytest.approx(original.std().item(), rel=0.02)
     assert torch.equal(enc["a"].bias.grad, torch.ones(200))
@@ -182,3 +182,12 @@ def test_training_modulates_between_backward_and_the_optimiser_step(tmp_path):
     assert "train/probe" in header
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["mean"] > 0.5
+
+
+def test_module_methods_still_walk_a_modulated_model():
+    # nn.Module.apply(fn) visits every submodule: a booster must not shadow it
+    module = MultimodalModule(list(VECTORS), VECTORS, 3, method="baseline",
+                              method_kwargs={"ogm_alpha": 0.5}, **NET)
+    seen = []
+    module.apply(lambda m: seen.append(type(m).__name__))
+    assert "GradientModulation" in seen

@@ -26,7 +26,7 @@ Where our reading departs from the two-modality original, and why:
   draws come from a generator seeded per step, so every process of a distributed run adds the
   same noise to the same (all-reduced) gradients.
 
-Plain PyTorch: the training glue calls :meth:`GradientModulation.apply` between backward and
+Plain PyTorch: the training glue calls :meth:`GradientModulation.modulate` between backward and
 the optimiser step, through the objective's ``adjust_gradients`` hook.
 """
 
@@ -90,7 +90,7 @@ class GradientModulation(nn.Module):
         return k
 
     @torch.no_grad()
-    def apply(self, network: nn.Module, epoch: int, reduce: Reduce) -> dict[str, float]:
+    def modulate(self, network: nn.Module, epoch: int, reduce: Reduce) -> dict[str, float]:
         """Scale each encoder's gradients by its k and add the noise (call after backward,
         before the optimiser step). Returns k per modality name, for the logs ({} outside
         the modulation epochs)."""
@@ -99,24 +99,25 @@ class GradientModulation(nn.Module):
         self.score_count.zero_()
         if self.epochs and epoch >= self.epochs:
             return {}
-        seen = count > 0
-        k = self.coefficients(total / count.clamp_min(1), seen)
-        generator = None
-        for j, m in enumerate(self.modalities):
+        total, count = total.cpu(), count.cpu()  # M numbers: one device sync per step
+        k = self.coefficients(total / count.clamp_min(1), count > 0).tolist()
+        seed = int(self.seed + self.steps) % 2**63
+        generators: dict[torch.device, torch.Generator] = {}
+        for factor, m in zip(k, self.modalities, strict=True):
             for p in modality_encoder(network, m).parameters():
                 if p.grad is None:
                     continue
                 noise = None
                 if self.noise and p.grad.dim() >= 2:
-                    if generator is None or generator.device != p.grad.device:
-                        generator = torch.Generator(device=p.grad.device)
-                        generator.manual_seed(int(self.seed + self.steps) % 2**63)
-                    noise = torch.randn(p.grad.shape, generator=generator,
-                                        device=p.grad.device, dtype=p.grad.dtype)
+                    device = p.grad.device
+                    if device not in generators:
+                        generators[device] = torch.Generator(device=device).manual_seed(seed)
+                    noise = torch.randn(p.grad.shape, generator=generators[device],
+                                        device=device, dtype=p.grad.dtype)
                     noise.mul_(p.grad.std() + 1e-8)
-                if k[j] != 1:
-                    p.grad.mul_(float(k[j]))
+                if factor != 1:
+                    p.grad.mul_(factor)
                 if noise is not None:
                     p.grad.add_(noise)
         self.steps += 1
-        return {m: float(k[j]) for j, m in enumerate(self.modalities)}
+        return dict(zip(self.modalities, k, strict=True))

@@ -463,7 +463,7 @@ class MultimodalObjective(Objective):
         ``ogm_coefficient/<modality>``."""
         if self.modulation is None:
             return {}
-        k = self.modulation.apply(network, epoch, reduce)
+        k = self.modulation.modulate(network, epoch, reduce)
         return {f"ogm_coefficient/{m}": v for m, v in k.items()}
 
     def unimodal_loss(self, out: ModelOutput, target: Tensor) -> Tensor:
