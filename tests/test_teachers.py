@@ -262,3 +262,14 @@ def test_dataset_default_options_apply_only_to_methods_that_have_them():
                                                    methods=["baseline", "dmrnet"]))
     assert mixed.options == {"hcr_warmup_epochs": 3}
     _check_options(mixed)
+
+
+def test_results_page_names_a_registered_preset_and_its_options_match_the_docs():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines()
+             if line.startswith("Preset:")]
+    assert len(names) == 1, "docs/results.md needs exactly one 'Preset: <name>' line"
+    preset = get_method(names[0])  # a method users can run by that name
+    opts = preset.options({})
+    assert opts.teacher_init is True and "`teacher_init: true`" in text
+    assert opts.unimodal_weight is None and "`unimodal_weight: 2`" in text  # 2 for classification
