@@ -94,11 +94,13 @@ class GradientModulation(nn.Module):
         """Scale each encoder's gradients by its k and add the noise (call after backward,
         before the optimiser step). Returns k per modality name, for the logs ({} outside
         the modulation epochs)."""
+        if self.epochs and epoch >= self.epochs:  # past the window: no collective either
+            self.score_sum.zero_()
+            self.score_count.zero_()
+            return {}
         total, count = reduce(self.score_sum.clone()), reduce(self.score_count.clone())
         self.score_sum.zero_()
         self.score_count.zero_()
-        if self.epochs and epoch >= self.epochs:
-            return {}
         total, count = total.cpu(), count.cpu()  # M numbers: one device sync per step
         k = self.coefficients(total / count.clamp_min(1), count > 0).tolist()
         seed = int(self.seed + self.steps) % 2**63
