@@ -57,6 +57,34 @@ def test_heads_serve_training_only():
     assert len(list(net.parameters())) == len(list(plain.parameters())) + 6  # 3 heads
 
 
+def test_ensemble_adds_each_available_heads_log_probabilities_in_eval_only():
+    net, _ = build(unimodal_weight=0.5, unimodal_ensemble=0.25)
+    x, avail, _ = batch()
+    feats = net.encode(x, avail)
+    net.eval()
+    voted = net.forward_head(feats, avail).logits
+    net.ensemble_weight = 0.0
+    fused = net.forward_head(feats, avail).logits
+    uni = torch.stack([torch.log_softmax(net.unimodal[m](f), -1)
+                       for m, f in zip(net.modalities, feats, strict=True)], 1)  # (B, M, K)
+    expected = torch.log_softmax(fused, -1) + 0.25 * (uni * avail[..., None]).sum(1)
+    assert torch.allclose(voted, expected, atol=1e-6)
+    assert not torch.allclose(voted, torch.log_softmax(fused, -1))  # the heads did vote
+    net.ensemble_weight = 0.25
+    # an absent modality's head has no say: changing it leaves those rows as they were
+    with torch.no_grad():
+        net.unimodal["b"].bias.copy_(torch.tensor([3.0, -3.0, 0.0]))
+    after = net.forward_head(feats, avail).logits
+    without_b = ~avail[:, 1]
+    assert torch.equal(after[without_b], voted[without_b])
+    assert not torch.allclose(after[~without_b], voted[~without_b])
+    # training outputs are the fused head's alone
+    net.train()
+    plain = net.forward_head(feats, avail).logits
+    net.ensemble_weight = 0.0
+    assert torch.equal(plain, net.forward_head(feats, avail).logits)
+
+
 def test_detach_blocks_the_fused_gradient_from_the_encoders():
     x, avail, y = batch()
     for detach in (False, True):
@@ -74,7 +102,8 @@ def test_detach_blocks_the_fused_gradient_from_the_encoders():
 def test_boosters_combine_with_every_member_and_keep_cuda_ops_deterministic(method):
     # the baseline's heads are OGM-GE's probes; the others' are trained unimodal heads
     options = {"unimodal_weight": 0.0 if method == "baseline" else 0.5,
-               "unimodal_detach": method == "dmrnet", "ogm_alpha": 0.5}
+               "unimodal_detach": method == "dmrnet", "ogm_alpha": 0.5,
+               "unimodal_ensemble": 0.0 if method == "baseline" else 0.5}
     if method in ("dmrnet", "dmrnet_no_kl"):
         options["hcr_warmup_epochs"] = 1
     module = MultimodalModule(list(VECTORS), VECTORS, 3, method=method, method_kwargs=options,
@@ -92,6 +121,9 @@ def test_boosters_combine_with_every_member_and_keep_cuda_ops_deterministic(meth
     ({"unimodal_weight": -1}, {}, "unimodal_weight must be a finite number >= 0"),
     ({"unimodal_weight": 0.5}, {"architecture": "dense", "metric": "miou"},
      "unimodal_weight applies to classification"),
+    ({"unimodal_ensemble": 0.5}, {}, "unimodal_ensemble needs unimodal_weight > 0"),
+    ({"unimodal_ensemble": -1, "unimodal_weight": 1}, {},
+     "unimodal_ensemble must be a finite number >= 0"),
 ])
 def test_bad_booster_settings_are_named(options, kwargs, message):
     shapes = {"rgb": [3, 32, 32], "depth": [1, 32, 32]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -19,9 +20,10 @@ from dmrnet.training import MultimodalModule
 SHAPES = {"a": [6], "b": [4], "c": [5]}
 
 
-def module(method="dmrnet"):
+def module(method="dmrnet", **options):
     torch.manual_seed(0)
     m = MultimodalModule(list(SHAPES), SHAPES, 3, method=method, class_names=["x", "y", "z"],
+                     method_kwargs=options or None,
                      encoder_kwargs={"out_features": 8, "hidden": [16]}, embed_dim=8,
                      preprocessing={"standardize": {"mean": {"a": [1.0] * 6},
                                                     "std": {"a": [2.0] * 6}}})
@@ -115,6 +117,30 @@ def test_corrupt_and_code_carrying_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="cannot load checkpoint"):
         load_module(truncated)
     assert load_module(ok).hparams["method"] == "dmrnet"
+
+
+def test_served_model_keeps_the_unimodal_heads_vote(tmp_path):
+    """A model trained with unimodal_ensemble serves (folder and ONNX) with its heads voting."""
+    mod = module("baseline", unimodal_weight=1.0, unimodal_ensemble=0.5)
+    pred = load_model(save_model(mod, tmp_path / "m"))
+    x = {"b": np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)}
+    out = pred.predict(x).probs
+    avail = torch.tensor([[False, True, False]] * 4)
+    inputs = {"a": torch.zeros(4, 6), "b": torch.as_tensor(x["b"]), "c": torch.zeros(4, 5)}
+    assert torch.allclose(out, mod.model(inputs, avail).logits.softmax(1), atol=1e-6)
+    mod.model.ensemble_weight = 0.0
+    assert not torch.allclose(out, mod.model(inputs, avail).logits.softmax(1), atol=1e-3)
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        import onnxruntime as ort
+
+        from dmrnet.serving import export_onnx
+
+        path = export_onnx(pred, tmp_path / "m.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(1)
+        fed = {m: rng.normal(size=(4, *s)).astype(np.float32) for m, s in SHAPES.items()}
+        probs, _ = session.run(None, {**fed, "availability": avail.float().numpy()})
+        assert np.abs(probs - pred.predict({"b": fed["b"]}).probs.numpy()).max() < 1e-4
 
 
 def test_onnx_graph_serves_every_subset_like_pytorch(tmp_path, capsys):

@@ -96,7 +96,10 @@ class BoosterOptions(TeacherOptions):
     ogm_alpha: alpha of on-the-fly gradient modulation, which slows the dominant modality's
     encoder (0: off; Peng et al., CVPR 2022: OGM-GE); ogm_noise: add its generalisation-
     enhancing gradient noise; ogm_epochs: modulate in the first this many epochs (0: all)
-    (see :mod:`dmrnet.methods.modulation`)."""
+    (see :mod:`dmrnet.methods.modulation`).
+    unimodal_ensemble: w > 0: at evaluation the unimodal heads vote with the fused head, logits
+    = log p_fused + w x sum of the available modalities' log p_m (Du et al.'s UME, ICML 2023;
+    needs unimodal_weight > 0; see ``MultimodalModel``'s ensemble_weight)."""
 
     unimodal_weight: float = 0.0
     unimodal_detach: bool = False
@@ -105,9 +108,11 @@ class BoosterOptions(TeacherOptions):
     ogm_alpha: float = 0.0
     ogm_noise: bool = True
     ogm_epochs: int = 0
+    unimodal_ensemble: float = 0.0
 
     def __post_init__(self) -> None:
         TeacherOptions.__post_init__(self)
+        require("unimodal_ensemble", self.unimodal_ensemble, NON_NEGATIVE)
         require("difficulty_sampling", self.difficulty_sampling, NON_NEGATIVE)
         require("difficulty_warmup", self.difficulty_warmup, COUNT_FROM_1)
         require("unimodal_weight", self.unimodal_weight, NON_NEGATIVE)
@@ -121,6 +126,9 @@ class BoosterOptions(TeacherOptions):
         if self.unimodal_detach and self.unimodal_weight == 0:
             raise ConfigError("unimodal_detach needs unimodal_weight > 0 (the heads are the "
                               "encoders' only teacher then)")
+        if self.unimodal_ensemble > 0 and self.unimodal_weight == 0:
+            raise ConfigError("unimodal_ensemble needs unimodal_weight > 0 (untrained heads "
+                              "would vote); set both")
 
 
 @dataclass
@@ -198,8 +206,10 @@ class DMRNetFamily(Method):
         beta, unimodal = getattr(opts, "beta", 0.0), getattr(opts, "unimodal_weight", 0.0)
         distill = getattr(opts, "teacher_distill", 0.0) > 0
         ogm = getattr(opts, "ogm_alpha", 0.0) > 0
+        ensemble = float(getattr(opts, "unimodal_ensemble", 0.0))
         if config.architecture == "dense":
             heads = [k for k, on in (("unimodal_weight", unimodal > 0),
+                                     ("unimodal_ensemble", ensemble > 0),
                                      ("teacher_distill", distill), ("ogm_alpha", ogm)) if on]
             if heads:
                 raise ConfigError(f"{heads[0]} applies to classification (late_fusion) "
@@ -211,7 +221,8 @@ class DMRNetFamily(Method):
                                     unimodal_heads=unimodal > 0 or ogm,
                                     detach_fused=bool(getattr(opts, "unimodal_detach", False)),
                                     expose_features=distill,
-                                    probe_heads=ogm and unimodal == 0)
+                                    probe_heads=ogm and unimodal == 0,
+                                    ensemble_weight=ensemble)
         return model, self.objective(config, model.space.names)
 
     def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
@@ -240,8 +251,8 @@ class DMRNetFamily(Method):
 
 def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
                         unimodal_heads: bool = False, detach_fused: bool = False,
-                        expose_features: bool = False, probe_heads: bool = False
-                        ) -> MultimodalModel:
+                        expose_features: bool = False, probe_heads: bool = False,
+                        ensemble_weight: float = 0.0) -> MultimodalModel:
     """Encoders per modality -> fusion (-> trunk) -> embedding -> classifier.
 
     ``encoder``/``encoder_kwargs`` apply to every modality; ``encoders`` overrides per modality
@@ -281,6 +292,7 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
         variance=variance, sample=sample, missing_at=config.missing_at, input_shapes=shapes,
         trunk=trunk_module, spatial=spatial.pop(), unimodal_heads=unimodal_heads,
         detach_fused=detach_fused, expose_features=expose_features, probe_heads=probe_heads,
+        ensemble_weight=ensemble_weight,
     )
 
 

@@ -112,6 +112,11 @@ class MultimodalModel(nn.Module):
             (``ModelOutput.modality_features``), e.g. for distillation to unimodal teachers.
         probe_heads: the unimodal heads see detached features: probes that measure each
             encoder (e.g. for gradient modulation) without training it.
+        ensemble_weight: w > 0: in eval mode the logits are the fused head's log-probabilities
+            plus w x the sum of the available modalities' unimodal-head log-probabilities (a
+            product of experts; the uni-modal ensemble, UME, of Du et al., ICML 2023, with the
+            fused head as one more member). Training outputs are unchanged. Needs
+            unimodal_heads that are trained (not probe_heads).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class MultimodalModel(nn.Module):
         detach_fused: bool = False,
         expose_features: bool = False,
         probe_heads: bool = False,
+        ensemble_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.space = SubsetSpace(modalities)
@@ -163,6 +169,12 @@ class MultimodalModel(nn.Module):
         if probe_heads and not unimodal_heads:
             raise ConfigError("probe_heads needs unimodal_heads: they are the probes")
         self.probe_heads = probe_heads
+        if ensemble_weight < 0 or ensemble_weight != ensemble_weight:
+            raise ConfigError(f"ensemble_weight must be >= 0; got {ensemble_weight}")
+        if ensemble_weight > 0 and (not unimodal_heads or probe_heads):
+            raise ConfigError("ensemble_weight needs trained unimodal heads (unimodal_heads "
+                              "without probe_heads)")
+        self.ensemble_weight = float(ensemble_weight)
         self.expose_features = expose_features
         self.num_classes = num_classes
         self.missing_at = missing_at
@@ -225,7 +237,18 @@ class MultimodalModel(nn.Module):
             h = self.trunk(h)
         z, mu, logvar = self.embedding(h)
         logits = self.classifier(z if self.pool is None else self.pool(z))
+        if self.ensemble_weight > 0 and not self.training:
+            logits = self.ensemble(logits, features, avail)
         return ModelOutput(logits=logits, mu=mu, logvar=logvar, z=z)
+
+    def ensemble(self, logits: Tensor, features: Sequence[Tensor], avail: Tensor) -> Tensor:
+        """(B, K) fused logits -> log p_fused + w * sum over available m of log p_m, (B, K)."""
+        assert self.unimodal is not None
+        out = torch.log_softmax(logits, dim=-1)
+        for j, (m, f) in enumerate(zip(self.modalities, features, strict=True)):
+            uni = torch.log_softmax(self.unimodal[m](pool_features(f)), dim=-1)
+            out = out + self.ensemble_weight * uni * avail[:, j : j + 1].to(uni.dtype)
+        return out
 
     def forward(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput:
         """inputs: modality -> (B, *shape); availability: (B, M) bool -> :class:`ModelOutput`."""
