@@ -78,3 +78,48 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
                          weights_only=True)["state_dict"]
     for key, value in final_a.items():
         assert torch.allclose(value.float(), final_b[key].float(), atol=1e-6), key
+
+
+def fake_checkpoint(path: Path, **hparams) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": {"method": "dmrnet", "modalities": ["fac", "mor"],
+                                     "embed_dim": 256, **hparams}, "state_dict": {}}, path)
+    return path
+
+
+def test_resume_picks_this_runs_checkpoint_and_names_a_mismatch(tmp_path):
+    from dmrnet.errors import ConfigError
+    from dmrnet.lightning_cli import choose_resume_checkpoint
+
+    ours = fake_checkpoint(tmp_path / "a" / "last.ckpt", method="baseline")
+    theirs = fake_checkpoint(tmp_path / "b" / "last.ckpt")  # newer, another method
+    os.utime(ours, (1, 1))
+    model = {"method": "baseline", "embed_dim": 256, "optim": {"lr": 0.1}}  # optim: not saved
+    assert choose_resume_checkpoint(str(tmp_path), model, None) == ours
+    assert choose_resume_checkpoint(str(tmp_path), {**model, "method": "dmrnet"},
+                                    ["fac", "mor"]) == theirs
+    with pytest.raises(ConfigError, match=r"is not this run: method is 'dmrnet' there and "
+                                          r"'shaspec' here \(nor do 1 older ones\)"):
+        choose_resume_checkpoint(str(tmp_path), {**model, "method": "shaspec"}, None)
+    with pytest.raises(ConfigError, match="modalities are"):
+        choose_resume_checkpoint(str(theirs), {"method": "dmrnet"}, ["fac", "pix"])
+    with pytest.raises(ConfigError, match="embed_dim is 256 there and 64 here"):
+        choose_resume_checkpoint(str(theirs), {"method": "dmrnet", "embed_dim": 64}, None)
+
+
+def test_mismatched_resume_is_one_line_before_any_training(tmp_path):
+    folder = tmp_path / "run"
+    fake_checkpoint(folder / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+                    method="baseline")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "dmrnet.cli", "fit", *ARGS,
+                           "--trainer.default_root_dir", str(tmp_path / "new"),
+                           "--resume", str(folder)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "method is 'baseline' there and 'dmrnet' here" in lines[0], lines
+    assert not (tmp_path / "new").exists()  # refused before anything was trained or written
+    helped = subprocess.run([sys.executable, "-m", "dmrnet.cli", "fit", "--help"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and "--resume RUN_DIR_OR_CKPT" in helped.stdout

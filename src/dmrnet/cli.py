@@ -31,7 +31,6 @@ from dmrnet.errors import (
     RunInterruptedError,
     UsageError,
     first_line,
-    local_checkpoint,
     one_line,
 )
 from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
@@ -269,37 +268,34 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_resume_checkpoint(target: str) -> Path:
-    """``--resume`` target: a .ckpt file, or a folder searched for its newest ``last.ckpt``."""
-
-    if "://" in target:
-        local_checkpoint(target, "--resume")  # refuses URLs with the reason
-    path = Path(target)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = sorted(path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if found:
-            return found[-1]
-        raise ConfigError(f"no last.ckpt under {str(path)!r} to resume from")
-    raise ConfigError(f"--resume {target!r}: no such checkpoint or folder")
+RESUME_HELP = ("dmrnet fit also takes --resume RUN_DIR_OR_CKPT: continue a run from its "
+               "last.ckpt (in a folder, the newest one whose method, model arguments and "
+               "modalities are this run's; a mismatch is refused, naming the difference). "
+               "Lightning's options follow.\n")
 
 
 def lightning_cli(argv: Sequence[str]) -> int:
     filter_noise()
     args = list(argv)
-    if "--resume" in args:  # dmrnet fit ... --resume RUN_DIR_OR_CKPT
+    from_shell = args == sys.argv[1:]
+    if args[0] == "fit" and ("--help" in args or "-h" in args):
+        print(RESUME_HELP)
+    resume = None
+    if "--resume" in args:  # dmrnet fit ... --resume RUN_DIR_OR_CKPT: matched after parsing
         i = args.index("--resume")
-        if i + 1 >= len(args):
-
+        if i + 1 >= len(args) or args[i + 1].startswith("--"):
             raise ConfigError("--resume needs a run folder or a checkpoint")
-        ckpt = find_resume_checkpoint(args[i + 1])
-        args = [*args[:i], *args[i + 2 :], "--ckpt_path", str(ckpt)]
-        print(f"resuming from {ckpt}", file=sys.stderr)
+        if args[0] != "fit":
+            raise ConfigError(f"--resume continues a training run: use it with 'dmrnet fit', "
+                              f"not {args[0]!r} (which takes --ckpt_path)")
+        resume = args[i + 1]
+        args = [*args[:i], *args[i + 2 :]]
 
     note = InterruptNote()
     try:  # from the shell, let Lightning read sys.argv itself (it warns when given both)
-        DMRNetCLI(interrupt_note=note, args=None if args == sys.argv[1:] else args)
+        if from_shell:  # Lightning warns when given arguments beside a shell's sys.argv
+            sys.argv[1:] = args
+        DMRNetCLI(interrupt_note=note, resume=resume, args=None if from_shell else args)
     except SystemExit:
         if note.message is not None:  # Lightning exits with 1 after a Ctrl-C
             raise RunInterruptedError(note.message) from None

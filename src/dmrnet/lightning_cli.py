@@ -7,6 +7,9 @@ on ``val/mean`` (the validation split's mean over subsets), never on the test sp
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,8 +46,79 @@ class InterruptNote(Callback):
                         f"{trainer.current_epoch}, step {trainer.global_step}: {kept}")
 
 
+# model arguments filled from the data module (compared through the data's modalities)
+LINKED = ("modalities", "input_shapes", "num_classes", "class_names", "class_weights",
+          "preprocessing")
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain Python (jsonargparse Namespaces -> dicts, tuples -> lists)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run_difference(hparams: Mapping[str, Any], model: Mapping[str, Any],
+                   modalities: Any) -> str | None:
+    """How a checkpoint's hyperparameters differ from this run's model arguments and data
+    modalities (``None``: all of the dataset's), first difference only; None if they match."""
+    mine = _plain(model)
+    for key in sorted(mine):
+        if key in LINKED or key not in hparams:
+            continue
+        theirs = _plain(hparams[key])
+        if theirs != mine[key]:
+            return f"{key} is {theirs!r} there and {mine[key]!r} here"
+    if modalities is not None and _plain(hparams.get("modalities")) != _plain(modalities):
+        return f"modalities are {hparams.get('modalities')!r} there and {_plain(modalities)!r} here"
+    return None
+
+
+def _hyperparameters(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises several types for damaged or unsafe files
+        raise checkpoint_error(str(path), err) from err
+    return dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+
+
+def choose_resume_checkpoint(target: str, model: Mapping[str, Any], modalities: Any) -> Path:
+    """``--resume`` target -> the checkpoint of this run: the file given, or the newest
+    ``last*.ckpt`` under the folder whose method, model arguments and modalities are this
+    run's. A mismatch is refused with the first difference named."""
+    if "://" in target:
+        local_checkpoint(target, "--resume")  # refuses URLs with the reason
+    path = Path(target)
+    if path.is_file():
+        candidates = [path]
+    elif path.is_dir():
+        candidates = sorted(path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime,
+                            reverse=True)
+        if not candidates:
+            raise ConfigError(f"no last.ckpt under {str(path)!r} to resume from")
+    else:
+        raise ConfigError(f"--resume {target!r}: no such checkpoint or folder")
+    first = None
+    for ckpt in candidates:
+        why = run_difference(_hyperparameters(ckpt), model, modalities)
+        if why is None:
+            return ckpt
+        first = first or (ckpt, why)
+    assert first is not None
+    ckpt, why = first
+    more = f" (nor do {len(candidates) - 1} older ones)" if len(candidates) > 1 else ""
+    raise ConfigError(f"--resume {target!r}: {str(ckpt)!r} is not this run: {why}{more}; "
+                      "resume with the settings it was trained with, or start a new run")
+
+
 class DMRNetCLI(LightningCLI):
-    def __init__(self, interrupt_note: InterruptNote | None = None, **kwargs: object) -> None:
+    def __init__(self, interrupt_note: InterruptNote | None = None, resume: str | None = None,
+                 **kwargs: object) -> None:
+        self.resume = resume
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("trainer_defaults", {"deterministic": True})
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
@@ -67,6 +141,14 @@ class DMRNetCLI(LightningCLI):
         ``weights_only=True``: a checkpoint never runs code when it is loaded. Checked before
         Lightning reads the file's hyperparameters."""
         cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else None
+        if cfg is not None and self.resume is not None:
+            if cfg.get("ckpt_path") is not None:
+                raise ConfigError("give --resume or --ckpt_path, not both")
+            data = cfg.get("data")
+            ckpt = choose_resume_checkpoint(self.resume, cfg.get("model") or {},
+                                            data.get("modalities") if data else None)
+            print(f"resuming from {ckpt}", file=sys.stderr)
+            cfg["ckpt_path"] = str(ckpt)
         if cfg is not None:
             path = cfg.get("ckpt_path")
             if path is not None and str(path) not in ("best", "last"):
