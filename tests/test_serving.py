@@ -119,6 +119,30 @@ def test_corrupt_and_code_carrying_files_are_refused(tmp_path):
     assert load_module(ok).hparams["method"] == "dmrnet"
 
 
+def test_predict_and_export_take_a_checkpoint_or_a_model_folder_alike(tmp_path, capsys):
+    import lightning
+
+    mod = module()
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"state_dict": mod.state_dict(), "hyper_parameters": dict(mod.hparams),
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=6).astype(np.float32))
+    np.save(tmp_path / "c.npy", np.random.default_rng(1).normal(size=5).astype(np.float32))
+    inputs = ["--input", f"a={tmp_path / 'a.npy'}", "--input", f"c={tmp_path / 'c.npy'}"]
+    printed = {}
+    folder = tmp_path / "folder"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder)]) == 0
+    again = tmp_path / "again"  # folder -> folder, e.g. to copy it checked
+    assert main(["export", "--checkpoint", str(folder), "--out", str(again)]) == 0
+    capsys.readouterr()
+    for source in (ckpt, folder, again):
+        assert main(["predict", "--checkpoint", str(source), *inputs]) == 0
+        printed[source.name] = capsys.readouterr().out
+    assert printed["m.ckpt"] == printed["folder"] == printed["again"]
+    assert printed["folder"].splitlines()[0].split()[0] == "a"  # one line per subset
+    assert len(printed["folder"].splitlines()) == 3  # a, c, a+c
+
+
 def test_served_model_keeps_the_unimodal_heads_vote(tmp_path):
     """A model trained with unimodal_ensemble serves (folder and ONNX) with its heads voting."""
     mod = module("baseline", unimodal_weight=1.0, unimodal_ensemble=0.5)

@@ -35,7 +35,7 @@ from dmrnet.errors import (
 )
 from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
 from dmrnet.methods import METHODS, options_summary
-from dmrnet.predict import load_module, run_predict
+from dmrnet.predict import load_module, load_trained, run_predict
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 from dmrnet.sweep import run_sweep
 
@@ -144,9 +144,11 @@ def prepare_parser(sub: Any) -> argparse.ArgumentParser:
 
 def predict_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict one sample for every subset of its inputs",
-                       description="Load a checkpoint and predict with whatever modalities are "
+                       description="Load a checkpoint or model folder and predict with "
+                       "whatever modalities are "
                        "given, for every subset of them. Dense models write a picture.")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt written by fit or benchmark")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .ckpt written by fit or benchmark, or a model folder (dmrnet export)")
     p.add_argument("--input", action="append", default=[], metavar="MODALITY=FILE",
                    help="one per available modality (.npy or image; depth as 16-bit PNG)")
     p.add_argument("--label", help="ground-truth label map (PNG, 0 = void) for the picture")
@@ -185,7 +187,8 @@ def export_parser(sub: Any) -> argparse.ArgumentParser:
                        description="Export a trained checkpoint: 'folder' writes config.json "
                        "and model.safetensors (load with dmrnet.load_model); 'onnx' writes one "
                        "graph with the availability mask as an input, serving every subset.")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt (or a model folder for onnx)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .ckpt written by fit or benchmark, or a model folder")
     p.add_argument("--format", choices=["folder", "onnx"], default="folder")
     p.add_argument("--no-preprocessing", action="store_true",
                    help="onnx: leave the stored input statistics out of the graph (it then "
@@ -198,7 +201,7 @@ def export_parser(sub: Any) -> argparse.ArgumentParser:
 def run_export_command(args: argparse.Namespace) -> int:
     src = Path(args.checkpoint)
     if args.format == "folder":
-        save_model(load_module(args.checkpoint), args.out, overwrite=args.overwrite)
+        save_model(load_trained(args.checkpoint), args.out, overwrite=args.overwrite)
         print(f"wrote {args.out}/config.json and model.safetensors")
         return 0
     if src.is_dir():

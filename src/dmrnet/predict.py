@@ -5,13 +5,14 @@ for every subset of them; for dense models, write a picture of the predictions s
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from dmrnet.data.base import DataError
 from dmrnet.data.io import read_image, read_npy
@@ -19,7 +20,7 @@ from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import load_weights, read_checkpoint
-from dmrnet.serving import apply_preprocessing
+from dmrnet.serving import apply_preprocessing, load_model
 from dmrnet.training import MultimodalModule
 
 
@@ -37,6 +38,27 @@ def load_module(checkpoint: str | Path) -> MultimodalModule:
     load_weights(module, ckpt["state_dict"], path)
     module.restore_choice(ckpt)
     return module.eval()
+
+
+@dataclass
+class ServedModel:
+    """A model folder in the shape the commands use a checkpoint's module: ``model`` (eval
+    mode), ``hparams`` (its model arguments, class names, preprocessing), ``hard_subsets``."""
+
+    model: nn.Module
+    hparams: dict[str, Any]
+    hard_subsets: list[str] = field(default_factory=list)
+
+
+def load_trained(path: str | Path) -> Any:
+    """A checkpoint (.ckpt, read with ``weights_only=True``) or a model folder (config.json +
+    model.safetensors, no pickle) -> a MultimodalModule or a :class:`ServedModel`."""
+    if Path(path).is_dir():
+        pred = load_model(path)
+        hparams = {**pred.config["model"], "class_names": pred.config.get("class_names"),
+                   "preprocessing": pred.preprocessing}
+        return ServedModel(pred.model, hparams, list(pred.config.get("hard_subsets") or []))
+    return load_module(path)
 
 
 def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
@@ -144,7 +166,7 @@ def write_picture(path: str | Path, raw: Mapping[str, np.ndarray], probs: Mappin
 
 def run_predict(checkpoint: str, inputs: Mapping[str, str], out: str | None,
                 label: str | None = None, overwrite: bool = False) -> dict[str, Tensor]:
-    module = load_module(checkpoint)
+    module = load_trained(checkpoint)
     tensors = {m: read_input(module, m, p) for m, p in inputs.items()}
     probs = predict_subsets(module, tensors)
     names = list(module.hparams.get("class_names") or
