@@ -154,6 +154,17 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "benchmark" in out and "fit" in out
+    from dmrnet.data import DATASETS
+    from dmrnet.methods import METHODS
+    from dmrnet.metrics import TASK_METRICS
+    from dmrnet.registry import ENCODERS
+
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, even at hyphens
+    for names in (METHODS.names(), DATASETS.names(), ENCODERS.names(), list(TASK_METRICS)):
+        missing = [n for n in names if n not in text]
+        assert not missing, missing  # every registered name is discoverable from --help
 
 
 def test_unknown_output_path_kind(tmp_path):

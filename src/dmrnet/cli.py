@@ -35,7 +35,9 @@ from dmrnet.errors import (
 )
 from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
 from dmrnet.methods import METHODS, options_summary
+from dmrnet.metrics import TASK_METRICS
 from dmrnet.predict import load_module, load_trained, run_predict
+from dmrnet.registry import ENCODERS
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 from dmrnet.sweep import run_sweep
 
@@ -111,12 +113,14 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when the terminal is interactive)")
     model = p.add_argument_group("model (shared by every method)")
-    model.add_argument("--encoder", help="encoder name for every modality (default mlp)")
+    model.add_argument("--encoder", help=f"encoder for every modality: "
+                       f"{', '.join(ENCODERS.names())} (default mlp)")
     model.add_argument("--embed-dim", type=int, help="embedding size D")
     model.add_argument("--lr", type=float, help="learning rate (optim.lr)")
     model.add_argument("--set", type=_key_value, action="append", default=[],
                        metavar="KEY=VALUE", help="any other MultimodalModule argument; a "
                        "dotted key sets one entry of a mapping, e.g. --set fusion=mean "
+                       f"--set metric={{{','.join(TASK_METRICS)}}} "
                        "--set optim.weight_decay=0 --set 'encoder_kwargs={hidden: [512]}'")
     p.add_argument("--sweep", type=_sweep, metavar="KEY=V1,V2,...",
                    help="run the benchmark once per value of KEY (a method option, "
