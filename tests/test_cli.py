@@ -135,6 +135,11 @@ def test_lightning_cli_fit_then_test_from_yaml(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
+    out = fit.stdout.splitlines()
+    assert out[0].startswith("epoch 0 (1 of 2): val/mean 0.") and out[1].startswith("epoch 1 ")
+    assert out[-1].startswith("best checkpoint: ") and "(epoch " in out[-1]
+    assert "validation at epoch" in fit.stdout and "fac+mor" in fit.stdout
+    assert fit.stderr == "", fit.stderr  # no progress bars off a terminal, no tips
     ckpts = sorted(tmp_path.glob("lightning_logs/version_0/checkpoints/best-*.ckpt"))
     assert len(ckpts) == 1
     metrics = (tmp_path / "lightning_logs/version_0/metrics.csv").read_text()
@@ -146,7 +151,32 @@ def test_lightning_cli_fit_then_test_from_yaml(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert test.returncode == 0, test.stderr[-3000:]
-    assert "test/fac+mor/accuracy" in test.stdout and "test/worst" in test.stdout
+    lines = test.stdout.strip().splitlines()
+    assert lines[0].startswith("test split, ") and str(ckpts[0]) in lines[0]
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[1:] if not ln.startswith("-- ")}
+    assert rows["subset"] == ["accuracy"]  # one table: a column per metric
+    names = [ln.split()[0] for ln in lines[2:]]
+    assert names == ["--", "fac", "mor", "--", "fac+mor", "mean", "worst"]  # grouped by size
+    values = [ln.split()[-1] for ln in lines[2:] if not ln.startswith("-- ")]
+    assert len(values) == 5 and all(len(v.split(".")[1]) == 4 for v in values)  # rounded
+    assert test.stderr == ""  # no tips, no accelerator inventory, no warnings
+
+
+def test_fit_log_of_the_mfeat_config_stays_small(tmp_path):
+    """``dmrnet fit --config configs/mfeat_dmrnet.yaml > log.txt``: under 5 KB for its 30
+    epochs (2 run here; the other 28 add one line each), ending with the best checkpoint."""
+    cfg = ROOT / "configs" / "mfeat_dmrnet.yaml"
+    fit = subprocess.run(
+        [sys.executable, "-m", "dmrnet.cli", "fit", "--config", str(cfg), "--trainer.max_epochs",
+         "2", "--trainer.default_root_dir", str(tmp_path), "--data.batch_size", "256"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    lines = fit.stdout.splitlines()
+    epoch_line = max(len(ln) + 1 for ln in lines if ln.startswith("epoch "))
+    assert len(fit.stdout.encode()) + 28 * epoch_line < 5000, fit.stdout
+    assert sum(1 for ln in lines if "+" in ln) == 57  # the table has every multimodal subset
+    assert lines[-1].startswith("best checkpoint: ") and fit.stderr == ""
 
 
 def test_help_lists_commands(capsys):

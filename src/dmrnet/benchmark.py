@@ -255,6 +255,7 @@ def filter_noise() -> None:
         ".*number of training batches.*is smaller than the logging interval.*",
         ".*litlogger.*",
         ".*tensorboardX.*",
+        ".*The dirpath has changed from.*",  # test/validate of a checkpoint of an earlier run
     ):
         warnings.filterwarnings("ignore", message=pattern)
 

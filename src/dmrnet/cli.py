@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -283,6 +284,9 @@ RESUME_HELP = ("dmrnet fit also takes --resume RUN_DIR_OR_CKPT: continue a run f
 
 def lightning_cli(argv: Sequence[str]) -> int:
     filter_noise()
+    # no tips, accelerator inventory or model summary; dmrnet prints its own lines
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     args = list(argv)
     from_shell = args == sys.argv[1:]
     if args[0] == "fit" and ("--help" in args or "-h" in args):

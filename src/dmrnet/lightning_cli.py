@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
+from dmrnet.report import subset_table
 from dmrnet.runtime import DeviceSetup
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 
@@ -44,6 +45,44 @@ class InterruptNote(Callback):
         stage = trainer.state.fn.value if trainer.state.fn is not None else "the run"
         self.message = (f"interrupted during {stage} at epoch "
                         f"{trainer.current_epoch}, step {trainer.global_step}: {kept}")
+
+
+class ConsoleReport(Callback):
+    """Console output a log file can hold: without a progress bar (output not a terminal),
+    one line per epoch; at the end of ``fit``, the best checkpoint's path, epoch and
+    validation score, and its per-subset validation table."""
+
+    def __init__(self) -> None:
+        self.best: tuple[float, int, dict[str, float]] | None = None
+
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn is None or trainer.state.fn.value != "fit":
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("val/")}
+        cb = trainer.checkpoint_callback
+        monitor = getattr(cb, "monitor", None) or "val/mean"
+        value = metrics.get(monitor)
+        if value is not None:
+            higher = getattr(cb, "mode", "max") == "max"
+            if self.best is None or (value > self.best[0] if higher else value < self.best[0]):
+                self.best = (value, trainer.current_epoch, metrics)
+        if trainer.progress_bar_callback is None and trainer.is_global_zero:
+            shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val/mean", "val/worst")
+                              if k in metrics)
+            print(f"epoch {trainer.current_epoch} ({trainer.current_epoch + 1} of "
+                  f"{trainer.max_epochs}): {shown}",
+                  flush=True)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: Any) -> None:
+        if not trainer.is_global_zero or self.best is None:
+            return
+        cb = trainer.checkpoint_callback
+        monitor = getattr(cb, "monitor", None) or "val/mean"
+        value, epoch, metrics = self.best
+        path = getattr(cb, "best_model_path", "") or "(not saved)"
+        print(subset_table(metrics, "val", f"validation at epoch {epoch}:"))
+        print(f"best checkpoint: {path} (epoch {epoch}, {monitor} {value:.4f})")
 
 
 # model arguments filled from the data module (compared through the data's modalities)
@@ -120,15 +159,31 @@ class DMRNetCLI(LightningCLI):
                  **kwargs: object) -> None:
         self.resume = resume
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("trainer_defaults", {"deterministic": True})
+        # progress bars on a terminal only; otherwise ConsoleReport's line per epoch
+        kwargs.setdefault("trainer_defaults", {"deterministic": True,
+                                               "enable_progress_bar": sys.stdout.isatty()})
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         self.interrupt_note = interrupt_note or InterruptNote()
         super().__init__(MultimodalModule, MultimodalDataModule, **kwargs)  # type: ignore[arg-type]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(self.interrupt_note)
+        trainer.callbacks.extend([self.interrupt_note, ConsoleReport()])
         return trainer
+
+    def validate(self, **kwargs: Any) -> None:
+        """``dmrnet validate``: one table instead of Lightning's list of every metric."""
+        self._evaluate("validate", "val", kwargs)
+
+    def test(self, **kwargs: Any) -> None:
+        """``dmrnet test``: one table instead of Lightning's list of every metric."""
+        self._evaluate("test", "test", kwargs)
+
+    def _evaluate(self, verb: str, stage: str, kwargs: dict[str, Any]) -> None:
+        results = getattr(self.trainer, verb)(**{**kwargs, "verbose": False})
+        if self.trainer.is_global_zero and results:
+            where = kwargs.get("ckpt_path") or "the model as configured"
+            print(subset_table(results[0], stage, f"{stage} split, {where}:"))
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """Parse errors are raised (and shown as one line by ``dmrnet``), not printed after

@@ -264,3 +264,41 @@ def plot_per_subset(results: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def subset_table(metrics: dict[str, float], stage: str, title: str = "") -> str:
+    """One console table of a ``validate``/``test``/``fit`` result: a row per subset, grouped
+    by how many modalities it has (then in the logged order), a column per metric, then the
+    mean and worst over subsets; values to 4 decimals (the files keep full precision).
+
+    ``metrics``: logged names -> values, e.g. ``test/fac+mor/accuracy``, ``test/mean``.
+    """
+    rows: dict[str, dict[str, float]] = {}
+    columns: list[str] = []
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] != stage:
+            continue
+        rows.setdefault(parts[1], {})[parts[2]] = float(value)
+        if parts[2] not in columns:
+            columns.append(parts[2])
+    if not rows:
+        return ""
+    order = sorted(rows, key=lambda s: len(s.split(SEP)))  # stable: logged order within a size
+    width = max(len(s) for s in [*order, "worst subset"]) + 2
+    lines = [title] if title else []
+    lines.append(f"{'subset':<{width}}" + "".join(f"{c:>12}" for c in columns))
+    size = 0
+    for s in order:
+        n = len(s.split(SEP))
+        if n != size:
+            size = n
+            lines.append(f"-- {n} modalit{'y' if n == 1 else 'ies'}")
+        lines.append(f"{s:<{width}}" + "".join(
+            f"{rows[s][c]:>12.4f}" if c in rows[s] else f"{'':>12}" for c in columns))
+    for name in ("mean", "worst"):
+        key = f"{stage}/{name}"
+        if key in metrics:
+            label = "mean" if name == "mean" else "worst subset"
+            lines.append(f"{label:<{width}}{float(metrics[key]):>12.4f}")
+    return "\n".join(lines)
