@@ -145,3 +145,18 @@ def test_export_never_empties_the_current_folder(tmp_path, monkeypatch, capsys):
     assert main(["export", "--checkpoint", ckpt, "--out", "model", "--overwrite"]) == 0
     assert {p.name for p in (work / "model").iterdir()} == {
         "config.json", "model.safetensors", MARKER}
+
+
+def test_results_record_every_seeds_split_and_defaults_allow_a_verdict(tmp_path):
+    from dmrnet.benchmark import DATASET_DEFAULTS, apply_dataset_defaults
+
+    for dataset in DATASET_DEFAULTS:  # 3 seeds: the fewest for which a verdict is given
+        assert len(apply_dataset_defaults(BenchmarkConfig(out="-", dataset=dataset)).seeds) >= 3
+    cfg = BenchmarkConfig(out=str(tmp_path / "run"), modalities=["fac", "mor"],
+                          methods=["baseline"], seeds=[0, 1], epochs=1, progress=False)
+    results = run_benchmark(cfg, echo=lambda _: None)
+    per_seed = results["data_per_seed"]
+    assert [d["seed"] for d in per_seed] == [0, 1]
+    assert all(d["sizes"] == {"train": 1200, "val": 400, "test": 400} for d in per_seed)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["data_per_seed"] == per_seed

@@ -73,7 +73,7 @@ class BenchmarkConfig:
     root: str | None = None
     modalities: list[str] | None = None
     methods: list[str] = field(default_factory=lambda: ["baseline", "dmrnet"])
-    seeds: list[int] | None = None  # None = the dataset's default (0,1,2; rgbd-shapes 0,1)
+    seeds: list[int] | None = None  # None = 0,1,2: the fewest that can give a verdict
     epochs: int | None = None  # None = the dataset's default (mfeat 30, rgbd-shapes 10)
     batch_size: int | None = None  # None = the dataset's default (64; rgbd-shapes 32)
     model: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +93,6 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "rgbd-shapes": {
         "epochs": 10,
         "batch_size": 32,
-        "seeds": [0, 1],
         "model": {
             "architecture": "dense", "metric": "miou", "embed_dim": 64,
             "encoder_kwargs": {"width": 16},
@@ -457,6 +456,7 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         {} if metric.name == "accuracy" and cfg.keep_checkpoints else None)
     runs: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
+    per_seed: list[dict[str, Any]] = []
     modalities: list[str] = []
     total = len(cfg.methods) * len(cfg.seeds)
     k = 0
@@ -464,6 +464,7 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         data = first if seed == cfg.seeds[0] else _data_module(cfg, seed)
         modalities = data.modalities
         info = {k2: v for k2, v in data.data.info.items() if k2 != "standardizer"}
+        per_seed.append({"seed": seed, **info})
         space = SubsetSpace(modalities)
         for method in cfg.methods:
             k += 1
@@ -487,7 +488,8 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         "comparisons": paired_comparisons(runs, metric.higher_is_better),
         "gap_to_reference": gap_to_reference(runs, metric.higher_is_better, _roles(cfg)),
         "config": asdict(cfg),
-        "data": info,
+        "data": info,  # the last seed's; every seed's (its split) in data_per_seed
+        "data_per_seed": per_seed,
     }
     analysis = None
     if statistics is not None:

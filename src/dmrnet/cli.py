@@ -99,7 +99,8 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_csv(str),
                    help=f"comma list from {', '.join(METHODS.names())} (default "
                    "baseline,dmrnet)")
-    p.add_argument("--seeds", type=_csv(int), help="comma list (default 0,1,2; rgbd-shapes 0,1)")
+    p.add_argument("--seeds", type=_csv(int), help="comma list (default 0,1,2: 3 seeds, the fewest "
+                   "for a verdict)")
     p.add_argument("--epochs", type=int, help="training epochs per run (default: the "
                    "dataset's, mfeat 30, rgbd-shapes 10)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64; "
