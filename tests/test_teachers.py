@@ -16,6 +16,7 @@ from dmrnet.cli import main
 from dmrnet.determinism import cuda_nondeterministic
 from dmrnet.errors import ConfigError
 from dmrnet.methods import get_method
+from dmrnet.methods.dmrnet import preset_heads
 from dmrnet.methods.teachers import UnimodalTeachers, distillation_loss, modality_encoder
 from dmrnet.training import MultimodalModule
 
@@ -159,6 +160,7 @@ def test_dense_models_take_teacher_streams_but_not_distillation(tmp_path):
         mine = modality_encoder(student.model, m).state_dict()
         assert all(torch.equal(v, saved[f"model.streams.{m}.{k}"]) for k, v in mine.items())
     assert student.model.training and student.objective.unimodal_weight == 0.0
+    assert not hasattr(student.model, "ensemble_weight")  # no heads to vote on dense models
     with pytest.raises(ConfigError, match="teacher_distill applies to classification"):
         MultimodalModule(list(DENSE), DENSE, 3, method="baseline",
                          method_kwargs={"teacher_distill": 1.0}, **dense)
@@ -166,9 +168,17 @@ def test_dense_models_take_teacher_streams_but_not_distillation(tmp_path):
 
 def test_preset_defaults_serving_without_teachers_and_deterministic_ops(tmp_path):
     opts = get_method("tutored").options(None)
-    assert opts.teacher_init and opts.unimodal_weight is None
+    assert opts.teacher_init and opts.unimodal_weight is None and opts.unimodal_ensemble is None
     module = MultimodalModule(list(VECTORS), VECTORS, 3, method="tutored", **NET)
     assert module.objective.unimodal_weight == 2.0 and module.model.unimodal is not None
+    assert module.model.ensemble_weight == 0.5
+    for options, vote in (({"unimodal_weight": 0}, 0.0), ({"unimodal_ensemble": 0}, 0.0),
+                          ({"unimodal_weight": 1, "unimodal_ensemble": 2}, 2.0)):
+        built = MultimodalModule(list(VECTORS), VECTORS, 3, method="tutored",
+                                 method_kwargs=options, **NET)
+        assert built.model.ensemble_weight == vote, options  # heads off: the vote is off too
+    with pytest.raises(ConfigError, match="unimodal_ensemble needs unimodal_weight > 0"):
+        get_method("tutored").options({"unimodal_weight": 0, "unimodal_ensemble": 1})
     with pytest.raises(ConfigError, match="unimodal_weight must be a finite number >= 0"):
         get_method("tutored").options({"unimodal_weight": -1})
     kept = get_method("tutored").serving_kwargs({"teacher_checkpoints": {"a": "x"},
@@ -273,3 +283,6 @@ def test_results_page_names_a_registered_preset_and_its_options_match_the_docs()
     opts = preset.options({})
     assert opts.teacher_init is True and "`teacher_init: true`" in text
     assert opts.unimodal_weight is None and "`unimodal_weight: 2`" in text  # 2 for classification
+    assert opts.unimodal_ensemble is None and "`unimodal_ensemble: 0.5`" in text
+    resolved = preset_heads({}, dense=False)
+    assert resolved == {"unimodal_weight": 2.0, "unimodal_ensemble": 0.5}

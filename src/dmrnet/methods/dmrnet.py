@@ -354,37 +354,55 @@ class DMRNetNoKL(DMRNetFamily):
     Options = NoKLOptions
 
 
+def preset_heads(options: Mapping[str, Any], dense: bool) -> dict[str, Any]:
+    """``options`` with the preset's unimodal_weight (2) and unimodal_ensemble (0.5) where
+    they are None or unset; 0 for dense models, and no vote where the heads are off."""
+    out = dict(options)
+    if out.get("unimodal_weight") is None:
+        out["unimodal_weight"] = 0.0 if dense else 2.0
+    if out.get("unimodal_ensemble") is None:
+        weight = out["unimodal_weight"]  # checked later; a bad value gets its own error there
+        heads = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+        out["unimodal_ensemble"] = 0.5 if heads else 0.0
+    return out
+
+
 @dataclass
 class TutoredOptions(BoosterOptions):
-    """The boosters with the preset's defaults: teacher_init on, and unimodal_weight None
-    (2.0 for classification; 0 for dense models, which have no unimodal heads yet)."""
+    """The boosters with the preset's defaults: teacher_init on; unimodal_weight and
+    unimodal_ensemble None, which resolve to 2.0 and 0.5 for classification and to 0 for dense
+    models (no unimodal heads there yet); the vote is off (0) when the heads are (see
+    :func:`preset_heads`)."""
 
     teacher_init: bool = True
     unimodal_weight: float | None = None  # type: ignore[assignment]
+    unimodal_ensemble: float | None = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        weight = self.unimodal_weight
-        self.unimodal_weight = 2.0 if weight is None else weight
+        weight, ensemble = self.unimodal_weight, self.unimodal_ensemble
+        resolved = preset_heads({"unimodal_weight": weight, "unimodal_ensemble": ensemble},
+                                dense=False)
+        self.unimodal_weight = resolved["unimodal_weight"]
+        self.unimodal_ensemble = resolved["unimodal_ensemble"]
         try:
             BoosterOptions.__post_init__(self)
         finally:
-            self.unimodal_weight = weight
+            self.unimodal_weight, self.unimodal_ensemble = weight, ensemble
 
 
 @register_method
 class Tutored(DMRNetFamily):
     """Our preset: the baseline's network, its encoders started from dedicated unimodal
     teachers (``teacher_init``) and kept able to classify alone by unimodal heads
-    (``unimodal_weight`` 2). Chosen on validation splits; ``docs/results.md`` has the
+    (``unimodal_weight`` 2), which vote with the fused head at evaluation
+    (``unimodal_ensemble`` 0.5). Chosen on validation splits; ``docs/results.md`` has the
     experiments."""
 
     name = "tutored"
-    description = "preset: baseline + unimodal-teacher init + unimodal heads"
+    description = "preset: baseline + unimodal-teacher init + unimodal heads that vote"
     variance, sample = False, False
     Options = TutoredOptions
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
-        kwargs = dict(config.method_kwargs or {})
-        if kwargs.get("unimodal_weight") is None:
-            kwargs["unimodal_weight"] = 0.0 if config.architecture == "dense" else 2.0
+        kwargs = preset_heads(config.method_kwargs or {}, dense=config.architecture == "dense")
         return super().build(dataclasses.replace(config, method_kwargs=kwargs))
