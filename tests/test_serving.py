@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,18 @@ def test_onnx_graph_serves_every_subset_like_pytorch(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "m"), "--format", "onnx", "--out",
                  str(tmp_path / "cli.onnx"), "--no-preprocessing"]) == 0
     assert "NOT in the graph" in capsys.readouterr().out  # said on the console too
+
+
+def test_checkpoints_written_by_dmrnet_fit_serve_and_export(tmp_path):
+    """Lightning's CLI stores its own keys ("_instantiator") among a checkpoint's
+    hyperparameters; predict and export used to refuse such checkpoints as unknown settings."""
+    cfg = str(Path(__file__).resolve().parents[1] / "configs" / "mfeat_baseline.yaml")
+    assert main(["fit", "--config", cfg, "--trainer.max_epochs", "1", "--data.modalities",
+                 "[fac, mor]", "--trainer.default_root_dir", str(tmp_path)]) == 0
+    ckpt = next(tmp_path.glob("lightning_logs/version_0/checkpoints/best-*.ckpt"))
+    assert "_instantiator" in torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m")]) == 0
+    assert load_model(tmp_path / "m").predict({"fac": np.zeros(216)}).subsets == ["fac"]
+    np.save(tmp_path / "mor.npy", np.ones(6, np.float32))
+    assert main(["predict", "--checkpoint", str(ckpt), "--input",
+                 f"mor={tmp_path / 'mor.npy'}"]) == 0

@@ -359,7 +359,9 @@ def read_checkpoint(path: object) -> tuple[str, dict[str, Any]]:
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise ConfigError(f"{path!r} is not a dmrnet training checkpoint (no hyperparameters "
                           "or state_dict)")
-    return path, {**ckpt, "hyper_parameters": upgrade_settings(ckpt["hyper_parameters"])}
+    # Lightning's CLI keeps its own bookkeeping there too ("_instantiator", "_class_path")
+    settings = {k: v for k, v in ckpt["hyper_parameters"].items() if not str(k).startswith("_")}
+    return path, {**ckpt, "hyper_parameters": upgrade_settings(settings)}
 
 
 def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
