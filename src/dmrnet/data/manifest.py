@@ -142,7 +142,9 @@ def manifest(
         )
         train, val, test = ([records[i] for i in p] for p in parts)
     _only_in_evaluation(train, {"validation": val, "test": test}, mods, class_names, path.name)
-    info = {"source": f"manifest {path!s}", "kinds": {m: _name(r) for m, r in readers.items()}}
+    # the name reports show: the file's ("my" for data/my.csv), not the source's ("manifest")
+    info = {"name": path.stem, "source": f"manifest {path!s}",
+            "kinds": {m: _name(r) for m, r in readers.items()}}
     return file_splits(train, val, test, readers, class_names, info)
 
 

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from dmrnet.errors import ConfigError
 from dmrnet.nn.encoders import MLPEncoder
 from dmrnet.nn.fusion import ConcatFusion, MaskedMeanFusion, create_fusion
 from dmrnet.nn.resnet import ResNet, ResNetTrunk, SEResNetStem, load_torchvision_state_dict
@@ -9,8 +10,16 @@ from dmrnet.registry import ENCODERS, TRUNKS
 
 
 def create_encoder(name: str, input_shape: tuple[int, ...], **kwargs: Any) -> Any:
-    """Build a registered encoder for one modality (an error lists the registered ones)."""
-    return ENCODERS.get(name)(tuple(input_shape), **kwargs)
+    """Build a registered encoder for one modality (an error lists the registered ones; an
+    argument the encoder does not take is named)."""
+    factory = ENCODERS.get(name)
+    try:
+        return factory(tuple(input_shape), **kwargs)
+    except TypeError as err:
+        if "argument" not in str(err):
+            raise
+        raise ConfigError(f"encoder {name!r}: {err} (its arguments go in encoder_kwargs or "
+                          "encoders: {MODALITY: {name: ..., ...}})") from err
 
 
 def create_trunk(name: str, in_channels: int, **kwargs: Any) -> Any:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
-from dmrnet.nn.resnet import init_weights
+from dmrnet.errors import ConfigError
+from dmrnet.nn.resnet import init_weights, resnet
 from dmrnet.registry import ENCODERS
 
 
@@ -63,3 +65,23 @@ def identity(input_shape: tuple[int, ...]) -> nn.Module:
     mod = nn.Flatten()
     mod.out_features = n  # type: ignore[assignment]
     return mod
+
+
+@ENCODERS.register("auto")
+def auto(
+    input_shape: tuple[int, ...],
+    vector: Mapping[str, Any] | None = None,
+    image: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Chosen by the input's shape, so one setting serves data of mixed kinds (a manifest of
+    arrays, images and audio): an MLP for feature vectors (D,) and other arrays of rank <= 2
+    (flattened), a ResNet-18 for images and spectrograms (C, H, W) and frame stacks
+    (T, C, H, W). ``vector`` / ``image``: that encoder's arguments, e.g. ``{hidden: [512]}`` /
+    ``{layers: [3, 4, 6, 3]}``."""
+    if len(input_shape) <= 2:
+        return mlp(input_shape, **dict(vector or {}))
+    if len(input_shape) in (3, 4):
+        return resnet(input_shape, **dict(image or {}))
+    raise ConfigError(f"encoder 'auto' takes vectors (D,), images (C, H, W) or frame stacks "
+                      f"(T, C, H, W); got inputs of shape {tuple(input_shape)}: name an encoder "
+                      "for this modality in encoders: {MODALITY: {name: ...}}")
