@@ -24,7 +24,7 @@ from torch import Tensor
 from dmrnet.data.base import DataError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.predict import load_module
-from dmrnet.report import to_json
+from dmrnet.report import legend_below, pyplot, save_figure, to_json
 from dmrnet.training import MultimodalDataModule
 
 
@@ -218,11 +218,14 @@ def analysis_markdown(analysis: dict[str, Any]) -> str:
 
 
 def _plots(analysis: dict[str, Any], subsets: list[str], out: Path) -> None:
-    import matplotlib
+    for name, fig in analysis_figures(analysis, subsets).items():
+        save_figure(fig, out / name)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def analysis_figures(analysis: dict[str, Any], subsets: list[str]) -> dict[str, Any]:
+    """File name -> figure: variance against error per subset, and the direction alignment
+    (legends under the plots, where they cover no data)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for method, stats in analysis["per_method"].items():
         xs, ys = [], []
@@ -237,11 +240,9 @@ def _plots(analysis: dict[str, Any], subsets: list[str], out: Path) -> None:
     ax.set_xlabel("mean embedding variance of the subset")
     ax.set_ylabel("test error rate of the subset")
     ax.set_title("HCR premise: do high-variance subsets err more?")
-    if ax.has_data():
-        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "analysis_variance_error.png", dpi=110)
-    plt.close(fig)
+    legend_below(fig, ax, 2)
+    figures = {"analysis_variance_error.png": fig}
 
     methods = [m for m, s in analysis["summary"].items() if "cos_between_subsets" in s]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -251,8 +252,9 @@ def _plots(analysis: dict[str, Any], subsets: list[str], out: Path) -> None:
     ax.bar(x + 0.2, [analysis["summary"][m]["cos_to_class_weight"] for m in methods], 0.4,
            label="cos(mu, true-class weight)")
     ax.set_xticks(x, methods)
+    ax.axhline(0, color="0.3", lw=0.8)
     ax.set_title("Intra-class direction alignment (same test samples)")
-    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "analysis_alignment.png", dpi=110)
-    plt.close(fig)
+    legend_below(fig, ax, 2)
+    figures["analysis_alignment.png"] = fig
+    return figures

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import shutil
 import sys
 import time
@@ -24,7 +25,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
@@ -50,8 +50,8 @@ from dmrnet.methods.base import LEGACY_OPTIM, LEGACY_OPTIONS
 from dmrnet.metrics import get_task_metric, worst_subset
 from dmrnet.optim import OptimConfig
 from dmrnet.outputs import OutputError, RunFolder
-from dmrnet.report import format_summary, write_results
-from dmrnet.runtime import DeviceSetup, check_precision
+from dmrnet.report import format_summary, robustness_profile, write_results
+from dmrnet.runtime import DeviceSetup, check_logger, check_precision, create_logger
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 
@@ -85,6 +85,9 @@ class BenchmarkConfig:
     progress: bool | None = None  # None = a progress bar when the terminal is interactive
     overwrite: bool = False
     keep_checkpoints: bool = True
+    logger: str = "csv"  # Lightning's CSVLogger or TensorBoardLogger, see runtime.LOGGERS
+    min_steps: int = 300  # with epochs None and no dataset default: at least this many steps
+    epochs_note: str = ""  # set by prepare() when the epochs were scaled to the data
 
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -104,6 +107,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "casia_surf": {"model": {"encoder": "se_resnet_stem", "trunk": "resnet_trunk",
                              "metric": "acer", "embed_dim": 512}},
     "cremad": {"model": {"encoder": "resnet18"}},
+    "manifest": {"model": {"encoder": "auto"}},  # an MLP for arrays, a ResNet-18 for images
     "kinetics_sounds": {"model": {"encoder": "resnet18"}},
 }
 """Per-dataset settings used where the user gives none (the user's values always win, key by
@@ -191,6 +195,7 @@ def _check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"epochs must be at least 1; got {cfg.epochs}")
     _check_numbers(cfg)
     check_precision(cfg.precision)
+    check_logger(cfg.logger)
     what = (f"accelerator {cfg.accelerator!r}, devices {cfg.devices!r}, precision "
             f"{cfg.precision or '32-true'!r}")
     try:  # Lightning's own checks of accelerator x devices x precision, before any work
@@ -232,6 +237,8 @@ def _check_numbers(cfg: BenchmarkConfig) -> None:
     bad_seeds = [s for s in cfg.seeds or [] if not isinstance(s, int) or s < 0]
     if bad_seeds:
         raise BenchmarkError(f"seeds must be whole numbers >= 0; got {bad_seeds[0]!r}")
+    if not isinstance(cfg.min_steps, int) or isinstance(cfg.min_steps, bool) or cfg.min_steps < 0:
+        raise BenchmarkError(f"min_steps must be a whole number >= 0; got {cfg.min_steps!r}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise BenchmarkError(f"batch size must be at least 1; got {cfg.batch_size}")
     for key, rule in NUMBER_RULES.items():
@@ -345,7 +352,7 @@ def _fit_and_test(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         deterministic=True,
-        logger=CSVLogger(out / "logs", name=run_name, version=""),
+        logger=create_logger(cfg.logger, out / "logs", name=run_name, version=""),
         precision=cfg.precision,
         callbacks=[checkpoint, DeviceSetup(batch_size=cfg.batch_size)],
         enable_progress_bar=progress,
@@ -399,11 +406,37 @@ def prepare(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
     split's files checked) with every model built once: all before any output is touched.
     ``data``: already read data of the same dataset and seed (not read again)."""
     DATASETS.get(cfg.dataset)
+    chosen = cfg.epochs is not None or "epochs" in DATASET_DEFAULTS.get(cfg.dataset, {})
     cfg = apply_dataset_defaults(cfg)
     _check_config(cfg)
     first = data if data is not None else _data_module(cfg, cfg.seeds[0])
+    if not chosen:
+        cfg = scale_epochs(cfg, first)
     _check_models(cfg, first)  # and every model's settings (e.g. --option hcr_subsets=...)
     return cfg, first
+
+
+def steps_per_epoch(cfg: BenchmarkConfig, data: MultimodalDataModule) -> int:
+    """Optimiser steps in one training epoch of ``data`` (per process with several devices)."""
+    devices = cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1
+    per_process = math.ceil(len(data.data.train) / devices)
+    return max(1, math.ceil(per_process / int(cfg.batch_size or 1)))
+
+
+def scale_epochs(cfg: BenchmarkConfig, data: MultimodalDataModule) -> BenchmarkConfig:
+    """``cfg`` with enough epochs for ``cfg.min_steps`` optimiser steps per run: a small
+    training split (30 samples at batch 64 is one step per epoch) would otherwise get a few
+    dozen steps. Used only where neither the user nor the dataset chose the epochs."""
+    per_epoch = steps_per_epoch(cfg, data)
+    assert cfg.epochs is not None
+    need = math.ceil(cfg.min_steps / per_epoch)
+    if need <= cfg.epochs:
+        return cfg
+    note = (f"{len(data.data.train)} training samples make {per_epoch} optimiser step(s) per "
+            f"epoch at batch {cfg.batch_size}: training {need} epochs instead of "
+            f"{cfg.epochs}, so that every run takes at least {cfg.min_steps} steps (--epochs N "
+            "to choose)")
+    return replace(cfg, epochs=need, epochs_note=note)
 
 
 def output_folder(cfg: BenchmarkConfig) -> RunFolder:
@@ -460,6 +493,9 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
     modalities: list[str] = []
     total = len(cfg.methods) * len(cfg.seeds)
     k = 0
+    if cfg.epochs_note:
+        echo(cfg.epochs_note)
+    steps = cfg.epochs * steps_per_epoch(cfg, first)
     for seed in cfg.seeds:
         data = first if seed == cfg.seeds[0] else _data_module(cfg, seed)
         modalities = data.modalities
@@ -468,8 +504,8 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         space = SubsetSpace(modalities)
         for method in cfg.methods:
             k += 1
-            echo(f"[{k}/{total}] {method} seed {seed}: training {cfg.epochs} epochs on "
-                 f"{len(space)} subsets of {modalities}")
+            echo(f"[{k}/{total}] {method} seed {seed}: training {cfg.epochs} epochs "
+                 f"({steps} steps) on {len(space)} subsets of {modalities}")
             record = _run_method(cfg, out, method, seed, data, metric.higher_is_better,
                                  progress, echo, statistics)
             run = record.to_dict()
@@ -478,7 +514,8 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
                  f"({worst_subset(run['per_subset'], metric.higher_is_better)}); train "
                  f"{run['train_seconds']:.1f}s, eval {run['eval_seconds']:.2f}s")
     results = {
-        "dataset": cfg.dataset,
+        "dataset": info.get("name") or cfg.dataset,  # a manifest's file name, else the source
+        "data_source": cfg.dataset,
         "modalities": modalities,
         "subsets": SubsetSpace(modalities).names,
         "metric": metric.name,
@@ -487,16 +524,19 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         "summary": summarize_runs(runs, metric.higher_is_better),
         "comparisons": paired_comparisons(runs, metric.higher_is_better),
         "gap_to_reference": gap_to_reference(runs, metric.higher_is_better, _roles(cfg)),
+        "roles": _roles(cfg),
         "config": asdict(cfg),
         "data": info,  # the last seed's; every seed's (its split) in data_per_seed
         "data_per_seed": per_seed,
     }
+    results["robustness_profile"] = robustness_profile(results)
     analysis = None
     if statistics is not None:
         analysis = analyze_run(out, echo=lambda _: None, results=results, statistics=statistics)
     write_results(results, out, appendix=analysis_markdown(analysis) if analysis else "")
     echo(format_summary(results))
-    echo("wrote results.json, results.csv, report.md, per_subset.png")
+    echo("wrote results.json, results.csv, report.md, per_subset.png, robustness_profile.png"
+         + (", gap_to_reference.png" if results["gap_to_reference"] else ""))
     if analysis is not None:
         for method, s in analysis["summary"].items():
             parts = [f"{k} {v:+.3f}" for k, v in s.items() if isinstance(v, float)]

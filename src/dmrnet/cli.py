@@ -39,6 +39,7 @@ from dmrnet.methods import METHODS, options_summary
 from dmrnet.metrics import TASK_METRICS
 from dmrnet.predict import load_module, load_trained, run_predict
 from dmrnet.registry import ENCODERS
+from dmrnet.runtime import LOGGERS, check_logger
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 from dmrnet.sweep import run_sweep
 
@@ -102,7 +103,11 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_csv(int), help="comma list (default 0,1,2: 3 seeds, the fewest "
                    "for a verdict)")
     p.add_argument("--epochs", type=int, help="training epochs per run (default: the "
-                   "dataset's, mfeat 30, rgbd-shapes 10)")
+                   "dataset's, mfeat 30, synthetic 10, rgbd-shapes 10; otherwise 30, raised "
+                   "so that every run takes at least --min-steps optimiser steps)")
+    p.add_argument("--min-steps", type=int, help="without --epochs or a dataset default: "
+                   "train enough epochs for at least this many optimiser steps per run "
+                   "(default 300; small training splits get more epochs)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64; "
                    "rgbd-shapes 32)")
     p.add_argument("--out", help="output folder (default runs/<dataset>-<time>)")
@@ -112,6 +117,9 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--devices", help="devices per run (default 1)")
     p.add_argument("--precision", help="Lightning precision: 32-true (default), bf16-mixed "
                    "(CPU and GPU), 16-mixed (GPU), ...")
+    p.add_argument("--logger", choices=list(LOGGERS), help="each run's training log in "
+                   "OUT/logs: csv (default; metrics.csv) or tensorboard (pip install "
+                   "tensorboard)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when the terminal is interactive)")
     model = p.add_argument_group("model (shared by every method)")
@@ -246,7 +254,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         "methods": args.methods, "seeds": args.seeds, "epochs": args.epochs,
         "batch_size": args.batch_size, "out": args.out, "overwrite": args.overwrite,
         "accelerator": args.accelerator, "devices": args.devices, "progress": args.progress,
-        "precision": args.precision,
+        "precision": args.precision, "min_steps": args.min_steps, "logger": args.logger,
     }
     cfg = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if args.manifest is not None:
@@ -261,7 +269,10 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
                           "options, e.g. options: {beta: 0.3}")
     options = {**options, **dict(args.option)}
     cfg.setdefault("dataset", "mfeat")
-    cfg.setdefault("out", str(Path("runs") / f"{cfg['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    name = (Path(str(cfg["dataset_kwargs"]["manifest"])).stem
+            if cfg["dataset"] == "manifest" and (cfg.get("dataset_kwargs") or {}).get("manifest")
+            else cfg["dataset"])
+    cfg.setdefault("out", str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     if isinstance(cfg.get("devices"), str) and cfg["devices"].isdigit():
         cfg["devices"] = int(cfg["devices"])
     known = set(BenchmarkConfig.__dataclass_fields__)
@@ -279,8 +290,10 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
 
 RESUME_HELP = ("dmrnet fit also takes --resume RUN_DIR_OR_CKPT: continue a run from its "
                "last.ckpt (in a folder, the newest one whose method, model arguments and "
-               "modalities are this run's; a mismatch is refused, naming the difference). "
-               "Lightning's options follow.\n")
+               "modalities are this run's; a mismatch is refused, naming the difference), "
+               "and --logger csv|tensorboard: the run's log in DEFAULT_ROOT_DIR/"
+               "lightning_logs/version_N (default csv: metrics.csv; tensorboard needs pip "
+               "install tensorboard). Lightning's options follow.\n")
 
 
 def lightning_cli(argv: Sequence[str]) -> int:
@@ -303,11 +316,21 @@ def lightning_cli(argv: Sequence[str]) -> int:
         resume = args[i + 1]
         args = [*args[:i], *args[i + 2 :]]
 
+    logger = None
+    if "--logger" in args:  # dmrnet fit|validate|test ... --logger csv|tensorboard
+        i = args.index("--logger")
+        if i + 1 >= len(args) or args[i + 1] not in LOGGERS:
+            raise ConfigError(f"--logger takes one of {list(LOGGERS)}")
+        logger = args[i + 1]
+        args = [*args[:i], *args[i + 2 :]]
+        check_logger(logger)
+
     note = InterruptNote()
     try:  # from the shell, let Lightning read sys.argv itself (it warns when given both)
         if from_shell:  # Lightning warns when given arguments beside a shell's sys.argv
             sys.argv[1:] = args
-        DMRNetCLI(interrupt_note=note, resume=resume, args=None if from_shell else args)
+        DMRNetCLI(interrupt_note=note, resume=resume, logger=logger,
+                  args=None if from_shell else args)
     except SystemExit:
         if note.message is not None:  # Lightning exits with 1 after a Ctrl-C
             raise RunInterruptedError(note.message) from None

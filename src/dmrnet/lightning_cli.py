@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
 from dmrnet.report import subset_table
-from dmrnet.runtime import DeviceSetup
+from dmrnet.runtime import DeviceSetup, create_logger
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 
@@ -156,8 +156,9 @@ def choose_resume_checkpoint(target: str, model: Mapping[str, Any], modalities: 
 
 class DMRNetCLI(LightningCLI):
     def __init__(self, interrupt_note: InterruptNote | None = None, resume: str | None = None,
-                 **kwargs: object) -> None:
+                 logger: str | None = None, **kwargs: object) -> None:
         self.resume = resume
+        self.logger_kind = logger
         kwargs.setdefault("seed_everything_default", 0)
         # progress bars on a terminal only; otherwise ConsoleReport's line per epoch
         kwargs.setdefault("trainer_defaults", {"deterministic": True,
@@ -169,6 +170,15 @@ class DMRNetCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.extend([self.interrupt_note, ConsoleReport()])
+        cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else None
+        chosen = cfg.get("trainer", {}).get("logger") if cfg is not None else None
+        if chosen not in (None, True):  # --trainer.logger given: Lightning's own setting
+            if self.logger_kind is not None:
+                raise ConfigError("give --logger or --trainer.logger, not both")
+            return trainer
+        # csv unless told otherwise, whether or not tensorboard is installed (Lightning's
+        # default would switch to TensorBoard when it is): the same files on every machine
+        trainer.logger = create_logger(self.logger_kind or "csv", trainer.default_root_dir)
         return trainer
 
     def validate(self, **kwargs: Any) -> None:

@@ -18,16 +18,57 @@ def _pm(mean: float, std: float) -> str:
 def differing_subsets(results: dict[str, Any], top: int = 5) -> tuple[str, str, list[tuple]]:
     """The subsets where two methods differ most: (method_a, method_b, [(subset, a, b, b - a)]).
 
-    Compares "dmrnet" with "baseline" when both ran, else the first two methods.
+    Compares the first other method with the run's baseline (the method whose role is
+    "baseline"; else the first method).
     """
     methods = list(results["summary"])
     if len(methods) < 2:
         return "", "", []
-    a, b = ("baseline", "dmrnet") if {"baseline", "dmrnet"} <= set(methods) else methods[:2]
+    a = reference_method(results)
+    b = next(m for m in methods if m != a)
     pa, pb = results["summary"][a]["per_subset"], results["summary"][b]["per_subset"]
     rows = [(s, pa[s], pb[s], pb[s] - pa[s]) for s in pa if s in pb]
     rows.sort(key=lambda r: -abs(r[3]))
     return a, b, rows[:top]
+
+
+def reference_method(results: dict[str, Any]) -> str:
+    """The method others are compared with in the report and plots: the run's baseline (role
+    "baseline", see ``Method.role``) if it ran, else the first method."""
+    methods = list(results["summary"])
+    base = (results.get("roles") or {}).get("baseline")
+    return base if base in methods else methods[0]
+
+
+def robustness_profile(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and number of modalities present k (as a string "1".."M"): the mean and
+    the worst subset of size k, each as mean and std over seeds (``mean``, ``mean_std``,
+    ``worst``, ``worst_std``). Worst follows the metric's direction."""
+    higher = results["higher_is_better"]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method in results["summary"]:
+        runs = [r for r in results["runs"] if r["method"] == method]
+        sizes = sorted({s.count(SEP) + 1 for s in runs[0]["per_subset"]})
+        per_size = {}
+        for k in sizes:
+            means, worsts = [], []
+            for r in runs:
+                vals = [v for s, v in r["per_subset"].items() if s.count(SEP) + 1 == k]
+                means.append(sum(vals) / len(vals))
+                worsts.append(min(vals) if higher else max(vals))
+            per_size[str(k)] = {"mean": _avg(means), "mean_std": _std(means),
+                                "worst": _avg(worsts), "worst_std": _std(worsts)}
+        out[method] = per_size
+    return out
+
+
+def _avg(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _std(xs: list[float]) -> float:
+    m = _avg(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
 
 
 def format_summary(results: dict[str, Any]) -> str:
@@ -81,9 +122,10 @@ def write_results(results: dict[str, Any], out: str | Path, appendix: str = "") 
                 )
     (out / "report.md").write_text(markdown_report(results) + (f"\n{appendix}" if appendix
                                                                else ""))
-    plot_per_subset(results, out / "per_subset.png")
+    save_figure(per_subset_figure(results), out / "per_subset.png")
+    save_figure(profile_figure(results), out / "robustness_profile.png")
     if results.get("gap_to_reference"):
-        plot_gap_to_reference(results, out / "gap_to_reference.png")
+        save_figure(gap_figure(results), out / "gap_to_reference.png")
 
 
 def to_json(obj: Any) -> str:
@@ -154,6 +196,17 @@ def markdown_report(results: dict[str, Any]) -> str:
     if hard:
         lines += ["", "## Hard subsets chosen by HCR", ""]
         lines += [f"- {m}, seed {seed}: {', '.join(h)}" for seed, m, h in hard]
+    profile = robustness_profile(results)
+    lines += ["", "## Robustness profile", "",
+              f"Test {metric} against the number of modalities present: the mean and the worst "
+              "of the subsets of each size (mean ± std over seeds).", "",
+              "![robustness profile](robustness_profile.png)", "",
+              "| modalities present | " + " | ".join(f"{m} mean | {m} worst" for m in methods)
+              + " |", "|---|" + "---|---|" * len(methods)]
+    for k in next(iter(profile.values())):
+        lines.append(f"| {k} | " + " | ".join(
+            f"{_pm(profile[m][k]['mean'], profile[m][k]['mean_std'])} | "
+            f"{_pm(profile[m][k]['worst'], profile[m][k]['worst_std'])}" for m in methods) + " |")
     lines += ["", "## Every subset", "", "![per-subset metric](per_subset.png)", "",
               "| subset | " + " | ".join(methods) + " |",
               "|---|" + "---|" * len(methods)]
@@ -198,13 +251,45 @@ def gap_markdown(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot_gap_to_reference(results: dict[str, Any], path: str | Path) -> None:
-    """One row per subset, one bar per method: its gap to the reference (0 = as good)."""
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no screen needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Write a figure of this module (PNG) and free it."""
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+def legend_below(fig: Any, ax: Any, ncol: int) -> None:
+    """The figure's legend under the plots, where it covers no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=max(1, min(ncol, 4)), fontsize=8, frameon=False)
+
+
+def _subset_rows(ax: Any, subsets: list[str]) -> None:
+    """One row per subset, the first at the top, lines between subsets of different sizes."""
+    n = len(subsets)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(list(reversed(subsets)), fontsize=7 if n > 20 else 9)
+    ax.set_ylim(-0.7, n - 0.3)
+    sizes = [sub.count(SEP) + 1 for sub in subsets]
+    for j in range(1, n):
+        if sizes[j] != sizes[j - 1]:
+            ax.axhline(n - j - 0.5, color="0.85", lw=0.8)
+
+
+def gap_figure(results: dict[str, Any]) -> Any:
+    """One row per subset, one bar per method: its gap to the reference (0 = as good)."""
+    plt = pyplot()
     gap = results["gap_to_reference"]
     subsets = results["subsets"]
     methods = list(gap["per_method"])
@@ -219,51 +304,107 @@ def plot_gap_to_reference(results: dict[str, Any], path: str | Path) -> None:
     ax.set_yticks(range(n))
     ax.set_yticklabels([s + (" *" if s in gap["behind"] else "")
                         for s in reversed(subsets)], fontsize=7 if n > 20 else 9)
-    ax.set_xlabel(f"{gap['reference']} − method, test {results['metric']}")
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(f"{gap['reference']} − method, test {results['metric']} (positive: behind)")
     ax.set_title(f"{results['dataset']}: gap to {gap['reference']} per subset "
                  "(* reference beats the baseline)")
     ax.grid(axis="x", color="0.92")
-    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    legend_below(fig, ax, k)
+    return fig
 
 
-def plot_per_subset(results: dict[str, Any], path: str | Path) -> None:
-    """One row per subset (grouped by size), one marker per method with its seed std."""
-    import matplotlib
+def _error(value: float, higher_is_better: bool) -> float:
+    return 1.0 - value if higher_is_better else value
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def per_subset_figure(results: dict[str, Any]) -> Any:
+    """One row per subset (grouped by size). Left: each method's error (1 − metric where
+    higher is better) on a log scale with its seed std, so 0.97 against 0.99 is a factor of
+    three, not a hair. Right (two or more methods): each method's difference to the
+    reference method (the baseline), mean and std of the per-seed differences, in points."""
+    plt = pyplot()
     subsets = results["subsets"]
     summary = results["summary"]
+    higher = results["higher_is_better"]
+    ref = reference_method(results)
+    others = [m for m in summary if m != ref]
     n = len(subsets)
-    fig_h = max(3.0, 0.22 * n + 1.5)
-    fig, ax = plt.subplots(figsize=(8, fig_h))
+    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(12 if others else 7,
+                                                             max(3.0, 0.22 * n + 1.5)),
+                             sharey=True, squeeze=False)
     markers = "os^Dv<>P*X"
     k = len(summary)
+    errors = [_error(v, higher) for s in summary.values() for v in s["per_subset"].values()
+              if not math.isnan(v)]
+    positive = [e for e in errors if e > 0]
+    floor = min(positive) / 2 if positive else 1e-3
+    ax = axes[0][0]
     for i, (m, s) in enumerate(summary.items()):
-        offset = (i - (k - 1) / 2) * 0.18
-        ys = [n - 1 - j + offset for j in range(n)]
-        xs = [s["per_subset"].get(sub, math.nan) for sub in subsets]
-        es = [s["per_subset_std"].get(sub, 0.0) for sub in subsets]
-        ax.errorbar(xs, ys, xerr=es, fmt=markers[i % len(markers)], ms=4, capsize=2,
-                    label=f"{m} (mean {s['mean']:.3f})", lw=0.8)
-    ax.set_yticks(range(n))
-    ax.set_yticklabels(list(reversed(subsets)), fontsize=7 if n > 20 else 9)
-    ax.set_ylim(-0.7, n - 0.3)
-    sizes = [sub.count(SEP) + 1 for sub in subsets]
-    for j in range(1, n):  # separate subsets of different sizes
-        if sizes[j] != sizes[j - 1]:
-            ax.axhline(n - j - 0.5, color="0.85", lw=0.8)
-    ax.set_xlabel(f"test {results['metric']}")
-    ax.set_title(f"{results['dataset']}: {results['metric']} per modality subset")
-    ax.grid(axis="x", color="0.92")
-    ax.legend(loc="lower left", fontsize=8)
+        ys = [n - 1 - j + (i - (k - 1) / 2) * 0.18 for j in range(n)]
+        err = [max(_error(s["per_subset"].get(sub, math.nan), higher), floor) for sub in subsets]
+        std = [s["per_subset_std"].get(sub, 0.0) for sub in subsets]
+        lo = [e - max(e - sd, floor) for e, sd in zip(err, std, strict=True)]
+        ax.errorbar(err, ys, xerr=[lo, std], fmt=markers[i % len(markers)], ms=4, capsize=2,
+                    lw=0.8, color=f"C{i}", label=f"{m} (mean {results['metric']} "
+                    f"{s['mean']:.4f})")
+    ax.set_xscale("log")
+    name = results["metric"]
+    ax.set_xlabel(f"test error, 1 − {name} (log scale; left is better)" if higher else
+                  f"test {name} (log scale; left is better)")
+    ax.grid(axis="x", which="both", color="0.92")
+    _subset_rows(ax, subsets)
+    if others:
+        by = {(r["method"], r["seed"]): r["per_subset"] for r in results["runs"]}
+        right = axes[0][1]
+        for i, m in enumerate(summary):
+            if m == ref:
+                continue
+            seeds = sorted(s for (mm, s) in by if mm == m and (ref, s) in by)
+            ys = [n - 1 - j + (i - (k - 1) / 2) * 0.18 for j in range(n)]
+            diffs = [[100 * (by[(m, s)][sub] - by[(ref, s)][sub]) for s in seeds]
+                     for sub in subsets]
+            right.errorbar([_avg(d) if d else math.nan for d in diffs], ys,
+                           xerr=[_std(d) if d else 0.0 for d in diffs],
+                           fmt=markers[i % len(markers)], ms=4, capsize=2, lw=0.8, color=f"C{i}")
+        right.axvline(0, color="0.3", lw=0.8)
+        right.set_xlabel(f"method − {ref}, test {name} in points ("
+                         f"{'right' if higher else 'left'} is better; seed std)")
+        right.grid(axis="x", color="0.92")
+        _subset_rows(right, subsets)
+        right.tick_params(labelleft=False)
+    fig.suptitle(f"{results['dataset']}: test {name} per modality subset")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    legend_below(fig, ax, k)
+    return fig
+
+
+def profile_figure(results: dict[str, Any]) -> Any:
+    """The robustness profile: test metric against the number of modalities present, per
+    method the mean (solid, seed band) and the worst (dashed) subset of each size."""
+    plt = pyplot()
+    profile = robustness_profile(results)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (m, per_size) in enumerate(profile.items()):
+        ks = [int(k) for k in per_size]
+        mean = [per_size[str(k)]["mean"] for k in ks]
+        band = [per_size[str(k)]["mean_std"] for k in ks]
+        ax.plot(ks, mean, "-o", color=f"C{i}", ms=4, label=f"{m}: mean")
+        ax.fill_between(ks, [a - b for a, b in zip(mean, band, strict=True)],
+                        [a + b for a, b in zip(mean, band, strict=True)], color=f"C{i}",
+                        alpha=0.15, lw=0)
+        ax.plot(ks, [per_size[str(k)]["worst"] for k in ks], "--", marker="v", ms=4,
+                color=f"C{i}", label=f"{m}: worst")
+    ks = [int(k) for k in next(iter(profile.values()))]
+    ax.set_xticks(ks)
+    ax.set_xlabel("modalities present")
+    better = "higher" if results["higher_is_better"] else "lower"
+    ax.set_ylabel(f"test {results['metric']} ({better} is better)")
+    ax.set_title(f"{results['dataset']}: robustness profile (mean and worst subset per size)")
+    ax.grid(color="0.92")
+    fig.tight_layout()
+    legend_below(fig, ax, len(profile))  # a column per method: its mean above its worst
+    return fig
 
 
 def subset_table(metrics: dict[str, float], stage: str, title: str = "") -> str:

@@ -1,5 +1,5 @@
 """Device settings for a training run: TF32 on CUDA, a CPU thread count that suits the model,
-and Lightning's precision names.
+Lightning's precision names, and the run's logger (CSV or TensorBoard).
 
 Nothing here changes what a model computes on CPU in float32; on CUDA, ``matmul_precision
 "high"`` lets float32 matmuls and convolutions use TF32 tensor cores (about 10 bits of
@@ -8,13 +8,16 @@ mantissa in the products, float32 accumulation), PyTorch's own recommendation fo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import typing
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT_STR
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.flop_counter import FlopCounterMode
 
 from dmrnet.errors import ConfigError
@@ -23,6 +26,30 @@ PRECISIONS: tuple[str, ...] = typing.get_args(_PRECISION_INPUT_STR)
 """Lightning's precision names ("32-true", "bf16-mixed", "16-mixed", ...)."""
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+LOGGERS = ("csv", "tensorboard")
+"""The loggers ``--logger`` chooses from: Lightning's CSVLogger (the default; ``metrics.csv``)
+and TensorBoardLogger (``pip install tensorboard``, or dmrnet's ``tensorboard`` extra)."""
+
+
+def check_logger(kind: str) -> None:
+    """A one-line error for an unknown logger, or TensorBoard without its package, before any
+    work."""
+    if kind not in LOGGERS:
+        raise ConfigError(f"logger {kind!r} is not one of {list(LOGGERS)}")
+    if kind == "tensorboard" and not any(importlib.util.find_spec(p) for p in
+                                         ("tensorboard", "tensorboardX")):
+        raise ConfigError("--logger tensorboard needs the tensorboard package: pip install "
+                          "tensorboard (or pip install 'dmrnet[tensorboard]'), or use --logger csv")
+
+
+def create_logger(kind: str, save_dir: str | Path, name: str = "lightning_logs",
+                  version: str | int | None = None) -> Logger:
+    """Lightning's logger of ``kind`` ("csv" or "tensorboard") writing to
+    ``save_dir/name/version_N`` (or ``save_dir/name/version``)."""
+    check_logger(kind)
+    cls = CSVLogger if kind == "csv" else TensorBoardLogger
+    return cls(save_dir=str(save_dir), name=name, version=version)
 
 FLOPS_PER_THREAD = 1e9
 """Work of one training step (forward + backward, 2 x multiply-adds) that keeps one more CPU

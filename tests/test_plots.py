@@ -1,0 +1,113 @@
+"""The benchmark's pictures (issue 13): the per-subset plot shows small differences (error on
+a log scale, difference to the baseline), the robustness profile has a point per subset size
+and method, and no legend covers a plot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmrnet.analysis import analysis_figures
+from dmrnet.benchmark import gap_to_reference, summarize_runs
+from dmrnet.report import (
+    per_subset_figure,
+    profile_figure,
+    reference_method,
+    robustness_profile,
+    save_figure,
+)
+
+SUBSETS = ["a", "b", "c", "a+b", "a+c", "b+c", "a+b+c"]
+
+
+def fake_results(methods=("baseline", "dmrnet", "dedicated"), seeds=(0, 1, 2)) -> dict:
+    """Accuracies near 0.97-0.99, where a linear axis from 0.7 hides the differences."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for i, m in enumerate(methods):
+        for s in seeds:
+            per = {sub: float(0.97 + 0.005 * i + 0.003 * sub.count("+") + rng.normal(0, 0.001))
+                   for sub in SUBSETS}
+            runs.append({"method": m, "seed": s, "per_subset": per,
+                         "mean": float(np.mean(list(per.values()))),
+                         "worst": min(per.values()), "train_seconds": 1.0})
+    roles = {"baseline": "baseline", "reference": "dedicated"}
+    results = {"dataset": "toy", "modalities": ["a", "b", "c"], "subsets": SUBSETS,
+               "metric": "accuracy", "higher_is_better": True, "runs": runs, "roles": roles,
+               "summary": summarize_runs(runs, True),
+               "gap_to_reference": gap_to_reference(runs, True, roles)}
+    return results
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def legends_cover_nothing(fig) -> bool:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends, "the figure has no legend"
+    return all(not _overlaps(leg.get_window_extent(renderer), ax.get_window_extent(renderer))
+               for leg in legends for ax in fig.axes)
+
+
+def test_per_subset_plot_shows_small_differences_and_its_legend_covers_nothing(tmp_path):
+    results = fake_results()
+    fig = per_subset_figure(results)
+    left, right = fig.axes
+    assert left.get_xscale() == "log"  # errors 0.01 and 0.03: a factor of 3 apart
+    lo, hi = left.get_xlim()
+    assert 0.005 < lo < 0.014 and hi < 0.1  # scaled to the errors (0.014-0.03), not [0, 1]
+    assert "baseline" in right.get_xlabel() and "points" in right.get_xlabel()
+    # the right panel's markers are the per-subset differences to the baseline, in points
+    diffs = [x for line in right.lines for x in line.get_xdata() if len(line.get_xdata()) == 7]
+    assert max(abs(d) for d in diffs) == pytest.approx(1.0, abs=0.5)  # dedicated: +1 point
+    assert legends_cover_nothing(fig)
+    save_figure(fig, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_robustness_profile_numbers_and_picture(tmp_path):
+    results = fake_results()
+    profile = robustness_profile(results)
+    assert list(profile) == ["baseline", "dmrnet", "dedicated"]
+    assert list(profile["baseline"]) == ["1", "2", "3"]
+    runs = [r for r in results["runs"] if r["method"] == "dmrnet"]
+    singles = [np.mean([r["per_subset"][s] for s in ("a", "b", "c")]) for r in runs]
+    assert profile["dmrnet"]["1"]["mean"] == pytest.approx(np.mean(singles))
+    assert profile["dmrnet"]["1"]["mean_std"] == pytest.approx(np.std(singles))
+    worst = [min(r["per_subset"][s] for s in ("a+b", "a+c", "b+c")) for r in runs]
+    assert profile["dmrnet"]["2"]["worst"] == pytest.approx(np.mean(worst))
+    fig = profile_figure(results)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 6  # mean and worst per method
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 3]
+    assert legends_cover_nothing(fig)
+    save_figure(fig, tmp_path / "profile.png")
+
+
+def test_one_method_gets_the_error_panel_alone():
+    results = fake_results(methods=("baseline",))
+    results["gap_to_reference"] = None
+    fig = per_subset_figure(results)
+    assert len(fig.axes) == 1 and legends_cover_nothing(fig)
+
+
+def test_reference_is_the_baseline_role_else_the_first_method():
+    results = fake_results(methods=("dmrnet", "baseline"))
+    assert reference_method(results) == "baseline"
+    results["roles"] = {}
+    assert reference_method(results) == "dmrnet"
+
+
+def test_analysis_legends_cover_nothing():
+    analysis = {
+        "per_method": {"dmrnet": [{"variance": {"a": 0.1, "b": 0.2}, "error": {"a": 0.3,
+                                                                               "b": 0.1}}]},
+        "summary": {"dmrnet": {"variance_error_spearman": -1.0, "cos_between_subsets": 0.9,
+                               "cos_to_class_weight": 0.95},
+                    "baseline": {"cos_between_subsets": 0.92, "cos_to_class_weight": 0.97}},
+    }
+    for fig in analysis_figures(analysis, ["a", "b"]).values():
+        assert legends_cover_nothing(fig)
