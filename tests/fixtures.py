@@ -109,21 +109,27 @@ def make_manifest(root: Path, n: int = 36) -> Path:
     return root / "manifest.csv"
 
 
-def _scene_arrays(i: int, size: int):
+def _scene_arrays(i: int, size: int | tuple[int, int]):
+    """A scene of ``size`` (S, or (H, W): the top-left crop of a max(H, W) square scene)."""
     from dmrnet.data.rgbd import render_scene
 
-    rgb, depth, label = render_scene(1000 + i, size)
-    lab = label.numpy().astype(np.uint8) + 1  # files: 0 = void, 1..K
+    h, w = (size, size) if isinstance(size, int) else size
+    rgb, depth, label = render_scene(1000 + i, max(h, w))
+    lab = label.numpy().astype(np.uint8)[:h, :w] + 1  # files: 0 = void, 1..K
     lab[:2] = 0  # a void band, as in NYUv2's unlabelled pixels
-    return rgb.permute(1, 2, 0).numpy(), depth[0].numpy().astype(np.uint16), lab
+    return (rgb.permute(1, 2, 0).numpy()[:h, :w], depth[0].numpy().astype(np.uint16)[:h, :w],
+            lab)
 
 
-def make_nyuv2_prepared(root: Path, n_train: int = 8, n_test: int = 3, size: int = 64,
-                        k: int = 40) -> Path:
+def make_nyuv2_prepared(root: Path, n_train: int = 8, n_test: int = 3,
+                        size: int | tuple[int, int] = 64,
+                        k: int = 40, name: str = "{split}{i:04d}") -> Path:
+    """The prepared layout; ``name``: a file-name pattern of ``split`` and ``i`` (from 0)."""
+    pattern = name
     for split, n in (("train", n_train), ("test", n_test)):
         names = []
         for i in range(n):
-            name = f"{split}{i:04d}"
+            name = pattern.format(split=split, i=i)
             rgb, depth, lab = _scene_arrays(i + (0 if split == "train" else 500), size)
             for sub in ("rgb", "depth", f"labels_{k}"):
                 (root / split / sub).mkdir(parents=True, exist_ok=True)
@@ -157,3 +163,39 @@ def make_nyuv2_mat(root: Path, n: int = 10, size: int = 64) -> Path:
     (root / "splits.json").write_text(json.dumps({"train": list(range(1, n - 2)),
                                                   "test": list(range(n - 2, n + 1))}))
     return root
+
+
+def write_video(path: Path, frames: int = 25, fps: int = 10, size=(24, 32)) -> Path:
+    """A tiny MPEG-4 video (PyAV; the ``av`` extra): ``frames`` grey levels at ``fps``."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            img = np.full((*size, 3), i * 10 % 256, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_rgb_depth_manifest(root: Path, n: int = 36) -> Path:
+    """``root/my.csv``: rgb (PNG) and depth (.npy vectors) columns with a split column, some
+    entries empty (missing), three classes in every split."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["rgb,depth,label,split"]
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        k = i % 3
+        picture(k, (16, 16), seed=i).save(root / f"rgb{i}.png")
+        np.save(root / f"depth{i}.npy", rng.normal(k, 0.3, 8).astype(np.float32))
+        rgb = f"rgb{i}.png" if i % 5 != 1 else ""
+        depth = f"depth{i}.npy" if i % 5 != 2 else ""
+        split = "test" if (i // 3) % 6 == 0 else ("val" if (i // 3) % 6 == 3 else "train")
+        rows.append(f"{rgb},{depth},{['cat', 'dog', 'eel'][k]},{split}")
+    (root / "my.csv").write_text("\n".join(rows) + "\n")
+    return root / "my.csv"

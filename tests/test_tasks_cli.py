@@ -7,7 +7,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dmrnet.cli import main
@@ -18,6 +17,7 @@ from .fixtures import (
     make_kinetics_sounds,
     make_manifest,
     write_cremad_splits,
+    write_video,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,18 +107,9 @@ def test_casia_benchmark_selects_on_acer(tmp_path):
 
 
 def test_prepare_cremad_extracts_frames_with_pyav(tmp_path, capsys):
-    av = pytest.importorskip("av")
+    pytest.importorskip("av")
     videos = tmp_path / "VideoFlash"
-    videos.mkdir()
-    with av.open(str(videos / "1001_DFA_ANG_XX.mp4"), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
-        for i in range(25):  # 2.5 s at 10 fps
-            img = np.full((24, 32, 3), i * 10, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(videos / "1001_DFA_ANG_XX.mp4")  # 2.5 s at 10 fps
     out = tmp_path / "Image-01-FPS"
     assert main(["prepare", "cremad", "--videos", str(videos), "--out", str(out)]) == 0
     frames = sorted((out / "1001_DFA_ANG_XX").glob("*.jpg"))

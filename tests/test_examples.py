@@ -1,0 +1,341 @@
+"""Every command and Python snippet in README.md and docs/*.md runs (issue 13), at a tiny scale.
+
+A user follows a document top to bottom in a fresh folder; so does this test. The examples of
+one document run in its order in one folder of their own (``configs/``, ``scripts/``,
+``benchmarks/`` and ``.venv`` linked from this checkout; ``/data/<name>`` and ``data/my.csv``
+are fixtures in the real on-disk formats), so an example that uses what an earlier one wrote
+(export after benchmark, test after fit) finds it, and a broken one fails here by its line.
+
+What is changed, and only this (:func:`scaled`):
+
+- size: a benchmark trains 1 epoch on its first seed (a sweep, its first two values);
+  ``fit``/``validate``/``test`` 1 epoch of at most 2 batches of 4 per split (NYUv2's images
+  are 48 x 64, not 480 x 640); the ``benchmarks/`` scripts 1 repetition;
+  ``scripts/gpu_check.sh`` skips its first item (the test suite, which is what runs this);
+- hardware, where this machine lacks it: without CUDA, ``gpu`` accelerators become ``cpu``;
+  several devices or nodes become 2 processes on this one machine (DDP over gloo), and
+  torchrun's rendezvous host this machine.
+
+Shell lines must be commands this file knows how to run (``dmrnet``, ``python``, ``torchrun``,
+``bash scripts/...``, the setup lines); anything else fails, so no example escapes. The setup
+lines (venv, pip) are compared with ``scripts/setup.sh`` and the test command with ``.ci/run``
+instead of being run again: CI has just run them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmrnet.cli import main
+
+from .fixtures import (
+    make_casia,
+    make_cremad,
+    make_kinetics_sounds,
+    make_nyuv2_prepared,
+    make_rgb_depth_manifest,
+    write_video,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+VENV_BIN = Path(sys.executable).parent
+SHELL_LANGS = {"bash", "sh", "shell", "console"}
+
+
+@dataclass
+class Example:
+    """One example: a shell command (continuation lines joined, comment dropped) or a whole
+    Python block, with the document line it starts on."""
+
+    doc: str
+    line: int
+    kind: str  # "shell" or "python"
+    text: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc}:{self.line}"
+
+
+def extract(doc: str, text: str | None = None) -> list[Example]:
+    """The examples of a Markdown document, in order: every line of a ``bash`` block and every
+    ``python`` block. A line in an unlabelled block that starts like a command is an error
+    (label the block ``bash``), so a command cannot hide in a layout listing."""
+    text = (ROOT / doc).read_text() if text is None else text
+    examples: list[Example] = []
+    for m in re.finditer(r"^( *)```(\w*)\n(.*?)^\1```", text, re.S | re.M):
+        indent, lang, body = m.group(1), m.group(2), m.group(3)
+        first = text[: m.start()].count("\n") + 2
+        lines = [ln[len(indent):] if ln.startswith(indent) else ln for ln in body.splitlines()]
+        if lang == "python":
+            examples.append(Example(doc, first, "python", "\n".join(lines) + "\n"))
+        elif lang in SHELL_LANGS:
+            pending, start = "", 0
+            for i, ln in enumerate(lines):
+                if not pending:
+                    start = first + i
+                stripped = re.sub(r"\s+#\s.*$", "", ln).rstrip()
+                if not stripped.strip() or stripped.lstrip().startswith("#"):
+                    continue
+                if stripped.endswith("\\"):
+                    pending += stripped[:-1] + " "
+                    continue
+                examples.append(Example(doc, start, "shell", " ".join((pending + stripped)
+                                                                      .split())))
+                pending = ""
+        else:
+            for i, ln in enumerate(lines):
+                if re.match(r"\s*(\.venv/bin/)?(dmrnet|python3?|torchrun|pip|bash) ", ln):
+                    raise AssertionError(f"{doc}:{first + i}: a command in a block that is not "
+                                         f"labelled bash: {ln.strip()!r}")
+    return examples
+
+
+def _cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _set(argv: list[str], flag: str, value: str) -> None:
+    """Give ``flag`` the value ``value``: in place where the command has it, else appended."""
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+
+
+def _scale_hardware(argv: list[str]) -> None:
+    gpus = _cuda_devices()
+    for flag in ("--accelerator", "--trainer.accelerator"):
+        if flag in argv and argv[argv.index(flag) + 1] == "gpu" and not gpus:
+            _set(argv, flag, "cpu")
+    for flag, most in (("--trainer.devices", gpus or 2), ("--devices", gpus or 2),
+                       ("--trainer.num_nodes", 1), ("--nnodes", 1),
+                       ("--nproc-per-node", gpus or 2)):
+        if flag in argv and argv[argv.index(flag) + 1].isdigit():
+            _set(argv, flag, str(min(int(argv[argv.index(flag) + 1]), most)))
+    if "--rdzv-endpoint" in argv:
+        _set(argv, "--rdzv-endpoint", f"127.0.0.1:{_free_port()}")
+
+
+def scaled(argv: list[str]) -> list[str]:
+    """The command at a tiny scale (see the module docstring); its meaning is unchanged."""
+    argv = list(argv)
+    _scale_hardware(argv)
+    if "-m" in argv and argv[argv.index("-m") + 1] == "dmrnet.cli":  # torchrun ... -m dmrnet.cli
+        verb_at = argv.index("-m") + 2
+    elif Path(argv[0]).name == "dmrnet":
+        verb_at = 1
+    else:
+        script = next((a for a in argv[1:] if a.endswith((".py", ".sh"))), "")
+        if script.startswith("benchmarks/"):
+            argv += ["--reps", "1"]
+        if script == "scripts/gpu_check.sh":
+            argv += ["--no-tests"]
+        return argv
+    verb = argv[verb_at] if verb_at < len(argv) else ""
+    if "--help" in argv:
+        return argv
+    if verb == "benchmark":
+        seeds = argv[argv.index("--seeds") + 1].split(",")[0] if "--seeds" in argv else "0"
+        _set(argv, "--seeds", seeds)
+        _set(argv, "--epochs", "1")
+        if "--sweep" in argv:  # its first two values: a sweep needs two
+            key, _, values = argv[argv.index("--sweep") + 1].partition("=")
+            _set(argv, "--sweep", f"{key}={','.join(values.split(',')[:2])}")
+        argv.append("--no-progress")
+    elif verb in ("fit", "validate", "test"):
+        argv += ["--trainer.max_epochs", "1", "--data.batch_size", "4"]
+        if any("nyuv2" in a for a in argv if a.endswith(".yaml")):
+            argv += ["--data.dataset_kwargs.size", "[48, 64]"]  # the fixture's images
+        for split in ("train", "val", "test"):
+            argv += [f"--trainer.limit_{split}_batches", "2"]
+    return argv
+
+
+def _fixtures(folder: Path) -> None:
+    """The data the documents name, in their real formats, under ``folder/data``."""
+    data = folder / "data"
+    cremad = make_cremad(data / "CREMA-D", actors=("1001", "1002", "1003", "1004", "1005"))
+    clip = sorted((cremad / "AudioWAV").glob("*.wav"))[0].stem
+    for frame in (cremad / "Image-01-FPS" / clip).glob("*.jpg"):  # dmrnet prepare makes them
+        frame.unlink()
+    (cremad / "Image-01-FPS" / clip).rmdir()
+    write_video(cremad / "VideoFlash" / f"{clip}.mp4")
+    make_kinetics_sounds(data / "kinetics_sounds")
+    make_casia(data / "CASIA-SURF")
+    make_nyuv2_prepared(data / "nyuv2", n_train=6, n_test=2, size=(48, 64), name="{i:04d}",
+                        k=40)
+    for split in ("train", "test"):  # the README's example file names start at 0001
+        root = data / "nyuv2" / split
+        names = (data / "nyuv2" / f"{split}.txt").read_text().split()
+        for sub in ("rgb", "depth", "labels_40"):
+            for old in sorted(names, reverse=True):
+                (root / sub / f"{old}.png").rename(root / sub / f"{int(old) + 1:04d}.png")
+        (data / "nyuv2" / f"{split}.txt").write_text(
+            "\n".join(f"{int(n) + 1:04d}" for n in names) + "\n")
+    make_rgb_depth_manifest(data)
+
+
+@pytest.fixture(scope="module")
+def sandboxes(tmp_path_factory):
+    """document -> its folder, made on first use."""
+    made: dict[str, Path] = {}
+
+    def get(doc: str) -> Path:
+        if doc not in made:
+            folder = tmp_path_factory.mktemp(Path(doc).stem)
+            for name in ("configs", "scripts", "benchmarks", "docs"):
+                (folder / name).symlink_to(ROOT / name)
+            (folder / ".venv").symlink_to(Path(sys.prefix))
+            _fixtures(folder)
+            made[doc] = folder
+        return made[doc]
+
+    return get
+
+
+def _environment(folder: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHON"] = sys.executable
+    return env
+
+
+def _words(command: str, folder: Path) -> list[str]:
+    """The command's words as the shell gives them (globs, quotes, ``$(...)``), run in
+    ``folder`` with ``/data/...`` pointing at the fixtures."""
+    command = re.sub(r"(?<![\w.])/data/", f"{folder}/data/", command)
+    done = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], cwd=folder,
+                          capture_output=True, text=True, env=_environment(folder), check=True)
+    return done.stdout.split("\0")[:-1]
+
+
+def _setup_commands() -> list[str]:
+    return [ln.strip() for ln in (ROOT / "scripts" / "setup.sh").read_text().splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _check_setup_line(command: str) -> bool:
+    """The README's setup and test lines: True if ``command`` is one, after checking that it
+    says what ``scripts/setup.sh`` and ``.ci/run`` do."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    if command.startswith("bash scripts/setup.sh && "):
+        rest = command.removeprefix("bash scripts/setup.sh && ")
+        if rest == ".venv/bin/python -m pytest":
+            assert command in ci, f".ci/run does not run the README's test command {command!r}"
+            return True
+        return False  # the main job after the setup: run it
+    if command.startswith("pip install "):
+        wanted = shlex.split(command)[2:]
+        setup = " ".join(_setup_commands())
+        assert all(w in setup for w in wanted), (
+            f"scripts/setup.sh does not install {wanted}; it runs {_setup_commands()}")
+        return True
+    if command.startswith("python3 -m venv .venv"):
+        assert any("-m venv .venv" in c for c in _setup_commands())
+        return True
+    return False
+
+
+def run_shell(example: Example, folder: Path) -> None:
+    command = example.text
+    if _check_setup_line(command):
+        return
+    command = command.removeprefix("bash scripts/setup.sh && ")  # setup: done by CI already
+    argv = scaled(_words(command, folder))
+    name = Path(argv[0]).name
+    in_process = (name == "dmrnet" and "--trainer.strategy" not in argv)
+    if in_process:  # as the console script does, without another interpreter start
+        cwd = Path.cwd()
+        os.chdir(folder)
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = main(argv[1:])
+                except SystemExit as stop:  # --help
+                    code = int(stop.code or 0)
+        finally:
+            os.chdir(cwd)
+        output = out.getvalue() + err.getvalue()
+    else:
+        known = {"dmrnet", "python", "python3", "torchrun", "bash"}
+        assert name in known, (f"{example.id}: tests/test_examples.py does not know how to run "
+                               f"{name!r}; teach it (and keep the example runnable)")
+        if name in ("python", "python3"):
+            argv[0] = sys.executable
+        elif name != "bash":
+            argv[0] = str(VENV_BIN / name)
+        done = subprocess.run(argv, cwd=folder, env=_environment(folder), capture_output=True,
+                              text=True, timeout=900)
+        code, output = done.returncode, done.stdout + done.stderr
+    assert code == 0, f"{example.id}: {' '.join(argv)} exited {code}:\n{output[-3000:]}"
+
+
+def run_python(example: Example, folder: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", example.text], cwd=folder,
+                          env=_environment(folder), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{example.id}: the snippet failed:\n{done.stderr[-3000:]}"
+
+
+EXAMPLES = [e for doc in DOCUMENTS for e in extract(doc)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
+def test_example_runs(example: Example, sandboxes) -> None:
+    folder = sandboxes(example.doc)
+    if example.kind == "python":
+        run_python(example, folder)
+    else:
+        run_shell(example, folder)
+
+
+def test_every_document_has_examples_and_commands_hide_nowhere():
+    docs = {e.doc for e in EXAMPLES}
+    assert {"README.md", "docs/results.md", "docs/architecture.md"} <= docs
+    assert sum(e.kind == "python" for e in EXAMPLES if e.doc == "README.md") >= 3
+    with pytest.raises(AssertionError, match="not labelled bash"):
+        extract("x.md", "```\nsrc/\ndmrnet fit --config a.yaml\n```\n")
+    # inline commands with flags are shown in full in a block the test runs, or are syntax
+    for doc in ("README.md", "docs/results.md", "docs/architecture.md"):
+        text = (ROOT / doc).read_text()
+        blocks = " ".join(e.text for e in EXAMPLES if e.doc == doc)
+        for span in re.findall(r"`((?:dmrnet|python) [^`]*--[^`]*)`", text):
+            placeholder = re.search(r"\.\.\.|[A-Z]{2,}|\||--help$", span)
+            assert placeholder or " ".join(span.split()) in blocks, (
+                f"{doc}: the command `{span}` is not in a code block, so no test runs it")
+
+
+def test_scaling_keeps_meaning_and_shrinks_size():
+    bench = scaled(["dmrnet", "benchmark", "--dataset", "mfeat", "--seeds", "3,4",
+                    "--epochs", "30", "--out", "runs/x"])
+    assert bench == ["dmrnet", "benchmark", "--dataset", "mfeat", "--seeds", "3",
+                     "--epochs", "1", "--out", "runs/x", "--no-progress"]
+    fit = scaled(["dmrnet", "fit", "--config", "c.yaml"])
+    assert fit[:4] == ["dmrnet", "fit", "--config", "c.yaml"] and "--trainer.max_epochs" in fit
+    assert scaled(["dmrnet", "fit", "--help"]) == ["dmrnet", "fit", "--help"]
+    sweep = scaled(["dmrnet", "benchmark", "--sweep", "beta=0,0.2,0.5"])
+    assert sweep[2:4] == ["--sweep", "beta=0,0.2"]
+    if not torch.cuda.is_available():
+        ddp = scaled(["dmrnet", "fit", "--trainer.accelerator", "gpu", "--trainer.devices", "8"])
+        assert ddp[2:6] == ["--trainer.accelerator", "cpu", "--trainer.devices", "2"]
