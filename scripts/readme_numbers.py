@@ -177,9 +177,7 @@ def run_or_read(folder: Path, args: list[str], fresh: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "dmrnet.cli", "benchmark", *args, "--out",
                         str(folder), "--no-progress"], check=True)
-        made_file.write_text(json.dumps({
-            "version": dmrnet.__version__, "commit": _commit(),
-            "seconds": time.perf_counter() - t0, "machine": f"{_cores()}-core CPU"}))
+        _record(made_file, time.perf_counter() - t0)
     out = json.loads(results.read_text())
     out["made"] = json.loads(made_file.read_text()) if made_file.is_file() else {}
     return out
@@ -197,10 +195,14 @@ def script_output(folder: Path, script: list[str], fresh: bool) -> tuple[str, di
                               capture_output=True)
         folder.mkdir(parents=True, exist_ok=True)
         out.write_text(done.stdout)
-        made_file.write_text(json.dumps({
-            "version": dmrnet.__version__, "commit": _commit(),
-            "seconds": time.perf_counter() - t0, "machine": f"{_cores()}-core CPU"}))
+        _record(made_file, time.perf_counter() - t0)
     return out.read_text(), json.loads(made_file.read_text()) if made_file.is_file() else {}
+
+
+def _record(path: Path, seconds: float) -> None:
+    """Write how a block's source was made: dmrnet's version, the commit, the time taken."""
+    path.write_text(json.dumps({"version": dmrnet.__version__, "commit": _commit(),
+                                "seconds": seconds, "machine": f"{_cores()}-core CPU"}))
 
 
 def _cores() -> int:

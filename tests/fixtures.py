@@ -124,12 +124,13 @@ def _scene_arrays(i: int, size: int | tuple[int, int]):
 def make_nyuv2_prepared(root: Path, n_train: int = 8, n_test: int = 3,
                         size: int | tuple[int, int] = 64,
                         k: int = 40, name: str = "{split}{i:04d}") -> Path:
-    """The prepared layout; ``name``: a file-name pattern of ``split`` and ``i`` (from 0)."""
+    """The prepared layout; ``name``: a file-name pattern of ``split``, ``i`` (from 0) and
+    ``n`` (from 1)."""
     pattern = name
     for split, n in (("train", n_train), ("test", n_test)):
         names = []
         for i in range(n):
-            name = pattern.format(split=split, i=i)
+            name = pattern.format(split=split, i=i, n=i + 1)
             rgb, depth, lab = _scene_arrays(i + (0 if split == "train" else 500), size)
             for sub in ("rgb", "depth", f"labels_{k}"):
                 (root / split / sub).mkdir(parents=True, exist_ok=True)

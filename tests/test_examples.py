@@ -182,16 +182,8 @@ def _fixtures(folder: Path) -> None:
     write_video(cremad / "VideoFlash" / f"{clip}.mp4")
     make_kinetics_sounds(data / "kinetics_sounds")
     make_casia(data / "CASIA-SURF")
-    make_nyuv2_prepared(data / "nyuv2", n_train=6, n_test=2, size=(48, 64), name="{i:04d}",
-                        k=40)
-    for split in ("train", "test"):  # the README's example file names start at 0001
-        root = data / "nyuv2" / split
-        names = (data / "nyuv2" / f"{split}.txt").read_text().split()
-        for sub in ("rgb", "depth", "labels_40"):
-            for old in sorted(names, reverse=True):
-                (root / sub / f"{old}.png").rename(root / sub / f"{int(old) + 1:04d}.png")
-        (data / "nyuv2" / f"{split}.txt").write_text(
-            "\n".join(f"{int(n) + 1:04d}" for n in names) + "\n")
+    # the README's example file names start at 0001
+    make_nyuv2_prepared(data / "nyuv2", n_train=6, n_test=2, size=(48, 64), name="{n:04d}")
     make_rgb_depth_manifest(data)
 
 
