@@ -161,7 +161,9 @@ class MultimodalCollate:
             raise BatchError(f"no input shape given for modality {missing[0]!r}")
         self.input_shapes = {m: tuple(int(s) for s in input_shapes[m]) for m in self.modalities}
 
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> Batch:
+    def __call__(self, items: Sequence[Mapping[str, Any]] | Batch) -> Batch:
+        if isinstance(items, Batch):  # a dataset that fetches whole batches made it already
+            return self._checked(items)
         if len(items) == 0:
             raise BatchError("empty batch: no item to collate")
         batch = len(items)
@@ -194,3 +196,15 @@ class MultimodalCollate:
         elif any(t is not None for t in targets):
             raise BatchError("some items have a target and some do not; label all or none")
         return Batch(inputs=inputs, availability=availability, target=target)
+
+    def _checked(self, batch: Batch) -> Batch:
+        """A batch a dataset made whole (``__getitems__``), held to this collate's contract."""
+        if list(batch.inputs) != self.modalities:
+            raise BatchError(f"the dataset's batch has modalities {list(batch.inputs)}, "
+                             f"expected {self.modalities}")
+        for name, x in batch.inputs.items():
+            if tuple(x.shape[1:]) != self.input_shapes[name] or x.dtype != self.dtypes[name]:
+                raise BatchError(f"modality {name!r} of the dataset's batch is {x.dtype} "
+                                 f"{tuple(x.shape[1:])}, expected {self.dtypes[name]} "
+                                 f"{self.input_shapes[name]}")
+        return batch

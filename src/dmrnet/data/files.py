@@ -17,7 +17,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dmrnet.data.base import DataError, SplitData, stratified_split
+from dmrnet.data.cache import SampleCache
 from dmrnet.data.io import (
+    BytesFile,
     check_image,
     check_npy,
     check_wav,
@@ -55,6 +57,11 @@ class Record:
 class Reader:
     """Path -> tensor of ``shape``; ``train`` switches on random augmentation.
 
+    Reading is two steps: :meth:`decode` (path -> decoded sample, deterministic, so a
+    :class:`~dmrnet.data.cache.SampleCache` may keep it) and :meth:`make` (decoded sample ->
+    tensor, with the random augmentation in training). ``make`` must not change the decoded
+    sample in place.
+
     A reader may leave the last, batchable step of its recipe to the training device:
     then ``__call__`` returns ``item_shape`` / ``item_dtype`` (e.g. a waveform, a uint8 frame)
     and ``finish`` turns a collated batch (B, *item_shape) into (B, *shape) on whatever device
@@ -80,8 +87,16 @@ class Reader:
         with it, or None. Run on every file before training (:func:`scan_records`)."""
         return None
 
-    def __call__(self, path: Path, train: bool) -> Tensor:  # pragma: no cover - interface
+    def decode(self, path: Path) -> Any:  # pragma: no cover - interface
+        """The file's content, decoded: what is the same every epoch."""
         raise NotImplementedError
+
+    def make(self, decoded: Any, train: bool) -> Tensor:
+        """The item from a decoded sample (``train``: with random augmentation)."""
+        return decoded
+
+    def __call__(self, path: Path, train: bool) -> Tensor:
+        return self.make(self.decode(path), train)
 
 
 @dataclass
@@ -127,8 +142,11 @@ class AudioReader(Reader):
     def check(self, path: Path) -> str | None:
         return check_wav(path)
 
-    def __call__(self, path: Path, train: bool) -> Tensor:
-        samples, rate = read_wav(path)
+    def decode(self, path: Path) -> tuple[Tensor, int]:
+        return read_wav(path)
+
+    def make(self, decoded: tuple[Tensor, int], train: bool) -> Tensor:
+        samples, rate = decoded
         window = audio_window(samples, rate, self.spec, train, at_rate=self._item_rate)
         return window if self.on_device else spectrogram_batch(window[None], self.spec)[0]
 
@@ -177,22 +195,39 @@ class FramesReader(Reader):
             return f"frame folder {str(path)!r} is missing or holds no image"
         return check_image(files[len(files) // 2])
 
-    def _frame(self, path: Path, train: bool) -> Tensor:
+    def _frame(self, path: Path | BytesFile, train: bool) -> Tensor:
         if not self.on_device:
             return imagenet_frame(read_image(path), train, self.size)
         x = read_resized(path, (self.size, self.size), crop_box if train else None)
         return random_hflip(x) if train else x
 
-    def __call__(self, path: Path, train: bool) -> Tensor:
+    def _chosen(self, count: int, train: bool) -> list[int]:
+        """Which of ``count`` frames to use: random in training, evenly spaced otherwise."""
+        if train:
+            return torch.randint(0, count, (self.frames,)).sort().values.tolist()
+        idx = np.linspace(0, count - 1, self.frames + 2)[1:-1].round().astype(int)
+        return idx.tolist() if self.frames > 1 else [count // 2]
+
+    def _listed(self, path: Path) -> list[Path]:
         files = self._files(path)
         if not files:
             raise DataError(f"frame folder {str(path)!r} is missing or holds no image")
-        if train:
-            idx = torch.randint(0, len(files), (self.frames,)).sort().values.tolist()
-        else:
-            idx = np.linspace(0, len(files) - 1, self.frames + 2)[1:-1].round().astype(int)
-            idx = idx.tolist() if self.frames > 1 else [len(files) // 2]
-        out = [self._frame(files[i], train) for i in idx]
+        return files
+
+    def decode(self, path: Path) -> tuple[tuple[str, bytes], ...]:
+        """Every frame file's bytes (the decode itself depends on the random crop, so what
+        is kept is the files' content: decoding it gives the same pixels as the file)."""
+        return tuple((str(f), f.read_bytes()) for f in self._listed(path))
+
+    def make(self, decoded: tuple[tuple[str, bytes], ...], train: bool) -> Tensor:
+        out = [self._frame(BytesFile(*decoded[i]), train)
+               for i in self._chosen(len(decoded), train)]
+        return out[0] if self.frames == 1 else torch.stack(out)
+
+    def __call__(self, path: Path, train: bool) -> Tensor:
+        # without a cache only the chosen frames are read
+        files = self._listed(path)
+        out = [self._frame(files[i], train) for i in self._chosen(len(files), train)]
         return out[0] if self.frames == 1 else torch.stack(out)
 
 
@@ -219,12 +254,16 @@ class ImageReader(Reader):
     def check(self, path: Path) -> str | None:
         return check_image(path, None if self.size is not None else self.shape[1:])
 
-    def __call__(self, path: Path, train: bool) -> Tensor:
+    def decode(self, path: Path) -> Tensor:
         img = read_image(path, "RGB" if self.channels == 3 else "L")
         h, w = self.shape[1:]
         if self.size is None and tuple(img.shape[-2:]) != (h, w):
             raise DataError(f"image {str(path)!r} is {img.shape[-2]}x{img.shape[-1]} but this "
                             f"modality's images are {h}x{w} (set image_size to resize)")
+        return img
+
+    def make(self, decoded: Tensor, train: bool) -> Tensor:
+        img = decoded
         if self.recipe == "casia":
             return casia_face(img, train, size=self.shape[1])
         if self.recipe == "imagenet":
@@ -243,7 +282,7 @@ class NpyReader(Reader):
     def check(self, path: Path) -> str | None:
         return check_npy(path, self.shape)
 
-    def __call__(self, path: Path, train: bool) -> Tensor:
+    def decode(self, path: Path) -> Tensor:
         x = read_npy(path)
         if tuple(x.shape) != tuple(self.shape):
             raise DataError(
@@ -268,6 +307,19 @@ class FileDataset(Dataset):
         self.readers = dict(readers)
         self.train = train
         self.modalities = list(readers)
+        self.cache: SampleCache | None = None
+        # a decoded sample's key: the reader's settings and the file
+        self._keys = {m: f"{type(r).__name__}{r!r}" for m, r in self.readers.items()}
+
+    def use_cache(self, cache: SampleCache | None) -> None:
+        """Keep decoded samples in ``cache`` (see :mod:`dmrnet.data.cache`)."""
+        self.cache = cache
+
+    def _item(self, m: str, reader: Reader, path: Path) -> Tensor:
+        if self.cache is None:
+            return reader(path, self.train)
+        decoded = self.cache.get((self._keys[m], str(path)), lambda: reader.decode(path))
+        return reader.make(decoded, self.train)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -288,7 +340,7 @@ class FileDataset(Dataset):
             if path is None:
                 continue
             try:
-                inputs[m] = reader(path, self.train)
+                inputs[m] = self._item(m, reader, path)
             except DataError as err:
                 raise DataError(f"{err} ({rec.where})" if rec.where else str(err)) from err
         return {"inputs": inputs, "target": rec.label}

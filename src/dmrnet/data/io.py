@@ -3,9 +3,12 @@ file and what is wrong with it."""
 
 from __future__ import annotations
 
+import io
 import wave
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,20 +57,41 @@ def write_wav(path: str | Path, samples: np.ndarray | Tensor, rate: int) -> None
         fh.writeframes((x * 32767).astype("<i2").tobytes())
 
 
-def read_image(path: str | Path, mode: str = "RGB") -> Tensor:
-    """Image file -> uint8 tensor (C, H, W); ``mode`` "RGB" (3 channels) or "L" (1 channel)."""
+@dataclass(frozen=True)
+class BytesFile:
+    """A file's content held in memory, with its name for messages (image readers take it
+    in place of a path)."""
 
-    path = Path(path)
-    if not path.is_file():
+    name: str
+    data: bytes
+
+    def open(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def _image_source(path: str | Path | BytesFile) -> tuple[Any, str]:
+    """What ``Image.open`` takes for ``path``, and the name errors give; a missing file is
+    an error naming it."""
+    if isinstance(path, BytesFile):
+        return path.open(), path.name
+    if not Path(path).is_file():
         raise DataError(f"image file {str(path)!r} does not exist")
+    return Path(path), str(path)
+
+
+def read_image(path: str | Path | BytesFile, mode: str = "RGB") -> Tensor:
+    """Image file (or its content, a :class:`BytesFile`) -> uint8 tensor (C, H, W); ``mode``
+    "RGB" (3 channels) or "L" (1 channel)."""
+
+    source, name = _image_source(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             arr = np.asarray(img.convert(mode))
     except Image.DecompressionBombError as err:
-        raise DataError(f"image {str(path)!r} is too large to decode safely: {err}") from err
+        raise DataError(f"image {name!r} is too large to decode safely: {err}") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"cannot read image {str(path)!r}: {err}") from err
+        raise DataError(f"cannot read image {name!r}: {err}") from err
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
@@ -76,7 +100,7 @@ def read_image(path: str | Path, mode: str = "RGB") -> Tensor:
 Box = tuple[int, int, int, int]
 
 
-def read_resized(path: str | Path, size: tuple[int, int],
+def read_resized(path: str | Path | BytesFile, size: tuple[int, int],
                  box: Box | Callable[[int, int], Box] | None = None) -> Tensor:
     """Image file -> uint8 RGB (3, *size): the region ``box`` = (top, left, height, width)
     (default: the whole image) resized with Pillow's antialiased bilinear filter.
@@ -84,14 +108,13 @@ def read_resized(path: str | Path, size: tuple[int, int],
     JPEGs are decoded at the largest DCT reduction (1/2, 1/4, 1/8) that still leaves the region
     at least ``size`` pixels (Pillow's draft mode): frames larger than needed decode faster.
     Pass ``box`` as a function ``(height, width) -> box`` to choose it from the image's size,
-    which is read from the header before decoding.
+    which is read from the header before decoding. ``path`` may be a :class:`BytesFile`
+    (the file's content, read before).
     """
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image file {str(path)!r} does not exist")
+    source, name = _image_source(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             w, h = img.size
             top, left, ch, cw = box(h, w) if callable(box) else (box or (0, 0, h, w))
             img.draft("RGB", (-(-w * size[1] // max(cw, 1)), -(-h * size[0] // max(ch, 1))))
@@ -100,7 +123,7 @@ def read_resized(path: str | Path, size: tuple[int, int],
             out = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR,
                                             box=region)
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"cannot read image {str(path)!r}: {err}") from err
+        raise DataError(f"cannot read image {name!r}: {err}") from err
     return torch.from_numpy(np.array(out, copy=True)).permute(2, 0, 1)
 
 

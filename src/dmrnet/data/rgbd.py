@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dmrnet.data.base import DataError, SplitData, require_root
+from dmrnet.data.cache import SampleCache
 from dmrnet.data.files import select_modalities
 from dmrnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -103,18 +104,29 @@ class RGBDNormalize:
 
 class RGBDDataset(Dataset):
     """Items ``{"inputs": {"rgb": (3,H,W), "depth": (1,H,W)}, "target": (H,W)}`` from a loader
-    ``load(i) -> (rgb uint8 (3,H,W), depth float (1,H,W), label int64 (H,W), name)``."""
+    ``load(i) -> (rgb uint8 (3,H,W), depth float (1,H,W), label int64 (H,W), name)`` whose
+    ``key(i)`` names sample i's source (its files, or its scene) for a
+    :class:`~dmrnet.data.cache.SampleCache`: the loaded sample is kept, the augmentation runs
+    on it each epoch."""
 
     def __init__(self, load: Any, n: int, normalize: RGBDNormalize,
                  augment: SegAugment | None, modalities: Sequence[str]) -> None:
         self.load, self.n, self.normalize, self.augment = load, n, normalize, augment
         self.modalities = list(modalities)
+        self.cache: SampleCache | None = None
+
+    def use_cache(self, cache: SampleCache | None) -> None:
+        """Keep loaded samples in ``cache`` (see :mod:`dmrnet.data.cache`)."""
+        self.cache = cache
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        rgb, depth, label, name = self.load(i)
+        if self.cache is None:
+            rgb, depth, label, name = self.load(i)
+        else:
+            rgb, depth, label, name = self.cache.get(self.load.key(i), lambda: self.load(i))
         if not (rgb.shape[-2:] == depth.shape[-2:] == label.shape[-2:]):
             raise DataError(f"sample {name!r}: rgb {tuple(rgb.shape[-2:])}, depth "
                             f"{tuple(depth.shape[-2:])} and label {tuple(label.shape[-2:])} "
@@ -154,6 +166,9 @@ class _PreparedLoader:
     def __init__(self, root: Path, split: str, names: list[str], num_classes: int) -> None:
         self.root, self.split, self.names, self.k = root, split, names, num_classes
 
+    def key(self, i: int) -> tuple[Any, ...]:
+        return ("nyuv2", str(self.root), self.split, self.names[i], self.k)
+
     def __call__(self, i: int) -> tuple[Tensor, Tensor, Tensor, str]:
         name = self.names[i]
         base = self.root / self.split
@@ -172,6 +187,7 @@ class _MatLoader:
 
     def __init__(self, path: Path, indices: list[int], mapping: np.ndarray, k: int) -> None:
         self.path, self.indices, self.mapping, self.k = path, indices, mapping, k
+        self._mapping_key = hash(mapping.tobytes())
         self._file: Any = None
 
     def _h5(self) -> Any:
@@ -183,6 +199,9 @@ class _MatLoader:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_file": None}
+
+    def key(self, i: int) -> tuple[Any, ...]:
+        return ("nyuv2.mat", str(self.path), self.indices[i], self.k, self._mapping_key)
 
     def __call__(self, i: int) -> tuple[Tensor, Tensor, Tensor, str]:
         f, n = self._h5(), self.indices[i]
@@ -406,6 +425,9 @@ def render_scene(seed: int, size: int = 64) -> tuple[Tensor, Tensor, Tensor]:
 class _ShapesLoader:
     def __init__(self, seeds: list[int], size: int) -> None:
         self.seeds, self.size = seeds, size
+
+    def key(self, i: int) -> tuple[Any, ...]:
+        return ("rgbd-shapes", self.seeds[i], self.size)
 
     def __call__(self, i: int) -> tuple[Tensor, Tensor, Tensor, str]:
         rgb, depth, label = render_scene(self.seeds[i], self.size)
