@@ -21,6 +21,9 @@ def shapes_for(m: int) -> dict[str, tuple[int, ...]]:
         {"method": "baseline"},
         {"method": "dmrnet", "missing_at": "input"},
         {"method": "dmrnet", "fusion": "mean"},
+        # the unimodal heads' vote: the summed-parts head needs the features too
+        {"method": "dmrnet", "method_kwargs": {"unimodal_weight": 1.0,
+                                               "unimodal_ensemble": 0.5}},
     ],
 )
 def test_cached_evaluation_equals_naive_forward_for_every_subset(m, options):
@@ -36,6 +39,9 @@ def test_cached_evaluation_equals_naive_forward_for_every_subset(m, options):
         x, _ = random_batch(shapes, 32, seed=seed)
         model(x, torch.ones(32, m, dtype=torch.bool))
     model.eval()
+    # the concat heads take the summed-parts path (each modality's product once per batch)
+    assert (model.head_parts(model.encode(random_batch(shapes, 2)[0])) is None) == (
+        options.get("fusion") == "mean")
     x, avail = random_batch(shapes, 12, seed=7)
     avail[:4] = True  # some complete samples, the rest with partial availability
     with torch.no_grad():

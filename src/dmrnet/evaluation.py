@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from dmrnet.models.protocol import ModelOutput, MultimodalNetwork
+from dmrnet.models.protocol import HeadParts, ModelOutput, MultimodalNetwork, SubsetHead
 
 
 def subset_outputs(
@@ -43,6 +43,8 @@ def subset_outputs(
     availability = availability.bool()
     features = model.encode(inputs)
     absent = model.encode_absent(inputs)
+    # a head that starts linear: each modality's product once, each subset a sum of them
+    parts = model.head_parts(features, absent) if isinstance(model, SubsetHead) else None
     masks = model.space.masks().to(availability.device)
     plan: list[tuple[int, Tensor | None, Tensor]] = []  # (subset, rows, row indices)
     for s in range(len(model.space)) if subsets is None else subsets:
@@ -56,7 +58,7 @@ def subset_outputs(
         size = sum(len(c[2]) for c in chunk)
         nxt = len(plan[k + 1][2]) if k + 1 < len(plan) else 0
         if k + 1 == len(plan) or size + nxt > max_rows:
-            yield from _run_chunk(model, features, absent, masks, chunk)
+            yield from _run_chunk(model, features, absent, masks, chunk, parts)
             chunk = []
 
 
@@ -66,10 +68,18 @@ def _run_chunk(
     absent: Sequence[Tensor] | None,
     masks: Tensor,
     chunk: Sequence[tuple[int, Tensor | None, Tensor]],
+    parts: HeadParts | None = None,
 ) -> Iterator[tuple[int, Tensor | None, ModelOutput]]:
     index = torch.cat([c[2] for c in chunk])
     avail = torch.cat([masks[s].expand(len(idx), -1) for s, _, idx in chunk])
-    out = model.forward_head(_rows(features, index), avail, _rows(absent, index))
+    if parts is not None:  # every subset's sum in one product, then the rows it keeps
+        sums = parts.sums(torch.stack([masks[s] for s, _, _ in chunk]))
+        rows = sums.flatten(0, 1) if all(r is None for _, r, _ in chunk) else torch.cat(
+            [sums[k].index_select(0, idx) for k, (_, _, idx) in enumerate(chunk)])
+        out = model.forward_parts(  # type: ignore[attr-defined]
+            rows, avail, _rows(features, index) if parts.needs_features else None)
+    else:
+        out = model.forward_head(_rows(features, index), avail, _rows(absent, index))
     sizes = [len(c[2]) for c in chunk]
     for k, (s, rows, _) in enumerate(chunk):
         part = {name: _part(value, sizes, k) for name, value in vars(out).items()}

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from dmrnet.batch import check_inputs
 from dmrnet.errors import ConfigError
-from dmrnet.models.protocol import ModelOutput
-from dmrnet.nn.fusion import create_fusion, zero_missing
+from dmrnet.models.protocol import HeadParts, ModelOutput
+from dmrnet.nn.fusion import ConcatFusion, create_fusion, zero_missing
 from dmrnet.nn.resnet import init_weights
 from dmrnet.subsets import SubsetSpace
 
@@ -240,6 +240,60 @@ class MultimodalModel(nn.Module):
         if self.ensemble_weight > 0 and not self.training:
             logits = self.ensemble(logits, features, avail)
         return ModelOutput(logits=logits, mu=mu, logvar=logvar, z=z)
+
+    def _folded(self) -> tuple[Tensor, Tensor] | None:
+        """The mu (and logvar) heads as one affine map of the concatenated features, their
+        eval-mode BatchNorm folded in: (weight (P, sum_m C_m), bias (P,)), P = D or 2D; None
+        in training or for heads of another form (a trunk, maps, a masked-mean fusion)."""
+        if self.training or self.trunk is not None or self.pool is not None or \
+                not isinstance(self.fusion, ConcatFusion):
+            return None
+        heads = [self.embedding.mu] + ([self.embedding.logvar]
+                                       if self.embedding.logvar is not None else [])
+        weights, biases = [], []
+        for head in heads:
+            if not (isinstance(head, nn.Sequential) and len(head) == 2 and
+                    isinstance(head[0], nn.Linear) and isinstance(head[1], nn.BatchNorm1d)
+                    and head[1].track_running_stats and head[0].bias is not None):
+                return None
+            lin, bn = head[0], head[1]
+            scale = (bn.running_var + bn.eps).rsqrt()
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+            weights.append(lin.weight * scale[:, None])
+            biases.append(lin.bias * scale + shift)
+        return torch.cat(weights), torch.cat(biases)
+
+    def head_parts(self, features: Sequence[Tensor],
+                   absent_features: Sequence[Tensor] | None = None) -> HeadParts | None:
+        """In eval mode, each modality's share (M, B, P) of the mu (and logvar) heads
+        (linear layer and BatchNorm, one affine map), P = D or 2D (see
+        :class:`~dmrnet.models.protocol.SubsetHead`); None in training or for heads of
+        another form."""
+        folded = self._folded()
+        if folded is None:
+            return None
+        columns = folded[0].split([f.shape[1] for f in features], dim=1)
+        parts = torch.stack([f @ w.T for f, w in zip(features, columns, strict=True)])
+        absent = None if absent_features is None else torch.stack(
+            [f @ w.T for f, w in zip(absent_features, columns, strict=True)])
+        return HeadParts(parts, absent, needs_features=self.ensemble_weight > 0)
+
+    def forward_parts(self, sums: Tensor, availability: Tensor,
+                      features: Sequence[Tensor] | None = None) -> ModelOutput:
+        """``forward_head`` (eval mode) from the summed parts (N, P) of :meth:`head_parts`:
+        the heads' folded bias, the classifier and any ensemble."""
+        folded = self._folded()
+        assert folded is not None
+        d = self.embedding.out_features
+        mu = sums[:, :d] + folded[1][:d]
+        logvar = sums[:, d:] + folded[1][d:] if self.embedding.logvar is not None else None
+        logits = self.classifier(mu)
+        if self.ensemble_weight > 0:
+            assert features is not None
+            logits = self.ensemble(logits, features, availability.bool())
+        return ModelOutput(logits=logits, mu=mu, logvar=logvar, z=mu)
 
     def ensemble(self, logits: Tensor, features: Sequence[Tensor], avail: Tensor) -> Tensor:
         """(B, K) fused logits -> log p_fused + w * sum over available m of log p_m, (B, K)."""

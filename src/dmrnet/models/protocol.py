@@ -90,3 +90,53 @@ class MultimodalNetwork(Protocol):
                      absent_features: Sequence[Any] | None = None) -> ModelOutput: ...
 
     def __call__(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput: ...
+
+
+@dataclass
+class HeadParts:
+    """Each modality's share of a head's first linear layers, computed once per batch for the
+    every-subset evaluation (:class:`SubsetHead`).
+
+    Attributes:
+        parts: (M, B, P): modality m's features times its columns of the layers.
+        absent: (M, B, P) the same for an all-zero input (input-level missingness), or None
+            (an absent modality adds nothing).
+        needs_features: the rest of the head reads the encoder features too (e.g. a
+            unimodal ensemble).
+    """
+
+    parts: Tensor
+    absent: Tensor | None = None
+    needs_features: bool = False
+
+    def sums(self, masks: Tensor) -> Tensor:
+        """(S, B, P): for each of S availability masks (S, M), the sum over modalities of the
+        present ones' parts (and the absent ones' ``absent`` parts)."""
+        m, b, p = self.parts.shape
+        weights = masks.to(self.parts.dtype)
+        if self.absent is None:
+            return (weights @ self.parts.reshape(m, b * p)).view(-1, b, p)
+        delta = (self.parts - self.absent).reshape(m, b * p)
+        return (weights @ delta).view(-1, b, p) + self.absent.sum(dim=0)
+
+
+@runtime_checkable
+class SubsetHead(Protocol):
+    """Optional, for networks whose head begins with a linear map of the concatenated
+    modality features: W concat(f_1, ..., f_M) = sum_m W_m f_m. Evaluation then multiplies
+    each modality's features by its columns once per batch (:meth:`head_parts`), sums the
+    present modalities' parts for every subset in one product (:meth:`HeadParts.sums`) and
+    runs the rest of the head on those sums (:meth:`forward_parts`), instead of a matrix
+    product per subset: the same values up to float rounding."""
+
+    def head_parts(self, features: Sequence[Any],
+                   absent_features: Sequence[Any] | None = None) -> HeadParts | None:
+        """The parts for a batch of encoder features, or None where the head (or its mode,
+        e.g. training) does not allow it."""
+        ...
+
+    def forward_parts(self, sums: Tensor, availability: Tensor,
+                      features: Sequence[Any] | None = None) -> ModelOutput:
+        """``forward_head`` from the summed parts (N, P) of rows with availability (N, M)
+        (and, where ``needs_features``, those rows' encoder features)."""
+        ...
