@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 import lightning as L
 import pytest
@@ -17,9 +20,12 @@ from dmrnet.models.late_fusion import ProbabilisticEmbedding
 from dmrnet.runtime import (
     FLOPS_PER_THREAD,
     DeviceSetup,
+    busy_cores,
     check_precision,
     cpu_threads_for,
+    thread_choice,
     training_flops,
+    usable_cores,
 )
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 
@@ -30,18 +36,46 @@ from .test_tasks_cli import fit_and_test
 MFEAT = {"fou": [76], "fac": [216], "kar": [64], "pix": [240], "zer": [47], "mor": [6]}
 
 
-def test_small_models_get_two_threads_whatever_the_core_count():
+def test_small_models_get_one_thread_whatever_the_core_count():
     module = MultimodalModule(list(MFEAT), MFEAT, 10, method="dmrnet")
     flops = training_flops(module.model, {m: tuple(s) for m, s in MFEAT.items()}, 64)
     # six MLP encoders + embedding heads: ~0.77 M multiply-adds a sample, x2 x3 x64
     assert 0.2e9 < flops < 0.4e9
-    assert [cpu_threads_for(flops, cores) for cores in (1, 2, 16, 128)] == [1, 2, 2, 2]
+    assert [cpu_threads_for(flops, cores) for cores in (1, 2, 16, 128)] == [1, 1, 1, 1]
+    assert thread_choice(flops)[0] == 1 and "under 2 threads' work" in thread_choice(flops)[1]
     # big steps get more threads, never more than the cores, never fewer with more cores
     big = 40 * FLOPS_PER_THREAD
     counts = [cpu_threads_for(big, cores) for cores in (1, 2, 8, 16, 64)]
     assert counts == [1, 2, 8, 16, 40]
     assert training_flops(module.model, {m: tuple(s) for m, s in MFEAT.items()}, 128) == \
         pytest.approx(2 * flops, rel=1e-6)
+
+
+def test_cores_other_processes_keep_busy_are_not_used():
+    big = 40 * FLOPS_PER_THREAD
+    assert cpu_threads_for(big, 2, busy=0.2) == 2
+    assert cpu_threads_for(big, 2, busy=0.9) == 1  # one core taken: one thread, not two
+    assert cpu_threads_for(big, 2, busy=5.0) == 1  # never none
+    assert cpu_threads_for(big, 16, busy=3.4) == 13
+    assert cpu_threads_for(3 * FLOPS_PER_THREAD, 16, busy=3.4) == 3
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or usable_cores() < 2,
+                    reason="needs /proc/stat and two cores")
+def test_a_busy_process_beside_the_run_is_seen():
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        seen = busy_cores(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen >= 0.6  # the busy loop: about one core (more if the machine has other work)
+    # this process's own work is not counted as another's
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.05:
+        pass
+    assert busy_cores(0.3) < seen
 
 
 def _fit(module, data, callback, **trainer):
@@ -65,16 +99,26 @@ def test_device_setup_sizes_threads_for_the_run_and_restores_them(monkeypatch):
     L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
               accelerator="cpu", callbacks=[setup, Spy()]).fit(module, datamodule=data)
-    expected = min(2, os.cpu_count() or 1)
-    assert setup.threads == expected and seen == [expected, expected]
+    assert setup.threads == 1 and seen == [1, 1]  # a small model: one thread
+    assert setup.reason.startswith("1 CPU thread (a 0.")
     assert torch.get_num_threads() == before  # restored when the run ends
     fixed = DeviceSetup(cpu_threads=2)
     _fit(module, data, fixed)
-    assert fixed.threads == 2
+    assert fixed.threads == 2 and fixed.reason == "2 CPU threads (as asked)"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     respected = DeviceSetup()
     _fit(module, data, respected)
     assert respected.threads is None  # the user's OMP_NUM_THREADS wins over "auto"
+    assert "OMP_NUM_THREADS" in respected.reason
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    torch.set_num_threads(3)  # so does a torch.set_num_threads call
+    try:
+        user = DeviceSetup()
+        _fit(module, data, user)
+        assert user.threads is None and torch.get_num_threads() == 3
+        assert "torch.set_num_threads" in user.reason
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("bad", [{"matmul_precision": "fast"}, {"cpu_threads": 0},

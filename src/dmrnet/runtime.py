@@ -9,7 +9,10 @@ mantissa in the products, float32 accumulation), PyTorch's own recommendation fo
 from __future__ import annotations
 
 import importlib.util
+import logging
+import math
 import os
+import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.flop_counter import FlopCounterMode
 
 from dmrnet.errors import ConfigError
+
+log = logging.getLogger("dmrnet")
 
 PRECISIONS: tuple[str, ...] = typing.get_args(_PRECISION_INPUT_STR)
 """Lightning's precision names ("32-true", "bf16-mixed", "16-mixed", ...)."""
@@ -55,14 +60,110 @@ FLOPS_PER_THREAD = 1e9
 """Work of one training step (forward + backward, 2 x multiply-adds) that keeps one more CPU
 thread busy; below it, synchronising threads costs about what it saves. Measured on the 2-core
 CI machine (ms per step, 1 thread vs 2): mfeat MLPs, 0.29 GFLOP a step, 8.9 vs 8.8; synthetic,
-0.12 GFLOP, 4.9 vs 4.8; rgbd-shapes, 4.4 GFLOP, 152 vs 106; a 10-GFLOP MLP, 246 vs 150. With
-torch's default of one thread per core, the mfeat benchmark took 2 min 41 s on 16 cores
-against 1 min 29 s on 2."""
+0.12 GFLOP, 4.9 vs 4.8; rgbd-shapes, 4.4 GFLOP, 152 vs 106; a 10-GFLOP MLP, 246 vs 150.
+``benchmarks/threads.py`` measures the choice against 1 thread and every core, idle and
+beside a busy process."""
 
-MIN_THREADS = 2
-"""Threads even the smallest model gets (where there are that many cores): validation stacks
-every subset into large head batches, which two threads do run faster (the mfeat benchmark took
-about 20 % longer on one thread than on two on the 2-core CI machine)."""
+BUSY_SAMPLE_SECONDS = 0.2
+"""How long :func:`free_cores` watches the machine's CPU use before a run with more than one
+thread's work chooses its threads."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota
+    (a container's ``--cpus``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def _cpu_busy(cpus: set[int] | None) -> tuple[float, float] | None:
+    """(busy, total) jiffies of ``cpus`` (None: every CPU) from /proc/stat, or None."""
+    busy = total = 0.0
+    try:
+        with open("/proc/stat") as fh:
+            for line in fh:
+                name, *fields = line.split()
+                if not name.startswith("cpu") or name == "cpu":
+                    continue
+                if cpus is not None and int(name[3:]) not in cpus:
+                    continue
+                values = [float(v) for v in fields[:8]]
+                idle = values[3] + values[4]  # idle + iowait
+                busy += sum(values) - idle
+                total += sum(values)
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy, total) if total > 0 else None
+
+
+def busy_cores(seconds: float = BUSY_SAMPLE_SECONDS) -> float:
+    """How many of this process's cores other processes keep busy: watched for ``seconds``
+    in /proc/stat (Linux), less this process's own use; elsewhere the 1-minute load average.
+    """
+    try:
+        cpus: set[int] | None = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = None
+    before, own_before, t0 = _cpu_busy(cpus), _own_cpu(), time.perf_counter()
+    if before is None:
+        try:
+            return max(0.0, os.getloadavg()[0] - 1.0)  # less this process
+        except (AttributeError, OSError):
+            return 0.0
+    time.sleep(seconds)
+    after, own_after, wall = _cpu_busy(cpus), _own_cpu(), time.perf_counter() - t0
+    if after is None or after[1] <= before[1]:
+        return 0.0
+    n = len(cpus) if cpus is not None else (os.cpu_count() or 1)
+    machine = n * (after[0] - before[0]) / (after[1] - before[1])  # busy cores, all processes
+    return max(0.0, machine - (own_after - own_before) / max(wall, 1e-9))
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def cpu_threads_for(flops_per_step: float, cores: int | None = None,
+                    busy: float = 0.0) -> int:
+    """Intra-op threads for a model whose training step costs ``flops_per_step``: one per
+    :data:`FLOPS_PER_THREAD` (a small model gets one), at most the ``cores`` that ``busy``
+    cores of other processes leave free (at least one).
+
+    PyTorch's threads wait for each other at every op: on a core another process is using,
+    a thread stalls all of them, so a loaded machine gets fewer threads, never more than are
+    free. The count is the same for the same model on any machine with that many free cores,
+    and results are reproducible for a given count (it changes the order of float sums).
+    """
+    cores = cores or usable_cores()
+    free = max(1, cores - math.floor(busy + 0.5))
+    return max(1, min(free, int(flops_per_step // FLOPS_PER_THREAD)))
+
+
+def thread_choice(flops_per_step: float, processes: int = 1) -> tuple[int, str]:
+    """Threads for a run's training step and why, in words for the run's output.
+    ``processes``: training processes on this machine (CPU DDP) sharing its cores."""
+    cores = max(1, usable_cores() // max(1, processes))
+    gflop = flops_per_step / 1e9
+    wanted = max(1, int(flops_per_step // FLOPS_PER_THREAD))
+    if wanted == 1 or cores == 1:
+        why = (f"a {gflop:.2g}-GFLOP step is under 2 threads' work" if wanted == 1 else
+               f"{cores} core{'s' if cores > 1 else ''} for this process")
+        return 1, why
+    busy = busy_cores()
+    threads = cpu_threads_for(flops_per_step, cores, busy)
+    share = f" of {processes} processes" if processes > 1 else ""
+    return threads, (f"a {gflop:.2g}-GFLOP step; {cores} cores{share}, other processes busy "
+                     f"on {busy:.1f}")
 
 
 def check_precision(precision: str | int | None) -> str | None:
@@ -91,16 +192,6 @@ def training_flops(model: torch.nn.Module, input_shapes: dict[str, Any], batch_s
     return int(counter.get_total_flops() * 3 * batch_size / 2)
 
 
-def cpu_threads_for(flops_per_step: float, cores: int | None = None) -> int:
-    """Intra-op threads for a model whose training step costs ``flops_per_step``: one per
-    :data:`FLOPS_PER_THREAD`, at least :data:`MIN_THREADS`, at most the cores. The choice
-    depends only on the model and the core count, so more cores never give a small model more
-    threads than it can use, and a small model computes the same on every machine with at
-    least two cores (the thread count changes the order of floating-point sums)."""
-    cores = cores or os.cpu_count() or 1
-    return min(cores, max(MIN_THREADS, int(flops_per_step // FLOPS_PER_THREAD)))
-
-
 class DeviceSetup(L.Callback):
     """Device settings for the run (the benchmark and ``dmrnet fit|validate|test`` add it).
 
@@ -108,8 +199,9 @@ class DeviceSetup(L.Callback):
         matmul_precision: on CUDA, ``torch.set_float32_matmul_precision`` ("high" = TF32
             matmuls and convolutions, the default; "highest" = strict float32).
         cpu_threads: on CPU, intra-op threads: "auto" sizes them to the model's work per step
-            (:func:`cpu_threads_for`), a number sets them, None keeps torch's default. "auto"
-            leaves the default alone when ``OMP_NUM_THREADS`` is set.
+            and the cores other processes leave free (:func:`thread_choice`), a number sets
+            them, None keeps torch's. "auto" leaves the user's choice alone: an
+            ``OMP_NUM_THREADS`` or a ``torch.set_num_threads`` call (:func:`user_threads`).
         batch_size: samples per training step for "auto" (None: the data module's).
     """
 
@@ -127,6 +219,7 @@ class DeviceSetup(L.Callback):
         self.batch_size = batch_size
         self._restore: dict[str, Any] = {}
         self.threads: int | None = None  # what was chosen on CPU
+        self.reason = ""  # the choice in words, for the run's output
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         device = trainer.strategy.root_device
@@ -137,23 +230,60 @@ class DeviceSetup(L.Callback):
             torch.backends.cudnn.allow_tf32 = self.matmul_precision != "highest"
         elif device.type == "cpu" and self.cpu_threads is not None:
             if self.cpu_threads == "auto":
-                if "OMP_NUM_THREADS" in os.environ:
+                user = user_threads()
+                if user is not None:
+                    self.reason = (f"{_threads(user)}, as set by the user "
+                                   f"({user_threads_source()})")
                     return
                 batch = self.batch_size or int(getattr(trainer.datamodule, "batch_size", 64))
                 shapes = {m: tuple(s) for m, s in pl_module.hparams["input_shapes"].items()}
                 # processes on this machine share its cores (CPU DDP runs one per device)
-                cores = max(1, (os.cpu_count() or 1) // max(1, int(trainer.num_devices)))
-                threads = cpu_threads_for(training_flops(pl_module.model, shapes, batch), cores)
+                threads, why = thread_choice(training_flops(pl_module.model, shapes, batch),
+                                             int(trainer.num_devices))
             else:
-                threads = int(self.cpu_threads)
+                threads, why = int(self.cpu_threads), "as asked"
             self._restore = {"threads": torch.get_num_threads()}
-            torch.set_num_threads(threads)
+            set_threads(threads)
             self.threads = threads
+            self.reason = f"{_threads(threads)} ({why})"
+            log.info("%s", self.reason)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if "threads" in self._restore:
-            torch.set_num_threads(self._restore["threads"])
+            set_threads(self._restore["threads"])
         if "matmul" in self._restore:
             torch.set_float32_matmul_precision(self._restore["matmul"])
             torch.backends.cudnn.allow_tf32 = self._restore["cudnn_tf32"]
         self._restore = {}
+
+
+_SET_BY_DMRNET: list[int] = []  # the thread count dmrnet set last (empty: none)
+_AT_IMPORT = torch.get_num_threads()  # torch's count when dmrnet was imported
+
+
+def set_threads(n: int) -> None:
+    """``torch.set_num_threads(n)``, remembered as dmrnet's choice (not the user's)."""
+    torch.set_num_threads(n)
+    _SET_BY_DMRNET[:] = [n]
+
+
+def user_threads() -> int | None:
+    """The intra-op thread count the user chose, or None: ``OMP_NUM_THREADS`` in the
+    environment, or a ``torch.set_num_threads`` call (seen as a count that is neither the one
+    torch had when dmrnet was imported nor the last one dmrnet set)."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return torch.get_num_threads()
+    now = torch.get_num_threads()
+    ours = _SET_BY_DMRNET[0] if _SET_BY_DMRNET else None
+    if now != ours and now != _AT_IMPORT:
+        return now
+    return None
+
+
+def user_threads_source() -> str:
+    return ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS", "").strip()
+            else "torch.set_num_threads")
+
+
+def _threads(n: int) -> str:
+    return f"{n} CPU thread{'s' if n != 1 else ''}"
