@@ -12,11 +12,13 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import multiprocessing
 import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
 from dmrnet.data import DATASETS
+from dmrnet.data.cache import SampleCache, check_cache_mode
 from dmrnet.errors import (
+    COUNT,
     COUNT_FROM_1,
     FRACTION,
     DMRNetError,
@@ -51,7 +55,18 @@ from dmrnet.metrics import get_task_metric, worst_subset
 from dmrnet.optim import OptimConfig
 from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.report import format_summary, robustness_profile, write_results
-from dmrnet.runtime import DeviceSetup, check_logger, check_precision, create_logger
+from dmrnet.runtime import (
+    FLOPS_PER_THREAD,
+    DeviceSetup,
+    busy_cores,
+    check_logger,
+    check_precision,
+    create_logger,
+    set_threads,
+    training_flops,
+    usable_cores,
+    user_threads,
+)
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 
@@ -88,6 +103,10 @@ class BenchmarkConfig:
     logger: str = "csv"  # Lightning's CSVLogger or TensorBoardLogger, see runtime.LOGGERS
     min_steps: int = 300  # with epochs None and no dataset default: at least this many steps
     epochs_note: str = ""  # set by prepare() when the epochs were scaled to the data
+    cache: str = "auto"  # decoded samples in memory: auto (a budget), memory, none
+    threads: int | None = None  # CPU intra-op threads; None = chosen per run (runtime.py)
+    max_validations: int = 30  # validate every ceil(epochs / this) epochs; 0 = every epoch
+    jobs: int | None = None  # runs trained at once; None = one per free core for small models
 
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -191,6 +210,7 @@ def _check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"a method is listed twice: {cfg.methods}")
     if not cfg.seeds:
         raise BenchmarkError("no seed given, e.g. --seeds 0,1,2")
+    check_cache_mode(cfg.cache)
     if cfg.epochs < 1:
         raise BenchmarkError(f"epochs must be at least 1; got {cfg.epochs}")
     _check_numbers(cfg)
@@ -241,6 +261,10 @@ def _check_numbers(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"min_steps must be a whole number >= 0; got {cfg.min_steps!r}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise BenchmarkError(f"batch size must be at least 1; got {cfg.batch_size}")
+    for key, rule in (("max_validations", COUNT), ("threads", COUNT_FROM_1),
+                      ("jobs", COUNT_FROM_1)):
+        if getattr(cfg, key) is not None:
+            require(key.replace("_", "-"), getattr(cfg, key), rule, BenchmarkError)
     for key, rule in NUMBER_RULES.items():
         if cfg.model.get(key) is not None:
             require(key, cfg.model[key], rule, BenchmarkError)
@@ -287,8 +311,8 @@ def _with_inputs(stage: Stage, checkpoints: dict[str, str]) -> dict[str, Any]:
 
 def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
                 data: MultimodalDataModule, higher_is_better: bool, progress: bool,
-                echo: Callable[[str], None], statistics: dict[tuple[str, int], Any] | None
-                ) -> RunRecord:
+                echo: Callable[[str], None], statistics: dict[tuple[str, int], Any] | None,
+                shown: set[str] | None = None) -> RunRecord:
     """Train and test each stage of a method in order; its results make the run's record.
     With ``statistics``, the analysis statistics of the run's own model (its stage named "")
     are computed while it is loaded and stored there under (method, seed)."""
@@ -298,12 +322,12 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
     results: list[StageResult] = []
     checkpoints: dict[str, str] = {}
     for i, stage in enumerate(stages):
-        stage_data = data if stage.modalities is None else _data_module(cfg, seed,
-                                                                        stage.modalities)
+        stage_data = data if stage.modalities is None else _data_module(
+            cfg, seed, stage.modalities, data.cache)
         run_name = stage.run_name(name, seed)
         module, tr_s, ev_s, best = _fit_and_test(
             cfg, out, run_name, seed, stage_data, _with_inputs(stage, checkpoints), progress,
-            keep=True if stage.name in later else None)
+            keep=True if stage.name in later else None, echo=echo, shown=shown)
         checkpoints[stage.name] = str(out / "checkpoints" / run_name / "best.ckpt")
         if statistics is not None and not stage.name:  # the best weights are loaded
             statistics[(name, seed)] = model_statistics(
@@ -338,7 +362,12 @@ def _fit_and_test(
     module_kwargs: dict[str, Any],
     progress: bool,
     keep: bool | None = None,
+    echo: Callable[[str], None] = print,
+    shown: set[str] | None = None,
 ) -> tuple[MultimodalModule, float, float, int]:
+    """Train one stage, select its checkpoint on validation and test it; the CPU thread
+    choice is echoed unless ``shown`` holds it already."""
+    shown = set() if shown is None else shown
     L.seed_everything(seed, workers=True, verbose=False)
     module = _module(data, module_kwargs)
     ckpt_dir = out / "checkpoints" / run_name
@@ -347,6 +376,7 @@ def _fit_and_test(
         dirpath=ckpt_dir, filename="best", monitor="val/mean", mode=mode, save_top_k=1,
         save_last=False,
     )
+    device = DeviceSetup(batch_size=cfg.batch_size, cpu_threads=cfg.threads or "auto")
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
@@ -354,15 +384,19 @@ def _fit_and_test(
         deterministic=True,
         logger=create_logger(cfg.logger, out / "logs", name=run_name, version=""),
         precision=cfg.precision,
-        callbacks=[checkpoint, DeviceSetup(batch_size=cfg.batch_size)],
+        callbacks=[checkpoint, device],
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
+        check_val_every_n_epoch=validation_interval(cfg),
     )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=data)
     train_seconds = time.perf_counter() - t0
+    if device.reason and device.reason not in shown:  # said once per benchmark
+        shown.add(device.reason)
+        echo(f"      {device.reason}")
     best_epoch = _best_epoch(checkpoint)
     t0 = time.perf_counter()
     trainer.test(module, datamodule=data, ckpt_path="best", verbose=False, weights_only=True)
@@ -370,6 +404,16 @@ def _fit_and_test(
     if not (cfg.keep_checkpoints if keep is None else keep):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return module, train_seconds, eval_seconds, best_epoch
+
+
+def validation_interval(cfg: BenchmarkConfig) -> int:
+    """Epochs between validations: every epoch up to ``cfg.max_validations`` epochs, then
+    every k-th epoch so that a run validates at most that many times (a 300-epoch run of
+    one-step epochs validates 30 times, not 300). The checkpoint is still the best validated
+    epoch; the last epoch is validated when k divides the epochs."""
+    if not cfg.max_validations or cfg.epochs is None:
+        return 1
+    return max(1, math.ceil(cfg.epochs / cfg.max_validations))
 
 
 def _best_epoch(checkpoint: ModelCheckpoint) -> int:
@@ -466,14 +510,16 @@ def _kept(folder: RunFolder) -> str:
     return f"; the unfinished run is in {str(kept)!r} (delete it when done)" if kept else ""
 
 
-def _data_module(cfg: BenchmarkConfig, seed: int,
-                 modalities: list[str] | None = None) -> MultimodalDataModule:
+def _data_module(cfg: BenchmarkConfig, seed: int, modalities: list[str] | None = None,
+                 cache: SampleCache | None = None) -> MultimodalDataModule:
     """The data of one seed (of ``modalities``, default the configured ones), read (and every
-    split's files checked) now."""
+    split's files checked) now; ``cache``: decoded samples shared with the run's other data
+    (its keys are files, so every seed's split and every stage reads through one)."""
     data = MultimodalDataModule(
         cfg.dataset, root=cfg.root, modalities=modalities or cfg.modalities, seed=seed,
-        batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs,
+        batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs, cache=cfg.cache,
     )
+    data.share_cache(cache)
     _ = data.data
     return data
 
@@ -491,28 +537,54 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
     info: dict[str, Any] = {}
     per_seed: list[dict[str, Any]] = []
     modalities: list[str] = []
-    total = len(cfg.methods) * len(cfg.seeds)
-    k = 0
+    shown: set[str] = set()  # the thread choices said so far
     if cfg.epochs_note:
         echo(cfg.epochs_note)
     steps = cfg.epochs * steps_per_epoch(cfg, first)
+    datas: dict[int, MultimodalDataModule] = {}
     for seed in cfg.seeds:
-        data = first if seed == cfg.seeds[0] else _data_module(cfg, seed)
+        data = first if seed == cfg.seeds[0] else _data_module(cfg, seed, cache=first.cache)
+        datas[seed] = data
         modalities = data.modalities
         info = {k2: v for k2, v in data.data.info.items() if k2 != "standardizer"}
         per_seed.append({"seed": seed, **info})
-        space = SubsetSpace(modalities)
-        for method in cfg.methods:
-            k += 1
-            echo(f"[{k}/{total}] {method} seed {seed}: training {cfg.epochs} epochs "
-                 f"({steps} steps) on {len(space)} subsets of {modalities}")
-            record = _run_method(cfg, out, method, seed, data, metric.higher_is_better,
-                                 progress, echo, statistics)
-            run = record.to_dict()
-            runs.append(run)
-            echo(f"      test {metric.name}: mean {run['mean']:.4f}, worst {run['worst']:.4f} "
-                 f"({worst_subset(run['per_subset'], metric.higher_is_better)}); train "
-                 f"{run['train_seconds']:.1f}s, eval {run['eval_seconds']:.2f}s")
+    jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    at_once, why = concurrent_runs(cfg, first, len(jobs))
+    if at_once > 1:
+        echo(f"training {at_once} runs at a time ({why}; --jobs 1 for one at a time)")
+        progress = False
+
+    def head(k: int) -> str:
+        seed, method = jobs[k]
+        return (f"[{k + 1}/{len(jobs)}] {method} seed {seed}: training {cfg.epochs} epochs "
+                f"({steps} steps) on {len(SubsetSpace(modalities))} subsets of {modalities}")
+
+    def tail(run: dict[str, Any]) -> str:
+        return (f"      test {metric.name}: mean {run['mean']:.4f}, worst {run['worst']:.4f} "
+                f"({worst_subset(run['per_subset'], metric.higher_is_better)}); train "
+                f"{run['train_seconds']:.1f}s, eval {run['eval_seconds']:.2f}s")
+
+    done: dict[int, dict[str, Any]] = {}
+    if at_once > 1:
+        for k, (run, stats, lines) in _run_concurrently(
+                at_once, jobs, cfg, out, datas, metric.higher_is_better, statistics is not None):
+            echo(head(k))
+            for line in lines:
+                if line not in shown:
+                    echo(line)
+                    shown.add(line)
+            if statistics is not None and stats is not None:
+                statistics[jobs[k]] = stats
+            done[k] = run
+            echo(tail(run))
+    else:
+        for k, (seed, method) in enumerate(jobs):
+            echo(head(k))
+            record = _run_method(cfg, out, method, seed, datas[seed], metric.higher_is_better,
+                                 progress, echo, statistics, shown)
+            done[k] = record.to_dict()
+            echo(tail(done[k]))
+    runs = [done[k] for k in range(len(jobs))]  # in seed, method order, however they ran
     results = {
         "dataset": info.get("name") or cfg.dataset,  # a manifest's file name, else the source
         "data_source": cfg.dataset,
@@ -544,6 +616,80 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
                 echo(f"analysis {method}: " + ", ".join(parts))
         echo("wrote analysis.json, analysis.md and analysis_*.png")
     return results
+
+
+MIN_CONCURRENT_GFLOP = 20.0
+"""Training work of one run (GFLOP) from which runs are trained side by side: below it a run
+takes about as long as starting another process."""
+
+_FORKED: dict[str, Any] = {}  # what the forked worker processes inherit (see _run_concurrently)
+
+
+def concurrent_runs(cfg: BenchmarkConfig, data: MultimodalDataModule, runs: int
+                    ) -> tuple[int, str]:
+    """How many runs to train at once, and why. A small model's step runs best on one thread
+    (runtime.thread_choice), so on a machine with free cores the runs themselves share them:
+    one run per free core, in forked processes. Only on CPU, one device per run, one thread
+    per run, without progress bars the user asked for, and where fork exists; ``cfg.jobs``
+    chooses the count instead."""
+    if cfg.jobs is not None:
+        return max(1, min(cfg.jobs, runs)), f"--jobs {cfg.jobs}"
+    if runs < 2 or cfg.progress or cfg.devices != 1 or \
+            "fork" not in multiprocessing.get_all_start_methods() or \
+            (cfg.threads or 1) != 1 or user_threads() not in (None, 1):
+        return 1, ""
+    if cfg.accelerator not in ("cpu", "auto") or (
+            cfg.accelerator == "auto" and (torch.cuda.is_available() or
+                                           torch.backends.mps.is_available())):
+        return 1, ""
+    module = _module(data, method_settings(cfg, cfg.methods[0]))
+    shapes = {m: tuple(s) for m, s in data.input_shapes.items()}
+    flops = training_flops(module.model, shapes, int(cfg.batch_size or 1))
+    if flops >= FLOPS_PER_THREAD or \
+            flops * cfg.epochs * steps_per_epoch(cfg, data) < MIN_CONCURRENT_GFLOP * 1e9:
+        return 1, ""
+    cores = usable_cores()
+    busy = busy_cores()
+    free = max(1, cores - math.floor(busy + 0.5))
+    at_once = min(runs, free)
+    return at_once, (f"each run's {flops / 1e9:.2g}-GFLOP step takes one CPU thread; {free} of "
+                     f"{cores} cores are free")
+
+
+def _run_concurrently(at_once: int, jobs: list[tuple[int, str]], cfg: BenchmarkConfig,
+                      out: Path, datas: dict[int, MultimodalDataModule],
+                      higher_is_better: bool, want_statistics: bool
+                      ) -> Iterator[tuple[int, tuple[dict[str, Any], Any, list[str]]]]:
+    """Yield ``(k, (run record, analysis statistics, output lines))`` of each job as it ends,
+    ``at_once`` of them running in forked processes that inherit the data read here."""
+    _FORKED.update(cfg=cfg, out=out, datas=datas, jobs=jobs, higher=higher_is_better,
+                   statistics=want_statistics)
+    pool = ProcessPoolExecutor(max_workers=at_once,
+                               mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = {pool.submit(_run_job, k): k for k in range(len(jobs))}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _FORKED.clear()
+
+
+def _run_job(k: int) -> tuple[dict[str, Any], Any, list[str]]:
+    """One job of :func:`_run_concurrently`, in a forked worker process."""
+    set_threads(1)  # as the run will; no thread team is started after the fork
+    quiet_lightning()
+    cfg, (seed, method) = _FORKED["cfg"], _FORKED["jobs"][k]
+    lines: list[str] = []
+    statistics: dict[tuple[str, int], Any] | None = {} if _FORKED["statistics"] else None
+    record = _run_method(cfg, _FORKED["out"], method, seed, _FORKED["datas"][seed],
+                         _FORKED["higher"], False, lines.append, statistics, set())
+    return record.to_dict(), (statistics or {}).get((method, seed)), lines
 
 
 def paired_comparisons(

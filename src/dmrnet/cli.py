@@ -25,6 +25,7 @@ from dmrnet.analysis import analyze_run
 from dmrnet.benchmark import BenchmarkConfig, filter_noise, run_benchmark, set_dotted
 from dmrnet.data import DATASETS
 from dmrnet.data.base import DataError
+from dmrnet.data.cache import CACHE_MODES
 from dmrnet.data.prepare import prepare_cremad
 from dmrnet.errors import (
     ConfigError,
@@ -122,6 +123,16 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
                    "tensorboard)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when the terminal is interactive)")
+    p.add_argument("--cache", choices=list(CACHE_MODES), help="keep decoded samples in "
+                   "memory so later epochs read no file: auto (default; up to a quarter of "
+                   "the free memory), memory (all), none")
+    p.add_argument("--threads", type=int, help="CPU threads per run (default: one per GFLOP "
+                   "of a training step, at most the cores other processes leave free; "
+                   "OMP_NUM_THREADS wins)")
+    p.add_argument("--jobs", type=int, help="runs trained at once (default: on CPU, one per "
+                   "free core when each run's step takes one thread, else 1)")
+    p.add_argument("--max-validations", type=int, help="validate at most this many times "
+                   "per run, every k-th epoch in long runs (default 30; 0 = every epoch)")
     model = p.add_argument_group("model (shared by every method)")
     model.add_argument("--encoder", help=f"encoder for every modality: "
                        f"{', '.join(ENCODERS.names())} (default mlp)")
@@ -255,6 +266,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "out": args.out, "overwrite": args.overwrite,
         "accelerator": args.accelerator, "devices": args.devices, "progress": args.progress,
         "precision": args.precision, "min_steps": args.min_steps, "logger": args.logger,
+        "cache": args.cache, "threads": args.threads, "max_validations": args.max_validations,
+        "jobs": args.jobs,
     }
     cfg = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if args.manifest is not None:

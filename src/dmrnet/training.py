@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from dmrnet.batch import Batch, MultimodalCollate, check_targets
 from dmrnet.data import DATASETS, SplitData
+from dmrnet.data.cache import CachedDataset, SampleCache, check_cache_mode
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import ModelConfig, Objective, Selection, get_method
@@ -62,6 +63,9 @@ class MultimodalDataModule(L.LightningDataModule):
         batch_size / eval_batch_size: loader batch sizes for training / evaluation.
         num_workers: DataLoader workers.
         dataset_kwargs: extra keyword arguments for the source.
+        cache: decoded samples kept in memory for the run (see :mod:`dmrnet.data.cache`):
+            "auto" up to a quarter of the free memory, "memory" all of them, "none" off.
+            Sources held in memory already (mfeat, synthetic) have nothing to cache.
     """
 
     def __init__(
@@ -74,9 +78,11 @@ class MultimodalDataModule(L.LightningDataModule):
         eval_batch_size: int = 500,
         num_workers: int = 0,
         dataset_kwargs: dict[str, Any] | None = None,
+        cache: str = "auto",
     ) -> None:
         super().__init__()
         DATASETS.get(dataset)  # fail early on an unknown name
+        check_cache_mode(cache)
         # Not save_hyperparameters(): the model records the resolved modalities, and Lightning
         # refuses differing values under one key in the two modules' hparams.
         self.dataset = dataset
@@ -87,16 +93,41 @@ class MultimodalDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.cache_mode = cache
+        self._cache: SampleCache | None = None
         self._data: SplitData | None = None
+
+    @property
+    def cache(self) -> SampleCache | None:
+        """The decoded samples kept for this data (None with cache "none"), made on first use;
+        :meth:`share_cache` hands in one that other data modules use too."""
+        if self._cache is None and self.cache_mode != "none":
+            self._cache = SampleCache.for_mode(self.cache_mode, self.num_workers)
+        return self._cache
+
+    def share_cache(self, cache: SampleCache | None) -> None:
+        """Read through ``cache`` (e.g. one per benchmark, for every seed's split: its keys
+        are files, not positions); None keeps this module's own."""
+        if cache is not None and self.cache_mode != "none":
+            self._cache = cache
+            if self._data is not None:
+                self._attach(self._data)
+
+    def _attach(self, data: SplitData) -> None:
+        for split in (data.train, data.val, data.test):
+            if isinstance(split, CachedDataset):
+                split.use_cache(self.cache)
 
     @property
     def data(self) -> SplitData:
         """The split data, loaded on first use."""
         if self._data is None:
-            self._data = DATASETS.get(self.dataset)(
+            data = DATASETS.get(self.dataset)(
                 root=self.root, modalities=self.requested_modalities, seed=self.seed,
                 **self.dataset_kwargs,
             )
+            self._attach(data)
+            self._data = data
         return self._data
 
     # metadata linked into the model by the CLI
@@ -150,6 +181,21 @@ class MultimodalDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int) -> Any:
+        """A :class:`Batch` moved tensor by tensor (Lightning's generic move walks and copies
+        the dataclass, which costs more than a small model's step); nothing to do on the
+        device it is on."""
+        if not isinstance(batch, Batch):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t if t.device == device else t.to(device, non_blocking=True)
+
+        return Batch(inputs={m: move(x) for m, x in batch.inputs.items()},
+                     availability=move(batch.availability),
+                     target=None if batch.target is None else move(batch.target))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data.train, train=True)
@@ -250,6 +296,8 @@ class MultimodalModule(L.LightningModule):
         self.subset_variance: dict[str, float] = {}
         self.selections: list[dict[str, Any]] = []  # each choice of the objective, in order
         self.sampling: dict[str, float] = {}  # the objective's subset sampling factors, if any
+        self._train_sums: dict[str, torch.Tensor] = {}  # this epoch's loss terms x samples
+        self._train_count = 0
 
     # --- the forward contract ---------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor) -> Any:
@@ -280,10 +328,20 @@ class MultimodalModule(L.LightningModule):
         out = self(batch.inputs, avail)
         extra = self.context(batch, self.device) if self.context is not None else {}
         terms = self.objective(out, batch.target, subset_index, **extra)
+        # the epoch's mean of each term, weighted by batch size (what Lightning's on_epoch
+        # logging computes), summed here and logged once per epoch: a log call per step
+        # costs more than a small model's step
+        n = len(batch)
         for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=len(batch),
-                     prog_bar=name == "loss")
+            total = self._train_sums.get(name)
+            part = value.detach() * n
+            self._train_sums[name] = part if total is None else total + part
+        self._train_count += n
         return terms["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = {}
+        self._train_count = 0
 
     def on_train_start(self) -> None:
         if isinstance(self.objective, Objective):
@@ -297,6 +355,9 @@ class MultimodalModule(L.LightningModule):
                 self.log(f"train/{name}", value, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
+        for name, total in self._train_sums.items():
+            self.log(f"train/{name}", total / max(1, self._train_count), on_step=False,
+                     on_epoch=True, prog_bar=name == "loss")
         if isinstance(self.objective, Objective):
             self._record(self.objective.end_train_epoch(self.current_epoch, self._sum))
         for name, value in self.sampling.items():  # difficulty-aware sampling's factors
@@ -398,15 +459,38 @@ class MultimodalModule(L.LightningModule):
         primary = self.task_metric.name
         per_subset = {subset: v[primary] for subset, v in values.items()}
         summary = summarize(per_subset, self.task_metric.higher_is_better)
-        for subset, named in values.items():
-            for key, value in named.items():
-                self.log(f"{stage}/{subset}/{key}", value, sync_dist=False)
-        self.log(f"{stage}/mean", summary["mean"], prog_bar=True, sync_dist=False)
-        self.log(f"{stage}/worst", summary["worst"], sync_dist=False)
+        named_values = {f"{stage}/{subset}/{key}": value for subset, named in values.items()
+                        for key, value in named.items()}
+        direct = stage == "val" and self._trainer is not None
+        if direct:
+            # every epoch, 2^M - 1 keys: Lightning's per-key bookkeeping would cost more than
+            # the validation itself, so they go to the loggers in one row with the mean and
+            # worst (as before), and to the callback metrics (checkpoint monitors, the
+            # console report) directly
+            self._log_direct({**named_values, f"{stage}/mean": summary["mean"],
+                              f"{stage}/worst": summary["worst"]})
+        else:
+            for key, value in named_values.items():
+                self.log(key, value, sync_dist=False)
+        # for the checkpoint callback and the progress bar (written to the loggers above)
+        self.log(f"{stage}/mean", summary["mean"], prog_bar=True, sync_dist=False,
+                 logger=not direct)
+        self.log(f"{stage}/worst", summary["worst"], sync_dist=False, logger=not direct)
         result = {"per_subset": per_subset, **summary}
         if any(len(v) > 1 for v in values.values()):
             result["per_subset_all"] = values
         return result
+
+    def _log_direct(self, values: dict[str, Any]) -> None:
+        """``values`` to the trainer's loggers (rank zero, at this step, with the epoch, as
+        Lightning's epoch-end logging writes them) and into its callback metrics."""
+        scalars = {k: float(v) for k, v in values.items()}
+        self.trainer.callback_metrics.update(
+            {k: torch.tensor(v) for k, v in scalars.items()})
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            for logger in self.loggers:
+                logger.log_metrics({**scalars, "epoch": self.current_epoch},
+                                   step=self.global_step)
 
     def _observes(self) -> bool:
         """Whether the objective takes validation outputs now (not in the sanity check)."""
