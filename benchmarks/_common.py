@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from torch import Tensor, nn
 
@@ -52,3 +55,19 @@ def interleaved(fns: dict[str, Callable[[], None]], reps: int, inner: int) -> di
                 f()
             times[k].append((time.perf_counter() - t0) / inner)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+@contextlib.contextmanager
+def busy_process(count: int = 1) -> Iterator[None]:
+    """``count`` CPU-bound processes (busy loops) running beside the block: another job on a
+    shared machine. They are killed when the block ends."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(count)]
+    try:
+        time.sleep(0.5)  # let them reach the scheduler's steady state
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

@@ -10,7 +10,8 @@ What is changed, and only this (:func:`scaled`):
 
 - size: a benchmark trains 1 epoch on its first seed (a sweep, its first two values);
   ``fit``/``validate``/``test`` 1 epoch of at most 2 batches of 4 per split (NYUv2's images
-  are 48 x 64, not 480 x 640); the ``benchmarks/`` scripts 1 repetition;
+  are 48 x 64, not 480 x 640); the ``benchmarks/`` scripts 1 repetition (``threads.py``
+  without its two full benchmark runs);
   ``scripts/gpu_check.sh`` skips its first item (the test suite, which is what runs this);
 - hardware, where this machine lacks it: without CUDA, ``gpu`` accelerators become ``cpu``;
   several devices or nodes become 2 processes on this one machine (DDP over gloo), and
@@ -148,6 +149,8 @@ def scaled(argv: list[str]) -> list[str]:
         script = next((a for a in argv[1:] if a.endswith((".py", ".sh"))), "")
         if script.startswith("benchmarks/"):
             argv += ["--reps", "1"]
+        if script == "benchmarks/threads.py":  # not the two full benchmark runs
+            argv += ["--no-end-to-end"]
         if script == "scripts/gpu_check.sh":
             argv += ["--no-tests"]
         return argv
