@@ -120,9 +120,12 @@ def case(name: str, cfg: BenchmarkConfig, reps: int) -> float:
     cfg, data = prepare(cfg)
     method = cfg.methods[0]
     with tempfile.TemporaryDirectory() as tmp:
-        def dmrnet_run() -> None:
-            _fit_and_test(cfg, Path(tmp), f"{method}_seed{cfg.seeds[0]}", cfg.seeds[0], data,
-                          method_settings(cfg, method), progress=False, echo=lambda _: None)
+        runs = iter(range(10**6))
+
+        def dmrnet_run() -> None:  # each into a folder of its own, as a benchmark writes
+            _fit_and_test(cfg, Path(tmp) / str(next(runs)), f"{method}-seed{cfg.seeds[0]}",
+                          cfg.seeds[0], data, method_settings(cfg, method), progress=False,
+                          echo=lambda _: None)
 
         def plain() -> None:
             plain_run(cfg, data, method)

@@ -345,7 +345,7 @@ class MultimodalModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         if isinstance(self.objective, Objective):
-            self._record(self.objective.start())
+            self._log_direct(self._record(self.objective.start()))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # the gradients are complete (accumulated, all-reduced, unscaled) and not yet clipped
@@ -355,19 +355,22 @@ class MultimodalModule(L.LightningModule):
                 self.log(f"train/{name}", value, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
-        for name, total in self._train_sums.items():
-            self.log(f"train/{name}", total / max(1, self._train_count), on_step=False,
-                     on_epoch=True, prog_bar=name == "loss")
+        # one row per epoch for the loggers, written directly (see _log_direct)
+        values = {f"train/{name}": float(total) / max(1, self._train_count)
+                  for name, total in self._train_sums.items()}
+        if "train/loss" in values and self.trainer.progress_bar_callback is not None:
+            self.log("train/loss", values["train/loss"], prog_bar=True, logger=False)
         if isinstance(self.objective, Objective):
-            self._record(self.objective.end_train_epoch(self.current_epoch, self._sum))
+            values.update(self._record(self.objective.end_train_epoch(self.current_epoch,
+                                                                      self._sum)))
         for name, value in self.sampling.items():  # difficulty-aware sampling's factors
-            self.log(f"subset_sampling/{name}", float(value), rank_zero_only=True)
+            values[f"subset_sampling/{name}"] = float(value)
         chosen = [s for s in self.selections if s["rule"]]
         if chosen:  # the weight of every subset this epoch, 0 where not chosen
             weights = chosen[-1]["weights"]
-            for name in self.space.names:
-                self.log(f"subset_weight/{name}", float(weights.get(name, 0.0)),
-                         rank_zero_only=True)
+            values.update({f"subset_weight/{name}": float(weights.get(name, 0.0))
+                           for name in self.space.names})
+        self._log_direct(values)
 
     def _sum(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over the training processes."""
@@ -375,10 +378,11 @@ class MultimodalModule(L.LightningModule):
             return self.trainer.strategy.reduce(value, reduce_op="sum")
         return value
 
-    def _record(self, selection: Selection | None) -> None:
-        """Keep (for checkpoints and results), log and report what the objective chose."""
+    def _record(self, selection: Selection | None) -> dict[str, float]:
+        """Keep (for checkpoints and results) and report what the objective chose; returns
+        the values to log."""
         if selection is None:
-            return
+            return {}
         if selection.sampling:
             self._resample(selection.sampling)
         self.selections.append({"epoch": int(self.current_epoch), "rule": selection.rule,
@@ -387,7 +391,7 @@ class MultimodalModule(L.LightningModule):
                                 "difficulty": dict(selection.difficulty),
                                 "sampling": dict(selection.sampling)})
         if not selection.rule:  # new sampling weights only: the hard subsets stay as they are
-            return
+            return {}
         self.hard_subsets = list(selection.hard_subsets)
         self.subset_variance = dict(selection.subset_variance)
         ranked_on = selection.difficulty or self.subset_variance
@@ -397,9 +401,8 @@ class MultimodalModule(L.LightningModule):
         log.info("hard subsets chosen after epoch %d: %s%s", self.current_epoch,
                  self.hard_subsets, f"; highest {what}: " + ", ".join(
                      f"{k}={v:.4g}" for k, v in ranked[:5]) if ranked else "")
-        for name, value in self.subset_variance.items():
-            if not math.isnan(value):
-                self.log(f"subset_variance/{name}", value, rank_zero_only=True)
+        return {f"subset_variance/{name}": float(value)
+                for name, value in self.subset_variance.items() if not math.isnan(value)}
 
     def _resample(self, sampling: dict[str, float]) -> None:
         """Draw training subsets with the run's own weights times ``sampling`` from now on."""
@@ -483,7 +486,10 @@ class MultimodalModule(L.LightningModule):
 
     def _log_direct(self, values: dict[str, Any]) -> None:
         """``values`` to the trainer's loggers (rank zero, at this step, with the epoch, as
-        Lightning's epoch-end logging writes them) and into its callback metrics."""
+        Lightning's epoch-end logging writes them) and into its callback metrics. For values
+        logged once an epoch: Lightning's ``self.log`` costs about a millisecond a key."""
+        if not values:
+            return
         scalars = {k: float(v) for k, v in values.items()}
         self.trainer.callback_metrics.update(
             {k: torch.tensor(v) for k, v in scalars.items()})
@@ -491,6 +497,7 @@ class MultimodalModule(L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics({**scalars, "epoch": self.current_epoch},
                                    step=self.global_step)
+                logger.save()  # on disk now, as Lightning's own logging does (a kill loses none)
 
     def _observes(self) -> bool:
         """Whether the objective takes validation outputs now (not in the sanity check)."""
