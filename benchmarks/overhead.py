@@ -11,7 +11,7 @@ optimiser steps (same model, loss, AdamW and schedule, same loaders) and the sam
 
 Each is run ``--reps`` times in alternation; the medians' ratio is printed.
 
-    python benchmarks/overhead.py [--reps 3]
+    python benchmarks/overhead.py [--reps 3] [--epochs N] [--min-steps 300]
 """
 
 from __future__ import annotations
@@ -147,14 +147,18 @@ def case(name: str, cfg: BenchmarkConfig, reps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="mfeat's epochs (default: its 30)")
+    parser.add_argument("--min-steps", type=int, default=300,
+                        help="the manifest's optimiser steps (one a epoch)")
     args = parser.parse_args()
     quiet_lightning()
-    case("mfeat", BenchmarkConfig(out="unused", methods=["baseline"], seeds=[0]), args.reps)
+    case("mfeat", BenchmarkConfig(out="unused", methods=["baseline"], seeds=[0],
+                                  epochs=args.epochs), args.reps)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_manifest(Path(tmp))
         case("manifest", BenchmarkConfig(out="unused", dataset="manifest", methods=["baseline"],
-                                         seeds=[0], dataset_kwargs={"manifest": str(manifest)}),
-             args.reps)
+                                         seeds=[0], dataset_kwargs={"manifest": str(manifest)},
+                                         min_steps=args.min_steps), args.reps)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ teachers: nothing per step for ``teacher_init``), loss terms, backward. The teac
 training (a stage before the student) is excluded, as the target says. Two models, as in
 ``train_step.py``: mfeat (six MLP encoders) and conv (two conv encoders on 3x64x64).
 
-    python benchmarks/preset_epoch.py [--reps 7]
+    python benchmarks/preset_epoch.py [--reps 7] [--batch 64]
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ def main() -> None:
     import tempfile
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--batch", type=int, default=64, help="samples per step")
     args = p.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64\n")
-    batch = 64
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}\n")
+    batch = args.batch
     with tempfile.TemporaryDirectory() as tmp:
         data = mfeat(seed=0)
         inputs = {m: data.train.features[m][:batch] for m in data.modalities}

@@ -4,7 +4,7 @@ Target: speedup >= 0.7 x (2^M - 1) when encoders dominate the cost. Measured at 
 on a model whose encoders dominate (conv encoders on 3x32x32 inputs), and, for reference, on
 the mfeat MLP model (M = 6), where the heads are a larger share.
 
-    python benchmarks/subset_eval.py [--reps 5]
+    python benchmarks/subset_eval.py [--reps 5] [--batch 64]
 """
 
 from __future__ import annotations
@@ -49,19 +49,20 @@ def measure(name: str, model, inputs: dict, reps: int, inner: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--batch", type=int, default=64, help="samples per evaluation")
     args = p.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}\n")
     g = torch.Generator().manual_seed(0)
     for m in (2, 3, 6):
         shapes = {f"m{i}": (3, 32, 32) for i in range(m)}
         model, _ = build_method("dmrnet", modalities=list(shapes), input_shapes=shapes,
                                 num_classes=10, encoder="bench_cnn")
-        inputs = {k: torch.randn(64, *s, generator=g) for k, s in shapes.items()}
+        inputs = {k: torch.randn(args.batch, *s, generator=g) for k, s in shapes.items()}
         measure("conv encoders", model, inputs, args.reps, inner=1)
     data = mfeat(seed=0)
     model, _ = build_method("dmrnet", modalities=data.modalities, input_shapes=data.input_shapes,
                             num_classes=10)
-    inputs = {k: data.test.features[k][:64] for k in data.modalities}
+    inputs = {k: data.test.features[k][:args.batch] for k in data.modalities}
     measure("mfeat MLPs", model, inputs, args.reps, inner=3)
 
 

@@ -8,7 +8,7 @@ DMRNet's variance head, sampling, KL and HCR. Two models are measured:
   embedding heads are a large share of all compute, so the variance head shows;
 - conv: two conv encoders on 3x64x64 inputs (encoders dominate, as with the paper's ResNets).
 
-    python benchmarks/train_step.py [--reps 7]
+    python benchmarks/train_step.py [--reps 7] [--batch 64]
 """
 
 from __future__ import annotations
@@ -62,12 +62,13 @@ def case(name: str, kwargs: dict, inputs: dict, target: torch.Tensor, reps: int,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--batch", type=int, default=64, help="samples per step")
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}\n")
 
     data = mfeat(seed=0)
-    batch = 64
+    batch = args.batch
     inputs = {m: data.train.features[m][:batch] for m in data.modalities}
     target = data.train.labels[:batch]
     case("mfeat", dict(modalities=data.modalities, input_shapes=data.input_shapes,

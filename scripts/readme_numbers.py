@@ -4,7 +4,7 @@ Each block between ``<!-- numbers: NAME -->`` and ``<!-- /numbers -->`` in READM
 rewritten from the run folders behind it, and says the command that produced them:
 
 - ``mfeat``: the quick start's job, ``dmrnet benchmark --dataset mfeat`` (defaults; about
-  2 minutes on 2 CPU cores);
+  45 seconds on 2 idle CPU cores);
 - ``preset``: the preset against the baseline and dedicated models: synthetic and mfeat
   (``--methods baseline,tutored,dedicated --seeds 0,1,2,3,4``) and rgbd-shapes
   (``--methods baseline,tutored --seeds 0,1,2``); about 1 hour on 2 CPU cores;

@@ -10,8 +10,9 @@ What is changed, and only this (:func:`scaled`):
 
 - size: a benchmark trains 1 epoch on its first seed (a sweep, its first two values);
   ``fit``/``validate``/``test`` 1 epoch of at most 2 batches of 4 per split (NYUv2's images
-  are 48 x 64, not 480 x 640); the ``benchmarks/`` scripts 1 repetition (``threads.py``
-  without its two full benchmark runs);
+  are 48 x 64, not 480 x 640); the ``benchmarks/`` scripts 1 repetition at a small size
+  (``SMALLER``: batch 8, fewer epochs and clips; ``threads.py`` without its two full benchmark
+  runs);
   ``scripts/gpu_check.sh`` skips its first item (the test suite, which is what runs this);
 - hardware, where this machine lacks it: without CUDA, ``gpu`` accelerators become ``cpu``;
   several devices or nodes become 2 processes on this one machine (DDP over gloo), and
@@ -137,6 +138,16 @@ def _scale_hardware(argv: list[str]) -> None:
         _set(argv, "--rdzv-endpoint", f"127.0.0.1:{_free_port()}")
 
 
+SMALLER = {  # the benchmark scripts' sizes, at which they still run every path
+    "benchmarks/threads.py": ["--no-end-to-end"],  # not its two full benchmark runs
+    "benchmarks/subset_eval.py": ["--batch", "8"],
+    "benchmarks/train_step.py": ["--batch", "8"],
+    "benchmarks/preset_epoch.py": ["--batch", "8"],
+    "benchmarks/overhead.py": ["--epochs", "2", "--min-steps", "20"],
+    "benchmarks/loader.py": ["--clips", "24"],
+}
+
+
 def scaled(argv: list[str]) -> list[str]:
     """The command at a tiny scale (see the module docstring); its meaning is unchanged."""
     argv = list(argv)
@@ -149,8 +160,7 @@ def scaled(argv: list[str]) -> list[str]:
         script = next((a for a in argv[1:] if a.endswith((".py", ".sh"))), "")
         if script.startswith("benchmarks/"):
             argv += ["--reps", "1"]
-        if script == "benchmarks/threads.py":  # not the two full benchmark runs
-            argv += ["--no-end-to-end"]
+        argv += SMALLER.get(script, [])
         if script == "scripts/gpu_check.sh":
             argv += ["--no-tests"]
         return argv
@@ -296,7 +306,9 @@ EXAMPLES = [e for doc in DOCUMENTS for e in extract(doc)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
+@pytest.mark.parametrize("example", [
+    # a document's examples build on each other: one test worker runs them, in order
+    pytest.param(e, id=e.id, marks=pytest.mark.xdist_group(e.doc)) for e in EXAMPLES])
 def test_example_runs(example: Example, sandboxes) -> None:
     folder = sandboxes(example.doc)
     if example.kind == "python":
