@@ -189,3 +189,18 @@ def test_array_batches_are_what_the_collate_makes_of_single_items():
     wrong = MultimodalCollate(["a", "b"], {"a": (5,), "b": (2, 3)})
     with pytest.raises(Exception, match="modality 'a' of the dataset's batch"):
         wrong(ds.__getitems__(idx))
+
+
+def test_fit_takes_the_cache_and_says_its_threads(tmp_path, capsys):
+    from .test_tasks_cli import fit_and_test
+
+    manifest = make_manifest(tmp_path / "m")
+    m = fit_and_test("manifest.yaml", tmp_path / "run", [
+        "--data.dataset_kwargs.manifest", str(manifest), "--data.cache", "none"])
+    assert 0.0 <= m["test/vec+img+snd/accuracy"] <= 1.0
+    assert "1 CPU thread (a " in capsys.readouterr().out  # the choice and why, in fit's output
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke" / "manifest.yaml"
+    code = main(["fit", "--config", str(config), "--data.cache", "ram",
+                 "--data.dataset_kwargs.manifest", str(manifest),
+                 "--trainer.default_root_dir", str(tmp_path / "never")])
+    assert code == 2 and "cache 'ram' is not one of" in capsys.readouterr().err

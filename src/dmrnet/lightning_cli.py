@@ -55,6 +55,12 @@ class ConsoleReport(Callback):
     def __init__(self) -> None:
         self.best: tuple[float, int, dict[str, float]] | None = None
 
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
+        # the CPU thread choice, made in DeviceSetup.setup, and why
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(cb, DeviceSetup) and cb.reason and trainer.is_global_zero:
+                print(cb.reason, flush=True)
+
     def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or trainer.state.fn is None or trainer.state.fn.value != "fit":
             return
