@@ -133,8 +133,8 @@ def main() -> int:
             "benchmark", "--dataset", ds, "--seeds", "0", "--epochs", "1", "--accelerator",
             acc, "--out", str(work / f"bench-{ds}"), "--no-progress")]
     cuda_items[f"cached = naive evaluation, bit-identical reruns on {on}"] = [
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda",
-         "tests/test_cuda.py"]]
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-m", "cuda",
+         "tests/test_cuda.py"]]  # one process: the tests share one device
     cuda_items[f"benchmark mfeat, bf16-mixed on {on}"] = [dmrnet(
         "benchmark", "--dataset", "mfeat", "--seeds", "0", "--epochs", "1", "--accelerator",
         acc, "--precision", "bf16-mixed", "--out", str(work / "bench-bf16"), "--no-progress")]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import logging
 import threading
 import warnings
@@ -10,6 +11,18 @@ import pytest
 import torch
 
 from dmrnet.benchmark import quiet_lightning
+
+
+def pytest_addoption(parser):
+    # pyproject's addopts spread the tests over every core with pytest-xdist (the dev extra);
+    # where it is not installed (e.g. a bare GPU machine) its two options are accepted and the
+    # tests run in one process
+    if importlib.util.find_spec("xdist") is None:
+        group = parser.getgroup("xdist", "without pytest-xdist installed: one process")
+        group._addoption("-n", "--numprocesses", dest="numprocesses", default=None,
+                         help="ignored: pytest-xdist is not installed")
+        group._addoption("--dist", dest="dist", default="no",
+                         help="ignored: pytest-xdist is not installed")
 
 
 @pytest.fixture(autouse=True)

@@ -310,11 +310,20 @@ EXAMPLES = [e for doc in DOCUMENTS for e in extract(doc)]
     # a document's examples build on each other: one test worker runs them, in order
     pytest.param(e, id=e.id, marks=pytest.mark.xdist_group(e.doc)) for e in EXAMPLES])
 def test_example_runs(example: Example, sandboxes) -> None:
+    # examples build on the ones above them: each runs once per sandbox, in document order,
+    # whatever order the test workers take the tests in; a test reports its own example
     folder = sandboxes(example.doc)
-    if example.kind == "python":
-        run_python(example, folder)
-    else:
-        run_shell(example, folder)
+    for earlier in [e for e in EXAMPLES if e.doc == example.doc and e.line <= example.line]:
+        if earlier.id not in RAN:
+            try:
+                (run_python if earlier.kind == "python" else run_shell)(earlier, folder)
+                RAN[earlier.id] = ""
+            except AssertionError as err:
+                RAN[earlier.id] = str(err)
+    assert RAN[example.id] == "", RAN[example.id]
+
+
+RAN: dict[str, str] = {}  # example id -> "" (ran fine) or what went wrong, in this process
 
 
 def test_every_document_has_examples_and_commands_hide_nowhere():
