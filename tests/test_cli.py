@@ -136,6 +136,8 @@ def test_lightning_cli_fit_then_test_from_yaml(tmp_path):
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     out = fit.stdout.splitlines()
+    assert out[0].startswith("1 CPU thread (a 0.")  # the thread choice and why, first
+    out = out[1:]
     assert out[0].startswith("epoch 0 (1 of 2): val/mean 0.") and out[1].startswith("epoch 1 ")
     assert out[-1].startswith("best checkpoint: ") and "(epoch " in out[-1]
     assert "validation at epoch" in fit.stdout and "fac+mor" in fit.stdout

@@ -306,12 +306,11 @@ EXAMPLES = [e for doc in DOCUMENTS for e in extract(doc)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", [
-    # a document's examples build on each other: one test worker runs them, in order
-    pytest.param(e, id=e.id, marks=pytest.mark.xdist_group(e.doc)) for e in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
 def test_example_runs(example: Example, sandboxes) -> None:
     # examples build on the ones above them: each runs once per sandbox, in document order,
-    # whatever order the test workers take the tests in; a test reports its own example
+    # whatever order the tests are taken in (pyproject's --dist loadfile keeps this file on
+    # one test worker, so each document's chain runs once); a test reports its own example
     folder = sandboxes(example.doc)
     for earlier in [e for e in EXAMPLES if e.doc == example.doc and e.line <= example.line]:
         if earlier.id not in RAN:
