@@ -252,8 +252,7 @@ def test_a_resumed_run_keeps_its_trained_encoders(tmp_path, monkeypatch):
 def test_epoch_cost_script_prints_measured_ratios():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "preset_epoch.py"),
-                           "--reps", "1", "--batch", "8"], capture_output=True, text=True,
-                          timeout=600,
+                           "--reps", "1"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(root / "src")})
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [ln for ln in done.stdout.splitlines() if "ratio tutored/baseline" in ln]
