@@ -305,21 +305,9 @@ def run_python(example: Example, folder: Path) -> None:
 EXAMPLES = [e for doc in DOCUMENTS for e in extract(doc)]
 
 
-def in_docs(example: Example) -> bool:
-    """docs/*.md's examples run in tests/test_examples_docs.py: a file of their own, which a
-    second test worker takes beside this one (``--dist loadfile``)."""
-    return example.doc.startswith("docs/")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if not in_docs(e)],
-                         ids=[e.id for e in EXAMPLES if not in_docs(e)])
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
 def test_example_runs(example: Example, sandboxes) -> None:
-    check_example(example, sandboxes)
-
-
-def check_example(example: Example, sandboxes) -> None:
-    """Run ``example`` (after the ones above it in its document, once each)."""
     # examples build on the ones above them: each runs once per sandbox, in document order,
     # whatever order the tests are taken in (pyproject's --dist loadfile keeps this file on
     # one test worker, so each document's chain runs once); a test reports its own example
