@@ -58,10 +58,10 @@ from dmrnet.report import format_summary, robustness_profile, write_results
 from dmrnet.runtime import (
     FLOPS_PER_THREAD,
     DeviceSetup,
-    busy_cores,
     check_logger,
     check_precision,
     create_logger,
+    free_cores,
     set_threads,
     training_flops,
     usable_cores,
@@ -649,8 +649,7 @@ def concurrent_runs(cfg: BenchmarkConfig, data: MultimodalDataModule, runs: int
             flops * cfg.epochs * steps_per_epoch(cfg, data) < MIN_CONCURRENT_GFLOP * 1e9:
         return 1, ""
     cores = usable_cores()
-    busy = busy_cores()
-    free = max(1, cores - math.floor(busy + 0.5))
+    free = free_cores(cores)
     at_once = min(runs, free)
     return at_once, (f"each run's {flops / 1e9:.2g}-GFLOP step takes one CPU thread; {free} of "
                      f"{cores} cores are free")

@@ -65,7 +65,7 @@ CI machine (ms per step, 1 thread vs 2): mfeat MLPs, 0.29 GFLOP a step, 8.9 vs 8
 beside a busy process."""
 
 BUSY_SAMPLE_SECONDS = 0.2
-"""How long :func:`free_cores` watches the machine's CPU use before a run with more than one
+"""How long :func:`busy_cores` watches the machine's CPU use before a run with more than one
 thread's work chooses its threads."""
 
 
@@ -144,9 +144,15 @@ def cpu_threads_for(flops_per_step: float, cores: int | None = None,
     free. The count is the same for the same model on any machine with that many free cores,
     and results are reproducible for a given count (it changes the order of float sums).
     """
+    return max(1, min(free_cores(cores, busy), int(flops_per_step // FLOPS_PER_THREAD)))
+
+
+def free_cores(cores: int | None = None, busy: float | None = None) -> int:
+    """Of ``cores`` (default :func:`usable_cores`), those that ``busy`` cores of other
+    processes (default: :func:`busy_cores`, measured now) leave free; at least one."""
     cores = cores or usable_cores()
-    free = max(1, cores - math.floor(busy + 0.5))
-    return max(1, min(free, int(flops_per_step // FLOPS_PER_THREAD)))
+    busy = busy_cores() if busy is None else busy
+    return max(1, cores - math.floor(busy + 0.5))
 
 
 def thread_choice(flops_per_step: float, processes: int = 1) -> tuple[int, str]:

@@ -278,17 +278,15 @@ class MultimodalModel(nn.Module):
         parts = torch.stack([f @ w.T for f, w in zip(features, columns, strict=True)])
         absent = None if absent_features is None else torch.stack(
             [f @ w.T for f, w in zip(absent_features, columns, strict=True)])
-        return HeadParts(parts, absent, needs_features=self.ensemble_weight > 0)
+        return HeadParts(parts, absent, folded[1], needs_features=self.ensemble_weight > 0)
 
     def forward_parts(self, sums: Tensor, availability: Tensor,
                       features: Sequence[Tensor] | None = None) -> ModelOutput:
-        """``forward_head`` (eval mode) from the summed parts (N, P) of :meth:`head_parts`:
-        the heads' folded bias, the classifier and any ensemble."""
-        folded = self._folded()
-        assert folded is not None
+        """``forward_head`` (eval mode) from the summed parts (N, P) of :meth:`head_parts`,
+        their folded bias included: mu (and logvar), the classifier and any ensemble."""
         d = self.embedding.out_features
-        mu = sums[:, :d] + folded[1][:d]
-        logvar = sums[:, d:] + folded[1][d:] if self.embedding.logvar is not None else None
+        mu = sums[:, :d]
+        logvar = sums[:, d:] if self.embedding.logvar is not None else None
         logits = self.classifier(mu)
         if self.ensemble_weight > 0:
             assert features is not None

@@ -101,23 +101,27 @@ class HeadParts:
         parts: (M, B, P): modality m's features times its columns of the layers.
         absent: (M, B, P) the same for an all-zero input (input-level missingness), or None
             (an absent modality adds nothing).
+        offset: (P,) added to every sum (the layers' bias), or None.
         needs_features: the rest of the head reads the encoder features too (e.g. a
             unimodal ensemble).
     """
 
     parts: Tensor
     absent: Tensor | None = None
+    offset: Tensor | None = None
     needs_features: bool = False
 
     def sums(self, masks: Tensor) -> Tensor:
         """(S, B, P): for each of S availability masks (S, M), the sum over modalities of the
-        present ones' parts (and the absent ones' ``absent`` parts)."""
+        present ones' parts (and the absent ones' ``absent`` parts), plus ``offset``."""
         m, b, p = self.parts.shape
         weights = masks.to(self.parts.dtype)
         if self.absent is None:
-            return (weights @ self.parts.reshape(m, b * p)).view(-1, b, p)
-        delta = (self.parts - self.absent).reshape(m, b * p)
-        return (weights @ delta).view(-1, b, p) + self.absent.sum(dim=0)
+            sums = (weights @ self.parts.reshape(m, b * p)).view(-1, b, p)
+        else:
+            delta = (self.parts - self.absent).reshape(m, b * p)
+            sums = (weights @ delta).view(-1, b, p) + self.absent.sum(dim=0)
+        return sums if self.offset is None else sums + self.offset
 
 
 @runtime_checkable
@@ -137,6 +141,7 @@ class SubsetHead(Protocol):
 
     def forward_parts(self, sums: Tensor, availability: Tensor,
                       features: Sequence[Any] | None = None) -> ModelOutput:
-        """``forward_head`` from the summed parts (N, P) of rows with availability (N, M)
+        """``forward_head`` from the summed parts (N, P, offset included) of rows with
+        availability (N, M)
         (and, where ``needs_features``, those rows' encoder features)."""
         ...
