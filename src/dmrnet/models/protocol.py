@@ -142,6 +142,5 @@ class SubsetHead(Protocol):
     def forward_parts(self, sums: Tensor, availability: Tensor,
                       features: Sequence[Any] | None = None) -> ModelOutput:
         """``forward_head`` from the summed parts (N, P, offset included) of rows with
-        availability (N, M)
-        (and, where ``needs_features``, those rows' encoder features)."""
+        availability (N, M) (and, where ``needs_features``, those rows' encoder features)."""
         ...
