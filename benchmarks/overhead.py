@@ -11,7 +11,7 @@ optimiser steps (same model, loss, AdamW and schedule, same loaders) and the sam
 
 Each is run ``--reps`` times in alternation; the medians' ratio is printed.
 
-    python benchmarks/overhead.py [--reps 3] [--epochs N] [--min-steps 300]
+    python benchmarks/overhead.py [--reps 3] [--case mfeat|manifest] [--epochs N] [--min-steps 300]
 """
 
 from __future__ import annotations
@@ -150,10 +150,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="mfeat's epochs (default: its 30)")
     parser.add_argument("--min-steps", type=int, default=300,
                         help="the manifest's optimiser steps (one a epoch)")
+    parser.add_argument("--case", choices=["mfeat", "manifest"], help="one case (default: both)")
     args = parser.parse_args()
     quiet_lightning()
-    case("mfeat", BenchmarkConfig(out="unused", methods=["baseline"], seeds=[0],
+    if args.case != "manifest":
+        case("mfeat", BenchmarkConfig(out="unused", methods=["baseline"], seeds=[0],
                                   epochs=args.epochs), args.reps)
+    if args.case == "mfeat":
+        return
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_manifest(Path(tmp))
         case("manifest", BenchmarkConfig(out="unused", dataset="manifest", methods=["baseline"],

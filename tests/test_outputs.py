@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from dmrnet.benchmark import BenchmarkConfig, RunInterruptedError, run_benchmark
 from dmrnet.cli import main
@@ -131,6 +132,10 @@ def test_export_never_empties_the_current_folder(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     assert main(["benchmark", "--out", str(run), *QUICK]) == 0
     ckpt = str(run / "checkpoints" / "baseline-seed0" / "best.ckpt")
+    # the benchmark keeps weights, settings and choices, not the optimiser's state
+    saved = torch.load(ckpt, weights_only=True)
+    assert "optimizer_states" not in saved
+    assert {"state_dict", "hyper_parameters", "dmrnet"} <= set(saved)
     work = tmp_path / "work"
     work.mkdir()
     (work / "notes.txt").write_text("mine")

@@ -372,9 +372,11 @@ def _fit_and_test(
     module = _module(data, module_kwargs)
     ckpt_dir = out / "checkpoints" / run_name
     mode = "max" if module.task_metric.higher_is_better else "min"
+    # the weights, settings and choices (export, analysis and later stages read them), not
+    # the optimiser's state: a third of the bytes, written at every improvement
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor="val/mean", mode=mode, save_top_k=1,
-        save_last=False,
+        save_last=False, save_weights_only=True,
     )
     device = DeviceSetup(batch_size=cfg.batch_size, cpu_threads=cfg.threads or "auto")
     trainer = L.Trainer(
@@ -397,10 +399,10 @@ def _fit_and_test(
     if device.reason and device.reason not in shown:  # said once per benchmark
         shown.add(device.reason)
         echo(f"      {device.reason}")
-    best_epoch = _best_epoch(checkpoint)
     t0 = time.perf_counter()
     trainer.test(module, datamodule=data, ckpt_path="best", verbose=False, weights_only=True)
     eval_seconds = time.perf_counter() - t0
+    best_epoch = -1 if module.checkpoint_epoch is None else module.checkpoint_epoch
     if not (cfg.keep_checkpoints if keep is None else keep):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return module, train_seconds, eval_seconds, best_epoch
@@ -414,13 +416,6 @@ def validation_interval(cfg: BenchmarkConfig) -> int:
     if not cfg.max_validations or cfg.epochs is None:
         return 1
     return max(1, math.ceil(cfg.epochs / cfg.max_validations))
-
-
-def _best_epoch(checkpoint: ModelCheckpoint) -> int:
-    path = checkpoint.best_model_path
-    if not path:
-        return -1
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
 
 
 def run_benchmark(

@@ -224,6 +224,7 @@ class DeviceSetup(L.Callback):
         self.cpu_threads = cpu_threads
         self.batch_size = batch_size
         self._restore: dict[str, Any] = {}
+        self._flops: tuple[Any, int] = (None, 0)  # (model, shapes, batch) and its step's FLOPs
         self.threads: int | None = None  # what was chosen on CPU
         self.reason = ""  # the choice in words, for the run's output
 
@@ -243,9 +244,11 @@ class DeviceSetup(L.Callback):
                     return
                 batch = self.batch_size or int(getattr(trainer.datamodule, "batch_size", 64))
                 shapes = {m: tuple(s) for m, s in pl_module.hparams["input_shapes"].items()}
+                key = (id(pl_module.model), tuple(sorted(shapes.items())), batch)
+                if self._flops[0] != key:  # counted once for a fit and the test after it
+                    self._flops = (key, training_flops(pl_module.model, shapes, batch))
                 # processes on this machine share its cores (CPU DDP runs one per device)
-                threads, why = thread_choice(training_flops(pl_module.model, shapes, batch),
-                                             int(trainer.num_devices))
+                threads, why = thread_choice(self._flops[1], int(trainer.num_devices))
             else:
                 threads, why = int(self.cpu_threads), "as asked"
             self._restore = {"threads": torch.get_num_threads()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from typing import Any
 
 import lightning as L
@@ -298,6 +299,8 @@ class MultimodalModule(L.LightningModule):
         self.sampling: dict[str, float] = {}  # the objective's subset sampling factors, if any
         self._train_sums: dict[str, torch.Tensor] = {}  # this epoch's loss terms x samples
         self._train_count = 0
+        self._saved_at = -math.inf  # when _log_direct last wrote the loggers' files
+        self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint loaded last
 
     # --- the forward contract ---------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor) -> Any:
@@ -420,7 +423,9 @@ class MultimodalModule(L.LightningModule):
                                 "selections": self.selections,
                                 "rng_torch": torch.get_rng_state(),
                                 "rng_numpy": _numpy_state(),
-                                "rng_python": list(random.getstate()[1])}
+                                # as tensors: a list of 625 ints costs a checkpoint write 625
+                                # pickled objects
+                                "rng_python": torch.tensor(random.getstate()[1])}
 
     def restore_choice(self, checkpoint: dict[str, Any]) -> None:
         """What the objective chose (e.g. hard subsets), from a checkpoint."""
@@ -431,13 +436,14 @@ class MultimodalModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.restore_choice(checkpoint)
+        self.checkpoint_epoch = int(checkpoint["epoch"]) if "epoch" in checkpoint else None
         extra = checkpoint.get("dmrnet", {})
         if "rng_torch" in extra:
             torch.set_rng_state(torch.as_tensor(extra["rng_torch"], dtype=torch.uint8))
-            keys, pos, has_gauss, gauss = extra["rng_numpy"]
-            np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), int(pos),
-                                 int(has_gauss), float(gauss)))
-            random.setstate((3, tuple(extra["rng_python"]), None))
+            keys, pos, has_gauss, gauss = extra["rng_numpy"]  # lists in older checkpoints
+            np.random.set_state(("MT19937", np.asarray(torch.as_tensor(keys), dtype=np.uint32),
+                                 int(pos), int(has_gauss), float(gauss)))
+            random.setstate((3, tuple(torch.as_tensor(extra["rng_python"]).tolist()), None))
 
     # --- evaluation -------------------------------------------------------------------------
     def _eval_step(self, batch: Batch, metric: PerSubsetMetric, observe: bool = False) -> None:
@@ -471,23 +477,28 @@ class MultimodalModule(L.LightningModule):
             # worst (as before), and to the callback metrics (checkpoint monitors, the
             # console report) directly
             self._log_direct({**named_values, f"{stage}/mean": summary["mean"],
-                              f"{stage}/worst": summary["worst"]})
+                              f"{stage}/worst": summary["worst"]}, save=True)
+            if self.trainer.progress_bar_callback is not None:
+                self.log(f"{stage}/mean", summary["mean"], prog_bar=True, logger=False,
+                         sync_dist=False)
         else:
             for key, value in named_values.items():
                 self.log(key, value, sync_dist=False)
-        # for the checkpoint callback and the progress bar (written to the loggers above)
-        self.log(f"{stage}/mean", summary["mean"], prog_bar=True, sync_dist=False,
-                 logger=not direct)
-        self.log(f"{stage}/worst", summary["worst"], sync_dist=False, logger=not direct)
+            self.log(f"{stage}/mean", summary["mean"], sync_dist=False)
+            self.log(f"{stage}/worst", summary["worst"], sync_dist=False)
         result = {"per_subset": per_subset, **summary}
         if any(len(v) > 1 for v in values.values()):
             result["per_subset_all"] = values
         return result
 
-    def _log_direct(self, values: dict[str, Any]) -> None:
+    def _log_direct(self, values: dict[str, Any], save: bool = False) -> None:
         """``values`` to the trainer's loggers (rank zero, at this step, with the epoch, as
         Lightning's epoch-end logging writes them) and into its callback metrics. For values
-        logged once an epoch: Lightning's ``self.log`` costs about a millisecond a key."""
+        logged once an epoch: Lightning's ``self.log`` costs about a millisecond a key.
+
+        The loggers' files are written when ``save``, or a second after the last write (a
+        run of many short epochs would otherwise spend more on appending one row an epoch
+        than on training); Lightning writes the rest when the fit ends or fails."""
         if not values:
             return
         scalars = {k: float(v) for k, v in values.items()}
@@ -497,7 +508,11 @@ class MultimodalModule(L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics({**scalars, "epoch": self.current_epoch},
                                    step=self.global_step)
-                logger.save()  # on disk now, as Lightning's own logging does (a kill loses none)
+            now = time.monotonic()
+            if save or now - self._saved_at >= 1.0:
+                for logger in self.loggers:
+                    logger.save()
+                self._saved_at = now
 
     def _observes(self) -> bool:
         """Whether the objective takes validation outputs now (not in the sanity check)."""
@@ -538,7 +553,7 @@ class MultimodalModule(L.LightningModule):
 
 def _numpy_state() -> list[Any]:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
-    return [keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+    return [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
 
 
 def _nan_low(v: float) -> float:
