@@ -65,11 +65,44 @@ def smoke_items(data: Path, runs: Path, accelerator: str) -> dict[str, list[list
         common = ["--config", str(ROOT / "configs" / "smoke" / f"{name}.yaml"),
                   "--trainer.accelerator", accelerator, "--trainer.default_root_dir", str(out),
                   *args]
-        items[f"smoke {name}: fit + test on {where(accelerator)}"] = [
-            dmrnet("fit", *common),
-            dmrnet("test", *common, "--ckpt_path", "best-from-fit"),
-        ]
+        # in one process (an interpreter start with torch and Lightning is most of a smoke
+        # item's time)
+        items[f"smoke {name}: fit + test on {where(accelerator)}"] = [[
+            sys.executable, str(Path(__file__).resolve()), "--chain", "fit", *common, "--then",
+            "test", *common, "--ckpt_path", "best-from-fit"]]
     return items
+
+
+def best_from_fit(cmd: list[str]) -> list[str] | None:
+    """``cmd`` with ``best-from-fit`` replaced by the fit's selected checkpoint (None: the
+    fit wrote none)."""
+    if "best-from-fit" not in cmd:
+        return cmd
+    root = Path(cmd[cmd.index("--trainer.default_root_dir") + 1])
+    found = sorted(root.glob("lightning_logs/version_0/checkpoints/best-*.ckpt"))
+    return [str(found[0]) if c == "best-from-fit" else c for c in cmd] if found else None
+
+
+def chain(argv: list[str]) -> int:
+    """``dmrnet`` commands separated by ``--then``, run one after another in this process."""
+    from dmrnet.cli import main as dmrnet_main
+
+    commands: list[list[str]] = [[]]
+    for word in argv:
+        if word == "--then":
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    for cmd in commands:
+        resolved = best_from_fit(cmd)
+        if resolved is None:
+            print("gpu_check: fit wrote no best checkpoint", flush=True)
+            return 1
+        print("$ dmrnet " + " ".join(resolved), flush=True)
+        code = dmrnet_main(resolved)
+        if code:
+            return code
+    return 0
 
 
 def where(accelerator: str) -> str:
@@ -79,12 +112,6 @@ def where(accelerator: str) -> str:
 def run_item(commands: list[list[str]], log: Path) -> tuple[bool, str]:
     with open(log, "w") as fh:
         for cmd in commands:
-            if "best-from-fit" in cmd:  # the fit's selected checkpoint
-                root = Path(cmd[cmd.index("--trainer.default_root_dir") + 1])
-                found = sorted(root.glob("lightning_logs/version_0/checkpoints/best-*.ckpt"))
-                if not found:
-                    return False, "fit wrote no best checkpoint"
-                cmd = [str(found[0]) if c == "best-from-fit" else c for c in cmd]
             fh.write("$ " + " ".join(cmd) + "\n")
             fh.flush()
             code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT).returncode
@@ -102,6 +129,8 @@ def _last_line(log: Path) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--chain"]:  # an item's commands, run in one process
+        return chain(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--no-tests", action="store_true", help="skip item 1 (the test suite)")
     p.add_argument("--logs", help="folder for the logs (default: a new temporary folder)")

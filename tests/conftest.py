@@ -3,6 +3,7 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import logging
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from dmrnet.benchmark import quiet_lightning
 
 def pytest_addoption(parser):
     # pyproject's addopts spread the tests over every core with pytest-xdist (the dev extra);
-    # where it is not installed (e.g. a bare GPU machine) its two options are accepted and the
+    # where it is not installed (e.g. a bare GPU machine) its options are accepted and the
     # tests run in one process
     if importlib.util.find_spec("xdist") is None:
         group = parser.getgroup("xdist", "without pytest-xdist installed: one process")
@@ -23,6 +24,8 @@ def pytest_addoption(parser):
                          help="ignored: pytest-xdist is not installed")
         group._addoption("--dist", dest="dist", default="no",
                          help="ignored: pytest-xdist is not installed")
+        group._addoption("--no-loadscope-reorder", dest="loadscopereorder",
+                         action="store_false", help="ignored: pytest-xdist is not installed")
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +46,40 @@ def random_batch(shapes: dict[str, tuple[int, ...]], batch: int = 8, seed: int =
     return inputs, avail
 
 
+# the longest groups of tests (about 5 and 2 minutes of CI's 2 cores), started first so that
+# neither is the last to begin
+FIRST = ("tests/test_examples.py:README.md", "tests/test_gpu_check.py")
+
+
+def worker_group(nodeid: str) -> str:
+    """The tests one pytest-xdist worker takes together: a file's (its module fixtures are
+    made once), except the documents' examples, a group per document (each document's
+    examples run in order in one folder)."""
+    path, _, name = nodeid.partition("::")
+    example = re.fullmatch(r"test_example_runs\[(.+):\d+\]", name)
+    return f"{path}:{example.group(1)}" if example else path
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which may not be installed
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` by :func:`worker_group` (xdist's own loadgroup does not group under
+    pytest 9.2: pytest-dev/pytest-xdist#1386)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileAndDocument(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return ByFileAndDocument(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` need a CUDA device: skipped without one (and said so)."""
+    """Tests marked ``cuda`` need a CUDA device: skipped without one (and said so). The
+    longest groups of tests come first (the workers take groups in this order)."""
+    items.sort(key=lambda item: FIRST.index(worker_group(item.nodeid))
+               if worker_group(item.nodeid) in FIRST else len(FIRST))  # stable
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu_check.sh runs these on one)")
@@ -96,3 +131,4 @@ def server(payload):
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/x.ckpt", requests
     httpd.shutdown()
+
