@@ -14,7 +14,10 @@ Items, each run as its own process with its log kept under ``--logs``:
 One summary line per item: PASS, FAIL or SKIP (with the reason); the exit code is 1 if any
 item failed. Without a GPU the CUDA items are skipped, and the line says so.
 
-    bash scripts/gpu_check.sh [--no-tests] [--logs DIR] [--accelerator cpu]
+    bash scripts/gpu_check.sh [--no-tests] [--logs DIR] [--accelerator cpu] [--only TEXT ...]
+
+``--only TEXT`` runs only the items whose name contains TEXT (repeatable; e.g. to rerun the one
+that failed); the others are listed as skipped.
 
 ``--accelerator cpu`` rehearses the CUDA items on the CPU (the tests do, so the script itself
 cannot rot on a machine without a GPU).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -136,6 +140,8 @@ def main() -> int:
     p.add_argument("--logs", help="folder for the logs (default: a new temporary folder)")
     p.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu",
                    help="where the CUDA items run (cpu: a rehearsal of the script)")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="run only the items whose name contains TEXT (repeatable)")
     args = p.parse_args()
     acc, on = args.accelerator, where(args.accelerator)
     import lightning
@@ -178,12 +184,16 @@ def main() -> int:
             print(f"SKIP  {name:<{width}}  no CUDA device (torch.cuda.is_available() is "
                   "False)", flush=True)
             continue
+        if args.only and not any(text in name for text in args.only):
+            print(f"SKIP  {name:<{width}}  not chosen (--only)", flush=True)
+            continue
         log = logs / f"{k:02d}.log"
         t0 = time.perf_counter()
         ok, detail = run_item(commands, log)
         failed += not ok
         print(f"{'PASS' if ok else 'FAIL'}  {name:<{width}}  {time.perf_counter() - t0:6.1f} s"
               f"  {detail}{'' if ok else f'  (log: {log})'}", flush=True)
+    shutil.rmtree(work, ignore_errors=True)  # the items' runs and data (gigabytes); logs stay
     print(f"gpu_check: {failed} failed; logs in {logs}")
     return 1 if failed else 0
 
