@@ -6,7 +6,8 @@ command line or the public API, with the outcome each must have.
   (working folder, home, data, outputs) created, changed or deleted.
 - ``warns``: it runs, and a warning names the problem.
 - ``works``: it runs and the result is checked.
-- ``stops``: Ctrl-C: exit 130, a message saying what was kept, nothing partial that looks complete.
+- ``stops``: Ctrl-C (exit 130) or SIGTERM (exit 143), a message saying what was kept, nothing
+  partial that looks complete.
 
 ``docs/robustness.md`` is generated from :data:`CASES`; ``test_robustness_doc_is_generated``
 fails when it differs (``python -m tests.test_hostile`` rewrites it). A case may point at a test
@@ -43,7 +44,7 @@ OUTCOMES = {
     "error": "one `dmrnet: error:` line (exit 2), nothing written",
     "warns": "runs; a warning names the problem",
     "works": "runs; the result is checked",
-    "stops": "exit 130; says what was kept",
+    "stops": "exit 130 (SIGTERM: 143); says what was kept",
 }
 
 
@@ -293,9 +294,24 @@ def disk_full(w: World) -> None:
     assert len(list(w.root.glob(".out.partial-*"))) == 1
 
 
-refer(OUTPUTS, "Ctrl-C during a benchmark", "dmrnet benchmark", "stops",
-      "interrupted: 'run' is as it was; the unfinished run is in ...",
+refer(OUTPUTS, "Ctrl-C during a benchmark, between two runs", "dmrnet benchmark", "stops",
+      "interrupted: 'run' is as it was and nothing was left beside it",
       "tests/test_outputs.py::test_ctrl_c_leaves_out_as_it_was_and_says_what_was_kept")
+refer(OUTPUTS, "SIGINT or SIGTERM to a `dmrnet benchmark` process while it trains",
+      "dmrnet benchmark", "stops",
+      "interrupted|terminated (SIGTERM) during baseline-seed0 (fit, epoch N): 'run' is as it "
+      "was and nothing was left beside it (exit 130 or 143)",
+      "tests/test_interrupts.py::"
+      "test_benchmark_stopped_inside_training_leaves_out_and_its_neighbours_as_they_were")
+refer(OUTPUTS, "SIGTERM to a `dmrnet fit` process while it trains", "dmrnet fit", "stops",
+      "terminated (SIGTERM) during fit at epoch N, step N: checkpoints kept in ...; continue "
+      "with --resume ... (exit 143)",
+      "tests/test_interrupts.py::test_fit_stopped_by_sigterm_keeps_its_checkpoints_and_exits_143")
+refer(OUTPUTS, "a finished benchmark's lock file; a file put into `--out` while it trains",
+      "dmrnet benchmark", "works", "no lock file is left; the user's folder is kept and the "
+      "finished run's place is named",
+      "tests/test_outputs.py::"
+      "test_a_finished_run_leaves_no_lock_and_a_folder_filled_meanwhile_is_kept")
 @case(OUTPUTS, "Ctrl-C during `dmrnet fit` in the second epoch", "dmrnet fit", "stops",
       "interrupted during fit at epoch 1, step ...: checkpoints kept in ...; continue with "
       "--resume ...")
@@ -355,6 +371,62 @@ def export_existing(w: World) -> None:
     w.refuses(["export", "--checkpoint", checkpoint, "--format", "onnx", "--out",
                str(w.cwd / "notes.txt")], "exists; choose another file")
     w.refuses(["export", "--checkpoint", checkpoint, "--out", str(w.cwd)], "exists")
+
+
+def run_copy(w: World, name: str = "run") -> Path:
+    """A finished benchmark run under the test's folder (so every file of it is watched)."""
+    import shutil
+
+    return Path(shutil.copytree(w.fixture("run_dir"), w.root / name, symlinks=True))
+
+
+@case(OUTPUTS, "`dmrnet export --out` that is its own `--checkpoint` (ONNX), or the benchmark "
+      "run holding it (folder), with `--overwrite`", "dmrnet export", "error",
+      "is or holds the input")
+def export_onto_its_input(w: World) -> None:
+    run = run_copy(w)
+    checkpoint = ckpt(run)
+    w.refuses(["export", "--checkpoint", checkpoint, "--format", "onnx", "--out", checkpoint,
+               "--overwrite"], "is or holds the input")
+    for fmt in ("folder", "onnx"):
+        w.refuses(["export", "--checkpoint", checkpoint, "--format", fmt, "--out", str(run),
+                   "--overwrite"], "is or holds the input|is a folder")
+
+
+@case(OUTPUTS, "`dmrnet export --out RUN --overwrite` where RUN is another finished benchmark "
+      "run", "dmrnet export", "error", "is a benchmark run; --overwrite replaces only a model "
+      "folder")
+def export_over_a_run(w: World) -> None:
+    run, other = run_copy(w), run_copy(w, "other")
+    w.refuses(["export", "--checkpoint", ckpt(run), "--out", str(other), "--overwrite"],
+              "is a benchmark run; --overwrite replaces only a model folder")
+
+
+@case(OUTPUTS, "`dmrnet export --format onnx --out mine.csv --overwrite`: a file dmrnet did not "
+      "write", "dmrnet export", "error", "is not an ONNX model dmrnet exported")
+def export_onnx_over_a_users_file(w: World) -> None:
+    (w.cwd / "mine.csv").write_text("a,b\n1,2\n")
+    w.refuses(["export", "--checkpoint", ckpt(w.fixture("run_dir")), "--format", "onnx",
+               "--out", "mine.csv", "--overwrite"], "is not an ONNX model dmrnet exported")
+
+
+@case(OUTPUTS, "a manifest whose rows point by absolute path into `--out` (an earlier run), "
+      "with `--overwrite`", "dmrnet benchmark", "error", "holds your data")
+def out_holds_listed_files(w: World) -> None:
+    from dmrnet.outputs import MARKER
+
+    manifest = make_manifest(w.root / "m")
+    store = w.root / "store"
+    store.mkdir()
+    (store / MARKER).write_text("written by dmrnet; kind: run\n")
+    for f in manifest.parent.glob("v*.npy"):  # the arrays now live in the old run's folder
+        f.rename(store / f.name)
+    rewrite(manifest, lambda rows: [rows[0]] + [  # the first column: the arrays
+        ",".join([str(store / r.split(",")[0]) if r.split(",")[0] else "", *r.split(",")[1:]])
+        for r in rows[1:]])
+    argv = manifest_run(w, manifest, "--overwrite")
+    argv[argv.index("--out") + 1] = str(store)
+    w.refuses(argv, "holds your data")
 
 
 @case(OUTPUTS, "`save_model` onto a folder of the user's, with and without `overwrite`, or "
@@ -745,6 +817,28 @@ for _name, _what, _argv, _says in (
 ):
     CASES.append(Case(_name, SETTINGS, _what, "dmrnet " + _argv[0], "error", _says,
                       run=_flag_case(_argv, _says)))
+
+
+@case(SETTINGS, "a training split one more than a multiple of the batch size (1200 mfeat "
+      "samples, `--batch-size 11` or `1199`)", "dmrnet benchmark", "works",
+      "the last batch of one sample is left out of each epoch (batch norm cannot train on it)")
+def batch_of_one_left_out(w: World) -> None:
+    from dmrnet.training import last_batch_of_one
+
+    assert last_batch_of_one(1200, 11) and last_batch_of_one(65, 64)
+    assert not last_batch_of_one(1200, 64) and not last_batch_of_one(1, 64)
+    assert last_batch_of_one(129, 64, processes=2)  # 65 a process
+    for batch in ("11", "1199"):
+        w.runs(["benchmark", "--out", str(w.root / f"b{batch}"), "--batch-size", batch, *QUICK])
+        res = json.loads((w.root / f"b{batch}" / "results.json").read_text())
+        assert 0 <= res["runs"][0]["mean"] <= 1
+
+
+@case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",
+      "--batch-size 1 cannot train these models: batch norm needs at least 2")
+def batch_size_one(w: World) -> None:
+    w.refuses(["benchmark", "--out", str(w.root / "out"), "--batch-size", "1", *QUICK],
+              "--batch-size 1 cannot train these models: batch norm needs at least 2")
 
 
 @case(SETTINGS, "`--config` YAML that does not parse, or is not a mapping",

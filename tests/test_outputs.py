@@ -75,7 +75,7 @@ def test_a_failed_run_leaves_the_previous_results_in_place(tmp_path, capsys):
     assert main(["benchmark", "--out", str(out), "--overwrite", *QUICK[:-3], "--epochs", "2",
                  "--no-progress"]) == 0
     assert json.loads((out / "results.json").read_text())["config"]["epochs"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # and no lock file left
 
 
 def test_ctrl_c_leaves_out_as_it_was_and_says_what_was_kept(tmp_path):
@@ -89,11 +89,35 @@ def test_ctrl_c_leaves_out_as_it_was_and_says_what_was_kept(tmp_path):
 
     cfg = BenchmarkConfig(out=str(out), modalities=["fac", "mor"], methods=["baseline"],
                           seeds=[0, 1], epochs=1, progress=False)
-    with pytest.raises(RunInterruptedError, match="is as it was; the unfinished run is in"):
+    with pytest.raises(RunInterruptedError, match="is as it was and nothing was left beside it"
+                       ) as info:
         run_benchmark(cfg, echo=echo)
-    assert not out.exists()  # nothing partial looks complete
-    partial = list(tmp_path.glob(".run.partial-*"))
-    assert len(partial) == 1 and any(partial[0].rglob("*.ckpt"))
+    assert info.value.exit_code == 130
+    assert list(tmp_path.iterdir()) == []  # no --out, no partial run, no lock file
+
+
+def test_a_finished_run_leaves_no_lock_and_a_folder_filled_meanwhile_is_kept(tmp_path):
+    out = tmp_path / "run"
+    with RunFolder(out, overwrite=False) as work:
+        (work / "results.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the lock file is gone
+    # a user's file put into --out while the run trained is never replaced
+    later = tmp_path / "later"
+    with (pytest.raises(OutputError, match="filled while the run trained.*finished run is in"),
+          RunFolder(later, overwrite=False) as work):
+        (work / "results.json").write_text("{}")
+        later.mkdir()
+        (later / "mine.txt").write_text("the user's")
+    assert (later / "mine.txt").read_text() == "the user's"
+    kept = list(tmp_path.glob(".later.partial-*"))
+    assert len(kept) == 1 and (kept[0] / "results.json").is_file()
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob(".*.lock"))
+    # an empty folder made meanwhile is simply filled
+    empty = tmp_path / "empty"
+    with RunFolder(empty, overwrite=False) as work:
+        (work / "results.json").write_text("{}")
+        empty.mkdir()
+    assert (empty / "results.json").is_file()
 
 
 def test_a_second_process_on_the_same_out_gets_a_clear_error(tmp_path):

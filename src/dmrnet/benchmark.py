@@ -14,6 +14,7 @@ import logging
 import math
 import multiprocessing
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -67,8 +68,14 @@ from dmrnet.runtime import (
     usable_cores,
     user_threads,
 )
+from dmrnet.signals import Stopped, exit_code, lightning_interrupts, stop_word
 from dmrnet.subsets import SubsetSpace
-from dmrnet.training import MultimodalDataModule, MultimodalModule
+from dmrnet.training import (
+    MultimodalDataModule,
+    MultimodalModule,
+    has_batch_norm,
+    last_batch_of_one,
+)
 
 log = logging.getLogger("dmrnet")
 
@@ -393,15 +400,21 @@ def _fit_and_test(
         log_every_n_steps=1,
         check_val_every_n_epoch=validation_interval(cfg),
     )
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    train_seconds = time.perf_counter() - t0
-    if device.reason and device.reason not in shown:  # said once per benchmark
-        shown.add(device.reason)
-        echo(f"      {device.reason}")
-    t0 = time.perf_counter()
-    trainer.test(module, datamodule=data, ckpt_path="best", verbose=False, weights_only=True)
-    eval_seconds = time.perf_counter() - t0
+    try:
+        with lightning_interrupts(trainer):
+            t0 = time.perf_counter()
+            trainer.fit(module, datamodule=data)
+            train_seconds = time.perf_counter() - t0
+            if device.reason and device.reason not in shown:  # said once per benchmark
+                shown.add(device.reason)
+                echo(f"      {device.reason}")
+            t0 = time.perf_counter()
+            trainer.test(module, datamodule=data, ckpt_path="best", verbose=False,
+                         weights_only=True)
+            eval_seconds = time.perf_counter() - t0
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say which run it stopped
+        stage = trainer.state.fn.value if trainer.state.fn is not None else "start-up"
+        raise Stopped(f"{run_name} ({stage}, epoch {trainer.current_epoch})") from None
     best_epoch = -1 if module.checkpoint_epoch is None else module.checkpoint_epoch
     if not (cfg.keep_checkpoints if keep is None else keep):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -424,13 +437,14 @@ def run_benchmark(
     """Run every method for every seed; write and return the results dict."""
     quiet_lightning()
     cfg, first = prepare(cfg)
-    folder = output_folder(cfg)
+    folder = output_folder(cfg, first)
     try:
         with folder as work:
             results = _run_all(cfg, work, echo, first)
-    except KeyboardInterrupt:
-        raise RunInterruptedError(f"interrupted: {cfg.out!r} is as it was"
-                                  + _kept(folder)) from None
+    except KeyboardInterrupt as stop:  # the unfinished run is gone (RunFolder), --out as it was
+        during = f" during {stop.where}" if isinstance(stop, Stopped) else ""
+        raise RunInterruptedError(f"{stop_word()}{during}: {cfg.out!r} is as it was and "
+                                  "nothing was left beside it", exit_code()) from None
     except OSError as err:  # a full disk, a folder made read-only meanwhile
         where = f" ({err.filename})" if err.filename else ""
         raise OutputError(f"{err.strerror or err}{where}: {cfg.out!r} is as it was"
@@ -459,7 +473,9 @@ def steps_per_epoch(cfg: BenchmarkConfig, data: MultimodalDataModule) -> int:
     """Optimiser steps in one training epoch of ``data`` (per process with several devices)."""
     devices = cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1
     per_process = math.ceil(len(data.data.train) / devices)
-    return max(1, math.ceil(per_process / int(cfg.batch_size or 1)))
+    batch = int(cfg.batch_size or 1)
+    steps = math.ceil(per_process / batch)  # less a last batch of one, which is left out
+    return max(1, steps - last_batch_of_one(len(data.data.train), batch, devices))
 
 
 def scale_epochs(cfg: BenchmarkConfig, data: MultimodalDataModule) -> BenchmarkConfig:
@@ -478,9 +494,15 @@ def scale_epochs(cfg: BenchmarkConfig, data: MultimodalDataModule) -> BenchmarkC
     return replace(cfg, epochs=need, epochs_note=note)
 
 
-def output_folder(cfg: BenchmarkConfig) -> RunFolder:
-    """The run's output folder, checked (it is created when entered)."""
-    protected = [p for p in (cfg.root, cfg.dataset_kwargs.get("manifest")) if p]
+def output_folder(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
+                  ) -> RunFolder:
+    """The run's output folder, checked (it is created when entered): not in the data root,
+    the manifest's folder or any folder holding one of ``data``'s files."""
+    protected: set[str | Path] = {p for p in (cfg.root, cfg.dataset_kwargs.get("manifest")) if p}
+    if data is not None:
+        for split in (data.data.train, data.data.val, data.data.test):
+            folders = getattr(split, "folders", None)
+            protected |= folders() if callable(folders) else set()
     return RunFolder(cfg.out, cfg.overwrite, protected)  # checks only; touches nothing
 
 
@@ -497,7 +519,10 @@ def _check_models(cfg: BenchmarkConfig, data: MultimodalDataModule) -> None:
             key = repr(sorted(stage.settings.items()))
             if key not in checked:
                 checked.add(key)
-                _module(data, stage.settings)
+                module = _module(data, stage.settings)
+                if data.batch_size == 1 and has_batch_norm(module.model):
+                    raise BenchmarkError("--batch-size 1 cannot train these models: batch norm "
+                                         "needs at least 2 samples a batch; use 2 or more")
 
 
 def _kept(folder: RunFolder) -> str:
@@ -667,7 +692,7 @@ def _run_concurrently(at_once: int, jobs: list[tuple[int, str]], cfg: BenchmarkC
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
+            process.kill()  # Lightning's fit bypasses SIGTERM; a run's folder is thrown away
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -677,6 +702,8 @@ def _run_concurrently(at_once: int, jobs: list[tuple[int, str]], cfg: BenchmarkC
 def _run_job(k: int) -> tuple[dict[str, Any], Any, list[str]]:
     """One job of :func:`_run_concurrently`, in a forked worker process."""
     set_threads(1)  # as the run will; no thread team is started after the fork
+    # Ctrl-C in a terminal reaches every process of the group: the parent stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_lightning()
     cfg, (seed, method) = _FORKED["cfg"], _FORKED["jobs"][k]
     lines: list[str] = []

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from dmrnet import signals
 from dmrnet.analysis import analyze_run
 from dmrnet.benchmark import BenchmarkConfig, filter_noise, run_benchmark, set_dotted
 from dmrnet.data import DATASETS
@@ -225,6 +226,10 @@ def export_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run_export_command(args: argparse.Namespace) -> int:
     src = Path(args.checkpoint)
+    out = Path(args.out).expanduser().resolve() if str(args.out).strip() else None
+    if out is not None and (out == src.resolve() or out in src.resolve().parents):
+        raise ConfigError(f"--out {args.out!r} is or holds the input {str(src)!r}, which the "
+                          "export would replace; choose another --out")
     if args.format == "folder":
         save_model(load_trained(args.checkpoint), args.out, overwrite=args.overwrite)
         print(f"wrote {args.out}/config.json and model.safetensors")
@@ -346,7 +351,8 @@ def lightning_cli(argv: Sequence[str]) -> int:
                   args=None if from_shell else args)
     except SystemExit:
         if note.message is not None:  # Lightning exits with 1 after a Ctrl-C
-            raise RunInterruptedError(note.message) from None
+            raise RunInterruptedError(note.message.replace("interrupted", signals.stop_word(), 1),
+                                      signals.exit_code()) from None
         raise
     return 0
 
@@ -356,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (exit 2; Ctrl-C: 130); ``--debug`` anywhere shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    return _friendly(lambda: _main([a for a in argv if a != "--debug"]), debug, argv)
+    with signals.sigterm_stops():  # as Ctrl-C does (exit 143)
+        return _friendly(lambda: _main([a for a in argv if a != "--debug"]), debug, argv)
 
 
 def _main(argv: list[str]) -> int:
@@ -399,10 +406,10 @@ def _friendly(fn: Any, debug: bool = False, argv: Sequence[str] = ()) -> int:
         return int(fn() or 0)
     except RunInterruptedError as err:
         print(f"dmrnet: {err}", file=sys.stderr)
-        return 130  # the shell's code for Ctrl-C
+        return err.exit_code  # the shell's code for Ctrl-C (130) or SIGTERM (143)
     except KeyboardInterrupt:
-        print("dmrnet: interrupted", file=sys.stderr)
-        return 130
+        print(f"dmrnet: {signals.stop_word()}", file=sys.stderr)
+        return signals.exit_code()
     except DMRNetError as err:
         print(f"dmrnet: error: {err}", file=sys.stderr)
         return 2

@@ -15,7 +15,12 @@ class ConfigError(DMRNetError):
 
 
 class RunInterruptedError(DMRNetError):
-    """Ctrl-C: the run stopped; the message says what was kept."""
+    """Ctrl-C or SIGTERM: the run stopped; the message says what was kept. ``exit_code``: the
+    shell's (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class UsageError(DMRNetError):

@@ -6,7 +6,9 @@ failure, a full disk or Ctrl-C never leaves a half-written run under ``--out`` a
 what was there. ``--overwrite`` replaces an existing folder only at that final moment, and only
 one that dmrnet wrote (it holds the marker file ``.dmrnet-run``). Paths that hold more than a
 run are refused: ``''``, the current folder, the home folder, ``/``, and the data (or any folder
-above it). A lock file beside the folder keeps a second process from writing the same run.
+above it). A lock file beside the folder keeps a second process from writing the same run; it
+is removed when the run ends. A run stopped by Ctrl-C or SIGTERM leaves nothing behind, and a
+folder at ``--out`` that a user filled while the run trained is never replaced.
 """
 
 from __future__ import annotations
@@ -17,10 +19,24 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from dmrnet.errors import DMRNetError
+from dmrnet.errors import DMRNetError, RunInterruptedError
 
 MARKER = ".dmrnet-run"
 """File in every folder dmrnet writes a run into; only such folders may be replaced."""
+
+KINDS = {"run": "benchmark run", "model": "model folder"}
+"""What a marked folder holds; ``--overwrite`` replaces a folder only with one of its kind."""
+
+
+def folder_kind(path: Path) -> str:
+    """The kind of a folder dmrnet wrote (see :data:`KINDS`): as its marker says, or, for
+    folders written before markers named it, from what is in it."""
+    text = (path / MARKER).read_text(errors="replace")
+    for kind in KINDS:
+        if f"kind: {kind}" in text:
+            return kind
+    model = (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    return "model" if model and not (path / "results.json").exists() else "run"
 
 
 class OutputError(DMRNetError):
@@ -53,9 +69,10 @@ class RunFolder:
     on a clean exit it becomes ``out``. Checks run in the constructor, before any work."""
 
     def __init__(self, out: str | Path, overwrite: bool,
-                 protected: Iterable[str | Path] = ()) -> None:
+                 protected: Iterable[str | Path] = (), kind: str = "run") -> None:
         self.path = check_output_path(out, protected)
         self.overwrite = overwrite
+        self.kind = kind
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"output path {str(out)!r} exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()):
@@ -66,6 +83,10 @@ class RunFolder:
                 raise OutputError(f"output folder {str(out)!r} was not written by dmrnet (no "
                                   f"{MARKER} in it), so --overwrite will not replace it; "
                                   "choose another --out")
+            if folder_kind(self.path) != kind:
+                raise OutputError(f"output folder {str(out)!r} is a {KINDS[folder_kind(self.path)]}"
+                                  f"; --overwrite replaces only a {KINDS[kind]}: choose another "
+                                  "--out")
         parent = self.path.parent
         above = next((p for p in [parent, *parent.parents] if p.exists()), None)
         if above is not None and not above.is_dir():
@@ -77,19 +98,41 @@ class RunFolder:
         self.work = parent / f".{self.path.name}.partial-{os.getpid()}"
         self._lock_file: object = None
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.parent / f".{self.path.name}.lock"
+
     def _lock(self) -> None:
         try:
             import fcntl
         except ImportError:  # no advisory locks on this platform
             return
-        lock = open(self.path.parent / f".{self.path.name}.lock", "w")  # noqa: SIM115
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        while True:
+            lock = open(self.lock_path, "a")  # noqa: SIM115
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                lock.close()
+                raise OutputError(f"another dmrnet process is writing {str(self.path)!r}; wait "
+                                  "for it or choose another --out") from err
+            try:  # the file its holder removes on release: locked, but no longer the lock
+                if os.stat(self.lock_path).st_ino == os.fstat(lock.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             lock.close()
-            raise OutputError(f"another dmrnet process is writing {str(self.path)!r}; wait for "
-                              "it or choose another --out") from err
         self._lock_file = lock  # held (and released by the OS if we die) until the end
+
+    def _unlock(self) -> None:
+        if self._lock_file is None:
+            return
+        try:  # removed while held: a process waiting on it then takes a new one
+            self.lock_path.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            self._lock_file.close()  # type: ignore[attr-defined]
+            self._lock_file = None
 
     def __enter__(self) -> Path:
         try:  # created only now: the checks above touch nothing
@@ -99,13 +142,21 @@ class RunFolder:
                               f"{err.strerror}") from err
         self._lock()
         self.work.mkdir()
-        (self.work / MARKER).write_text("written by dmrnet; --overwrite may replace this "
-                                        "folder\n")
+        (self.work / MARKER).write_text(f"written by dmrnet; kind: {self.kind}; --overwrite may "
+                                        f"replace this folder with another {KINDS[self.kind]}\n")
         return self.work
 
     def _commit(self) -> None:
         old = None
-        if self.path.exists():
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()  # an empty folder: the run takes its place
+        elif self.path.exists() or self.path.is_symlink():
+            if not (self.overwrite and (self.path / MARKER).is_file()
+                    and folder_kind(self.path) == self.kind):
+                # e.g. a file the user put there while the run trained: never replaced
+                raise OutputError(f"{str(self.path)!r} was created or filled while the run "
+                                  f"trained, so it is left as it is; the finished run is in "
+                                  f"{str(self.work)!r}")
             old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
             self.path.rename(old)  # the previous run stays whole until the new one is in place
         self.work.rename(self.path)
@@ -117,12 +168,12 @@ class RunFolder:
         try:
             if kind is None:
                 self._commit()
-            elif not any(p.is_file() and p.name != MARKER for p in self.work.rglob("*")):
-                shutil.rmtree(self.work, ignore_errors=True)  # nothing worth keeping
+            elif issubclass(kind, (KeyboardInterrupt, RunInterruptedError)) or not any(
+                    p.is_file() and p.name != MARKER for p in self.work.rglob("*")):
+                # stopped by Ctrl-C or SIGTERM, or nothing worth keeping: no trace is left
+                shutil.rmtree(self.work, ignore_errors=True)
         finally:
-            if self._lock_file is not None:
-                self._lock_file.close()  # type: ignore[attr-defined]
-                self._lock_file = None
+            self._unlock()
 
     @property
     def kept(self) -> Path | None:

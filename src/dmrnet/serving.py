@@ -191,7 +191,7 @@ def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
         raise ConfigError(f"{str(path)!r} exists; choose another folder or pass overwrite")
     # written beside the target and moved into place when complete; overwrite replaces only
     # a folder dmrnet wrote, never '', '.', the home folder or '/'
-    with RunFolder(path, overwrite) as work:
+    with RunFolder(path, overwrite, kind="model") as work:
         _write_model_folder(module, work)
     return path
 
@@ -376,6 +376,9 @@ def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False,
         raise ConfigError(f"{str(path)!r} is a folder; give the path of the .onnx file to write")
     if path.exists() and not overwrite:
         raise ConfigError(f"{str(path)!r} exists; choose another file or pass overwrite")
+    if path.exists() and not written_by_export(path):
+        raise ConfigError(f"{str(path)!r} is not an ONNX model dmrnet exported, so overwrite "
+                          "will not replace it; choose another file")
     final, path = path, path.with_name(f".{path.name}.partial-{os.getpid()}")
     model = predictor.model
     was = getattr(model, "validate_inputs", False)
@@ -397,6 +400,17 @@ def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False,
         model.validate_inputs = was
         path.unlink(missing_ok=True)
     return final
+
+
+def written_by_export(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model :func:`export_onnx` wrote (its metadata says so)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # anything that is not an ONNX model
+        return False
+    return any(prop.key == ONNX_INPUTS_KEY for prop in graph.metadata_props)
 
 
 def onnx_inputs_note(predictor: Predictor, preprocessing: bool) -> str:

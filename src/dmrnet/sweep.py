@@ -27,6 +27,7 @@ from dmrnet.benchmark import (
 )
 from dmrnet.errors import RunInterruptedError
 from dmrnet.report import to_json
+from dmrnet.signals import exit_code, stop_word
 from dmrnet.training import MultimodalModule
 
 
@@ -54,11 +55,12 @@ def run_sweep(cfg: BenchmarkConfig, key: str, values: Sequence[Any],
     if len({repr(v) for v in values}) != len(values):
         raise BenchmarkError(f"--sweep {key} lists a value twice: {list(values)}")
     quiet_lightning()
-    folder = output_folder(cfg)
+    output_folder(cfg)  # --out checked before the data are read
     configs, first = [], None
     for value in values:  # every value's settings checked before any training
         one, first = prepare(with_value(cfg, key, value), first)
         configs.append(one)
+    folder = output_folder(cfg, first)  # and against the data's folders
     runs = []
     try:
         with folder as work:
@@ -74,8 +76,9 @@ def run_sweep(cfg: BenchmarkConfig, key: str, values: Sequence[Any],
             (work / "sweep.json").write_text(to_json(sweep))
             (work / "sweep.md").write_text(sweep_markdown(sweep))
             plot_sweep(sweep, work / "sweep.png")
-    except KeyboardInterrupt:
-        raise RunInterruptedError(f"interrupted: {cfg.out!r} is as it was") from None
+    except (KeyboardInterrupt, RunInterruptedError):  # inside a value's run, or between two
+        raise RunInterruptedError(f"{stop_word()}: {cfg.out!r} is as it was and nothing was "
+                                  "left beside it", exit_code()) from None
     echo(sweep_markdown(sweep))
     echo(f"wrote {str(folder.path)!r}")
     return sweep

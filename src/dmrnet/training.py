@@ -51,6 +51,16 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+def last_batch_of_one(samples: int, batch_size: int, processes: int = 1) -> bool:
+    """Whether an epoch of ``samples`` split over ``processes`` ends with a batch of one."""
+    per_process = math.ceil(samples / max(1, processes))
+    return batch_size > 1 and per_process > 1 and per_process % batch_size == 1
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Train/val/test loaders for a registered data source (``dmrnet.data.DATASETS``).
 
@@ -174,6 +184,7 @@ class MultimodalDataModule(L.LightningDataModule):
         return self.data.finish_batch(batch)
 
     def _loader(self, ds: Any, train: bool) -> DataLoader:
+        processes = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -181,6 +192,9 @@ class MultimodalDataModule(L.LightningDataModule):
             collate_fn=self._collate(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # batch norm cannot train on a batch of one sample: an epoch that would end with
+            # one leaves that sample out (another one each epoch, as the order is shuffled)
+            drop_last=train and last_batch_of_one(len(ds), self.batch_size, processes),
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device,
@@ -315,6 +329,10 @@ class MultimodalModule(L.LightningModule):
 
     # --- training ---------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        data = getattr(self._trainer, "datamodule", None)
+        if getattr(data, "batch_size", None) == 1 and has_batch_norm(self.model):
+            raise ConfigError("a training batch size of 1 cannot train this model: batch norm "
+                              "needs at least 2 samples a batch; use a batch size of 2 or more")
         # the method's files (e.g. a teacher) are read now: a bad one stops the run before
         # its first step
         if self.context is not None:

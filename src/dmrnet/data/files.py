@@ -315,6 +315,10 @@ class FileDataset(Dataset):
         """Keep decoded samples in ``cache`` (see :mod:`dmrnet.data.cache`)."""
         self.cache = cache
 
+    def folders(self) -> set[Path]:
+        """Every folder holding one of this dataset's files (outputs must stay out of them)."""
+        return {Path(p).parent for r in self.records for p in r.paths.values() if p is not None}
+
     def _item(self, m: str, reader: Reader, path: Path) -> Tensor:
         if self.cache is None:
             return reader(path, self.train)
