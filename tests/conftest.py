@@ -46,9 +46,9 @@ def random_batch(shapes: dict[str, tuple[int, ...]], batch: int = 8, seed: int =
     return inputs, avail
 
 
-# the longest groups of tests (about 5 and 2 minutes of CI's 2 cores), started first so that
-# neither is the last to begin
-FIRST = ("tests/test_examples.py:README.md", "tests/test_gpu_check.py")
+# the longest groups of tests (the documents' example chains: about 5 and 3 minutes of CI's 2
+# cores), started first so that neither is the last to begin
+FIRST = ("tests/test_examples.py:README.md", "tests/test_examples.py:docs/results.md")
 
 
 def worker_group(nodeid: str) -> str:
