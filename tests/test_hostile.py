@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dmrnet.cli import main
 from dmrnet.errors import DMRNetError
@@ -817,6 +818,25 @@ for _name, _what, _argv, _says in (
 ):
     CASES.append(Case(_name, SETTINGS, _what, "dmrnet " + _argv[0], "error", _says,
                       run=_flag_case(_argv, _says)))
+
+
+@case(INPUTS, "16-bit PNGs (depth maps) as a manifest's image modality", "dmrnet benchmark",
+      "works", "read at full depth (values above 255 are not clipped)")
+def png_16_bit(w: World) -> None:
+    from PIL import Image
+
+    from dmrnet.data.files import ImageReader
+
+    manifest = make_manifest(w.root / "m")
+    for f in manifest.parent.glob("i*.png"):  # the pictures as 16-bit depth maps
+        k = int(f.stem[1:]) % 3
+        Image.fromarray(np.full((16, 16), 20000 * k + 1000, np.uint16)).save(f)
+    read = ImageReader(channels=1, expect=(16, 16))
+    x = read(manifest.parent / "i2.png", False)
+    assert x.dtype == torch.float32 and abs(float(x.max()) - 41000 / 65535) < 1e-6
+    assert float(read(manifest.parent / "i1.png", False).max()) < float(x.max())  # not clipped
+    w.runs(manifest_run(w, manifest))
+    assert (w.root / "out" / "results.json").is_file()
 
 
 @case(SETTINGS, "a training split one more than a multiple of the batch size (1200 mfeat "

@@ -79,14 +79,23 @@ def _image_source(path: str | Path | BytesFile) -> tuple[Any, str]:
     return Path(path), str(path)
 
 
+DEEP_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
+"""Single-channel modes of more than 8 bits (16-bit PNGs: depth maps) and their full scale."""
+
+
 def read_image(path: str | Path | BytesFile, mode: str = "RGB") -> Tensor:
-    """Image file (or its content, a :class:`BytesFile`) -> uint8 tensor (C, H, W); ``mode``
-    "RGB" (3 channels) or "L" (1 channel)."""
+    """Image file (or its content, a :class:`BytesFile`) -> (C, H, W), ``mode`` "RGB" (3
+    channels) or "L" (1 channel): uint8, or for 16-bit images float32 in [0, 1] at full depth
+    (converting them to 8 bits would clip every value above 255)."""
 
     source, name = _image_source(path)
     try:
         with Image.open(source) as img:
             img.load()
+            if img.mode in DEEP_MODES:
+                deep = np.asarray(img).astype(np.float32) / DEEP_MODES[img.mode]
+                x = torch.from_numpy(np.clip(deep, 0.0, 1.0))[None]
+                return x.expand(3, -1, -1).clone() if mode == "RGB" else x
             arr = np.asarray(img.convert(mode))
     except Image.DecompressionBombError as err:
         raise DataError(f"image {name!r} is too large to decode safely: {err}") from err

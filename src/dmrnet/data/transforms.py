@@ -231,8 +231,9 @@ def imagenet_frame(img: Tensor, train: bool, size: int = 224) -> Tensor:
 def casia_face(img: Tensor, train: bool, size: int = 112, train_resize: int = 144,
                degrees: float = 30.0) -> Tensor:
     """CASIA-SURF recipe (SPEC §3): train resize 144, rotation, crop 112, flip; evaluation
-    resize 112; (x - 127.5) / 128. uint8 (C, H, W) -> float (C, size, size)."""
-    x = img.float()
+    resize 112; (x - 127.5) / 128. uint8 (C, H, W) (or a 16-bit image's float in [0, 1],
+    brought to the same scale) -> float (C, size, size)."""
+    x = img.float() if img.dtype == torch.uint8 else img.float() * 255.0
     if train:
         x = resize(x, (train_resize, train_resize))
         x = random_hflip(random_crop(random_rotation(x, degrees), (size, size)))
