@@ -411,6 +411,21 @@ def export_onnx_over_a_users_file(w: World) -> None:
                "--out", "mine.csv", "--overwrite"], "is not an ONNX model dmrnet exported")
 
 
+@case(OUTPUTS, "`dmrnet analyze RUN` after the user deleted `RUN/checkpoints` (or some of "
+      "them)", "dmrnet analyze", "error", "holds no checkpoint|are gone from")
+def analyze_without_checkpoints(w: World) -> None:
+    import shutil
+
+    run = run_copy(w)
+    assert (run / "analysis.json").is_file()
+    shutil.rmtree(run / "checkpoints")
+    w.refuses(["analyze", str(run)], "holds no checkpoint of a run .* left as they are")
+    other = run_copy(w, "other")  # one method's checkpoint gone: its analysis would be lost
+    (other / "analysis.json").write_text(json.dumps({"per_method": {"baseline": [],
+                                                                    "dmrnet": []}}))
+    w.refuses(["analyze", str(other)], r"the checkpoints of \['dmrnet'\] are gone from")
+
+
 @case(OUTPUTS, "a manifest whose rows point by absolute path into `--out` (an earlier run), "
       "with `--overwrite`", "dmrnet benchmark", "error", "holds your data")
 def out_holds_listed_files(w: World) -> None:

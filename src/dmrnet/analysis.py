@@ -155,6 +155,8 @@ def analyze_run(run_dir: str | Path, echo: Any = print,
                                                  data.test_dataloader()))
         stats["seed"] = r["seed"]
         per_method.setdefault(r["method"], []).append(stats)
+    if statistics is None:
+        _check_nothing_is_lost(run, per_method)
     summary: dict[str, Any] = {}
     for method, stats in per_method.items():
         entry: dict[str, Any] = {}
@@ -173,6 +175,24 @@ def analyze_run(run_dir: str | Path, echo: Any = print,
     _plots(analysis, results["subsets"], run)
     echo(analysis_markdown(analysis))
     return analysis
+
+
+def _check_nothing_is_lost(run: Path, per_method: dict[str, list[dict[str, Any]]]) -> None:
+    """A :class:`DataError`, before anything is written, when the kept checkpoints cannot
+    give an analysis (none left), or give less than the one already in ``run``."""
+    where = f"{str(run / 'checkpoints')!r}"
+    if not per_method:
+        raise DataError(f"{where} holds no checkpoint of a run (deleted, or never kept), and the "
+                        "analysis needs the trained models; the files in the run were left as "
+                        "they are")
+    try:
+        before = json.loads((run / "analysis.json").read_text()).get("per_method", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    lost = sorted(set(before) - set(per_method))
+    if lost:
+        raise DataError(f"the checkpoints of {lost} are gone from {where}, so a new analysis "
+                        "would lose what analysis.json holds of them; it was left as it is")
 
 
 def _hcr_effect(results: dict[str, Any]) -> list[dict[str, Any]]:
