@@ -835,6 +835,30 @@ for _name, _what, _argv, _says in (
                       run=_flag_case(_argv, _says)))
 
 
+@case(INPUTS, "complex `.npy` arrays, or arrays of shape `(0,)`, in a manifest",
+      "dmrnet benchmark", "error", "holds complex numbers|holds no values")
+def npy_complex_or_empty(w: World) -> None:
+    manifest = make_manifest(w.root / "m")
+    np.save(manifest.parent / "v0.npy", np.ones(8, np.complex64))
+    w.refuses(manifest_run(w, manifest), "v0.npy' holds complex numbers")
+    for f in manifest.parent.glob("v*.npy"):
+        np.save(f, np.ones(0, np.float32))
+    w.refuses(manifest_run(w, manifest), "holds no values")
+
+
+@case(INPUTS, "big-endian `.npy` arrays in a manifest", "dmrnet benchmark", "works",
+      "read as the same numbers")
+def npy_big_endian(w: World) -> None:
+    from dmrnet.data.io import read_npy
+
+    manifest = make_manifest(w.root / "m")
+    for f in manifest.parent.glob("v*.npy"):
+        np.save(f, np.load(f).astype(">f4"))
+    assert read_npy(manifest.parent / "v0.npy").tolist() == np.load(
+        manifest.parent / "v0.npy").astype("<f4").tolist()
+    w.runs(manifest_run(w, manifest))
+
+
 @case(INPUTS, "16-bit PNGs (depth maps) as a manifest's image modality", "dmrnet benchmark",
       "works", "read at full depth (values above 255 are not clipped)")
 def png_16_bit(w: World) -> None:

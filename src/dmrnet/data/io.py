@@ -145,9 +145,24 @@ def read_npy(path: str | Path) -> Tensor:
         arr = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
     except (ValueError, OSError, EOFError) as err:
         raise DataError(f"cannot read array {str(path)!r}: {err}") from err
+    problem = array_problem(arr, path)
+    if problem:
+        raise DataError(problem)
+    # float32 in this machine's byte order (a big-endian file is converted, not refused)
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def array_problem(arr: np.ndarray, path: str | Path) -> str | None:
+    """What makes an array unusable as a modality's values, or None: a non-numeric or complex
+    dtype (the imaginary part would be dropped without a word), or no values at all."""
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        return (f"array {str(path)!r} holds complex numbers ({arr.dtype}); store the real and "
+                "imaginary parts as two real channels")
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
-        raise DataError(f"array {str(path)!r} has non-numeric dtype {arr.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).float()
+        return f"array {str(path)!r} has non-numeric dtype {arr.dtype}"
+    if arr.size == 0:
+        return f"array {str(path)!r} holds no values (shape {tuple(arr.shape)})"
+    return None
 
 
 # --- quick checks: a file's header (and an array's values), for the scan before training ------
@@ -191,8 +206,9 @@ def check_npy(path: str | Path, shape: tuple[int, ...] | None = None) -> str | N
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         return f"cannot read array {str(path)!r}: {err}"
-    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
-        return f"array {str(path)!r} has non-numeric dtype {arr.dtype}"
+    problem = array_problem(arr, path)
+    if problem:
+        return problem
     if shape is not None and tuple(arr.shape) != tuple(shape):
         return (f"array {str(path)!r} has shape {tuple(arr.shape)}, expected {tuple(shape)} "
                 "like the rest of this modality")
