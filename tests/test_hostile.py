@@ -835,6 +835,18 @@ for _name, _what, _argv, _says in (
                       run=_flag_case(_argv, _says)))
 
 
+@case(INPUTS, "a Latin-1 manifest (a label with an accent), or one with a UTF-8 byte-order "
+      "mark", "dmrnet benchmark", "error", "is not UTF-8 text .* on line")
+def manifest_latin1(w: World) -> None:
+    manifest = make_manifest(w.root / "m")
+    text = manifest.read_text().replace("cat", "café")
+    manifest.write_bytes(("\ufeff" + text).encode("utf-8"))  # a byte-order mark: read
+    w.runs(manifest_run(w, manifest, "--epochs", "1"))
+    manifest.write_bytes(text.encode("latin-1"))
+    w.refuses(manifest_run(w, manifest, "--out", str(w.root / "out2")),
+              r"is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8")
+
+
 @case(INPUTS, "complex `.npy` arrays, or arrays of shape `(0,)`, in a manifest",
       "dmrnet benchmark", "error", "holds complex numbers|holds no values")
 def npy_complex_or_empty(w: World) -> None:

@@ -10,6 +10,7 @@ to ``root`` (default: the manifest's folder). File kinds per modality are declar
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +74,17 @@ def manifest(
     if not path.is_file():
         raise DataError(f"manifest {str(path)!r} does not exist")
     base = Path(root).expanduser() if root is not None else path.parent
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        rows = list(enumerate(reader, start=2))
+    raw = path.read_bytes()
+    try:  # UTF-8 (a byte-order mark, as spreadsheet programs write, is dropped)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"manifest {path.name} is not UTF-8 text (byte {raw[err.start]:#04x} on "
+                        f"line {line}); save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)"
+                        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = list(reader.fieldnames or [])
+    rows = list(enumerate(reader, start=2))
     blank = [i + 1 for i, c in enumerate(header) if not c.strip()]
     if blank:
         raise DataError(f"manifest {path.name}: column {blank[0]} of the header has no name; "
