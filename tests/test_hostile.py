@@ -905,6 +905,17 @@ def batch_of_one_left_out(w: World) -> None:
         assert 0 <= res["runs"][0]["mean"] <= 1
 
 
+@case(SETTINGS, "a huge `--seeds` value, or an `--embed-dim` no memory holds",
+      "dmrnet benchmark", "error", "seeds must be whole numbers from 0 to|does not fit in memory")
+def huge_seed_or_width(w: World) -> None:
+    quick = list(QUICK)
+    quick[quick.index("--seeds") + 1] = "99999999999999999999"
+    w.refuses(["benchmark", "--out", str(w.root / "out"), *quick],
+              "seeds must be whole numbers from 0 to 4294967295")
+    w.refuses(["benchmark", "--out", str(w.root / "out"), "--embed-dim", "4000000000", *QUICK],
+              "does not fit in memory with these settings")
+
+
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",
       "--batch-size 1 cannot train these models: batch norm needs at least 2")
 def batch_size_one(w: World) -> None:

@@ -261,9 +261,10 @@ and the methods' own options check themselves)."""
 
 
 def _check_numbers(cfg: BenchmarkConfig) -> None:
-    bad_seeds = [s for s in cfg.seeds or [] if not isinstance(s, int) or s < 0]
-    if bad_seeds:
-        raise BenchmarkError(f"seeds must be whole numbers >= 0; got {bad_seeds[0]!r}")
+    bad_seeds = [s for s in cfg.seeds or [] if not isinstance(s, int) or not 0 <= s < 2**32]
+    if bad_seeds:  # numpy's and the data splits' seeds are 32-bit
+        raise BenchmarkError(f"seeds must be whole numbers from 0 to {2**32 - 1}; got "
+                             f"{bad_seeds[0]!r}")
     if not isinstance(cfg.min_steps, int) or isinstance(cfg.min_steps, bool) or cfg.min_steps < 0:
         raise BenchmarkError(f"min_steps must be a whole number >= 0; got {cfg.min_steps!r}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
@@ -519,7 +520,15 @@ def _check_models(cfg: BenchmarkConfig, data: MultimodalDataModule) -> None:
             key = repr(sorted(stage.settings.items()))
             if key not in checked:
                 checked.add(key)
-                module = _module(data, stage.settings)
+                try:
+                    module = _module(data, stage.settings)
+                except (MemoryError, RuntimeError) as err:  # e.g. a huge --embed-dim
+                    if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+                        raise
+                    raise BenchmarkError(f"the {stage.settings.get('method')!r} model does not "
+                                         "fit in memory with these settings (embed_dim "
+                                         f"{stage.settings.get('embed_dim')!r}); use smaller "
+                                         "ones") from None
                 if data.batch_size == 1 and has_batch_norm(module.model):
                     raise BenchmarkError("--batch-size 1 cannot train these models: batch norm "
                                          "needs at least 2 samples a batch; use 2 or more")
