@@ -961,6 +961,11 @@ refer(EXPORTS, "raw inputs fed to the ONNX graph and to `load_model(...).predict
       "tests/test_serving.py::test_onnx_graph_serves_every_subset_like_pytorch")
 
 
+refer(EXPORTS, "the ONNX graph given an availability row of all zeros, or with a NaN",
+      "ONNX model (onnxruntime)", "works", "NaN outputs for that row, where predict refuses it",
+      "tests/test_serving.py::test_onnx_graph_serves_every_subset_like_pytorch")
+
+
 @case(EXPORTS, "`dmrnet export` then `load_model` of a trained benchmark checkpoint",
       "dmrnet export, dmrnet.load_model", "works",
       "the folder predicts what the checkpoint predicts")

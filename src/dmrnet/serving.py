@@ -354,7 +354,13 @@ class _ExportWrapper(torch.nn.Module):
                   for m, x in zip(self.modalities, xs, strict=True)]
         out = self.model(dict(zip(self.modalities, xs, strict=True)), avail > 0.5)
         var = out.variance if out.variance is not None else out.logits.new_zeros(len(xs[0]))
-        return out.logits.softmax(dim=1), var
+        probs = out.logits.softmax(dim=1)
+        # a row with no modality present, or with an availability that is not a number, has
+        # no prediction (predict refuses it): NaN, not probabilities that look normal
+        ok = (avail > 0.5).any(dim=1) & torch.isfinite(avail).all(dim=1)
+        nan = torch.full_like(var, float("nan"))
+        return (torch.where(ok[:, None], probs, nan[:, None].expand_as(probs)),
+                torch.where(ok, var, nan))
 
 
 ONNX_INPUTS_KEY = "dmrnet_inputs"
@@ -364,7 +370,8 @@ ONNX_INPUTS_KEY = "dmrnet_inputs"
 def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False,
                 preprocessing: bool = True) -> Path:
     """Write an ONNX graph with inputs ``<modality>`` (B, *shape) and ``availability`` (B, M)
-    float (1 = present) and outputs ``probs`` (B, K) and ``uncertainty`` (B,).
+    float (1 = present) and outputs ``probs`` (B, K) and ``uncertainty`` (B,); a row with no
+    modality present (or a NaN in its availability) gets NaN outputs.
 
     The graph starts with the input statistics the model was trained with (the same
     preprocessing as :meth:`Predictor.predict`), so it takes raw inputs. ``preprocessing=False``
