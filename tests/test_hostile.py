@@ -961,9 +961,24 @@ refer(EXPORTS, "raw inputs fed to the ONNX graph and to `load_model(...).predict
       "tests/test_serving.py::test_onnx_graph_serves_every_subset_like_pytorch")
 
 
-refer(EXPORTS, "the ONNX graph given an availability row of all zeros, or with a NaN",
-      "ONNX model (onnxruntime)", "works", "NaN outputs for that row, where predict refuses it",
-      "tests/test_serving.py::test_onnx_graph_serves_every_subset_like_pytorch")
+@case(EXPORTS, "the ONNX graph given an availability row of all zeros, or with a NaN",
+      "ONNX model (onnxruntime)", "works", "NaN outputs for that row, where predict refuses it")
+def onnx_no_modality_row(w: World) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from dmrnet.serving import export_onnx, load_model
+
+    pred = load_model(model_folder(w.root / "m"))
+    path = export_onnx(pred, w.root / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {m: np.ones((4, *pred.input_shapes[m]), np.float32) for m in pred.modalities}
+    avail = np.ones((4, len(pred.modalities)), np.float32)
+    avail[1] = 0.0
+    avail[2, 0] = np.nan
+    probs, unc = session.run(None, {**inputs, "availability": avail})
+    assert np.isnan(probs[1:3]).all() and np.isnan(unc[1:3]).all()
+    assert np.isfinite(probs[[0, 3]]).all() and np.isfinite(unc[[0, 3]]).all()
+    with pytest.raises(DMRNetError):  # predict refuses a sample with no modality
+        pred.predict({})
 
 
 @case(EXPORTS, "`dmrnet export` then `load_model` of a trained benchmark checkpoint",

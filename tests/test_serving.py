@@ -197,13 +197,6 @@ def test_onnx_graph_serves_every_subset_like_pytorch(tmp_path, capsys):
             worst = max(worst, float(np.abs(probs - ref.probs.numpy()).max()),
                         float(np.abs(unc - ref.uncertainty.numpy()).max()))
         assert worst < 1e-4, include
-        # a row with nothing present, or NaN availability: no prediction, as predict refuses it
-        avail = np.ones((4, len(SHAPES)), np.float32)
-        avail[1] = 0.0
-        avail[2, 0] = np.nan
-        probs, unc = session.run(None, {**fed, "availability": avail})
-        assert np.isnan(probs[1:3]).all() and np.isnan(unc[1:3]).all()
-        assert np.isfinite(probs[[0, 3]]).all() and np.isfinite(unc[[0, 3]]).all()
     path = tmp_path / "m-True.onnx"
     assert main(["export", "--checkpoint", str(tmp_path / "m"), "--format", "onnx", "--out",
                  str(path)]) == 2  # exists: refused
