@@ -104,7 +104,7 @@ def test_a_decompression_bomb_image_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--seeds", "-5"], "seeds must be whole numbers >= 0; got -5"),
+    (["--seeds", "-5"], "seeds must be whole numbers from 0 to 4294967295; got -5"),
     (["--embed-dim", "0"], "embed_dim must be a whole number >= 1; got 0"),
     (["--lr", "nan"], "optim.lr must be a finite number > 0; got nan"),
     (["--option", "beta=-1"], "beta must be a finite number >= 0"),

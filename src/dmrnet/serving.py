@@ -353,14 +353,14 @@ class _ExportWrapper(torch.nn.Module):
             xs = [apply_preprocessing(self.preprocessing, m, x, batched=True)
                   for m, x in zip(self.modalities, xs, strict=True)]
         out = self.model(dict(zip(self.modalities, xs, strict=True)), avail > 0.5)
-        var = out.variance if out.variance is not None else out.logits.new_zeros(len(xs[0]))
+        # zeros of the batch's own size (len() would be traced as the export batch's)
+        var = out.variance if out.variance is not None else torch.zeros_like(out.logits[:, 0])
         probs = out.logits.softmax(dim=1)
         # a row with no modality present, or with an availability that is not a number, has
         # no prediction (predict refuses it): NaN, not probabilities that look normal
         ok = (avail > 0.5).any(dim=1) & torch.isfinite(avail).all(dim=1)
-        nan = torch.full_like(var, float("nan"))
-        return (torch.where(ok[:, None], probs, nan[:, None].expand_as(probs)),
-                torch.where(ok, var, nan))
+        return (torch.where(ok[:, None], probs, torch.full_like(probs, float("nan"))),
+                torch.where(ok, var, torch.full_like(var, float("nan"))))
 
 
 ONNX_INPUTS_KEY = "dmrnet_inputs"
