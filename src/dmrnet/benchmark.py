@@ -73,7 +73,7 @@ from dmrnet.subsets import SubsetSpace
 from dmrnet.training import (
     MultimodalDataModule,
     MultimodalModule,
-    has_batch_norm,
+    check_batch_size,
     last_batch_of_one,
 )
 
@@ -529,9 +529,7 @@ def _check_models(cfg: BenchmarkConfig, data: MultimodalDataModule) -> None:
                                          "fit in memory with these settings (embed_dim "
                                          f"{stage.settings.get('embed_dim')!r}); use smaller "
                                          "ones") from None
-                if data.batch_size == 1 and has_batch_norm(module.model):
-                    raise BenchmarkError("--batch-size 1 cannot train these models: batch norm "
-                                         "needs at least 2 samples a batch; use 2 or more")
+                check_batch_size(data.batch_size, module.model, "--batch-size")
 
 
 def _kept(folder: RunFolder) -> str:

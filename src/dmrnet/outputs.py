@@ -83,9 +83,10 @@ class RunFolder:
                 raise OutputError(f"output folder {str(out)!r} was not written by dmrnet (no "
                                   f"{MARKER} in it), so --overwrite will not replace it; "
                                   "choose another --out")
-            if folder_kind(self.path) != kind:
-                raise OutputError(f"output folder {str(out)!r} is a {KINDS[folder_kind(self.path)]}"
-                                  f"; --overwrite replaces only a {KINDS[kind]}: choose another "
+            existing = folder_kind(self.path)
+            if existing != kind:
+                raise OutputError(f"output folder {str(out)!r} is a {KINDS[existing]}; "
+                                  f"--overwrite replaces only a {KINDS[kind]}: choose another "
                                   "--out")
         parent = self.path.parent
         above = next((p for p in [parent, *parent.parents] if p.exists()), None)

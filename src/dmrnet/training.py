@@ -57,8 +57,13 @@ def last_batch_of_one(samples: int, batch_size: int, processes: int = 1) -> bool
     return batch_size > 1 and per_process > 1 and per_process % batch_size == 1
 
 
-def has_batch_norm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def check_batch_size(batch_size: int | None, model: torch.nn.Module, setting: str) -> None:
+    """A :class:`ConfigError` if ``model`` has batch norm and trains on batches of one sample
+    (``setting``: how the user gave the batch size, e.g. ``--batch-size``)."""
+    if batch_size == 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                               for m in model.modules()):
+        raise ConfigError(f"{setting} 1 cannot train these models: batch norm needs at least 2 "
+                          "samples a batch; use 2 or more")
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -330,9 +335,7 @@ class MultimodalModule(L.LightningModule):
     # --- training ---------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         data = getattr(self._trainer, "datamodule", None)
-        if getattr(data, "batch_size", None) == 1 and has_batch_norm(self.model):
-            raise ConfigError("a training batch size of 1 cannot train this model: batch norm "
-                              "needs at least 2 samples a batch; use a batch size of 2 or more")
+        check_batch_size(getattr(data, "batch_size", None), self.model, "data.batch_size")
         # the method's files (e.g. a teacher) are read now: a bad one stops the run before
         # its first step
         if self.context is not None:
