@@ -92,6 +92,7 @@ class World:
 
     def __init__(self, tmp_path: Path, capsys, monkeypatch, request) -> None:
         self.root, self.capsys = tmp_path, capsys
+        self.out = ""
         self.monkeypatch, self.request = monkeypatch, request
         self.cwd, self.home = tmp_path / "cwd", tmp_path / "home"
         for folder in (self.cwd, self.home):
@@ -106,6 +107,7 @@ class World:
     def cli(self, argv: list[str]) -> tuple[int, str]:
         code = main(argv)
         captured = self.capsys.readouterr()
+        self.out = captured.out  # what the command printed (its errors are returned)
         return code, captured.err
 
     def refuses(self, action: list[str] | Callable[[], object], says: str) -> str:
@@ -914,6 +916,58 @@ def huge_seed_or_width(w: World) -> None:
               "seeds must be whole numbers from 0 to 4294967295")
     w.refuses(["benchmark", "--out", str(w.root / "out"), "--embed-dim", "4000000000", *QUICK],
               "does not fit in memory with these settings")
+
+
+@case(SETTINGS, "training that diverges (`--lr 1e9`): every run of the benchmark, or "
+      "`dmrnet fit`", "dmrnet benchmark, dmrnet fit", "error",
+      "training diverged in epoch 0: the loss became non-finite (nan) ...; lower the learning "
+      "rate")
+def diverged_every_run(w: World) -> None:
+    says = (r"every run failed \(baseline seed 0: training diverged in epoch 0: the loss became "
+            r"non-finite \(nan\) at learning rate 1e\+09; lower the learning rate")
+    w.refuses(["benchmark", "--out", str(w.root / "out"), "--lr", "1e9", *QUICK], says)
+    code, err = w.cli(["fit", "--config", CONFIG, "--trainer.max_epochs", "2",
+                       "--model.optim.lr", "1e9", "--trainer.default_root_dir",
+                       str(w.root / "fit")])
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(
+        "dmrnet: error: training diverged in epoch 0"), err[-2000:]
+    assert not list((w.root / "fit").rglob("*.ckpt"))  # no diverged model saved as the best
+
+
+@case(SETTINGS, "one method's training diverges (`--option dmrnet.alpha=1e38`) beside one "
+      "that trains", "dmrnet benchmark", "works",
+      "the benchmark goes on; the failed run is named in the output, `failed_runs` and "
+      "report.md, and left out of every table")
+def diverged_one_method(w: World) -> None:
+    quick = list(QUICK)
+    quick[quick.index("--methods") + 1] = "baseline,dmrnet"
+    out = w.root / "out"
+    w.runs(["benchmark", "--out", str(out), "--option", "dmrnet.alpha=1e38", *quick])
+    res = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in res["runs"]] == [("baseline", 0)]
+    assert [(r["method"], r["seed"]) for r in res["failed_runs"]] == [("dmrnet", 0)]
+    assert res["failed_runs"][0]["failed"].startswith("training diverged in epoch 0")
+    assert list(res["summary"]) == ["baseline"]
+    assert "failed, left out: dmrnet seed 0: training diverged" in w.out
+    assert "- dmrnet, seed 0: training diverged" in (out / "report.md").read_text()
+    assert not (out / "checkpoints" / "dmrnet-seed0").exists()
+
+
+@case(SETTINGS, "numbers in exponent form (`--set optim.lr=1e-3`, `--option alpha=1e2`, "
+      "`lr: 1e-3` in `--config`), which YAML 1.1 reads as text", "dmrnet benchmark", "works",
+      "read as numbers")
+def exponent_numbers(w: World) -> None:
+    from dmrnet.cli import load_yaml
+
+    assert load_yaml("1e-3") == 0.001 and load_yaml("{lr: 2E+4}") == {"lr": 20000.0}
+    assert load_yaml("1e") == "1e" and load_yaml("e5") == "e5" and load_yaml("12") == 12
+    (w.root / "c.yaml").write_text("model:\n  optim:\n    weight_decay: 1e-4\n")
+    out = w.root / "out"
+    w.runs(["benchmark", "--out", str(out), "--set", "optim.lr=2e-3", "--config",
+            str(w.root / "c.yaml"), *QUICK])
+    optim = json.loads((out / "results.json").read_text())["config"]["model"]["optim"]
+    assert optim == {"lr": 0.002, "weight_decay": 0.0001}
 
 
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",

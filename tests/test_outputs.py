@@ -189,3 +189,11 @@ def test_results_record_every_seeds_split_and_defaults_allow_a_verdict(tmp_path)
     assert all(d["sizes"] == {"train": 1200, "val": 400, "test": 400} for d in per_seed)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["data_per_seed"] == per_seed
+    # the README's results.json row names these keys
+    for key in ("dataset", "data_source", "modalities", "subsets", "metric", "runs",
+                "failed_runs", "summary", "robustness_profile", "config"):
+        assert key in saved, key
+    assert saved["failed_runs"] == []
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `results.json`"))
+    assert "`failed_runs`" in row and "`data_per_seed`" in row

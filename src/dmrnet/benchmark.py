@@ -37,6 +37,7 @@ from dmrnet.errors import (
     COUNT,
     COUNT_FROM_1,
     FRACTION,
+    DivergedError,
     DMRNetError,
     Rule,
     RunInterruptedError,
@@ -329,25 +330,30 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
     later = {src for stage in stages for src in stage.needs.values()}  # kept for later stages
     results: list[StageResult] = []
     checkpoints: dict[str, str] = {}
-    for i, stage in enumerate(stages):
-        stage_data = data if stage.modalities is None else _data_module(
-            cfg, seed, stage.modalities, data.cache)
-        run_name = stage.run_name(name, seed)
-        module, tr_s, ev_s, best = _fit_and_test(
-            cfg, out, run_name, seed, stage_data, _with_inputs(stage, checkpoints), progress,
-            keep=True if stage.name in later else None, echo=echo, shown=shown)
-        checkpoints[stage.name] = str(out / "checkpoints" / run_name / "best.ckpt")
-        if statistics is not None and not stage.name:  # the best weights are loaded
-            statistics[(name, seed)] = model_statistics(
-                module, map(stage_data.on_after_batch_transfer, stage_data.test_dataloader()))
-        res = module.test_results
-        results.append(StageResult(
-            stage=stage, per_subset=res["per_subset"], mean=res["mean"], worst=res["worst"],
-            best_epoch=best, hard_subsets=list(module.hard_subsets),
-            subset_variance=dict(module.subset_variance), selections=list(module.selections),
-            per_subset_all=res.get("per_subset_all"), train_seconds=tr_s, eval_seconds=ev_s))
-        if len(stages) > 1 and (progress or (i + 1) % 8 == 0 or i + 1 == len(stages)):
-            echo(f"      {name}: {i + 1}/{len(stages)} stages trained")
+    try:
+        for i, stage in enumerate(stages):
+            stage_data = data if stage.modalities is None else _data_module(
+                cfg, seed, stage.modalities, data.cache)
+            run_name = stage.run_name(name, seed)
+            module, tr_s, ev_s, best = _fit_and_test(
+                cfg, out, run_name, seed, stage_data, _with_inputs(stage, checkpoints), progress,
+                keep=True if stage.name in later else None, echo=echo, shown=shown)
+            checkpoints[stage.name] = str(out / "checkpoints" / run_name / "best.ckpt")
+            if statistics is not None and not stage.name:  # the best weights are loaded
+                statistics[(name, seed)] = model_statistics(
+                    module, map(stage_data.on_after_batch_transfer, stage_data.test_dataloader()))
+            res = module.test_results
+            results.append(StageResult(
+                stage=stage, per_subset=res["per_subset"], mean=res["mean"], worst=res["worst"],
+                best_epoch=best, hard_subsets=list(module.hard_subsets),
+                subset_variance=dict(module.subset_variance), selections=list(module.selections),
+                per_subset_all=res.get("per_subset_all"), train_seconds=tr_s, eval_seconds=ev_s))
+            if len(stages) > 1 and (progress or (i + 1) % 8 == 0 or i + 1 == len(stages)):
+                echo(f"      {name}: {i + 1}/{len(stages)} stages trained")
+    except DivergedError:  # the run is left out (see _attempt); its checkpoints are not kept
+        for stage in stages:
+            shutil.rmtree(out / "checkpoints" / stage.run_name(name, seed), ignore_errors=True)
+        raise
     if not cfg.keep_checkpoints:
         for stage in stages:
             if stage.name in later:
@@ -587,6 +593,8 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
                 f"({steps} steps) on {len(SubsetSpace(modalities))} subsets of {modalities}")
 
     def tail(run: dict[str, Any]) -> str:
+        if "failed" in run:
+            return f"      failed, left out of the results: {run['failed']}"
         return (f"      test {metric.name}: mean {run['mean']:.4f}, worst {run['worst']:.4f} "
                 f"({worst_subset(run['per_subset'], metric.higher_is_better)}); train "
                 f"{run['train_seconds']:.1f}s, eval {run['eval_seconds']:.2f}s")
@@ -607,11 +615,16 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
     else:
         for k, (seed, method) in enumerate(jobs):
             echo(head(k))
-            record = _run_method(cfg, out, method, seed, datas[seed], metric.higher_is_better,
-                                 progress, echo, statistics, shown)
-            done[k] = record.to_dict()
+            done[k] = _attempt(cfg, out, method, seed, datas[seed], metric.higher_is_better,
+                               progress, echo, statistics, shown)
             echo(tail(done[k]))
-    runs = [done[k] for k in range(len(jobs))]  # in seed, method order, however they ran
+    # in seed, method order, however they ran; a run that failed is reported, not averaged
+    runs = [done[k] for k in range(len(jobs)) if "failed" not in done[k]]
+    failed = [done[k] for k in range(len(jobs)) if "failed" in done[k]]
+    if not runs:
+        first = failed[0]
+        raise DivergedError(f"every run failed ({first['method']} seed {first['seed']}: "
+                            f"{first['failed']}); {cfg.out!r} is as it was")
     results = {
         "dataset": info.get("name") or cfg.dataset,  # a manifest's file name, else the source
         "data_source": cfg.dataset,
@@ -620,6 +633,7 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         "metric": metric.name,
         "higher_is_better": metric.higher_is_better,
         "runs": runs,
+        "failed_runs": failed,
         "summary": summarize_runs(runs, metric.higher_is_better),
         "comparisons": paired_comparisons(runs, metric.higher_is_better),
         "gap_to_reference": gap_to_reference(runs, metric.higher_is_better, _roles(cfg)),
@@ -715,9 +729,22 @@ def _run_job(k: int) -> tuple[dict[str, Any], Any, list[str]]:
     cfg, (seed, method) = _FORKED["cfg"], _FORKED["jobs"][k]
     lines: list[str] = []
     statistics: dict[tuple[str, int], Any] | None = {} if _FORKED["statistics"] else None
-    record = _run_method(cfg, _FORKED["out"], method, seed, _FORKED["datas"][seed],
-                         _FORKED["higher"], False, lines.append, statistics, set())
-    return record.to_dict(), (statistics or {}).get((method, seed)), lines
+    run = _attempt(cfg, _FORKED["out"], method, seed, _FORKED["datas"][seed],
+                   _FORKED["higher"], False, lines.append, statistics, set())
+    return run, (statistics or {}).get((method, seed)), lines
+
+
+def _attempt(cfg: BenchmarkConfig, out: Path, method: str, seed: int,
+             data: MultimodalDataModule, higher_is_better: bool, progress: bool,
+             echo: Callable[[str], None], statistics: dict[tuple[str, int], Any] | None,
+             shown: set[str]) -> dict[str, Any]:
+    """One run's record (:func:`_run_method`), or ``{"method", "seed", "failed": why}`` for
+    a run whose training diverged: the benchmark goes on with the next one."""
+    try:
+        return _run_method(cfg, out, method, seed, data, higher_is_better, progress, echo,
+                           statistics, shown).to_dict()
+    except DivergedError as err:
+        return {"method": method, "seed": seed, "failed": str(err)}
 
 
 def paired_comparisons(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -69,18 +70,34 @@ def _csv(kind: type) -> Any:
     return parse
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's numbers: ``1e-3`` and ``1e9`` are floats (YAML 1.1, PyYAML's
+    default, reads them as strings, and ``--set optim.lr=1e-3`` would be refused)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read as YAML (safe: plain values only), with YAML 1.2's numbers."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set takes key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), load_yaml(value)
 
 
 def _sweep(text: str) -> tuple[str, list[Any]]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--sweep takes KEY=V1,V2,..., got {text!r}")
     key, values = text.split("=", 1)
-    return key.strip(), [yaml.safe_load(v) for v in values.split(",") if v.strip()]
+    return key.strip(), [load_yaml(v) for v in values.split(",") if v.strip()]
 
 
 def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
@@ -258,7 +275,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         if not args.config.is_file():
             raise ConfigError(f"config file {str(args.config)!r} does not exist")
         try:
-            base = yaml.safe_load(args.config.read_text()) or {}
+            base = load_yaml(args.config.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{str(args.config)!r} is not valid YAML: "
                               f"{' '.join(str(err).split())}") from err

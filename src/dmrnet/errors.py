@@ -23,6 +23,10 @@ class RunInterruptedError(DMRNetError):
         self.exit_code = exit_code
 
 
+class DivergedError(DMRNetError):
+    """Training stopped because its loss (or weights) became NaN or infinite."""
+
+
 class UsageError(DMRNetError):
     """A command line that cannot be parsed (an unknown option, a value of the wrong type)."""
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from dmrnet.errors import DMRNetError, RunInterruptedError
+from dmrnet.errors import DivergedError, DMRNetError, RunInterruptedError
 
 MARKER = ".dmrnet-run"
 """File in every folder dmrnet writes a run into; only such folders may be replaced."""
@@ -169,9 +169,10 @@ class RunFolder:
         try:
             if kind is None:
                 self._commit()
-            elif issubclass(kind, (KeyboardInterrupt, RunInterruptedError)) or not any(
-                    p.is_file() and p.name != MARKER for p in self.work.rglob("*")):
-                # stopped by Ctrl-C or SIGTERM, or nothing worth keeping: no trace is left
+            elif issubclass(kind, (KeyboardInterrupt, RunInterruptedError, DivergedError)) \
+                    or not any(p.is_file() and p.name != MARKER for p in self.work.rglob("*")):
+                # stopped by Ctrl-C or SIGTERM, every run diverged, or nothing worth keeping:
+                # no trace is left
                 shutil.rmtree(self.work, ignore_errors=True)
         finally:
             self._unlock()

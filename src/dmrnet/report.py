@@ -86,6 +86,8 @@ def format_summary(results: dict[str, Any]) -> str:
             f"{m:<{width}}{_pm(s['mean'], s['mean_std']):<22}"
             f"{_pm(s['worst'], s['worst_std']):<22}{s['seeds']:<7}{s['train_seconds']:.1f}"
         )
+    lines += [f"failed, left out: {r['method']} seed {r['seed']}: {r['failed']}"
+              for r in results.get("failed_runs") or []]
     for c in results.get("comparisons") or []:
         if c["seeds"] >= 2:
             lines.append(f"{c['a']} − {c['b']} on {c['on']}: {c['diff']:+.4f} "
@@ -175,6 +177,11 @@ def markdown_report(results: dict[str, Any]) -> str:
             f"| {m} | {_pm(s['mean'], s['mean_std'])} | {_pm(s['worst'], s['worst_std'])} | "
             f"{s['train_seconds']:.1f} |"
         )
+    failed = results.get("failed_runs") or []
+    if failed:
+        lines += ["", "## Failed runs", "",
+                  "Left out of every table and comparison here: their training stopped.", ""]
+        lines += [f"- {r['method']}, seed {r['seed']}: {r['failed']}" for r in failed]
     a, b, rows = differing_subsets(results, top=10)
     if rows:
         lines += ["", f"## Subsets where {b} and {a} differ most", "",

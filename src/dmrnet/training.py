@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from dmrnet.batch import Batch, MultimodalCollate, check_targets
 from dmrnet.data import DATASETS, SplitData
 from dmrnet.data.cache import CachedDataset, SampleCache, check_cache_mode
-from dmrnet.errors import ConfigError
+from dmrnet.errors import ConfigError, DivergedError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import ModelConfig, Objective, Selection, get_method
 from dmrnet.methods.objectives import IGNORE_INDEX
@@ -378,7 +378,30 @@ class MultimodalModule(L.LightningModule):
             for name, value in logged.items():
                 self.log(f"train/{name}", value, on_step=False, on_epoch=True)
 
+    def _check_finite(self) -> None:
+        """A :class:`DivergedError` if this epoch's loss or the weights are NaN or infinite
+        (one check an epoch, before it is validated: a diverged model is never ranked or
+        saved as the best). Every training process raises it together."""
+        loss = self._train_sums.get("loss")
+        if loss is None or self.trainer.sanity_checking:
+            return
+        weights = [p for p in self.model.parameters() if p.is_floating_point()]
+        bad = (~torch.isfinite(loss)).float() + sum(
+            (~torch.isfinite(p)).any().float() for p in weights)
+        if float(self._sum(bad.reshape(()))) == 0:
+            return
+        what = f"{float(loss) / max(1, self._train_count):g}" if not torch.isfinite(loss) \
+            else "finite, but the weights are not"
+        raise DivergedError(
+            f"training diverged in epoch {self.current_epoch}: the loss became non-finite "
+            f"({what}) at learning rate {self.optim.lr:g}; lower the learning rate (--lr, or "
+            "optim.lr in a config) or any large loss weight you set")
+
+    def on_validation_epoch_start(self) -> None:
+        self._check_finite()
+
     def on_train_epoch_end(self) -> None:
+        self._check_finite()  # epochs that are not validated
         # one row per epoch for the loggers, written directly (see _log_direct)
         values = {f"train/{name}": float(total) / max(1, self._train_count)
                   for name, total in self._train_sums.items()}
