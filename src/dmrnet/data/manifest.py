@@ -66,8 +66,11 @@ def manifest(
     audio: dict | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
+    standardize: bool = True,
 ) -> SplitData:
-    """Read a manifest CSV into SplitData."""
+    """Read a manifest CSV into SplitData. ``standardize``: array (``.npy``) modalities are
+    standardised per element on the training split's statistics, which trained models store
+    and apply to raw inputs (``False``: the arrays as they are)."""
     if manifest is None:
         raise DataError("the manifest dataset needs --manifest FILE (data.dataset_kwargs.manifest)")
     path = Path(manifest).expanduser()
@@ -153,7 +156,7 @@ def manifest(
     # the name reports show: the file's ("my" for data/my.csv), not the source's ("manifest")
     info = {"name": path.stem, "source": f"manifest {path!s}",
             "kinds": {m: _name(r) for m, r in readers.items()}}
-    return file_splits(train, val, test, readers, class_names, info)
+    return file_splits(train, val, test, readers, class_names, info, standardize=standardize)
 
 
 def _same_class_two_ways(labels: set[str], rows: list, column: str, name: str) -> None:
