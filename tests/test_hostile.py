@@ -993,6 +993,40 @@ def exponent_numbers(w: World) -> None:
     assert optim == {"lr": 0.002, "weight_decay": 0.0001}
 
 
+@case(SETTINGS, "a validation split of 9 samples (a 50-row manifest), checkpoints chosen on "
+      "it; `--select last|smoothed`; `--select first`", "dmrnet benchmark", "warns",
+      "the validation split has 9 samples: one sample moves its accuracy by 0.111, more than "
+      "... so the best checkpoint is chosen by chance; use --select last or smoothed")
+def tiny_validation_split(w: World) -> None:
+    from .test_serving import tabular_manifest
+
+    csv = tabular_manifest(w.root / "data", n=50)
+
+    def run(select: str) -> dict:
+        out = w.root / select
+        w.runs(["benchmark", "--dataset", "manifest", "--manifest", str(csv), "--out", str(out),
+                "--methods", "baseline", "--seeds", "0", "--epochs", "60", "--no-progress",
+                "--select", select])
+        return json.loads((out / "results.json").read_text())
+
+    best = run("best")
+    assert best["data"]["sizes"]["val"] == 9
+    assert ("the validation split has 9 samples: one sample moves its accuracy by 0.111, more "
+            "than the best validation's lead over the median one, so the best checkpoint is "
+            "chosen by chance; use --select last or smoothed") in w.out
+    last = run("last")
+    assert last["runs"][0]["best_epoch"] == 59 and "chance" not in w.out
+    assert "last epoch's weights (--select last)" in (w.root / "last" / "report.md").read_text()
+    smoothed = run("smoothed")
+    assert 9 <= smoothed["runs"][0]["best_epoch"] <= 59  # from the 5th validation (epoch 9)
+    assert smoothed["config"]["select"] == "smoothed"
+    w.refuses([*BENCH, "--select", "first"], "argument --select: invalid choice: 'first'")
+    from dmrnet.benchmark import BenchmarkConfig, run_benchmark
+
+    w.refuses(lambda: run_benchmark(BenchmarkConfig(out=str(w.root / "x"), select="first")),
+              "--select 'first' is not one of best, last, smoothed")
+
+
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",
       "--batch-size 1 cannot train these models: batch norm needs at least 2")
 def batch_size_one(w: World) -> None:

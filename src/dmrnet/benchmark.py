@@ -72,8 +72,10 @@ from dmrnet.runtime import (
 from dmrnet.signals import Stopped, exit_code, lightning_interrupts, stop_word
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import (
+    SELECTIONS,
     MultimodalDataModule,
     MultimodalModule,
+    ValidationHistory,
     check_batch_size,
     last_batch_of_one,
 )
@@ -115,6 +117,7 @@ class BenchmarkConfig:
     threads: int | None = None  # CPU intra-op threads; None = chosen per run (runtime.py)
     max_validations: int = 30  # validate every ceil(epochs / this) epochs; 0 = every epoch
     jobs: int | None = None  # runs trained at once; None = one per free core for small models
+    select: str = "best"  # the checkpoint tested: best validation, last epoch, or smoothed
 
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -219,6 +222,8 @@ def _check_config(cfg: BenchmarkConfig) -> None:
     if not cfg.seeds:
         raise BenchmarkError("no seed given, e.g. --seeds 0,1,2")
     check_cache_mode(cfg.cache)
+    if cfg.select not in SELECTIONS:
+        raise BenchmarkError(f"--select {cfg.select!r} is not one of {', '.join(SELECTIONS)}")
     if cfg.epochs < 1:
         raise BenchmarkError(f"epochs must be at least 1; got {cfg.epochs}")
     _check_numbers(cfg)
@@ -388,10 +393,18 @@ def _fit_and_test(
     mode = "max" if module.task_metric.higher_is_better else "min"
     # the weights, settings and choices (export, analysis and later stages read them), not
     # the optimiser's state: a third of the bytes, written at every improvement
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/mean", mode=mode, save_top_k=1,
-        save_last=False, save_weights_only=True,
-    )
+    interval = validation_interval(cfg)
+    history = ValidationHistory(window=min(5, max(1, cfg.epochs // interval)),
+                                higher_is_better=module.task_metric.higher_is_better)
+    if cfg.select == "last":  # the weights after the last epoch, validated or not
+        checkpoint = ModelCheckpoint(
+            dirpath=ckpt_dir, filename="best", monitor=None, save_top_k=1,
+            save_weights_only=True, save_on_train_epoch_end=True, every_n_epochs=cfg.epochs)
+    else:
+        checkpoint = ModelCheckpoint(
+            dirpath=ckpt_dir, filename="best", mode=mode, save_top_k=1, save_last=False,
+            monitor="val/smoothed" if cfg.select == "smoothed" else "val/mean",
+            save_weights_only=True)
     device = DeviceSetup(batch_size=cfg.batch_size, cpu_threads=cfg.threads or "auto")
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
@@ -400,21 +413,24 @@ def _fit_and_test(
         deterministic=True,
         logger=create_logger(cfg.logger, out / "logs", name=run_name, version=""),
         precision=cfg.precision,
-        callbacks=[checkpoint, device],
+        callbacks=[history, checkpoint, device],
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
-        check_val_every_n_epoch=validation_interval(cfg),
+        check_val_every_n_epoch=interval,
     )
     try:
         with lightning_interrupts(trainer):
             t0 = time.perf_counter()
             trainer.fit(module, datamodule=data)
             train_seconds = time.perf_counter() - t0
-            if device.reason and device.reason not in shown:  # said once per benchmark
-                shown.add(device.reason)
-                echo(f"      {device.reason}")
+            note = history.chance_note(len(data.data.val)) \
+                if cfg.select == "best" and module.task_metric.name == "accuracy" else None
+            for line in (device.reason, note):
+                if line and line not in shown:  # said once per benchmark
+                    shown.add(line)
+                    echo(f"      {line}")
             t0 = time.perf_counter()
             trainer.test(module, datamodule=data, ckpt_path="best", verbose=False,
                          weights_only=True)

@@ -45,6 +45,7 @@ from dmrnet.registry import ENCODERS
 from dmrnet.runtime import LOGGERS, check_logger
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 from dmrnet.sweep import run_sweep
+from dmrnet.training import SELECTIONS
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
@@ -154,6 +155,10 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
                    "free core when each run's step takes one thread, else 1)")
     p.add_argument("--max-validations", type=int, help="validate at most this many times "
                    "per run, every k-th epoch in long runs (default 30; 0 = every epoch)")
+    p.add_argument("--select", choices=SELECTIONS, help="the checkpoint each run is tested "
+                   "with: best (the best validated epoch, the default), last (the last epoch) "
+                   "or smoothed (the epoch ending the best stretch of 5 validations: less "
+                   "chance with a small validation split)")
     model = p.add_argument_group("model (shared by every method)")
     model.add_argument("--encoder", help=f"encoder for every modality: "
                        f"{', '.join(ENCODERS.names())} (default mlp)")
@@ -292,7 +297,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         "accelerator": args.accelerator, "devices": args.devices, "progress": args.progress,
         "precision": args.precision, "min_steps": args.min_steps, "logger": args.logger,
         "cache": args.cache, "threads": args.threads, "max_validations": args.max_validations,
-        "jobs": args.jobs,
+        "jobs": args.jobs, "select": args.select,
     }
     cfg = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if args.manifest is not None:

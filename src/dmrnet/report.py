@@ -154,6 +154,15 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+SELECTED = {
+    "best": "Checkpoints selected on the validation split's mean over subsets.",
+    "last": "Each run is tested with its last epoch's weights (--select last).",
+    "smoothed": "Checkpoints selected on the validation split's mean over subsets, averaged "
+                "over the last 5 validations (--select smoothed).",
+}
+"""How report.md words each ``--select``."""
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     metric = results["metric"]
     summary = results["summary"]
@@ -164,8 +173,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         f"Modalities: {', '.join(results['modalities'])} ({len(results['subsets'])} subsets). "
         f"Metric: test {metric} ({'higher' if results['higher_is_better'] else 'lower'} is "
-        f"better). Seeds: {cfg.get('seeds')}. Epochs: {cfg.get('epochs')}. Checkpoints "
-        "selected on the validation split's mean over subsets.",
+        f"better). Seeds: {cfg.get('seeds')}. Epochs: {cfg.get('epochs')}. "
+        + SELECTED[cfg.get("select") or "best"],
         "",
         "## Summary (mean ± std over seeds)",
         "",

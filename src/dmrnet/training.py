@@ -86,6 +86,49 @@ def check_dataset_kwargs(dataset: str, kwargs: Mapping[str, Any]) -> None:
                               f"its settings: {settings}")
 
 
+SELECTIONS = ("best", "last", "smoothed")
+"""How a run's checkpoint is chosen: the best validated epoch, the last epoch, or the epoch
+that ends the best stretch of validations (:class:`ValidationHistory`)."""
+
+
+class ValidationHistory(L.Callback):
+    """Keeps each validation's ``val/mean`` (``history``: (epoch, value) pairs) and logs
+    ``val/smoothed``, the mean of the last ``window`` of them, for a checkpoint callback to
+    monitor (``-inf``, or ``inf`` where lower is better, until ``window`` values exist).
+    Runs before Lightning's checkpoint callbacks, which it orders last."""
+
+    def __init__(self, window: int = 5, higher_is_better: bool = True) -> None:
+        self.window = max(1, int(window))
+        self.higher_is_better = higher_is_better
+        self.history: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or "val/mean" not in trainer.callback_metrics:
+            return
+        self.history.append((int(trainer.current_epoch),
+                             float(trainer.callback_metrics["val/mean"])))
+        recent = [v for _, v in self.history[-self.window:]]
+        worst = -math.inf if self.higher_is_better else math.inf
+        value = sum(recent) / len(recent) if len(recent) == self.window else worst
+        trainer.callback_metrics["val/smoothed"] = torch.tensor(value)
+
+    def chance_note(self, samples: int) -> str | None:
+        """A line saying the checkpoint choice is chance when one of ``samples`` validation
+        samples moves the accuracy (1 / samples) more than the best validation's lead over the
+        median one (the differences the choice ranks); None otherwise."""
+        values = [v for _, v in self.history if math.isfinite(v)]
+        if len(values) < 3 or samples < 1:
+            return None
+        best = max(values) if self.higher_is_better else min(values)
+        lead = abs(best - float(np.median(values)))
+        if 1.0 / samples <= lead:
+            return None
+        return (f"the validation split has {samples} samples: one sample moves its accuracy by "
+                f"{1.0 / samples:.3f}, more than the best validation's lead over the median "
+                "one, so the best checkpoint is chosen by chance; use --select last or "
+                "smoothed, or a larger validation split")
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Train/val/test loaders for a registered data source (``dmrnet.data.DATASETS``).
 
