@@ -1027,6 +1027,12 @@ def tiny_validation_split(w: World) -> None:
               "--select 'first' is not one of best, last, smoothed")
 
 
+refer(OUTPUTS, "`--resume OUT --seeds 3,4` on a finished benchmark; with a setting that "
+      "differs (`--epochs 3`), seeds it has, `--out`, or a folder without results; "
+      "interrupted", "dmrnet benchmark", "works",
+      "only the new runs train, results equal one benchmark of every seed; 'epochs is 3 here but "
+      "2 in ...' ; OUT as it was (md5) when refused or interrupted",
+      "tests/test_add_seeds.py::test_resume_adds_seeds_and_equals_one_benchmark_of_all")
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",
       "--batch-size 1 cannot train these models: batch norm needs at least 2")
 def batch_size_one(w: World) -> None:

@@ -138,10 +138,11 @@ def analyze_run(run_dir: str | Path, echo: Any = print,
         raise DataError("analysis covers classification runs scored by accuracy")
     per_method: dict[str, list[dict[str, Any]]] = {}
     for r in results["runs"]:
-        if statistics is not None:
-            if (r["method"], r["seed"]) not in statistics:
-                continue  # a method of many models (one per stage)
-            stats = dict(statistics[(r["method"], r["seed"])])
+        # in memory where the benchmark has them; else from the run's kept checkpoint (runs
+        # added by --resume next to earlier ones have only the new runs' in memory)
+        known = (statistics or {}).get((r["method"], r["seed"]))
+        if known is not None:
+            stats = dict(known)
         else:
             ckpt = run / "checkpoints" / f"{r['method']}-seed{r['seed']}" / "best.ckpt"
             if not ckpt.is_file():  # not kept, or a method of many models (one per stage)

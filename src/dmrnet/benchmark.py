@@ -10,9 +10,11 @@ writes ``results.json``, ``results.csv``, ``report.md`` and ``per_subset.png`` (
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import multiprocessing
+import os
 import shutil
 import signal
 import sys
@@ -55,7 +57,7 @@ from dmrnet.methods import (
 from dmrnet.methods.base import LEGACY_OPTIM, LEGACY_OPTIONS
 from dmrnet.metrics import get_task_metric, worst_subset
 from dmrnet.optim import OptimConfig
-from dmrnet.outputs import OutputError, RunFolder
+from dmrnet.outputs import MARKER, OutputError, RunFolder
 from dmrnet.report import format_summary, robustness_profile, write_results
 from dmrnet.runtime import (
     FLOPS_PER_THREAD,
@@ -455,15 +457,20 @@ def validation_interval(cfg: BenchmarkConfig) -> int:
 
 
 def run_benchmark(
-    cfg: BenchmarkConfig, echo: Callable[[str], None] = print
+    cfg: BenchmarkConfig, echo: Callable[[str], None] = print,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every method for every seed; write and return the results dict."""
+    """Run every method for every seed; write and return the results dict. ``previous``:
+    the results of the benchmark in ``cfg.out`` whose runs are kept, not run again (see
+    :func:`resume_benchmark`)."""
     quiet_lightning()
     cfg, first = prepare(cfg)
     folder = output_folder(cfg, first)
     try:
         with folder as work:
-            results = _run_all(cfg, work, echo, first)
+            if previous is not None:
+                _carry_over(Path(cfg.out), work)
+            results = _run_all(cfg, work, echo, first, previous)
     except KeyboardInterrupt as stop:  # the unfinished run is gone (RunFolder), --out as it was
         during = f" during {stop.where}" if isinstance(stop, Stopped) else ""
         raise RunInterruptedError(f"{stop_word()}{during}: {cfg.out!r} is as it was and "
@@ -474,6 +481,86 @@ def run_benchmark(
                           + _kept(folder)) from err
     echo(f"wrote {str(folder.path)!r}")
     return results
+
+
+REGENERATED = ("results.json", "results.csv", "report.md", "analysis.json", "analysis.md",
+               "*.png")
+"""The files a benchmark writes from all its runs at the end: written anew, not carried over,
+when runs are added (:func:`resume_benchmark`)."""
+
+RESUME_FREE = {"seeds", "methods", "out", "overwrite", "progress", "jobs", "threads", "cache"}
+"""Settings that ``--resume`` may take other values of: the runs to add, and how fast they run;
+every other setting is the finished run's."""
+
+
+def resume_benchmark(out: str, given: Mapping[str, Any],
+                     echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Add the (method, seed) runs of ``given["seeds"]`` and ``given["methods"]`` that the
+    finished benchmark in ``out`` lacks, with its settings, and write its results anew from
+    every run (equal, run for run, to one benchmark of all the seeds). ``given``: the
+    settings the user gave; any that differs from the finished run's is refused."""
+    found = Path(out).expanduser() / "results.json"
+    try:
+        old = json.loads(found.read_text())
+        stored = dict(old["config"])
+        cfg = BenchmarkConfig(**{k: v for k, v in stored.items()
+                                 if k in BenchmarkConfig.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BenchmarkError(f"--resume {out!r}: cannot read the finished benchmark's "
+                             f"results.json ({first_line(err)}); give a folder written by dmrnet "
+                             "benchmark") from None
+    for key, value in given.items():
+        ours = {"model": cfg.model, "options": cfg.options,
+                "dataset_kwargs": cfg.dataset_kwargs}.get(key)
+        if key == "out" and Path(str(value)).expanduser() != Path(out).expanduser():
+            raise BenchmarkError(f"--resume writes into {out!r}: leave --out out")
+        if key in RESUME_FREE:
+            continue
+        pairs = value.items() if ours is not None and isinstance(value, Mapping) else \
+            [(None, value)]
+        for sub, v in pairs:
+            was = getattr(cfg, key) if sub is None else ours.get(sub)
+            if v != was:
+                name = key if sub is None else f"{key}.{sub}"
+                raise BenchmarkError(f"--resume keeps the finished run's settings: {name} is "
+                                     f"{v!r} here but {was!r} in {str(found)!r}; leave it out, "
+                                     "or start a new benchmark")
+    seeds = list(dict.fromkeys([*(cfg.seeds or []), *(given.get("seeds") or [])]))
+    methods = list(dict.fromkeys([*cfg.methods, *(given.get("methods") or [])]))
+    kept = {(r["method"], r["seed"]) for r in [*old.get("runs", []),
+                                                *old.get("failed_runs", [])]}
+    new = [(m, s) for s in seeds for m in methods if (m, s) not in kept]
+    if not new:
+        raise BenchmarkError(f"--resume {out!r}: every run of methods {methods} and seeds "
+                             f"{seeds} is there already; name new ones, e.g. --seeds "
+                             f"{max(seeds) + 1},{max(seeds) + 2}")
+    fast = {k: v for k, v in given.items() if k in RESUME_FREE - {"seeds", "methods", "out"}}
+    cfg = replace(cfg, **{**fast, "seeds": seeds, "methods": methods, "out": out,
+                          "overwrite": True})
+    echo(f"adding {len(new)} run(s) to {out!r}, which holds {len(kept)}: "
+         + ", ".join(f"{m} seed {s}" for m, s in new))
+    return run_benchmark(cfg, echo, previous=old)
+
+
+def _carry_over(source: Path, work: Path) -> None:
+    """The finished run's files (checkpoints, logs, anything of the user's) into the new
+    run's ``work`` folder, as hard links where the file system allows (no copy of the
+    bytes; nothing is written to them), except those written anew (:data:`REGENERATED`)."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in source.iterdir():
+        if entry.name == MARKER or (entry.is_file() and
+                                    any(entry.match(p) for p in REGENERATED)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, work / entry.name, copy_function=link, symlinks=True)
+        else:
+            link(str(entry), str(work / entry.name))
 
 
 def prepare(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
@@ -574,9 +661,10 @@ def _data_module(cfg: BenchmarkConfig, seed: int, modalities: list[str] | None =
 
 
 def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
-             first: MultimodalDataModule) -> dict[str, Any]:
+             first: MultimodalDataModule, previous: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
     """The benchmark itself, written into the folder ``out``; ``first`` is the data module of
-    the first seed, already read."""
+    the first seed, already read; ``previous``: results whose runs are kept, not run."""
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     metric = get_task_metric(str(cfg.model.get("metric", "accuracy")))
     # the analysis (variance vs error, directions) is computed from each model in memory
@@ -597,7 +685,10 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         modalities = data.modalities
         info = {k2: v for k2, v in data.data.info.items() if k2 != "standardizer"}
         per_seed.append({"seed": seed, **info})
-    jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    every = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    before = {(r["seed"], r["method"]): r for r in
+              [*previous.get("runs", []), *previous.get("failed_runs", [])]} if previous else {}
+    jobs = [job for job in every if job not in before]  # the runs to train now
     at_once, why = concurrent_runs(cfg, first, len(jobs))
     if at_once > 1:
         echo(f"training {at_once} runs at a time ({why}; --jobs 1 for one at a time)")
@@ -635,8 +726,9 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
                                progress, echo, statistics, shown)
             echo(tail(done[k]))
     # in seed, method order, however they ran; a run that failed is reported, not averaged
-    runs = [done[k] for k in range(len(jobs)) if "failed" not in done[k]]
-    failed = [done[k] for k in range(len(jobs)) if "failed" in done[k]]
+    record = {**before, **{jobs[k]: run for k, run in done.items()}}
+    runs = [record[job] for job in every if "failed" not in record[job]]
+    failed = [record[job] for job in every if "failed" in record[job]]
     if not runs:
         first = failed[0]
         raise DivergedError(f"every run failed ({first['method']} seed {first['seed']}: "

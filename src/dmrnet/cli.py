@@ -24,7 +24,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet import signals
 from dmrnet.analysis import analyze_run
-from dmrnet.benchmark import BenchmarkConfig, filter_noise, run_benchmark, set_dotted
+from dmrnet.benchmark import (
+    BenchmarkConfig,
+    filter_noise,
+    resume_benchmark,
+    run_benchmark,
+    set_dotted,
+)
 from dmrnet.data import DATASETS
 from dmrnet.data.base import DataError
 from dmrnet.data.cache import CACHE_MODES
@@ -155,6 +161,10 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
                    "free core when each run's step takes one thread, else 1)")
     p.add_argument("--max-validations", type=int, help="validate at most this many times "
                    "per run, every k-th epoch in long runs (default 30; 0 = every epoch)")
+    p.add_argument("--resume", metavar="OUT", help="add runs to the finished benchmark in OUT "
+                   "with its settings: the (method, seed) pairs of --seeds and --methods it "
+                   "lacks (e.g. --resume runs/mfeat --seeds 3,4); its results are written anew "
+                   "from every run")
     p.add_argument("--select", choices=SELECTIONS, help="the checkpoint each run is tested "
                    "with: best (the best validated epoch, the default), last (the last epoch) "
                    "or smoothed (the epoch ending the best stretch of 5 validations: less "
@@ -313,6 +323,13 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"options in {str(args.config)!r} must be a mapping of method "
                           "options, e.g. options: {beta: 0.3}")
     options = {**options, **dict(args.option)}
+    if args.resume is not None:
+        if args.sweep is not None:
+            raise ConfigError("--resume adds runs to one benchmark; it does not take --sweep")
+        given = {**cfg, **({"model": model} if model else {}),
+                 **({"options": options} if options else {})}
+        resume_benchmark(args.resume, given)
+        return 0
     cfg.setdefault("dataset", "mfeat")
     name = (Path(str(cfg["dataset_kwargs"]["manifest"])).stem
             if cfg["dataset"] == "manifest" and (cfg.get("dataset_kwargs") or {}).get("manifest")
