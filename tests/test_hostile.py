@@ -1033,6 +1033,42 @@ refer(OUTPUTS, "`--resume OUT --seeds 3,4` on a finished benchmark; with a setti
       "only the new runs train, results equal one benchmark of every seed; 'epochs is 3 here but "
       "2 in ...' ; OUT as it was (md5) when refused or interrupted",
       "tests/test_add_seeds.py::test_resume_adds_seeds_and_equals_one_benchmark_of_all")
+@case(SETTINGS, "`--option mmanet.teacher_checkpoint=CKPT` (or some of tutored's "
+      "`teacher_checkpoints`) given to the benchmark; a teacher of other modalities; a path "
+      "that does not exist", "dmrnet benchmark", "works",
+      "the given teachers are used (only the others are trained), with a warning about the "
+      "split; a teacher of ['fac', 'pix'] ... not of ['fac', 'mor'] is refused before training")
+def mmanet_teacher_given(w: World) -> None:
+    caplog = w.fixture("caplog")
+    quick = list(QUICK)
+    quick[quick.index("--methods") + 1] = "full_only"
+    for mods, out in (("fac,mor", "t1"), ("fac,pix", "t2")):
+        w.runs(["benchmark", "--out", str(w.root / out), *quick, "--modalities", mods])
+    quick[quick.index("--methods") + 1] = "mmanet"
+    teacher = str(w.root / "t1" / "checkpoints" / "full_only-seed0" / "best.ckpt")
+    w.runs(["benchmark", "--out", str(w.root / "s"), *quick, "--option",
+            f"mmanet.teacher_checkpoint={teacher}"])
+    assert sorted(p.name for p in (w.root / "s" / "checkpoints").iterdir()) == ["mmanet-seed0"]
+    assert "Benchmark" in (w.root / "s" / "report.md").read_text()
+    assert "it has seen test samples" in caplog.text
+    other = teacher.replace("t1", "t2")
+    w.refuses(["benchmark", "--out", str(w.root / "x"), *quick, "--option",
+               f"mmanet.teacher_checkpoint={other}"],
+              r"is a model of \['fac', 'pix'\] with 10 classes, not of \['fac', 'mor'\]")
+    w.refuses(["benchmark", "--out", str(w.root / "x"), *quick, "--option",
+               "mmanet.teacher_checkpoint=nope.ckpt"],
+              "mmanet teacher_checkpoint 'nope.ckpt' does not exist")
+    # per-modality teachers: only those not given are trained
+    quick[quick.index("--methods") + 1] = "full_only"
+    w.runs(["benchmark", "--out", str(w.root / "tf"), *quick, "--modalities", "fac"])
+    quick[quick.index("--methods") + 1] = "tutored"
+    fac = w.root / "tf" / "checkpoints" / "full_only-seed0" / "best.ckpt"
+    w.runs(["benchmark", "--out", str(w.root / "tt"), *quick, "--option",
+            f"tutored.teacher_checkpoints={{fac: {fac}}}"])
+    assert sorted(p.name for p in (w.root / "tt" / "checkpoints").iterdir()) == [
+        "tutored-seed0", "tutored-teacher-mor-seed0"]
+
+
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",
       "--batch-size 1 cannot train these models: batch norm needs at least 2")
 def batch_size_one(w: World) -> None:

@@ -639,6 +639,8 @@ def _check_models(cfg: BenchmarkConfig, data: MultimodalDataModule) -> None:
                                          f"{stage.settings.get('embed_dim')!r}); use smaller "
                                          "ones") from None
                 check_batch_size(data.batch_size, module.model, "--batch-size")
+                if module.context is not None:  # files the user gave (e.g. a teacher): read now
+                    module.context.setup()
 
 
 def _kept(folder: RunFolder) -> str:

@@ -19,6 +19,7 @@ student); ``dmrnet benchmark`` trains both.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmrnet.batch import Batch
-from dmrnet.errors import ConfigError
+from dmrnet.errors import ConfigError, local_checkpoint
 from dmrnet.methods.base import (
     Method,
     ModelConfig,
@@ -94,16 +95,30 @@ class MMANetObjective(MultimodalObjective):
         return terms
 
 
+log = logging.getLogger("dmrnet")
+_SAID: set[str] = set()  # the teacher checkpoints warned about (once a process)
+
+
 class TeacherContext(TrainingContext):
     """The frozen teacher's outputs on what each sample has (all its modalities)."""
 
-    def __init__(self, checkpoint: str) -> None:
+    def __init__(self, checkpoint: str, modalities: Sequence[str] | None = None,
+                 num_classes: int | None = None) -> None:
         self.checkpoint = checkpoint
+        self.modalities = None if modalities is None else list(modalities)
+        self.num_classes = num_classes
         self.network: nn.Module | None = None
 
     def setup(self) -> None:
         if self.network is None:
             network = checkpoint_network(self.checkpoint)
+            has = (list(getattr(network, "modalities", [])), getattr(network, "num_classes", None))
+            want = (self.modalities or has[0], self.num_classes or has[1])
+            if has != want:
+                raise ConfigError(f"the teacher {self.checkpoint!r} is a model of {has[0]} with "
+                                  f"{has[1]} classes, not of {want[0]} with {want[1]}: give a "
+                                  "full_only checkpoint of this data (or leave "
+                                  "teacher_checkpoint out: the benchmark trains one)")
             for p in network.parameters():
                 p.requires_grad_(False)
             self.network = network.eval()
@@ -156,10 +171,21 @@ class MMANet(Method):
             raise ConfigError("method 'mmanet' needs method_kwargs.teacher_checkpoint: a "
                               "full_only model's checkpoint (dmrnet benchmark trains it for "
                               "you)")
-        return TeacherContext(path)
+        return TeacherContext(path, getattr(network, "modalities", None),
+                              getattr(network, "num_classes", None))
 
     def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
-        """A full_only teacher on complete inputs, then the student distilled from it."""
+        """A full_only teacher on complete inputs, then the student distilled from it; with
+        ``teacher_checkpoint`` given, the student of that teacher only."""
+        given = (settings.get("method_kwargs") or {}).get("teacher_checkpoint")
+        if given is not None:
+            local_checkpoint(given, "mmanet teacher_checkpoint")
+            if given not in _SAID:
+                _SAID.add(given)
+                log.warning("mmanet distils from the teacher_checkpoint given (%s), the same "
+                            "for every seed: if it was trained on another split of this data, "
+                            "it has seen test samples and the scores are optimistic", given)
+            return [Stage("", {**settings, "method": self.name})]
         teacher = {**drop_settings(settings, "subset_weights", "method_kwargs"),
                    "method": "full_only"}
         return [Stage("teacher", teacher),

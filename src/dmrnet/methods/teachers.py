@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from dmrnet.batch import Batch
-from dmrnet.errors import NON_NEGATIVE, ConfigError, require
+from dmrnet.errors import NON_NEGATIVE, ConfigError, local_checkpoint, require
 from dmrnet.methods.base import Stage, TrainingContext, checkpoint_network, drop_settings
 from dmrnet.models.late_fusion import pool_features
 
@@ -67,12 +67,18 @@ def teacher_stage_name(modality: str) -> str:
 
 def teacher_stages(settings: Mapping[str, Any], method: str, modalities: Sequence[str]
                    ) -> list[Stage]:
-    """One dedicated teacher per modality, then the student that takes their checkpoints."""
+    """One dedicated teacher per modality, then the student that takes their checkpoints;
+    a modality whose checkpoint ``teacher_checkpoints`` gives already has no teacher stage."""
+    given = (settings.get("method_kwargs") or {}).get("teacher_checkpoints") or {}
+    if not isinstance(given, Mapping):  # refused, naming the fix, when the options are read
+        given = {}
+    for m, path in given.items():
+        local_checkpoint(path, f"{method} teacher_checkpoints.{m}")
     teacher = {**drop_settings(settings, "method_kwargs", "subset_weights"),
                "method": TEACHER_METHOD}
-    stages = [Stage(teacher_stage_name(m), teacher, modalities=[m]) for m in modalities]
-    needs = {f"method_kwargs.teacher_checkpoints.{m}": teacher_stage_name(m)
-             for m in modalities}
+    trained = [m for m in modalities if m not in given]
+    stages = [Stage(teacher_stage_name(m), teacher, modalities=[m]) for m in trained]
+    needs = {f"method_kwargs.teacher_checkpoints.{m}": teacher_stage_name(m) for m in trained}
     return [*stages, Stage("", {**settings, "method": method}, needs=needs)]
 
 
