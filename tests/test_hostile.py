@@ -198,6 +198,25 @@ for _out, _name in (("", "empty"), (".", "dot"), ("./", "dot slash"), ("~", "hom
                       run=_refuses_out(_out)))
 
 
+@case(OUTPUTS, "`--out` (or `--checkpoint`) through a loop of symbolic links (`loop -> loop`, "
+      "`a -> b -> a`)", "dmrnet benchmark, export, fit", "error",
+      "--out 'loop/run' runs through a loop of symbolic links (...); give a path without it")
+def out_symlink_loop(w: World) -> None:
+    (w.cwd / "loop").symlink_to("loop")
+    (w.cwd / "a").symlink_to("b")
+    (w.cwd / "b").symlink_to("a")
+    for out in ("loop", "loop/run", "a/run"):
+        w.refuses(["benchmark", "--out", out, *QUICK],
+                  f"--out '{out}' runs through a loop of symbolic links")
+    checkpoint = ckpt(w.fixture("run_dir"))
+    w.refuses(["export", "--checkpoint", checkpoint, "--out", "loop/m", "--format", "onnx"],
+              "--out 'loop/m' runs through a loop of symbolic links")
+    w.refuses(["export", "--checkpoint", "loop/x.ckpt", "--out", "m"],
+              "--checkpoint 'loop/x.ckpt' runs through a loop of symbolic links")
+    w.refuses(["fit", "--config", CONFIG, "--trainer.max_epochs", "1",
+               "--trainer.default_root_dir", "loop/x"], "symbolic links")
+
+
 @case(OUTPUTS, "`--out /`", "dmrnet benchmark", "error", "file system root")
 def out_root(w: World) -> None:
     w.refuses(["benchmark", "--out", "/", "--overwrite", *QUICK], "file system root")
@@ -881,6 +900,35 @@ def dataset_kwargs_unknown(w: World) -> None:
               "dataset_kwargs.seed is set by --seeds")
     w.refuses([*BENCH, "--dataset", "synthetic", "--no-standardize"],
               "dataset 'synthetic' has no setting 'standardize'")
+
+
+@case(INPUTS, "a WAV whose header says sample rate 0 (or 4 GHz); a truncated 24-bit stereo "
+      "WAV", "dmrnet benchmark, read_wav", "error",
+      "WAV file '...s0.wav' has sample rate 0 Hz in its header (a damaged file?); audio needs 1 "
+      "to 1000000 Hz (the truncated one reads its whole frames)")
+def wav_rate_zero(w: World) -> None:
+    import struct
+    import wave
+
+    from dmrnet.data.io import read_wav
+
+    manifest = make_manifest(w.root / "m")
+    wav = manifest.parent / "s0.wav"
+    header = bytearray(wav.read_bytes())
+    header[24:28] = struct.pack("<I", 0)  # the fmt chunk's sample rate
+    wav.write_bytes(bytes(header))
+    w.refuses(manifest_run(w, manifest), r"s0.wav' has sample rate 0 Hz in its header")
+    header[24:28] = struct.pack("<I", 4_000_000_000)
+    wav.write_bytes(bytes(header))
+    w.refuses(manifest_run(w, manifest), r"s0.wav' has sample rate 4000000000 Hz")
+    with wave.open(str(w.root / "st.wav"), "wb") as fh:
+        fh.setnchannels(2)
+        fh.setsampwidth(3)
+        fh.setframerate(8000)
+        fh.writeframes(bytes(range(6)) * 50)
+    (w.root / "st.wav").write_bytes((w.root / "st.wav").read_bytes()[:-4])
+    samples, rate = read_wav(w.root / "st.wav")
+    assert rate == 8000 and samples.shape == (49,)
 
 
 @case(INPUTS, "big-endian `.npy` arrays in a manifest", "dmrnet benchmark", "works",

@@ -46,6 +46,7 @@ from dmrnet.errors import (
 from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
 from dmrnet.methods import METHODS, options_summary
 from dmrnet.metrics import TASK_METRICS
+from dmrnet.outputs import real_path
 from dmrnet.predict import load_module, load_trained, run_predict
 from dmrnet.registry import ENCODERS
 from dmrnet.runtime import LOGGERS, check_logger
@@ -260,9 +261,9 @@ def export_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_export_command(args: argparse.Namespace) -> int:
-    src = Path(args.checkpoint)
-    out = Path(args.out).expanduser().resolve() if str(args.out).strip() else None
-    if out is not None and (out == src.resolve() or out in src.resolve().parents):
+    src = real_path(args.checkpoint, "--checkpoint")
+    out = real_path(args.out) if str(args.out).strip() else None
+    if out is not None and (out == src or out in src.parents):
         raise ConfigError(f"--out {args.out!r} is or holds the input {str(src)!r}, which the "
                           "export would replace; choose another --out")
     if args.format == "folder":
@@ -466,6 +467,12 @@ def _friendly(fn: Any, debug: bool = False, argv: Sequence[str] = ()) -> int:
     except OSError as err:
         where = f": {err.filename!r}" if err.filename else ""
         print(f"dmrnet: error: {err.strerror or first_line(err)}{where}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # Python 3.11's Path.resolve() on a loop of symbolic links
+        if not str(err).startswith("Symlink loop"):
+            raise
+        print(f"dmrnet: error: {first_line(err)}: a path runs through a loop of symbolic "
+              "links; give one without it", file=sys.stderr)
         return 2
 
 

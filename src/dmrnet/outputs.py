@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from dmrnet.errors import DivergedError, DMRNetError, RunInterruptedError
+from dmrnet.errors import DivergedError, DMRNetError, RunInterruptedError, first_line
 
 MARKER = ".dmrnet-run"
 """File in every folder dmrnet writes a run into; only such folders may be replaced."""
@@ -43,6 +43,16 @@ class OutputError(DMRNetError):
     """An output path that dmrnet will not write to (or replace)."""
 
 
+def real_path(path: str | Path, what: str = "--out") -> Path:
+    """``path`` absolute, with ``~`` and symbolic links resolved; an :class:`OutputError`
+    naming ``what`` for a path that runs through a loop of links."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as err:  # Python 3.11: RuntimeError("Symlink loop ...")
+        raise OutputError(f"{what} {str(path)!r} runs through a loop of symbolic links "
+                          f"({first_line(err)}); give a path without it") from None
+
+
 def check_output_path(out: str | Path, protected: Iterable[str | Path] = ()) -> Path:
     """The resolved ``--out``, or an :class:`OutputError` if writing there could destroy
     something: '' or '.', the current folder, the home folder, '/', or a folder that is (or
@@ -50,14 +60,14 @@ def check_output_path(out: str | Path, protected: Iterable[str | Path] = ()) -> 
     if not str(out).strip():
         raise OutputError("--out is empty; name a new folder for the results, e.g. "
                           "--out runs/my-run")
-    path = Path(out).expanduser().resolve()
+    path = real_path(out)
     forbidden = {Path.cwd().resolve(): "the current folder", Path.home().resolve():
                  "your home folder", Path(path.anchor): "the file system root"}
     if path in forbidden:
         raise OutputError(f"--out {str(out)!r} is {forbidden[path]}; name a new folder for the "
                           "results, e.g. --out runs/my-run")
     for item in protected:
-        p = Path(item).expanduser().resolve()
+        p = real_path(item, "the data path")
         if path == p or path in p.parents:
             raise OutputError(f"--out {str(out)!r} holds your data ({str(item)!r}); choose a "
                               "folder outside it")

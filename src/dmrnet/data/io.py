@@ -29,6 +29,10 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
             raw = fh.readframes(fh.getnframes())
     except (wave.Error, EOFError, OSError) as err:
         raise DataError(f"cannot read WAV file {str(path)!r}: {err}") from err
+    problem = _wav_header_problem(path, rate, width, channels)
+    if problem:
+        raise DataError(problem)
+    raw = raw[: len(raw) // (width * channels) * (width * channels)]  # whole frames (truncated)
     if width == 1:
         data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
@@ -39,8 +43,6 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
         data = ints.astype(np.float32) / 8388608.0
     elif width == 4:
         data = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2147483648.0
-    else:
-        raise DataError(f"WAV file {str(path)!r} has unsupported sample width {width} bytes")
     if data.size == 0:
         raise DataError(f"WAV file {str(path)!r} holds no samples")
     data = data.reshape(-1, channels).mean(axis=1)
@@ -168,15 +170,33 @@ def array_problem(arr: np.ndarray, path: str | Path) -> str | None:
 # --- quick checks: a file's header (and an array's values), for the scan before training ------
 
 
+MAX_AUDIO_RATE = 1_000_000
+"""Sample rates above this (Hz) are refused: no audio recording has one, and resampling from
+it would need the memory of a damaged header's promise."""
+
+
+def _wav_header_problem(path: Path, rate: int, width: int, channels: int) -> str | None:
+    if width not in (1, 2, 3, 4):
+        return f"WAV file {str(path)!r} has unsupported sample width {width} bytes"
+    if not 1 <= rate <= MAX_AUDIO_RATE:
+        return (f"WAV file {str(path)!r} has sample rate {rate} Hz in its header (a damaged "
+                f"file?); audio needs 1 to {MAX_AUDIO_RATE} Hz")
+    if channels < 1:
+        return f"WAV file {str(path)!r} has {channels} channels in its header"
+    return None
+
+
 def check_wav(path: str | Path) -> str | None:
     """What is wrong with a WAV file, from its header, or None."""
     try:
         with wave.open(str(path), "rb") as fh:
             width, frames = fh.getsampwidth(), fh.getnframes()
+            rate, channels = fh.getframerate(), fh.getnchannels()
     except (wave.Error, EOFError, OSError) as err:
         return f"cannot read WAV file {str(path)!r}: {err}"
-    if width not in (1, 2, 3, 4):
-        return f"WAV file {str(path)!r} has unsupported sample width {width} bytes"
+    problem = _wav_header_problem(Path(path), rate, width, channels)
+    if problem:
+        return problem
     if frames == 0:
         return f"WAV file {str(path)!r} holds no samples"
     return None
