@@ -217,6 +217,38 @@ def out_symlink_loop(w: World) -> None:
                "--trainer.default_root_dir", "loop/x"], "symbolic links")
 
 
+@case(OUTPUTS, "a full disk while `dmrnet export` writes a model folder (safetensors' own "
+      "error) or an ONNX file", "dmrnet export", "error",
+      "cannot write the model folder 'model': No space left on device; 'model' is as it was")
+def export_disk_full(w: World) -> None:
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    checkpoint = ckpt(w.fixture("run_dir"))
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    w.runs(["export", "--checkpoint", checkpoint, "--out", "old"])
+    w.monkeypatch.setattr("dmrnet.serving.save_file", full)
+    w.refuses(["export", "--checkpoint", checkpoint, "--out", "model"],
+              "cannot write the model folder 'model': No space left on device; 'model' is as "
+              "it was")
+    w.refuses(["export", "--checkpoint", checkpoint, "--out", "old", "--overwrite"],
+              "No space left on device; 'old' is as it was")  # the earlier export is kept
+    w.monkeypatch.setattr("dmrnet.serving.save_file", safetensors.torch.save_file)
+    pytest.importorskip("onnx")
+
+    def full_onnx(model, args, f, **kwargs):
+        Path(f).write_bytes(b"half a graph")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    w.monkeypatch.setattr(torch.onnx, "export", full_onnx)
+    w.refuses(["export", "--checkpoint", checkpoint, "--format", "onnx", "--out", "m.onnx"],
+              "cannot write '.*m.onnx': No space left on device; '.*m.onnx' is as it was")
+
+
 @case(OUTPUTS, "`--out /`", "dmrnet benchmark", "error", "file system root")
 def out_root(w: World) -> None:
     w.refuses(["benchmark", "--out", "/", "--overwrite", *QUICK], "file system root")

@@ -180,9 +180,10 @@ class RunFolder:
             if kind is None:
                 self._commit()
             elif issubclass(kind, (KeyboardInterrupt, RunInterruptedError, DivergedError)) \
+                    or self.kind != "run" \
                     or not any(p.is_file() and p.name != MARKER for p in self.work.rglob("*")):
-                # stopped by Ctrl-C or SIGTERM, every run diverged, or nothing worth keeping:
-                # no trace is left
+                # stopped by Ctrl-C or SIGTERM, every run diverged, a model folder (half of
+                # one is of no use), or nothing worth keeping: no trace is left
                 shutil.rmtree(self.work, ignore_errors=True)
         finally:
             self._unlock()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from dmrnet.batch import BatchError
-from dmrnet.errors import ConfigError
+from dmrnet.errors import ConfigError, first_line
 from dmrnet.methods import ModelConfig, build_method, get_method, upgrade_settings
 from dmrnet.models.protocol import MultimodalNetwork
-from dmrnet.outputs import RunFolder
+from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.version import __version__
 
 CONFIG = "config.json"
@@ -191,8 +192,13 @@ def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
         raise ConfigError(f"{str(path)!r} exists; choose another folder or pass overwrite")
     # written beside the target and moved into place when complete; overwrite replaces only
     # a folder dmrnet wrote, never '', '.', the home folder or '/'
-    with RunFolder(path, overwrite, kind="model") as work:
-        _write_model_folder(module, work)
+    try:
+        with RunFolder(path, overwrite, kind="model") as work:
+            _write_model_folder(module, work)
+    except OSError as err:  # e.g. a full disk: the partial folder is gone
+        raise OutputError(f"cannot write the model folder {str(path)!r}: "
+                          f"{err.strerror or first_line(err)}; {str(path)!r} is as it was"
+                          ) from err
     return path
 
 
@@ -206,7 +212,14 @@ def _write_model_folder(module: Any, path: Path) -> None:
     }
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
-    save_file(state, str(path / WEIGHTS), metadata=_weights_metadata(config))
+    try:
+        save_file(state, str(path / WEIGHTS), metadata=_weights_metadata(config))
+    except SafetensorError as err:  # its I/O errors (a full disk) as the OSError they are
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))),
+                      str(path / WEIGHTS)) from None
 
 
 _RECORDED = ("modalities", "input_shapes", "class_names")
@@ -403,6 +416,9 @@ def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False,
                               opset_version=17, dynamo=False)
         _set_onnx_inputs_note(path, onnx_inputs_note(predictor, preprocessing))
         os.replace(path, final)  # a complete file, or none
+    except OSError as err:  # e.g. a full disk: the partial file is removed below
+        raise OutputError(f"cannot write {str(final)!r}: {err.strerror or first_line(err)}; "
+                          f"{str(final)!r} is as it was") from err
     finally:
         model.validate_inputs = was
         path.unlink(missing_ok=True)
