@@ -963,6 +963,34 @@ def wav_rate_zero(w: World) -> None:
     assert rate == 8000 and samples.shape == (49,)
 
 
+@case(INPUTS, "a FIFO (named pipe) among a manifest's files, or as the manifest itself",
+      "dmrnet benchmark", "error",
+      "'...v0.npy' is not a regular file (a FIFO, socket or device, which would block or never "
+      "end); list regular files (manifest.csv line 2)")
+def fifo_in_manifest(w: World) -> None:
+    import os
+    import signal
+
+    manifest = make_manifest(w.root / "m")
+    (manifest.parent / "v0.npy").unlink()
+    os.mkfifo(manifest.parent / "v0.npy")
+    os.mkfifo(w.root / "pipe.csv")
+
+    def hung(*args):
+        raise AssertionError("reading the FIFO blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        w.refuses(manifest_run(w, manifest), r"v0.npy' is not a regular file \(a FIFO, socket "
+                  r"or device, which would block or never end\); list regular files "
+                  r"\(manifest.csv line 2\)")
+        w.refuses(manifest_run(w, w.root / "pipe.csv"), "pipe.csv' is not a regular file")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 @case(INPUTS, "big-endian `.npy` arrays in a manifest", "dmrnet benchmark", "works",
       "read as the same numbers")
 def npy_big_endian(w: World) -> None:

@@ -379,7 +379,7 @@ def scan_records(splits: Mapping[str, Sequence[Record]], readers: Mapping[str, R
                 path = rec.paths.get(m)
                 if path is None:
                     continue
-                problem = reader.check(Path(path))
+                problem = special_file(Path(path)) or reader.check(Path(path))
                 if problem is not None:
                     count += 1
                     if len(problems) < limit:
@@ -388,6 +388,15 @@ def scan_records(splits: Mapping[str, Sequence[Record]], readers: Mapping[str, R
         more = f"; and {count - len(problems)} more" if count > len(problems) else ""
         raise DataError(f"{count} file(s) cannot be used; fix or remove them: "
                         + "; ".join(problems) + more)
+
+
+def special_file(path: Path) -> str | None:
+    """What is wrong with a listed path that exists but is neither a regular file nor a
+    folder (a FIFO, socket or device: reading one blocks or never ends), or None."""
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        return (f"{str(path)!r} is not a regular file (a FIFO, socket or device, which would "
+                "block or never end); list regular files")
+    return None
 
 
 def check_records(records: Sequence[Record], modalities: Sequence[str], name: str) -> None:
@@ -399,6 +408,9 @@ def check_records(records: Sequence[Record], modalities: Sequence[str], name: st
             p = rec.paths.get(m)
             if p is not None and not Path(p).exists():
                 raise DataError(f"{m} file {str(p)!r} does not exist ({rec.where})")
+            problem = None if p is None else special_file(Path(p))
+            if problem:
+                raise DataError(f"{problem} ({rec.where})")
         if all(rec.paths.get(m) is None for m in modalities):
             raise DataError(f"sample has no file for any of {list(modalities)} ({rec.where})")
 

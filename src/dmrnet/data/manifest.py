@@ -26,6 +26,7 @@ from dmrnet.data.files import (
     carve_validation,
     check_records,
     file_splits,
+    special_file,
 )
 from dmrnet.data.io import read_image, read_npy
 from dmrnet.data.transforms import AudioSpec
@@ -75,7 +76,7 @@ def manifest(
         raise DataError("the manifest dataset needs --manifest FILE (data.dataset_kwargs.manifest)")
     path = Path(manifest).expanduser()
     if not path.is_file():
-        raise DataError(f"manifest {str(path)!r} does not exist")
+        raise DataError(special_file(path) or f"manifest {str(path)!r} does not exist")
     base = Path(root).expanduser() if root is not None else path.parent
     raw = path.read_bytes()
     try:  # UTF-8 (a byte-order mark, as spreadsheet programs write, is dropped)
