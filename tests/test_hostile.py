@@ -991,6 +991,42 @@ def fifo_in_manifest(w: World) -> None:
         signal.signal(signal.SIGALRM, old)
 
 
+@case(INPUTS, "unusual `.npy` files in a manifest: pickled objects, a header promising 4 TB, "
+      "a truncated file, Fortran order, integers, booleans, a 2-D array", "dmrnet benchmark",
+      "error", "'v0.npy': the array holds Python objects (pickled) / its header promises "
+      "4000000000000 bytes of data but the file holds 4 (others read as their numbers)")
+def npy_unusual(w: World) -> None:
+    from dmrnet.data.io import read_npy
+
+    manifest = make_manifest(w.root / "m")
+    v0 = manifest.parent / "v0.npy"
+    np.save(v0, np.array([{"a": 1}] * 8, dtype=object), allow_pickle=True)
+    w.refuses(manifest_run(w, manifest), r"v0.npy': the array holds Python objects \(pickled\)")
+    with open(v0, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+        fh.write(b"\0" * 4)
+    w.refuses(manifest_run(w, manifest),
+              "its header promises 4000000000000 bytes of data but the file holds 4")
+    np.save(v0, np.arange(8, dtype=np.float32))
+    v0.write_bytes(v0.read_bytes()[:-8])  # two values short
+    w.refuses(manifest_run(w, manifest), "promises 32 bytes of data but the file holds 24")
+    grid = np.arange(6, dtype=np.float64).reshape(2, 3)
+    for arr in (np.asfortranarray(grid), grid.astype(np.int16), grid > 2):
+        np.save(w.root / "x.npy", arr)
+        assert read_npy(w.root / "x.npy").tolist() == arr.astype(np.float32).tolist()
+
+
+@case(INPUTS, "a manifest whose file scan takes minutes (millions of rows)", "dmrnet benchmark",
+      "works", "'checking the data files: 36 of 108 (33 %), about N s left' on stderr while "
+      "it runs")
+def long_scan_progress(w: World) -> None:
+    w.monkeypatch.setattr("dmrnet.data.files.PROGRESS_AFTER", 0.0)
+    err = w.runs(manifest_run(w, make_manifest(w.root / "m")))
+    assert re.search(r"checking the data files: [\d,]+ of 108 \(\d+ %\), about \d+ s left", err)
+    assert "fitting the standardisation of vec: " in err
+
+
 @case(INPUTS, "big-endian `.npy` arrays in a manifest", "dmrnet benchmark", "works",
       "read as the same numbers")
 def npy_big_endian(w: World) -> None:

@@ -7,6 +7,8 @@ Readers are small picklable objects, so loaders work with ``num_workers > 0``.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from dmrnet.data.io import (
     check_image,
     check_npy,
     check_wav,
+    load_npy,
     read_image,
     read_npy,
     read_resized,
@@ -368,13 +371,45 @@ class FileDataset(Dataset):
         return {"inputs": inputs, "target": rec.label}
 
 
+PROGRESS_AFTER = 3.0
+"""Seconds a pass over the data files runs silently before :class:`Progress` reports."""
+
+
+class Progress:
+    """Says on stderr how far a long pass over the data files is (``what``: k of ``total``,
+    the percentage and the time left), every ``every`` seconds once it has taken ``after``
+    seconds: a scan of a million files takes minutes, and silence looks like a hang."""
+
+    def __init__(self, what: str, total: int, after: float | None = None,
+                 every: float = 10.0) -> None:
+        after = PROGRESS_AFTER if after is None else after
+        self.what, self.total, self.after, self.every = what, max(1, total), after, every
+        self.done = 0
+        self.start = time.monotonic()
+        self.next = self.start + after
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + self.every
+        rate = self.done / max(now - self.start, 1e-9)
+        left = (self.total - self.done) / max(rate, 1e-9)
+        print(f"{self.what}: {self.done:,} of {self.total:,} ({100 * self.done / self.total:.0f} "
+              f"%), about {left:.0f} s left", file=sys.stderr, flush=True)
+
+
 def scan_records(splits: Mapping[str, Sequence[Record]], readers: Mapping[str, Reader],
                  limit: int = 20) -> None:
     """Look at every listed file once, before any training, and report every problem found
     (file and list line; the first ``limit`` of them) in one error."""
     problems, count = [], 0
+    progress = Progress("checking the data files",
+                        sum(len(r) for r in splits.values()) * len(readers))
     for split, records in splits.items():
         for rec in records:
+            progress.step(len(readers))
             for m, reader in readers.items():
                 path = rec.paths.get(m)
                 if path is None:
@@ -448,27 +483,35 @@ def fit_standardizer(train: Sequence[Record], readers: Mapping[str, Reader], eps
     readers standardising, and the statistics as the model folder stores them
     (``{"mean": {modality: [...]}, "std": {...}}``, flattened)."""
     out, mean, std = dict(readers), {}, {}
+    arrays = [m for m, r in readers.items() if isinstance(r, NpyReader)]
+    progress = Progress("fitting the standardisation of " + ", ".join(arrays),
+                        len(train) * len(arrays))
     for m, reader in readers.items():
         if not isinstance(reader, NpyReader):
             continue
-        shift, total, squares, n = None, None, None, 0
+        shift = total = squares = None
+        n = 0
         for rec in train:
+            progress.step()
             path = rec.paths.get(m)
             if path is None:
                 continue
-            x = reader.decode(Path(path)).double()
-            shift = x if shift is None else shift  # sums of x - shift keep float64 exact
+            # checked by the scan already: read as it is, in float64
+            x = load_npy(path).astype(np.float64).reshape(reader.shape)
+            if shift is None:  # sums of x - shift keep float64 exact for large offsets
+                shift, total, squares = x, np.zeros_like(x), np.zeros_like(x)
             d = x - shift
-            total = d if total is None else total + d
-            squares = d * d if squares is None else squares + d * d
+            total += d
+            squares += d * d
             n += 1
         if shift is None or total is None or squares is None:
             continue  # no training file: nothing to fit (the manifest refuses this earlier)
         mu = total / n
-        sd = (squares / n - mu * mu).clamp_min(0).sqrt()
-        sd = torch.where(sd > eps, sd, torch.ones_like(sd))
+        sd = np.sqrt(np.clip(squares / n - mu * mu, 0, None))
+        sd = np.where(sd > eps, sd, 1.0)
         mu = mu + shift
-        out[m] = dataclasses.replace(reader, mean=mu.float(), std=sd.float())
+        out[m] = dataclasses.replace(reader, mean=torch.from_numpy(mu).float(),
+                                     std=torch.from_numpy(sd).float())
         mean[m], std[m] = mu.flatten().tolist(), sd.flatten().tolist()
     return out, {"mean": mean, "std": std}
 
