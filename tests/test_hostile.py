@@ -366,6 +366,12 @@ refer(OUTPUTS, "a finished benchmark's lock file; a file put into `--out` while 
       "finished run's place is named",
       "tests/test_outputs.py::"
       "test_a_finished_run_leaves_no_lock_and_a_folder_filled_meanwhile_is_kept")
+refer(OUTPUTS, "Ctrl-C or SIGTERM while `dmrnet` starts (seconds of imports)", "dmrnet",
+      "stops", "dmrnet: interrupted while starting; nothing was read or written",
+      "tests/test_interrupts.py::test_stopped_while_starting_is_one_line")
+refer(OUTPUTS, "Ctrl-C just after a benchmark's last line (results final)", "dmrnet benchmark",
+      "stops", "the run is kept; no 'Exception ignored in atexit callback'",
+      "tests/test_interrupts.py::test_signal_after_the_results_are_written_prints_no_atexit_noise")
 @case(OUTPUTS, "Ctrl-C during `dmrnet fit` in the second epoch", "dmrnet fit", "stops",
       "interrupted during fit at epoch 1, step ...: checkpoints kept in ...; continue with "
       "--resume ...")

@@ -67,3 +67,51 @@ def test_fit_stopped_by_sigterm_keeps_its_checkpoints_and_exits_143(tmp_path):
     assert re.fullmatch(r"dmrnet: terminated \(SIGTERM\) during fit at epoch \d+, step \d+: "
                         r"checkpoints kept in .*; continue with --resume .*", last), last
     assert (tmp_path / "r" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), SIGNALS, ids=["SIGINT", "SIGTERM"])
+def test_stopped_while_starting_is_one_line(tmp_path, sig, code, word):
+    """Importing torch and Lightning takes seconds (more on a busy machine): a signal then
+    ends ``dmrnet`` with one line, not a traceback from inside an import."""
+    proc = subprocess.Popen([sys.executable, "-m", "dmrnet.launch", "fit", "--config",
+                             str(ROOT / "configs" / "mfeat_dmrnet.yaml")], cwd=tmp_path,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.3)  # "import dmrnet" is light; "import dmrnet.cli" takes seconds
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert re.fullmatch(rf"dmrnet: {word} while starting; nothing was read or written",
+                        err.strip()), err[-2000:]
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_command_is_the_light_launcher():
+    """``import dmrnet`` does not load torch, and the installed ``dmrnet`` runs
+    :mod:`dmrnet.launch` (which catches a signal while the rest loads)."""
+    from importlib.metadata import entry_points
+
+    script = {e.name: e.value for e in entry_points(group="console_scripts")}.get("dmrnet")
+    assert script == "dmrnet.launch:main"
+    out = subprocess.run([sys.executable, "-c", "import sys, dmrnet, dmrnet.launch; "
+                          "print('torch' in sys.modules, dmrnet.__version__)"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False"
+
+
+@pytest.mark.slow
+def test_signal_after_the_results_are_written_prints_no_atexit_noise(tmp_path):
+    """A Ctrl-C once the run is complete (its last line printed) leaves the finished run and
+    no "Exception ignored in atexit callback" from Python's clean-up."""
+    proc = subprocess.Popen([sys.executable, "-m", "dmrnet.launch", "benchmark", "--modalities",
+                             "fac,mor", "--methods", "baseline", "--seeds", "0", "--epochs", "1",
+                             "--no-progress", "--out", "run"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("wrote '"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130), err[-2000:]
+    assert "Exception ignored" not in err and "Traceback" not in err, err[-2000:]
+    assert (tmp_path / "run" / "results.json").is_file()

@@ -7,25 +7,67 @@ references live beside it behind one forward contract::
                                 input_shapes={"rgb": (64,), "depth": (32,)}, num_classes=5)
     out = model({"rgb": x_rgb, "depth": x_depth}, availability)   # availability: (B, 2) bool
     out.logits, out.mu, out.logvar
+
+``import dmrnet`` is light: each public name is imported from its module when first used
+(PEP 562), so the ``dmrnet`` command answers Ctrl-C while torch is still loading.
 """
 
-from dmrnet.batch import Batch, MultimodalCollate
-from dmrnet.errors import ConfigError, DMRNetError
-from dmrnet.evaluation import predict_all_subsets, subset_outputs
-from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
-from dmrnet.methods.objectives import (
-    HardCombinationRegularizer,
-    KLRegularizer,
-    MultimodalObjective,
-    kl_divergence,
-)
-from dmrnet.models.late_fusion import MultimodalModel, ProbabilisticEmbedding
-from dmrnet.models.protocol import ModelOutput
-from dmrnet.nn import create_encoder
-from dmrnet.registry import ENCODERS
-from dmrnet.serving import Prediction, Predictor, load_model, save_model
-from dmrnet.subsets import SubsetSampler, SubsetSpace
+from typing import TYPE_CHECKING
+
 from dmrnet.version import __version__
+
+if TYPE_CHECKING:
+    from dmrnet.batch import Batch, MultimodalCollate
+    from dmrnet.errors import ConfigError, DMRNetError
+    from dmrnet.evaluation import predict_all_subsets, subset_outputs
+    from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
+    from dmrnet.methods.objectives import (
+        HardCombinationRegularizer,
+        KLRegularizer,
+        MultimodalObjective,
+        kl_divergence,
+    )
+    from dmrnet.models.late_fusion import MultimodalModel, ProbabilisticEmbedding
+    from dmrnet.models.protocol import ModelOutput
+    from dmrnet.nn import create_encoder
+    from dmrnet.registry import ENCODERS
+    from dmrnet.serving import Prediction, Predictor, load_model, save_model
+    from dmrnet.subsets import SubsetSampler, SubsetSpace
+
+_LAZY = {
+    "Batch": "dmrnet.batch", "MultimodalCollate": "dmrnet.batch",
+    "ConfigError": "dmrnet.errors", "DMRNetError": "dmrnet.errors",
+    "predict_all_subsets": "dmrnet.evaluation", "subset_outputs": "dmrnet.evaluation",
+    "METHODS": "dmrnet.methods", "Method": "dmrnet.methods", "build_method": "dmrnet.methods",
+    "create_model": "dmrnet.methods", "register_method": "dmrnet.methods",
+    "HardCombinationRegularizer": "dmrnet.methods.objectives",
+    "KLRegularizer": "dmrnet.methods.objectives",
+    "MultimodalObjective": "dmrnet.methods.objectives",
+    "kl_divergence": "dmrnet.methods.objectives",
+    "MultimodalModel": "dmrnet.models.late_fusion",
+    "ProbabilisticEmbedding": "dmrnet.models.late_fusion",
+    "ModelOutput": "dmrnet.models.protocol", "create_encoder": "dmrnet.nn",
+    "ENCODERS": "dmrnet.registry", "Prediction": "dmrnet.serving", "Predictor": "dmrnet.serving",
+    "load_model": "dmrnet.serving", "save_model": "dmrnet.serving",
+    "SubsetSampler": "dmrnet.subsets", "SubsetSpace": "dmrnet.subsets",
+}
+"""Public name -> the module that defines it (imported on first use)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dmrnet' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ENCODERS",
