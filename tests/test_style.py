@@ -23,6 +23,10 @@ OPTIONAL = {"av", "h5py", "onnx", "onnxruntime", "fcntl", "matplotlib", "matplot
 """Imports that may stay inside functions: optional or platform packages (PyAV, h5py, ONNX,
 fcntl) and plotting, which most runs never reach."""
 
+DEFERRED = {("src/dmrnet/launch.py", "dmrnet.cli")}
+"""Deliberately deferred imports: the ``dmrnet`` command's launcher loads the command line
+(torch, Lightning) inside ``main``, where a Ctrl-C during those seconds is caught."""
+
 
 def _imports() -> tuple[dict[str, set[str]], list[str]]:
     """dmrnet's module graph (every import, wherever it is) and the function-local imports
@@ -45,6 +49,9 @@ def _imports() -> tuple[dict[str, set[str]], list[str]]:
     for name, path in names.items():
         tree = ast.parse(path.read_text())
         top = set(tree.body)
+        for node in tree.body:  # `if TYPE_CHECKING:` imports are for type checkers only
+            if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+                top |= set(node.body)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -56,8 +63,10 @@ def _imports() -> tuple[dict[str, set[str]], list[str]]:
                 dep = owner(target) if target.startswith("dmrnet") else None
                 if dep is not None and dep != name:
                     graph[name].add(dep)
-            if node not in top and targets[0] not in OPTIONAL:
-                local.append(f"{path.relative_to(ROOT)}:{node.lineno} {targets[0]}")
+            where = str(path.relative_to(ROOT))
+            if node not in top and targets[0] not in OPTIONAL and \
+                    (where, targets[0]) not in DEFERRED:
+                local.append(f"{where}:{node.lineno} {targets[0]}")
     return graph, local
 
 

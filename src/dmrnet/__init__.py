@@ -12,6 +12,7 @@ references live beside it behind one forward contract::
 (PEP 562), so the ``dmrnet`` command answers Ctrl-C while torch is still loading.
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 from dmrnet.version import __version__
@@ -58,8 +59,6 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'dmrnet' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # once
     return value
