@@ -628,9 +628,45 @@ for _name, _what, _edit, _says in (
      .update(a=[7]), "input_shapes .* trained with"),
     ("folder_shape_not_list", "an input shape that is not a list of sizes",
      lambda c: c["model"]["input_shapes"].update(a=[0]), "positive sizes"),
+    ("folder_std_zero", "a standardisation std of 0 in `config.json` (every prediction inf)",
+     lambda c: c.update(preprocessing={"standardize": {"mean": {"a": [0.0] * 6},
+                                                       "std": {"a": [1.0] * 5 + [0.0]}}}),
+     "standardize of 'a' must be 6 finite means and 6 stds > 0"),
+    ("folder_mean_short", "standardisation means fewer than the features, or NaN",
+     lambda c: c.update(preprocessing={"standardize": {"mean": {"a": [0.0] * 5},
+                                                       "std": {"a": [1.0] * 6}}}),
+     "standardize of 'a' must be 6 finite means"),
+    ("folder_mean_nan", "a NaN standardisation mean (JSON `NaN`)",
+     lambda c: c.update(preprocessing={"standardize": {"mean": {"a": [float("nan")] * 6},
+                                                       "std": {"a": [1.0] * 6}}}),
+     "standardize of 'a' must be 6 finite means"),
+    ("folder_pre_unknown", "preprocessing of a modality the model does not have",
+     lambda c: c.update(preprocessing={"c": {"mean": 0.0, "std": 1.0}}),
+     "preprocessing names 'c', neither a modality"),
+    ("folder_pre_negative_std", "a per-modality std below 0",
+     lambda c: c.update(preprocessing={"b": {"mean": 0.0, "std": -2.0}}),
+     "preprocessing of 'b' must be scale > 0, mean and std > 0"),
 ):
     CASES.append(Case(_name, FOLDERS, _what, "dmrnet.load_model", "error", _says,
                       run=_folder_case(_edit, _says)))
+
+
+@case(FOLDERS, "weights that hold NaN (a diverged model's, or damaged)", "dmrnet.load_model",
+      "error", "weights in '...model.safetensors' hold NaN or inf (...)")
+def folder_nan_weights(w: World) -> None:
+    from safetensors.torch import load_file, safe_open, save_file
+
+    from dmrnet.serving import load_model
+
+    folder = model_folder(w.root / "model")
+    weights = folder / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(weights))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(weights), metadata=metadata)
+    w.refuses(lambda: load_model(folder), rf"hold NaN or inf \({re.escape(key)}\)")
 
 
 @case(FOLDERS, "`config.json` beside the weights of another model (other sizes)",

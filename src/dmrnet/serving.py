@@ -9,6 +9,7 @@ cannot run code when it is loaded.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -273,11 +274,59 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
                               or len(set(map(str, names))) != k):
         raise ConfigError(f"{where!r}: class_names must list {k} distinct names (num_classes), "
                           f"got {names!r}")
-    if not isinstance(config.get("preprocessing") or {}, dict):
-        raise ConfigError(f"{where!r}: preprocessing must be a mapping")
+    _check_preprocessing(config.get("preprocessing") or {}, shapes, where)
     args = dict(model)
     args["input_shapes"] = {m: tuple(s) for m, s in shapes.items()}
     return args
+
+
+def _numbers(value: Any, size: int | None, positive: bool = False) -> bool:
+    """Whether ``value`` is a finite number (``size`` None or 1) or a list of ``size`` of
+    them; with ``positive``, all > 0."""
+    items = value if isinstance(value, list) else [value]
+    if size is not None and len(items) != size and not (len(items) == 1 and
+                                                         not isinstance(value, list)):
+        return False
+    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+               and (v > 0 or not positive) for v in items)
+
+
+def _check_preprocessing(pre: Any, shapes: Mapping[str, list[int]], where: str) -> None:
+    """A ConfigError unless ``pre`` is input statistics :func:`apply_preprocessing` can use
+    on these input shapes: a std of 0 or a NaN would turn every prediction into NaN or inf,
+    a list of the wrong length would fail at the first prediction."""
+    if not isinstance(pre, dict):
+        raise ConfigError(f"{where!r}: preprocessing must be a mapping")
+    fix = "; write the folder again with 'dmrnet export'"
+    for key, value in pre.items():
+        if key == "standardize":
+            if not (isinstance(value, dict) and isinstance(value.get("mean"), dict)
+                    and isinstance(value.get("std"), dict)
+                    and sorted(value["mean"]) == sorted(value["std"])):
+                raise ConfigError(f"{where!r}: preprocessing.standardize must hold mean and std "
+                                  f"mappings of the same modalities{fix}")
+            for m, mean in value["mean"].items():
+                if m not in shapes:
+                    raise ConfigError(f"{where!r}: preprocessing.standardize names {m!r}, not a "
+                                      f"modality of the model{fix}")
+                size = math.prod(shapes[m])
+                if not (isinstance(mean, list) and _numbers(mean, size)
+                        and isinstance(value["std"][m], list)
+                        and _numbers(value["std"][m], size, positive=True)):
+                    raise ConfigError(f"{where!r}: preprocessing.standardize of {m!r} must be "
+                                      f"{size} finite means and {size} stds > 0{fix}")
+        elif key in shapes:
+            channels = shapes[key][0]
+            if not (isinstance(value, dict) and set(value) <= {"scale", "mean", "std"}
+                    and _numbers(value.get("scale", 1.0), 1, positive=True)
+                    and _numbers(value.get("mean", 0.0), channels)
+                    and _numbers(value.get("std", 1.0), channels, positive=True)):
+                raise ConfigError(f"{where!r}: preprocessing of {key!r} must be scale > 0, "
+                                  f"mean and std > 0 (one number, or {channels}, one a "
+                                  f"channel){fix}")
+        else:
+            raise ConfigError(f"{where!r}: preprocessing names {key!r}, neither a modality of "
+                              f"the model nor 'standardize'{fix}")
 
 
 def _check_recorded(config: Mapping[str, Any], metadata: Mapping[str, str] | None,
@@ -328,6 +377,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
     except (SafetensorError, OSError, ValueError) as err:
         raise ConfigError(f"cannot read weights {str(w_path)!r}: {err}") from err
     _check_recorded(config, metadata, str(w_path))
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"weights in {str(w_path)!r} hold NaN or inf ({key}): a diverged "
+                              "or damaged model would predict nothing; export a good one")
     try:
         model, _ = build_method(**args)
     except (TypeError, KeyError) as err:
