@@ -1255,6 +1255,53 @@ def mmanet_teacher_given(w: World) -> None:
         "tutored-seed0", "tutored-teacher-mor-seed0"]
 
 
+def _api_wrong_types() -> list[tuple[Callable[[], object], str]]:
+    import dmrnet
+    from dmrnet.benchmark import BenchmarkConfig, run_benchmark
+
+    def bench(**kwargs):
+        return lambda: run_benchmark(BenchmarkConfig(**{"out": "never", **kwargs}))
+
+    def create(**kwargs):
+        base = {"modalities": ["a"], "input_shapes": {"a": (4,)}, "num_classes": 3}
+        return lambda: dmrnet.create_model("dmrnet", **{**base, **kwargs})
+
+    model = dmrnet.create_model("dmrnet", modalities=["a", "b"],
+                                input_shapes={"a": (4,), "b": (3,)}, num_classes=3)
+    return [
+        (create(modalities="rgb"), "modalities must be a list of names, e.g. \\['rgb', "),
+        (create(input_shapes={"a": 4}), "input_shapes\\['a'\\] must be a list of positive "
+         "sizes"),
+        (create(num_classes=2.5), "num_classes must be a whole number; got 2.5"),
+        (create(num_classes="3"), "num_classes must be a whole number; got '3'"),
+        (lambda: dmrnet.create_model(None, modalities=["a"], input_shapes={"a": (4,)},
+                                     num_classes=3), "method must be a name"),
+        (lambda: dmrnet.load_model(123), "load_model takes the path of a model folder"),
+        (bench(seeds=0), "seeds must be a list of whole numbers"),
+        (bench(methods="baseline"), "methods must be a list of names"),
+        (bench(modalities="fac"), "modalities must be a list of names"),
+        (bench(epochs="1"), "epochs must be a whole number or None; got '1'"),
+        (bench(epochs=1.5), "epochs must be a whole number or None; got 1.5"),
+        (bench(out=None), "out must be a folder path; got None"),
+        (bench(model=[1]), "model must be a mapping"),
+        (lambda: run_benchmark({"out": "x"}), "run_benchmark takes a BenchmarkConfig, not dict"),
+        (lambda: model([torch.zeros(2, 4)], torch.ones(2, 2, dtype=torch.bool)),
+         "inputs must map each modality \\['a', 'b'\\] to a \\(B, ...\\) tensor; got list"),
+        (lambda: dmrnet.SubsetSpace("ab"), "got the text 'ab' \\(write \\['ab'\\]\\)"),
+    ]
+
+
+@case(SETTINGS, "the Python API given wrong types: a string for a list (`modalities='rgb'`, "
+      "`methods='baseline'`), an int for a shape, a float or string for a count, None for a "
+      "path, a dict for a BenchmarkConfig, a list for the inputs mapping",
+      "create_model, load_model, run_benchmark, forward, SubsetSpace", "error",
+      "one DMRNetError naming the argument and its expected type (was a TypeError or a "
+      "string read one character at a time)")
+def api_wrong_types(w: World) -> None:
+    for action, says in _api_wrong_types():
+        w.refuses(action, says)
+
+
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",
       "--batch-size 1 cannot train these models: batch norm needs at least 2")
 def batch_size_one(w: World) -> None:

@@ -59,6 +59,9 @@ def check_inputs(
         dtype: the floating dtype the model computes in (None skips the check).
     """
     mods = list(modalities)
+    if not isinstance(inputs, Mapping):
+        raise BatchError(f"inputs must map each modality {mods} to a (B, ...) tensor; got "
+                         f"{type(inputs).__name__}")
     unknown = [k for k in inputs if k not in mods]
     if unknown:
         raise BatchError(f"modality {unknown[0]!r} is not one of {mods}; rename or drop it")

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import multiprocessing
+import numbers
 import os
 import shutil
 import signal
@@ -144,6 +145,53 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 """Per-dataset settings used where the user gives none (the user's values always win, key by
 key inside a mapping such as ``optim``)."""
+
+
+_TEXT = ("text", (str,))
+_WHOLE = ("a whole number", (numbers.Integral,))
+_FLAG = ("true or false", (bool,))
+_MAP = ("a mapping", (Mapping,))
+_NAMES = ("a list of names, e.g. ['a', 'b']", (list, tuple))
+FIELD_TYPES: dict[str, tuple[str, tuple[type, ...], bool]] = {
+    "out": ("a folder path", (str, os.PathLike), False), "dataset": (*_TEXT, False),
+    "root": ("a folder path", (str, os.PathLike), True), "modalities": (*_NAMES, True),
+    "methods": (*_NAMES, False), "seeds": ("a list of whole numbers, e.g. [0, 1, 2]",
+                                          (list, tuple), True),
+    "epochs": (*_WHOLE, True), "batch_size": (*_WHOLE, True), "model": (*_MAP, False),
+    "options": (*_MAP, False), "dataset_kwargs": (*_MAP, False), "accelerator": (*_TEXT, False),
+    "devices": ("a whole number, a list of device indices or text such as 'auto'",
+                (numbers.Integral, str, list, tuple), False),
+    "precision": ("text such as 'bf16-mixed'", (str, numbers.Integral), True),
+    "progress": (*_FLAG, True), "overwrite": (*_FLAG, False),
+    "keep_checkpoints": (*_FLAG, False), "logger": (*_TEXT, False),
+    "min_steps": (*_WHOLE, False), "epochs_note": (*_TEXT, False), "cache": (*_TEXT, False),
+    "threads": (*_WHOLE, True), "max_validations": (*_WHOLE, False), "jobs": (*_WHOLE, True),
+    "select": (*_TEXT, False),
+}
+"""Each :class:`BenchmarkConfig` field's type: its wording, the accepted types, and whether
+None is allowed (checked first, so a string for a list or a float for a count is one line)."""
+
+
+def check_types(cfg: object) -> None:
+    """A :class:`BenchmarkError` naming the first setting of ``cfg`` (a BenchmarkConfig) whose
+    value has the wrong type: the API's callers get what the command line's parser gives."""
+    if not isinstance(cfg, BenchmarkConfig):
+        raise BenchmarkError(f"run_benchmark takes a BenchmarkConfig, not {type(cfg).__name__}"
+                             " (e.g. BenchmarkConfig(**settings))")
+    for name, (wording, types, optional) in FIELD_TYPES.items():
+        value = getattr(cfg, name)
+        if value is None and optional:
+            continue
+        bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        items = value if isinstance(value, list | tuple) and name != "devices" else []
+        if name in ("modalities", "methods"):
+            bad = bad or not all(isinstance(v, str) for v in items)
+        if name == "seeds":
+            bad = bad or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                 for v in items)
+        if bad:
+            raise BenchmarkError(f"{name} must be {wording}{' or None' if optional else ''}; "
+                                 f"got {value!r}")
 
 
 def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
@@ -568,6 +616,7 @@ def prepare(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
     """``cfg`` with the dataset's defaults, checked, and the first seed's data, read (every
     split's files checked) with every model built once: all before any output is touched.
     ``data``: already read data of the same dataset and seed (not read again)."""
+    check_types(cfg)
     DATASETS.get(cfg.dataset)
     chosen = cfg.epochs is not None or "epochs" in DATASET_DEFAULTS.get(cfg.dataset, {})
     cfg = apply_dataset_defaults(cfg)

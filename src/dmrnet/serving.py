@@ -360,6 +360,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
     shapes, class names) and, with a forward pass of zeros, that the weights take those shapes.
     """
 
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"load_model takes the path of a model folder; got "
+                          f"{type(path).__name__} {path!r}")
     path = Path(path)
     cfg_path, w_path = path / CONFIG, path / WEIGHTS
     for p in (cfg_path, w_path):

@@ -26,6 +26,9 @@ class SubsetError(DMRNetError):
 
 
 def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(modalities, str):  # would be read as one modality per character
+        raise SubsetError(f"modalities must be a list of names; got the text {modalities!r} "
+                          f"(write [{modalities!r}])")
     mods = tuple(modalities)
     if not mods:
         raise SubsetError("at least one modality name is needed; got an empty list")

@@ -19,6 +19,7 @@ a method touches its own file (or a test's) and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -54,6 +55,31 @@ class ModelConfig:
     class_weights: Sequence[float] | None = field(default=None,
                                                   metadata={"training_only": True})
     method_kwargs: Mapping[str, object] | None = None
+
+    def __post_init__(self) -> None:
+        """The core fields' types, so a wrong one is one line naming it, not a TypeError from
+        deep inside torch."""
+        if not isinstance(self.method, str):
+            raise ConfigError(f"method must be a name such as 'dmrnet'; got {self.method!r}")
+        if isinstance(self.modalities, str) or not isinstance(self.modalities, Sequence):
+            raise ConfigError("modalities must be a list of names, e.g. ['rgb', 'depth']; got "
+                              f"{self.modalities!r}")
+        if not isinstance(self.input_shapes, Mapping):
+            raise ConfigError("input_shapes must map each modality to its shape, e.g. "
+                              f"{{'rgb': (3, 224, 224)}}; got {self.input_shapes!r}")
+        for m, shape in self.input_shapes.items():
+            if isinstance(shape, str) or not isinstance(shape, Sequence) or not shape or not all(
+                    isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
+                    for d in shape):
+                raise ConfigError(f"input_shapes[{m!r}] must be a list of positive sizes, e.g. "
+                                  f"(64,) or (3, 224, 224); got {shape!r}")
+        for name in ("num_classes", "embed_dim"):
+            value = getattr(self, name)
+            least = 2 if name == "num_classes" else 1
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be a whole number; got {value!r}")
+            if value < least:
+                raise ConfigError(f"{name} must be at least {least}; got {value!r}")
 
     @classmethod
     def names(cls, serving: bool = False) -> list[str]:
