@@ -878,7 +878,8 @@ for _name, _what, _argv, _says in (
      "teacher_checkpoints must map each modality"),
     ("batch_size_zero", "`--batch-size 0`", [*BENCH, "--batch-size", "0"],
      "batch size must be at least 1"),
-    ("epochs_zero", "`--epochs 0`", [*BENCH, "--epochs", "0"], "epochs must be at least 1"),
+    ("epochs_zero", "`--epochs 0`", ["benchmark", "--out", "never", "--epochs", "0"],
+     "epochs must be at least 1"),
     ("unknown_method", "`--methods baseline,magic`", [*BENCH, "--methods", "baseline,magic"],
      "unknown method 'magic'"),
     ("unknown_dataset", "`--dataset imagenet`", [*BENCH, "--dataset", "imagenet"],
@@ -1229,7 +1230,9 @@ def mmanet_teacher_given(w: World) -> None:
     quick = list(QUICK)
     quick[quick.index("--methods") + 1] = "full_only"
     for mods, out in (("fac,mor", "t1"), ("fac,pix", "t2")):
-        w.runs(["benchmark", "--out", str(w.root / out), *quick, "--modalities", mods])
+        quick[quick.index("--modalities") + 1] = mods
+        w.runs(["benchmark", "--out", str(w.root / out), *quick])
+    quick[quick.index("--modalities") + 1] = "fac,mor"
     quick[quick.index("--methods") + 1] = "mmanet"
     teacher = str(w.root / "t1" / "checkpoints" / "full_only-seed0" / "best.ckpt")
     w.runs(["benchmark", "--out", str(w.root / "s"), *quick, "--option",
@@ -1246,7 +1249,9 @@ def mmanet_teacher_given(w: World) -> None:
               "mmanet teacher_checkpoint 'nope.ckpt' does not exist")
     # per-modality teachers: only those not given are trained
     quick[quick.index("--methods") + 1] = "full_only"
-    w.runs(["benchmark", "--out", str(w.root / "tf"), *quick, "--modalities", "fac"])
+    quick[quick.index("--modalities") + 1] = "fac"
+    w.runs(["benchmark", "--out", str(w.root / "tf"), *quick])
+    quick[quick.index("--modalities") + 1] = "fac,mor"
     quick[quick.index("--methods") + 1] = "tutored"
     fac = w.root / "tf" / "checkpoints" / "full_only-seed0" / "best.ckpt"
     w.runs(["benchmark", "--out", str(w.root / "tt"), *quick, "--option",
@@ -1300,6 +1305,28 @@ def _api_wrong_types() -> list[tuple[Callable[[], object], str]]:
 def api_wrong_types(w: World) -> None:
     for action, says in _api_wrong_types():
         w.refuses(action, says)
+
+
+@case(SETTINGS, "repeated arguments: `--seeds 0 --seeds 1`, `--progress --no-progress`, "
+      "`--set embed_dim=8 --set embed_dim=16`, `--seeds 0,0`, `--modalities fac,fac`",
+      "dmrnet benchmark", "error",
+      "--seeds is given twice ('--seeds 0' and '--seeds 1'); give it once / seed 0 is listed "
+      "twice / modality 'fac' is listed twice (the same words twice are accepted)")
+def repeated_arguments(w: World) -> None:
+    base = ["benchmark", "--out", str(w.root / "out"), "--epochs", "1", "--methods",
+            "baseline", "--no-progress"]
+    w.refuses([*base, "--seeds", "0", "--seeds", "1"],
+              "--seeds is given twice \\('--seeds 0' and '--seeds 1'\\); give it once")
+    w.refuses([*base, "--seeds=0", "--seeds", "1"], "--seeds is given twice")
+    w.refuses([*base, "--progress"], "--progress is given twice")
+    w.refuses([*base, "--set", "embed_dim=8", "--set", "embed_dim=16"],
+              "--set embed_dim is given twice; give it once")
+    w.refuses([*base, "--option", "beta=1", "--option", "beta=2", "--methods", "baseline"],
+              "--option beta is given twice")
+    w.refuses([*base, "--seeds", "0,0"], "seed 0 is listed twice")
+    w.refuses([*base, "--seeds", "0", "--modalities", "fac,fac"],
+              "modality 'fac' is listed twice")
+    w.runs([*base, "--seeds", "0", "--modalities", "fac,mor", "--no-progress"])
 
 
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",

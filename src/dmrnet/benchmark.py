@@ -269,6 +269,11 @@ def _check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"unknown method {unknown[0]!r}; choose from {METHODS.names()}")
     if len(set(cfg.methods)) != len(cfg.methods):
         raise BenchmarkError(f"a method is listed twice: {cfg.methods}")
+    for what, items in (("seed", cfg.seeds or []), ("modality", cfg.modalities or [])):
+        twice = next((v for v in items if list(items).count(v) > 1), None)
+        if twice is not None:  # a seed twice would count one run as two in every statistic
+            raise BenchmarkError(f"{what} {twice!r} is listed twice in {list(items)}; list "
+                                 "each once")
     if not cfg.seeds:
         raise BenchmarkError("no seed given, e.g. --seeds 0,1,2")
     check_cache_mode(cfg.cache)

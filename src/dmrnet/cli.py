@@ -64,6 +64,31 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, but an option that takes one value given twice is an error (argparse
+        keeps the last silently: ``--seeds 0,1 --seeds 2`` would run seed 2 alone)."""
+        words = list(sys.argv[1:] if args is None else args)
+        if self._subparsers is not None:  # the top level: its subcommand's parser checks
+            words = words[: next((i for i, w in enumerate(words) if not w.startswith("-")),
+                                 len(words))]
+        single = {o: a for a in self._actions if not isinstance(
+            a, argparse._AppendAction | argparse._HelpAction) for o in a.option_strings}
+        seen: dict[str, str] = {}
+        for i, word in enumerate(words):
+            if word == "--":
+                break
+            option = word.split("=", 1)[0]
+            action = single.get(option)
+            if action is None:
+                continue
+            given = word if "=" in word or action.nargs == 0 or i + 1 >= len(words) \
+                else f"{word} {words[i + 1]}"
+            if seen.get(action.dest, given) != given:  # the same words twice do no harm
+                self.error(f"{option} is given twice ({seen[action.dest]!r} and {given!r}); "
+                           "give it once")
+            seen[action.dest] = given
+        return super().parse_known_args(args, namespace)
+
 
 def _csv(kind: type) -> Any:
     def parse(text: str) -> list:
@@ -323,6 +348,11 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     if not isinstance(options, dict):
         raise ConfigError(f"options in {str(args.config)!r} must be a mapping of method "
                           "options, e.g. options: {beta: 0.3}")
+    for flag, pairs in (("--set", args.set), ("--option", args.option)):
+        keys = [k for k, _ in pairs]
+        twice = next((k for k in keys if keys.count(k) > 1), None)
+        if twice is not None:
+            raise ConfigError(f"{flag} {twice} is given twice; give it once")
     options = {**options, **dict(args.option)}
     if args.resume is not None:
         if args.sweep is not None:
