@@ -114,8 +114,9 @@ def test_same_seed_same_results(tmp_path):
     ],
 )
 def test_benchmark_errors_are_one_clear_line(tmp_path, capsys, args, message):
-    code = main(["benchmark", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "o"),
-                 *args])
+    defaults = {"--seeds": "0", "--epochs": "1", "--out": str(tmp_path / "o")}
+    code = main(["benchmark", *[w for flag, value in defaults.items() if flag not in args
+                                for w in (flag, value)], *args])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("dmrnet: error:")

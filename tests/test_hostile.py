@@ -33,7 +33,7 @@ import torch
 from dmrnet.cli import main
 from dmrnet.errors import DMRNetError
 
-from .fixtures import make_manifest
+from .fixtures import make_casia, make_manifest
 from .test_strict_inputs import png_header_only
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,8 +172,11 @@ def edit_json(path: Path, edit: Callable[[dict], None]) -> None:
 
 
 def manifest_run(world: World, manifest: Path, *extra: str) -> list[str]:
-    return ["benchmark", "--dataset", "manifest", "--manifest", str(manifest), "--out",
-            str(world.root / "out"), "--seeds", "0", "--epochs", "1", "--no-progress", *extra]
+    """A quick benchmark of ``manifest``; ``extra`` flags replace the defaults they name."""
+    defaults = {"--out": str(world.root / "out"), "--seeds": "0", "--epochs": "1"}
+    kept = [w for flag, value in defaults.items() if flag not in extra for w in (flag, value)]
+    return ["benchmark", "--dataset", "manifest", "--manifest", str(manifest), *kept,
+            "--no-progress", *extra]
 
 
 def rewrite(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
@@ -941,6 +944,34 @@ def manifest_latin1(w: World) -> None:
     manifest.write_bytes(text.encode("latin-1"))
     w.refuses(manifest_run(w, manifest, "--out", str(w.root / "out2")),
               r"is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8")
+
+
+@case(INPUTS, "text files in another encoding: a Latin-1 `--config`, a Latin-1 CASIA-SURF list "
+      "(a UTF-8 one with a byte-order mark reads); a damaged `results.json` for `analyze`",
+      "dmrnet benchmark, casia_surf, dmrnet analyze", "error",
+      "config file c.yaml is not UTF-8 text (byte 0xe9 on line 1); save it as UTF-8 / "
+      "'.../results.json' is not valid JSON")
+def text_encodings(w: World) -> None:
+    from dmrnet.data import casia_surf
+
+    config = w.root / "c.yaml"
+    config.write_bytes("# réglages\nepochs: 1\n".encode("latin-1"))
+    w.refuses([*BENCH, "--config", str(config)],
+              r"config file c.yaml is not UTF-8 text \(byte 0xe9 on line 1\); save it as UTF-8")
+    root = make_casia(w.root / "casia", per_split=(4, 2, 2))
+    listing = root / "train_list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + listing.read_bytes())  # a byte-order mark: read
+    assert len(casia_surf(root, image_size=16).train) == 4
+    listing.write_bytes(listing.read_bytes()[3:].replace(b"s000", b"s\xe900"))
+    w.refuses(lambda: casia_surf(root, image_size=16),
+              r"CASIA-SURF list train_list.txt is not UTF-8 text \(byte 0xe9 on line 1\)")
+    run = w.fixture("run_dir")
+    copy = w.root / "run"
+    import shutil
+
+    shutil.copytree(run, copy)
+    (copy / "results.json").write_text((run / "results.json").read_text()[:100])
+    w.refuses(["analyze", str(copy)], "results.json' is not valid JSON")
 
 
 @case(INPUTS, "complex `.npy` arrays, or arrays of shape `(0,)`, in a manifest",

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dmrnet.data.base import DataError
+from dmrnet.data.io import read_text
+from dmrnet.errors import first_line
 from dmrnet.evaluation import subset_outputs
 from dmrnet.predict import load_module
 from dmrnet.report import legend_below, pyplot, save_figure, to_json
@@ -132,7 +134,13 @@ def analyze_run(run_dir: str | Path, echo: Any = print,
         if not res_path.is_file():
             raise DataError(f"{str(run)!r} holds no results.json; give a folder written by "
                             "dmrnet benchmark")
-        results = json.loads(res_path.read_text())
+        try:
+            results = json.loads(read_text(res_path, "results file"))
+        except DataError:
+            raise
+        except ValueError as err:  # not JSON (a damaged or hand-edited file)
+            raise DataError(f"{str(res_path)!r} is not valid JSON ({first_line(err)}); run the "
+                            "benchmark again to rewrite it") from None
     cfg = results.get("config", {})
     if results.get("metric") != "accuracy":
         raise DataError("analysis covers classification runs scored by accuracy")

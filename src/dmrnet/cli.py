@@ -34,6 +34,7 @@ from dmrnet.benchmark import (
 from dmrnet.data import DATASETS
 from dmrnet.data.base import DataError
 from dmrnet.data.cache import CACHE_MODES
+from dmrnet.data.io import read_text
 from dmrnet.data.prepare import prepare_cremad
 from dmrnet.errors import (
     ConfigError,
@@ -319,7 +320,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         if not args.config.is_file():
             raise ConfigError(f"config file {str(args.config)!r} does not exist")
         try:
-            base = load_yaml(args.config.read_text()) or {}
+            base = load_yaml(read_text(args.config, "config file")) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{str(args.config)!r} is not valid YAML: "
                               f"{' '.join(str(err).split())}") from err

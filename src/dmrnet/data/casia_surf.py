@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dmrnet.data.base import DataError, SplitData, require_root
 from dmrnet.data.files import ImageReader, Record, check_records, file_splits, select_modalities
+from dmrnet.data.io import read_text
 
 MODALITIES = ["rgb", "depth", "ir"]
 CLASSES = ["attack", "real"]
@@ -21,7 +22,7 @@ def read_list(base: Path, name: str, mods: list[str]) -> list[Record]:
     if not path.is_file():
         raise DataError(f"CASIA-SURF list file {str(path)!r} does not exist")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(read_text(path, "CASIA-SURF list").splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()

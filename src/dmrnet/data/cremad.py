@@ -14,6 +14,7 @@ built from the actor id in the clip name (70/10/20 % of actors), and the log say
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from dmrnet.data.files import (
     file_splits,
     select_modalities,
 )
+from dmrnet.data.io import read_text
 from dmrnet.data.transforms import AudioSpec
 
 log = logging.getLogger("dmrnet")
@@ -40,7 +42,7 @@ def read_split_csv(path: Path, classes: list[str]) -> list[tuple[str, int, str]]
     if not path.is_file():
         raise DataError(f"split file {str(path)!r} does not exist")
     out = []
-    with open(path, newline="") as fh:
+    with io.StringIO(read_text(path, "split file"), newline="") as fh:
         for n, row in enumerate(csv.reader(fh), start=1):
             if not row or not "".join(row).strip():
                 continue

@@ -19,6 +19,20 @@ from torch import Tensor
 from dmrnet.data.base import DataError
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A text file (a list, a manifest, a config) read as UTF-8, with or without the byte-order
+    mark spreadsheet programs write; another encoding is a :class:`DataError` naming the byte
+    and line (Python's own error names neither and ends in a traceback)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{what} {Path(path).name} is not UTF-8 text (byte "
+                        f"{raw[err.start]:#04x} on line {line}); save it as UTF-8 (e.g. 'CSV "
+                        "UTF-8' in a spreadsheet)") from None
+
+
 def read_wav(path: str | Path) -> tuple[Tensor, int]:
     """PCM WAV -> (mono samples (N,) float32 in [-1, 1], sample rate). Channels are averaged."""
     path = Path(path)

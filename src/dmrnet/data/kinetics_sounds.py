@@ -25,6 +25,7 @@ from dmrnet.data.files import (
     file_splits,
     select_modalities,
 )
+from dmrnet.data.io import read_text
 from dmrnet.data.transforms import AudioSpec
 
 DEFAULT_AUDIO = {"sample_rate": 16000, "seconds": 3.0, "tile": 1, "train_crop": "random"}
@@ -35,7 +36,8 @@ def _classes(base: Path, class_list: str | None) -> list[str]:
         path = Path(class_list) if Path(class_list).is_absolute() else base / class_list
         if not path.is_file():
             raise DataError(f"class list {str(path)!r} does not exist")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in read_text(path, "class list").splitlines()
+                 if line.strip()]
         if len(set(names)) != len(names):
             raise DataError(f"class list {str(path)!r} names a class twice")
     else:

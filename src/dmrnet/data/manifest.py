@@ -28,7 +28,7 @@ from dmrnet.data.files import (
     file_splits,
     special_file,
 )
-from dmrnet.data.io import read_image, read_npy
+from dmrnet.data.io import read_image, read_npy, read_text
 from dmrnet.data.transforms import AudioSpec
 
 KINDS = ("npy", "image", "audio")
@@ -78,14 +78,7 @@ def manifest(
     if not path.is_file():
         raise DataError(special_file(path) or f"manifest {str(path)!r} does not exist")
     base = Path(root).expanduser() if root is not None else path.parent
-    raw = path.read_bytes()
-    try:  # UTF-8 (a byte-order mark, as spreadsheet programs write, is dropped)
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"manifest {path.name} is not UTF-8 text (byte {raw[err.start]:#04x} on "
-                        f"line {line}); save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)"
-                        ) from None
+    text = read_text(path, "manifest")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = list(reader.fieldnames or [])
     rows = list(enumerate(reader, start=2))

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from dmrnet.data.base import DataError, SplitData, require_root
 from dmrnet.data.cache import SampleCache
 from dmrnet.data.files import select_modalities
+from dmrnet.data.io import read_text
 from dmrnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 VOID = 255
@@ -301,7 +302,8 @@ def nyuv2(
             lst = base / f"{split}.txt"
             if not lst.is_file():
                 raise DataError(f"NYUv2 name list {str(lst)!r} does not exist")
-            names[split] = [x.strip() for x in lst.read_text().splitlines() if x.strip()]
+            names[split] = [x.strip() for x in read_text(lst, "NYUv2 name list").splitlines()
+                            if x.strip()]
             if not names[split]:
                 raise DataError(f"NYUv2 name list {str(lst)!r} is empty")
             for n in names[split]:
