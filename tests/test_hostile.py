@@ -375,6 +375,8 @@ refer(OUTPUTS, "Ctrl-C or SIGTERM while `dmrnet` starts (seconds of imports)", "
 refer(OUTPUTS, "Ctrl-C just after a benchmark's last line (results final)", "dmrnet benchmark",
       "stops", "the run is kept; no 'Exception ignored in atexit callback'",
       "tests/test_interrupts.py::test_signal_after_the_results_are_written_prints_no_atexit_noise")
+
+
 @case(OUTPUTS, "Ctrl-C during `dmrnet fit` in the second epoch", "dmrnet fit", "stops",
       "interrupted during fit at epoch 1, step ...: checkpoints kept in ...; continue with "
       "--resume ...")
