@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dmrnet.data.base import DataError, SplitData, stratified_split
+from dmrnet.data.base import DataError, SplitData, Standardizer, stratified_split
 from dmrnet.data.cache import SampleCache
 from dmrnet.data.io import (
     BytesFile,
@@ -477,11 +477,11 @@ def select_modalities(available: Sequence[str], requested: Sequence[str] | None,
 
 
 def fit_standardizer(train: Sequence[Record], readers: Mapping[str, Reader], eps: float = 1e-6
-                     ) -> tuple[dict[str, Reader], dict[str, dict[str, list[float]]]]:
+                     ) -> tuple[dict[str, Reader], Standardizer]:
     """Per-element mean and std of every array (``.npy``) modality over the training files
     that have it (a constant element keeps std 1): ``readers`` with those modalities'
-    readers standardising, and the statistics as the model folder stores them
-    (``{"mean": {modality: [...]}, "std": {...}}``, flattened)."""
+    readers standardising, and the statistics (flattened lists, as model folders store
+    them, like :meth:`Standardizer.fit` of an in-memory dataset)."""
     out, mean, std = dict(readers), {}, {}
     arrays = [m for m, r in readers.items() if isinstance(r, NpyReader)]
     progress = Progress("fitting the standardisation of " + ", ".join(arrays),
@@ -513,7 +513,7 @@ def fit_standardizer(train: Sequence[Record], readers: Mapping[str, Reader], eps
         out[m] = dataclasses.replace(reader, mean=torch.from_numpy(mu).float(),
                                      std=torch.from_numpy(sd).float())
         mean[m], std[m] = mu.flatten().tolist(), sd.flatten().tolist()
-    return out, {"mean": mean, "std": std}
+    return out, Standardizer(mean, std)
 
 
 def file_splits(
@@ -533,8 +533,8 @@ def file_splits(
     info = {**info, "sizes": {"train": len(train), "val": len(val), "test": len(test)}}
     if standardize:
         readers, stats = fit_standardizer(train, readers)
-        if stats["mean"]:
-            info["standardizer"] = stats
+        if stats.mean:
+            info["standardizer"] = {"mean": stats.mean, "std": stats.std}
     return SplitData(
         train=FileDataset(train, readers, train=True),
         val=FileDataset(val, readers, train=False),
