@@ -30,11 +30,12 @@ from dmrnet.training import MultimodalDataModule, MultimodalModule
 from train_step import make_step
 
 
-def step_for(dataset: str):
-    """A training step of the dataset's default benchmark model on one real batch, and its
-    FLOPs."""
+def step_for(dataset: str, batch_size: int | None = None):
+    """A training step of the dataset's default benchmark model on one real batch (of the
+    dataset's default size unless ``batch_size`` is given), and its FLOPs."""
     defaults = DATASET_DEFAULTS[dataset]
-    data = MultimodalDataModule(dataset, batch_size=defaults.get("batch_size", 64), cache="none")
+    data = MultimodalDataModule(dataset, batch_size=batch_size or defaults.get("batch_size", 64),
+                                cache="none")
     batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())))
     torch.manual_seed(0)
     module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes,
@@ -92,9 +93,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-end-to-end", action="store_true",
                         help="skip the two runs of dmrnet benchmark")
+    parser.add_argument("--batch", type=int, help="samples a step (default: each dataset's "
+                        "benchmark batch; smaller ones test the script, not the target)")
     args = parser.parse_args()
     print(f"{usable_cores()} usable cores; torch {torch.__version__}", flush=True)
-    steps = {name: step_for(name) for name in ("mfeat", "rgbd-shapes")}
+    steps = {name: step_for(name, args.batch) for name in ("mfeat", "rgbd-shapes")}
     ratios = [compare(name, step, flops, "idle", args.reps)
               for name, (step, flops) in steps.items()]
     with busy_process():

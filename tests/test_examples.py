@@ -144,7 +144,7 @@ def _scale_hardware(argv: list[str]) -> None:
 
 
 SMALLER = {  # the benchmark scripts' sizes, at which they still run every path
-    "benchmarks/threads.py": ["--no-end-to-end"],  # not its two full benchmark runs
+    "benchmarks/threads.py": ["--no-end-to-end", "--batch", "4"],  # no full benchmark runs
     "benchmarks/subset_eval.py": ["--batch", "8"],
     "benchmarks/train_step.py": ["--batch", "8"],
     "benchmarks/overhead.py": ["--epochs", "2", "--min-steps", "20"],
