@@ -17,28 +17,20 @@ from dmrnet import signals
 
 def main() -> int:
     """Run ``dmrnet`` (see :func:`dmrnet.cli.main`)."""
-    got: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
-        got.append(signum)
-        raise KeyboardInterrupt
+        # nothing has been read or written yet, and an exception raised here could be caught
+        # half-way through an extension module's import (numpy then fails with an ImportError)
+        word = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        os.write(2, f"dmrnet: {word} while starting; nothing was read or written\n".encode())
+        os._exit(128 + signum)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         from dmrnet.cli import main as command
-    except KeyboardInterrupt:
-        pass
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if got:  # also where an import caught the KeyboardInterrupt and went on
-        word = "terminated (SIGTERM)" if got[0] == signal.SIGTERM else "interrupted"
-        print(f"dmrnet: {word} while starting; nothing was read or written", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # half-imported extension modules are not finalised: at exit they could turn the
-        # interrupt into a death by SIGINT (exit -2 instead of 130) now and then
-        os._exit(128 + got[0])
     try:
         return command()
     except KeyboardInterrupt:  # between the command's own handling and the return
