@@ -3,12 +3,20 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import logging
+import os
 import re
 import threading
 import warnings
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the workers already use every core (-n auto); a test's run or subprocess taking every
+    # core too would oversubscribe them, and PyTorch's spinning threads then stall at every op
+    # (issue 21: 7x on a loaded machine). Tests of the thread choice set or clear it themselves
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import torch
 
 from dmrnet.benchmark import quiet_lightning

@@ -192,8 +192,10 @@ def test_array_batches_are_what_the_collate_makes_of_single_items():
         wrong(ds.__getitems__(idx))
 
 
-def test_fit_takes_the_cache_and_says_its_threads(tmp_path, capsys):
+def test_fit_takes_the_cache_and_says_its_threads(tmp_path, capsys, monkeypatch):
     from .test_tasks_cli import fit_and_test
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # dmrnet's own choice
 
     manifest = make_manifest(tmp_path / "m")
     m = fit_and_test("manifest.yaml", tmp_path / "run", [
