@@ -407,7 +407,8 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
                 stage=stage, per_subset=res["per_subset"], mean=res["mean"], worst=res["worst"],
                 best_epoch=best, hard_subsets=list(module.hard_subsets),
                 subset_variance=dict(module.subset_variance), selections=list(module.selections),
-                per_subset_all=res.get("per_subset_all"), train_seconds=tr_s, eval_seconds=ev_s))
+                per_subset_all=res.get("per_subset_all"), loss_terms=list(module.loss_terms),
+                train_seconds=tr_s, eval_seconds=ev_s))
             if len(stages) > 1 and (progress or (i + 1) % 8 == 0 or i + 1 == len(stages)):
                 echo(f"      {name}: {i + 1}/{len(stages)} stages trained")
     except DivergedError:  # the run is left out (see _attempt); its checkpoints are not kept

@@ -378,6 +378,7 @@ class MultimodalModule(L.LightningModule):
         self.hard_subsets: list[str] = []
         self.subset_variance: dict[str, float] = {}
         self.selections: list[dict[str, Any]] = []  # each choice of the objective, in order
+        self.loss_terms: list[dict[str, float]] = []  # each epoch's mean loss terms
         self.sampling: dict[str, float] = {}  # the objective's subset sampling factors, if any
         self._train_sums: dict[str, torch.Tensor] = {}  # this epoch's loss terms x samples
         self._train_count = 0
@@ -470,6 +471,9 @@ class MultimodalModule(L.LightningModule):
                   for name, total in self._train_sums.items()}
         if "train/loss" in values and self.trainer.progress_bar_callback is not None:
             self.log("train/loss", values["train/loss"], prog_bar=True, logger=False)
+        if values and not self.trainer.sanity_checking:
+            self.loss_terms.append({"epoch": int(self.current_epoch),
+                                    **{k.removeprefix("train/"): v for k, v in values.items()}})
         if isinstance(self.objective, Objective):
             values.update(self._record(self.objective.end_train_epoch(self.current_epoch,
                                                                       self._sum)))
@@ -528,6 +532,7 @@ class MultimodalModule(L.LightningModule):
         checkpoint["dmrnet"] = {"hard_subsets": self.hard_subsets,
                                 "subset_variance": self.subset_variance,
                                 "selections": self.selections,
+                                "loss_terms": self.loss_terms,
                                 "rng_torch": torch.get_rng_state(),
                                 "rng_numpy": _numpy_state(),
                                 # as tensors: a list of 625 ints costs a checkpoint write 625
@@ -540,6 +545,9 @@ class MultimodalModule(L.LightningModule):
         self.hard_subsets = list(extra.get("hard_subsets", []))
         self.subset_variance = dict(extra.get("subset_variance", {}))
         self.selections = list(extra.get("selections", []))
+        saved = list(extra.get("loss_terms", []))
+        if len(saved) >= len(self.loss_terms):  # a resume; testing the best epoch keeps all
+            self.loss_terms = saved
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.restore_choice(checkpoint)

@@ -171,6 +171,9 @@ class Scores:
     subset_variance: dict[str, float] = field(default_factory=dict)
     selections: list[dict[str, Any]] = field(default_factory=list)
     per_subset_all: dict[str, dict[str, float]] | None = None
+    loss_terms: list[dict[str, float]] = field(default_factory=list)
+    """Each training epoch's mean of every loss term the objective returned ("task", "kl",
+    "hcr", ... and their sum "loss"), with its "epoch"."""
 
     def scores(self) -> dict[str, Any]:
         """The :class:`Scores` fields alone (e.g. to make a run's record from a stage's)."""

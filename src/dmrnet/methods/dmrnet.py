@@ -15,7 +15,9 @@ from dmrnet.errors import COUNT, COUNT_FROM_1, NON_NEGATIVE, ConfigError, requir
 from dmrnet.methods.base import Method, ModelConfig, Stage, register_method
 from dmrnet.methods.modulation import GradientModulation
 from dmrnet.methods.objectives import (
+    HCR_REDUCTIONS,
     HCR_RULES,
+    HCR_STATISTICS,
     HCR_WEIGHTINGS,
     DifficultySampling,
     HardCombinationRegularizer,
@@ -50,19 +52,30 @@ class HCROptions:
     on the validation split); hcr_every: re-select every this many epochs after warm-up (0:
     once); hcr_weighting: "top_k" (weight 1 on the top k) or "soft" (every candidate weighted
     by its difficulty relative to the candidates' mean). The last three are our additions.
+    hcr_reduction: "paper" (beta x the hard samples' loss / B, as written) or "authors" (what
+    their code computes: beta x n_hard x the batch mean loss); hcr_statistic: "pooled" (one
+    mean per subset over the warm-up) or "authors" (their per-batch means). The default
+    warm-up, 6 epochs, selects after epoch 5 and applies HCR from epoch 6, as their code.
     See :class:`~dmrnet.methods.objectives.HardCombinationRegularizer`."""
 
     beta: float = 0.2
-    hcr_warmup_epochs: int = 5
+    hcr_warmup_epochs: int = 6
     hcr_top_k: int = 1
     hcr_candidates: str = "unimodal"
     hcr_subsets: list[str] | None = None
     hcr_rule: str = "variance"
     hcr_every: int = 0
     hcr_weighting: str = "top_k"
+    hcr_reduction: str = "paper"
+    hcr_statistic: str = "pooled"
 
     def __post_init__(self) -> None:
         require("beta", self.beta, NON_NEGATIVE)
+        for name, allowed in (("hcr_reduction", HCR_REDUCTIONS),
+                              ("hcr_statistic", HCR_STATISTICS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got "
+                                  f"{getattr(self, name)!r}")
         require("hcr_warmup_epochs", self.hcr_warmup_epochs, COUNT)
         require("hcr_top_k", self.hcr_top_k, COUNT_FROM_1)
         if self.hcr_candidates not in ("unimodal", "all"):
@@ -77,6 +90,25 @@ class HCROptions:
                               f"{self.hcr_weighting!r}")
         if isinstance(self.hcr_subsets, str):  # "a,b" from a command line
             self.hcr_subsets = [s.strip() for s in self.hcr_subsets.split(",") if s.strip()]
+
+
+INITS = ("default", "authors")
+
+
+def authors_init(network: nn.Module) -> None:
+    """The authors' ``weight_init``, applied to every layer as their ``model.apply`` does:
+    Xavier-normal linear weights and zero biases, Kaiming-normal (fan-out, ReLU) convolution
+    weights (biases left as built), BatchNorm2d weight 1 and bias 0."""
+    for m in network.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 @dataclass
@@ -99,7 +131,10 @@ class BoosterOptions(TeacherOptions):
     (see :mod:`dmrnet.methods.modulation`).
     unimodal_ensemble: w > 0: at evaluation the unimodal heads vote with the fused head, logits
     = log p_fused + w x sum of the available modalities' log p_m (Du et al.'s UME, ICML 2023;
-    needs unimodal_weight > 0; see ``MultimodalModel``'s ensemble_weight)."""
+    needs unimodal_weight > 0; see ``MultimodalModel``'s ensemble_weight).
+    init: "default" (each layer's own: the ResNets' Kaiming/Xavier-uniform, PyTorch's
+    elsewhere) or "authors" (their ``weight_init`` over the whole network: see
+    :func:`authors_init`)."""
 
     unimodal_weight: float = 0.0
     unimodal_detach: bool = False
@@ -109,9 +144,12 @@ class BoosterOptions(TeacherOptions):
     ogm_noise: bool = True
     ogm_epochs: int = 0
     unimodal_ensemble: float = 0.0
+    init: str = "default"
 
     def __post_init__(self) -> None:
         TeacherOptions.__post_init__(self)
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
         require("unimodal_ensemble", self.unimodal_ensemble, NON_NEGATIVE)
         require("difficulty_sampling", self.difficulty_sampling, NON_NEGATIVE)
         require("difficulty_warmup", self.difficulty_warmup, COUNT_FROM_1)
@@ -186,8 +224,10 @@ class DMRNetFamily(Method):
                                           opts.hcr_top_k, candidates=opts.hcr_candidates,
                                           hard_subsets=opts.hcr_subsets, rule=opts.hcr_rule,
                                           every=int(opts.hcr_every),
-                                          weighting=opts.hcr_weighting)
-               if self.variance and beta > 0 else None)
+                                          weighting=opts.hcr_weighting,
+                                          reduction=opts.hcr_reduction,
+                                          statistic=opts.hcr_statistic)
+               if self.variance and beta > 0 else self.fixed_rescale(opts, names))
         gamma = getattr(opts, "difficulty_sampling", 0.0)
         sampling = (DifficultySampling(names, gamma, int(opts.difficulty_warmup)) if gamma > 0
                     else None)
@@ -201,7 +241,17 @@ class DMRNetFamily(Method):
                                    teacher_weight=getattr(opts, "teacher_distill", 0.0),
                                    sampling=sampling, modulation=modulation)
 
+    def fixed_rescale(self, opts: Any, names: list[str]) -> HardCombinationRegularizer | None:
+        """A loss term for members without the variance head (none but the control)."""
+        return None
+
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+        network, objective = self._build(config)
+        if getattr(self.options(config.method_kwargs), "init", "default") == "authors":
+            authors_init(network)
+        return network, objective
+
+    def _build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         opts = self.options(config.method_kwargs)
         beta, unimodal = getattr(opts, "beta", 0.0), getattr(opts, "unimodal_weight", 0.0)
         distill = getattr(opts, "teacher_distill", 0.0) > 0
@@ -352,6 +402,62 @@ class DMRNetNoKL(DMRNetFamily):
     name = "dmrnet_no_kl"
     description = "DMRNet without KL"
     Options = NoKLOptions
+
+
+@dataclass
+class AuthorsOptions(DMRNetOptions):
+    """DMRNet's options with the authors' code's behaviour as defaults: their HCR reduction
+    and variance statistic, their initialisation, and their warm-up (epochs 0-5)."""
+
+    hcr_warmup_epochs: int = 6
+    hcr_reduction: str = "authors"
+    hcr_statistic: str = "authors"
+    init: str = "authors"
+
+
+@register_method
+class DMRNetAuthors(DMRNetFamily):
+    """DMRNet as the authors' public code runs it (their CREMA-D / Kinetics-Sounds script):
+    the network and KL of ``dmrnet``; HCR reduced as their broadcast computes it (every
+    sample's loss x (1 + beta x n_hard) from the selection on); the per-batch variance
+    statistic; Xavier-normal initialisation. ``dmrnet`` is the paper's method as written."""
+
+    name = "dmrnet_authors"
+    description = "DMRNet as the authors' code runs it (their HCR reduction and statistic)"
+    Options = AuthorsOptions
+
+
+@dataclass
+class RescaleOptions(BoosterOptions):
+    """beta and the epoch the rescale starts (hcr_warmup_epochs, as DMRNet's selection)."""
+
+    beta: float = 0.2
+    hcr_warmup_epochs: int = 6
+
+    def __post_init__(self) -> None:
+        BoosterOptions.__post_init__(self)
+        require("beta", self.beta, NON_NEGATIVE)
+        require("hcr_warmup_epochs", self.hcr_warmup_epochs, COUNT_FROM_1)
+
+
+@register_method
+class LossRescale(DMRNetFamily):
+    """A control for the authors' HCR: the baseline whose loss, from epoch
+    ``hcr_warmup_epochs`` on, is scaled as their HCR scales it, (1 + beta x n) x the batch
+    mean, with n the batch's samples of one fixed subset (the first modality alone; under
+    uniform subset sampling every subset's count has the same distribution), so nothing is
+    selected and no subset is favoured."""
+
+    name = "loss_rescale"
+    description = "control: baseline + the authors' HCR loss scaling, no selection"
+    variance, sample = False, False
+    Options = RescaleOptions
+
+    def fixed_rescale(self, opts: Any, names: list[str]) -> HardCombinationRegularizer | None:
+        if opts.beta == 0:
+            return None
+        return HardCombinationRegularizer(names, opts.beta, opts.hcr_warmup_epochs,
+                                          hard_subsets=[names[0]], reduction="authors")
 
 
 def preset_heads(options: Mapping[str, Any], dense: bool) -> dict[str, Any]:

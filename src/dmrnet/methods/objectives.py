@@ -62,6 +62,17 @@ or error per subset on the validation split (never the test split)."""
 
 HCR_WEIGHTINGS = ("top_k", "soft")
 
+HCR_REDUCTIONS = ("paper", "authors")
+"""How the HCR term is reduced over the batch: the paper's beta * (1/B) * sum of the hard
+samples' losses, or what the authors' code computes, beta * n_hard * (batch mean loss of every
+sample): their (B, 1, 1, 1) indicator times the (B,) losses broadcasts to (B, 1, 1, B)."""
+
+HCR_STATISTICS = ("pooled", "authors")
+"""The variance statistic ranked during warm-up: one mean over every warm-up sample of a
+subset (pooled), or the authors' per-batch means, summed over an epoch's batches, divided by
+(batches - 1) and summed over the warm-up epochs (a batch without a sample of the subset makes
+it NaN)."""
+
 
 class HardCombinationRegularizer(nn.Module):
     """Up-weights the samples of hard modality subsets.
@@ -94,6 +105,11 @@ class HardCombinationRegularizer(nn.Module):
         rule: "variance" | "val_loss" | "val_error".
         every: re-select every this many epochs after warm-up (0: choose once).
         weighting: "top_k" | "soft".
+        reduction: "paper" | "authors" (see :data:`HCR_REDUCTIONS`).
+        statistic: "pooled" | "authors" (see :data:`HCR_STATISTICS`); with "authors" the
+            choice is their comparison: with two modalities, the first is hard when its
+            statistic is greater than the second's, else the second (a comparison with NaN
+            is false); with more, the same comparison from the last candidate to the first.
     """
 
     def __init__(
@@ -107,9 +123,21 @@ class HardCombinationRegularizer(nn.Module):
         rule: str = "variance",
         every: int = 0,
         weighting: str = "top_k",
+        reduction: str = "paper",
+        statistic: str = "pooled",
     ) -> None:
         super().__init__()
         self.subset_names = list(subset_names)
+        if reduction not in HCR_REDUCTIONS:
+            raise ConfigError(f"hcr_reduction must be one of {', '.join(HCR_REDUCTIONS)}; got "
+                              f"{reduction!r}")
+        if statistic not in HCR_STATISTICS:
+            raise ConfigError(f"hcr_statistic must be one of {', '.join(HCR_STATISTICS)}; got "
+                              f"{statistic!r}")
+        if statistic == "authors" and (rule != "variance" or every > 0):
+            raise ConfigError("hcr_statistic 'authors' is the authors' variance statistic over "
+                              "one warm-up: it needs hcr_rule 'variance' and hcr_every 0")
+        self.reduction, self.statistic = reduction, statistic
         num = len(self.subset_names)
         if candidates not in ("unimodal", "all"):
             raise ConfigError(f"candidates must be 'unimodal' or 'all'; got {candidates!r}")
@@ -153,6 +181,9 @@ class HardCombinationRegularizer(nn.Module):
         self.register_buffer("hard", torch.zeros(num, dtype=torch.bool))
         self.register_buffer("weight", torch.zeros(num, dtype=torch.float32))
         self.register_buffer("active", torch.zeros((), dtype=torch.bool))
+        # the authors' statistic: this epoch's sum of per-batch means, and its batches
+        self.register_buffer("epoch_sum", torch.zeros(num, dtype=torch.float64))
+        self.register_buffer("epoch_batches", torch.zeros((), dtype=torch.float64))
         self.register_buffer("candidate", torch.tensor(is_candidate), persistent=False)
         # the latest validation difficulty per subset (NaN: not measured); not saved: a run
         # resumes at an epoch boundary, after the selection that used it
@@ -164,6 +195,9 @@ class HardCombinationRegularizer(nn.Module):
         # checkpoints of dmrnet 0.1 have no weight buffer: it is the hard mask
         if prefix + "weight" not in state_dict and prefix + "hard" in state_dict:
             state_dict[prefix + "weight"] = state_dict[prefix + "hard"].float()
+        # checkpoints before the authors' statistic have no epoch buffers: empty ones
+        for name in ("epoch_sum", "epoch_batches"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
@@ -186,7 +220,10 @@ class HardCombinationRegularizer(nn.Module):
                 if w > 0}
 
     def mean_variance(self) -> dict[str, float]:
-        """Accumulated mean sigma^2 per subset (NaN where a subset had no sample)."""
+        """Accumulated mean sigma^2 per subset (NaN where a subset had no sample); with the
+        authors' statistic, theirs (NaN where a warm-up batch had no sample of the subset)."""
+        if self.statistic == "authors":
+            return dict(zip(self.subset_names, self.variance_sum.tolist(), strict=True))
         mean = self.variance_sum / self.variance_count.clamp_min(1)
         mean[self.variance_count == 0] = math.nan
         return dict(zip(self.subset_names, mean.tolist(), strict=True))
@@ -213,8 +250,24 @@ class HardCombinationRegularizer(nn.Module):
             return
         idx = subset_index.to(self.variance_sum.device)
         sums, counts = subset_totals(idx, variance.to(idx.device), len(self.subset_names))
+        if self.statistic == "authors":  # this batch's mean per subset; 0/0 is NaN, as theirs
+            self.epoch_sum += sums / counts
+            self.epoch_batches += 1
+            return
         self.variance_sum += sums
         self.variance_count += counts
+
+    @torch.no_grad()
+    def end_warmup_epoch(self, reduce: Reduce) -> None:
+        """The authors' statistic at the end of a warm-up epoch: the sum of its batch means
+        (over every process) divided by (batches - 1), added to the warm-up's total."""
+        if self.statistic != "authors" or not self.warming_up:
+            return
+        total, batches = reduce(self.epoch_sum), reduce(self.epoch_batches)
+        self.variance_sum += total / (batches - 1)
+        self.variance_count += 1
+        self.epoch_sum.zero_()
+        self.epoch_batches.zero_()
 
     @torch.no_grad()
     def observe_validation(self, difficulty: Mapping[str, float]) -> None:
@@ -230,9 +283,24 @@ class HardCombinationRegularizer(nn.Module):
         self.select()
         return True
 
+    def _authors_choice(self) -> int:
+        """The authors' comparison (``hard = a if var_a > var_v else v``), from the last
+        candidate to the first: a candidate replaces the choice only when its statistic is
+        greater (a comparison with NaN is false)."""
+        candidates = [i for i, c in enumerate(self.candidate.tolist()) if c]
+        stat = self.variance_sum.tolist()
+        chosen = candidates[-1]
+        for i in reversed(candidates[:-1]):
+            if stat[i] > stat[chosen]:
+                chosen = i
+        return chosen
+
     def _scores(self) -> Tensor | None:
         """Each subset's difficulty under the rule (-inf: not a candidate or not seen)."""
-        if self.rule == "variance":
+        if self.rule == "variance" and self.statistic == "authors":
+            score = self.variance_sum.clone()
+            score[torch.isnan(score)] = -math.inf
+        elif self.rule == "variance":
             score = self.variance_sum / self.variance_count.clamp_min(1)
             score[self.variance_count == 0] = -math.inf  # never seen: cannot be judged hard
         else:
@@ -256,7 +324,10 @@ class HardCombinationRegularizer(nn.Module):
             if score is None:
                 return self.hard_names
             self.hard.zero_()
-            if self.weighting == "top_k":
+            if self.statistic == "authors" and self.top_k == 1 and self.weighting == "top_k":
+                self.hard[self._authors_choice()] = True
+                self.weight.copy_(self.hard.float())
+            elif self.weighting == "top_k":
                 self.hard[torch.topk(score, self.top_k).indices] = True
                 self.weight.copy_(self.hard.float())
             else:
@@ -273,14 +344,21 @@ class HardCombinationRegularizer(nn.Module):
         return self.hard_names
 
     def forward(self, per_sample_loss: Tensor, subset_index: Tensor) -> Tensor:
-        """beta * (1/B) * sum_i w_{subset_i} loss_i; zero during warm-up. Shapes (B,), (B,)."""
+        """The paper's reduction: beta * (1/B) * sum_i w_{subset_i} loss_i. The authors':
+        beta * (sum_i w_{subset_i}) * (1/B) * sum_j loss_j. Zero during warm-up. Shapes (B,),
+        (B,)."""
         if self.warming_up or self.beta == 0:
             return per_sample_loss.new_zeros(())
-        if self.weighting == "top_k":  # the authors' form, exactly: a hard mask
-            is_hard = self.hard.to(subset_index.device)[subset_index]
-            return self.beta * (per_sample_loss * is_hard).sum() / per_sample_loss.shape[0]
-        w = self.weight.to(subset_index.device)[subset_index].to(per_sample_loss.dtype)
-        return self.beta * (per_sample_loss * w).sum() / per_sample_loss.shape[0]
+        b = per_sample_loss.shape[0]
+        if self.weighting == "top_k":  # a hard mask
+            w = self.hard.to(subset_index.device)[subset_index].to(per_sample_loss.dtype)
+        else:
+            w = self.weight.to(subset_index.device)[subset_index].to(per_sample_loss.dtype)
+        if self.reduction == "authors":
+            # their availability product has shape (B, 1, 1, 1); times the (B,) losses it
+            # broadcasts to (B, 1, 1, B): every hard sample weights every sample's loss
+            return self.beta * (per_sample_loss * w.view(b, 1, 1, 1)).sum() / b
+        return self.beta * (per_sample_loss * w).sum() / b
 
 
 class DifficultySampling(nn.Module):
@@ -394,9 +472,12 @@ class MultimodalObjective(Objective):
         sampling = self.sampling.end_epoch(epoch) if self.sampling is not None else {}
         hcr = self.hcr
         chosen = None
+        if hcr is not None:
+            hcr.end_warmup_epoch(reduce)
         if hcr is not None and hcr.due(epoch):
-            for buf in (hcr.variance_sum, hcr.variance_count):
-                buf.copy_(reduce(buf))
+            if hcr.statistic == "pooled":  # the authors' is summed over processes already
+                for buf in (hcr.variance_sum, hcr.variance_count):
+                    buf.copy_(reduce(buf))
             variance = hcr.mean_variance()
             hard = hcr.select()
             if not hcr.warming_up:  # a validation rule with no validation yet: choose later
