@@ -179,7 +179,7 @@ def test_export_never_empties_the_current_folder(tmp_path, monkeypatch, capsys):
 def test_results_record_every_seeds_split_and_defaults_allow_a_verdict(tmp_path):
     from dmrnet.benchmark import DATASET_DEFAULTS, apply_dataset_defaults
 
-    for dataset in DATASET_DEFAULTS:  # 3 seeds: the fewest for which a verdict is given
+    for dataset in DATASET_DEFAULTS:  # a verdict needs 2 seeds; the default gives more
         assert len(apply_dataset_defaults(BenchmarkConfig(out="-", dataset=dataset)).seeds) >= 3
     cfg = BenchmarkConfig(out=str(tmp_path / "run"), modalities=["fac", "mor"],
                           methods=["baseline"], seeds=[0, 1], epochs=1, progress=False)
@@ -191,9 +191,10 @@ def test_results_record_every_seeds_split_and_defaults_allow_a_verdict(tmp_path)
     assert saved["data_per_seed"] == per_seed
     # the README's results.json row names these keys
     for key in ("dataset", "data_source", "modalities", "subsets", "metric", "runs",
-                "failed_runs", "summary", "robustness_profile", "config"):
+                "failed_runs", "summary", "comparisons", "robustness_profile", "config"):
         assert key in saved, key
     assert saved["failed_runs"] == []
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| `results.json`"))
-    assert "`failed_runs`" in row and "`data_per_seed`" in row
+    assert "`failed_runs`" in row and "`data_per_seed`" in row and "`comparisons`" in row
+    assert "`loss_terms`" in row and all("loss_terms" in r for r in saved["runs"])

@@ -130,5 +130,9 @@ def test_paired_comparison_names_a_winner_only_beyond_seed_noise():
     assert next(c for c in noisy if c["on"] == "mean")["verdict"] == "no clear difference"
     lower = paired_comparisons(runs("a", [0.1, 0.1, 0.1]) + runs("b", [0.2, 0.21, 0.2]), False)
     assert next(c for c in lower if c["on"] == "mean")["verdict"] == "a better"
-    two = paired_comparisons(runs("a", [0.9, 0.9]) + runs("b", [0.1, 0.1]), True)
-    assert two[0]["verdict"] == "too few seeds (< 3)"
+    one = paired_comparisons(runs("a", [0.9]) + runs("b", [0.1]), True)
+    assert one[0]["verdict"] == "too few seeds (< 2)"
+    # three differences of one sign: a bootstrap over seeds called it, Student's t does not
+    same_sign = paired_comparisons(runs("a", [0.851, 0.86, 0.9]) + runs("b", [0.85] * 3), True)
+    on_mean = next(c for c in same_sign if c["on"] == "mean")
+    assert on_mean["verdict"] == "no clear difference" and on_mean["ci95"][0] < 0

@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
+from dmrnet.comparison import MIN_SEEDS, difference, reducer, sample_draws
 from dmrnet.data import DATASETS
 from dmrnet.data.cache import SampleCache, check_cache_mode
 from dmrnet.errors import (
@@ -408,7 +409,7 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
                 best_epoch=best, hard_subsets=list(module.hard_subsets),
                 subset_variance=dict(module.subset_variance), selections=list(module.selections),
                 per_subset_all=res.get("per_subset_all"), loss_terms=list(module.loss_terms),
-                train_seconds=tr_s, eval_seconds=ev_s))
+                train_seconds=tr_s, eval_seconds=ev_s, test_samples=module.test_samples))
             if len(stages) > 1 and (progress or (i + 1) % 8 == 0 or i + 1 == len(stages)):
                 echo(f"      {name}: {i + 1}/{len(stages)} stages trained")
     except DivergedError:  # the run is left out (see _attempt); its checkpoints are not kept
@@ -423,6 +424,7 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
     combined = {"train_seconds": sum(r.train_seconds for r in results),
                 "eval_seconds": results[-1].eval_seconds,
                 **method.combine(results, higher_is_better)}
+    save_samples(out / SAMPLES / f"{name}-seed{seed}.npz", method.combine_samples(results))
     stage_seconds = ({r.stage.name: r.train_seconds for r in results if r.stage.name}
                      if len(results) > 1 else {})
     return RunRecord(method=name, seed=seed, stage_train_seconds=stage_seconds, **combined)
@@ -790,6 +792,7 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         first = failed[0]
         raise DivergedError(f"every run failed ({first['method']} seed {first['seed']}: "
                             f"{first['failed']}); {cfg.out!r} is as it was")
+    samples = load_samples(out, runs)
     results = {
         "dataset": info.get("name") or cfg.dataset,  # a manifest's file name, else the source
         "data_source": cfg.dataset,
@@ -800,8 +803,9 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         "runs": runs,
         "failed_runs": failed,
         "summary": summarize_runs(runs, metric.higher_is_better),
-        "comparisons": paired_comparisons(runs, metric.higher_is_better),
-        "gap_to_reference": gap_to_reference(runs, metric.higher_is_better, _roles(cfg)),
+        "comparisons": paired_comparisons(runs, metric.higher_is_better, samples, metric.value),
+        "gap_to_reference": gap_to_reference(runs, metric.higher_is_better, _roles(cfg),
+                                             samples, metric.value),
         "roles": _roles(cfg),
         "config": asdict(cfg),
         "data": info,  # the last seed's; every seed's (its split) in data_per_seed
@@ -912,20 +916,62 @@ def _attempt(cfg: BenchmarkConfig, out: Path, method: str, seed: int,
         return {"method": method, "seed": seed, "failed": str(err)}
 
 
+SAMPLES = "test_samples"
+"""The benchmark's folder of each run's per-sample test statistics (``METHOD-seedN.npz``)."""
+
+
+def save_samples(path: Path, samples: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """One run's test samples (:data:`dmrnet.comparison.Samples`) as ``path`` (.npz)."""
+    if not samples:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"subsets": np.array(list(samples))}
+    for i, s in enumerate(samples.values()):
+        arrays[f"ids{i}"], arrays[f"rows{i}"] = s["ids"], s["rows"]
+    np.savez_compressed(path, **arrays)
+
+
+def load_samples(out: Path, runs: Sequence[Mapping[str, Any]]
+                 ) -> dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]:
+    """(method, seed) -> that run's test samples, for the runs whose file is in ``out``."""
+    found = {}
+    for r in runs:
+        path = out / SAMPLES / f"{r['method']}-seed{r['seed']}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                found[(r["method"], r["seed"])] = {
+                    str(name): {"ids": z[f"ids{i}"], "rows": z[f"rows{i}"]}
+                    for i, name in enumerate(z["subsets"])}
+    return found
+
+
+def _draws(samples: Mapping[tuple[str, int], Any] | None, value: Any, a: str, b: str,
+           seeds: Sequence[int], key: str, higher_is_better: bool) -> np.ndarray | None:
+    """Test-sample bootstrap draws of a - b on ``key`` over ``seeds`` (None: not recorded)."""
+    if samples is None or value is None:
+        return None
+    pairs = [(samples.get((a, s)), samples.get((b, s))) for s in seeds]
+    if any(x is None or y is None for x, y in pairs):
+        return None
+    return sample_draws(pairs, value, reducer(key, higher_is_better))  # type: ignore[arg-type]
+
+
 def paired_comparisons(
-    runs: Sequence[dict[str, Any]], higher_is_better: bool, resamples: int = 10000
+    runs: Sequence[dict[str, Any]], higher_is_better: bool,
+    samples: Mapping[tuple[str, int], Any] | None = None, value: Any = None,
 ) -> list[dict[str, Any]]:
     """Every method pair compared seed by seed, on the mean over subsets and the worst subset.
 
-    The difference (a − b) per shared seed is bootstrapped over seeds (``resamples``, fixed RNG)
-    for a 95 % interval; a verdict names a winner only with at least 3 seeds and an interval
-    that excludes 0.
+    The interval of a - b accounts for seed noise and, where each run's test samples were
+    recorded (``samples``, and the task metric's ``value``), test-sample noise
+    (:func:`dmrnet.comparison.difference`); a verdict names a winner only with at least 2
+    seeds and an interval that excludes 0. ``resolution`` is the interval's half-width: a
+    smaller difference cannot be told from noise with these seeds and test samples.
     """
     by = {}
     for r in runs:
         by.setdefault(r["method"], {})[r["seed"]] = r
     methods = list(by)
-    rng = np.random.default_rng(0)
     out = []
     for i, a in enumerate(methods):
         for b in methods[i + 1 :]:
@@ -933,16 +979,19 @@ def paired_comparisons(
             if not seeds:
                 continue
             for key in ("mean", "worst"):
-                d = np.array([by[a][s][key] - by[b][s][key] for s in seeds])
-                boot = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
-                lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-                better = d.mean() > 0 if higher_is_better else d.mean() < 0
-                clear = len(seeds) >= 3 and (lo > 0 or hi < 0)
-                verdict = (f"{a if better else b} better" if clear else
-                           "too few seeds (< 3)" if len(seeds) < 3 else "no clear difference")
-                out.append({"a": a, "b": b, "on": key, "seeds": len(seeds),
-                            "diff": float(d.mean()), "diff_std": float(d.std()),
-                            "ci95": [lo, hi], "verdict": verdict})
+                draws = _draws(samples, value, a, b, seeds, key, higher_is_better)
+                d = difference([by[a][s][key] for s in seeds], [by[b][s][key] for s in seeds],
+                               draws)
+                better = d.diff > 0 if higher_is_better else d.diff < 0
+                verdict = (f"{a if better else b} better" if d.clear else
+                           f"too few seeds (< {MIN_SEEDS})" if d.seeds < MIN_SEEDS
+                           else "no clear difference")
+                out.append({"a": a, "b": b, "on": key, "seeds": d.seeds, "diff": d.diff,
+                            "diff_std": d.seed_sd, "test_se": d.test_sd,
+                            "ci95": [d.lo, d.hi], "resolution": (d.hi - d.lo) / 2,
+                            "noise": "seeds and test samples" if draws is not None
+                            else "seeds only (test samples not recorded)",
+                            "verdict": verdict})
     return out
 
 
@@ -952,7 +1001,9 @@ def _roles(cfg: BenchmarkConfig) -> dict[str, str]:
 
 
 def gap_to_reference(runs: Sequence[dict[str, Any]], higher_is_better: bool,
-                     roles: Mapping[str, str], resamples: int = 10000) -> dict[str, Any] | None:
+                     roles: Mapping[str, str],
+                     samples: Mapping[tuple[str, int], Any] | None = None,
+                     value: Any = None) -> dict[str, Any] | None:
     """How far each method is from the reference (the method whose role is "reference") per
     subset, and how much of the baseline's gap it closes. None without a reference in the run.
 
@@ -960,9 +1011,9 @@ def gap_to_reference(runs: Sequence[dict[str, Any]], higher_is_better: bool,
     better), averaged over the seeds both ran; ``closed`` = (baseline gap - method gap) /
     baseline gap where the baseline's gap is > 0 (1 = as good as the reference, 0 = no better
     than the baseline, < 0 = worse). ``behind`` lists the subsets where the reference beats
-    the baseline beyond seed noise: the paired bootstrap 95 % interval of the per-seed
-    difference excludes 0, with at least 3 seeds. ``closed_behind`` averages ``closed`` over
-    them: the fraction of the baseline's gap a method closes where there is one.
+    the baseline beyond seed and test-sample noise (the interval of
+    :func:`dmrnet.comparison.difference` excludes 0). ``closed_behind`` averages ``closed``
+    over them: the fraction of the baseline's gap a method closes where there is one.
     """
     ref = roles.get("reference")
     if ref is None:
@@ -975,20 +1026,24 @@ def gap_to_reference(runs: Sequence[dict[str, Any]], higher_is_better: bool,
     if ref not in by:
         return None
     subsets = list(next(iter(by[ref].values())))
-    rng = np.random.default_rng(0)
+
+    def shared(method: str) -> list[int]:
+        return sorted(set(by[ref]) & set(by[method]))
 
     def gaps(method: str, subset: str) -> np.ndarray:
-        seeds = sorted(set(by[ref]) & set(by[method]))
-        return np.array([sign * (by[ref][s][subset] - by[method][s][subset]) for s in seeds])
+        return np.array([sign * (by[ref][s][subset] - by[method][s][subset])
+                         for s in shared(method)])
 
     behind: list[str] = []
     if base is not None and base in by:
+        seeds = shared(base)
         for subset in subsets:
-            d = gaps(base, subset)
-            if len(d) >= 3:
-                boot = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
-                if float(np.percentile(boot, 2.5)) > 0:
-                    behind.append(subset)
+            draws = _draws(samples, value, ref, base, seeds, subset, higher_is_better)
+            d = difference([sign * by[ref][s][subset] for s in seeds],
+                           [sign * by[base][s][subset] for s in seeds],
+                           None if draws is None else sign * draws)
+            if d.clear and d.diff > 0:
+                behind.append(subset)
     base_gap = ({s: float(gaps(base, s).mean()) for s in subsets}
                 if base is not None and base in by else {})
     per_method: dict[str, Any] = {}

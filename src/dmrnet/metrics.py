@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -20,11 +21,59 @@ class TaskMetric:
 
     The Metric's ``compute()`` returns a scalar, or a dict of named values that includes
     ``name`` (the primary value, used for the mean and the worst subset and for selection).
+
+    ``rows(logits, target, num_classes) -> (B, k)`` gives each sample's additive statistics,
+    and ``value(sums (..., k), counts (...)) -> (...)`` the primary value of any sum of them
+    over ``counts`` samples: the metric of any resample of the test samples (a bootstrap)
+    without running the model again.
     """
 
     name: str
     higher_is_better: bool
     factory: Callable[[int], Metric]
+    rows: Callable[[Tensor, Tensor, int], Tensor]
+    value: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _accuracy_rows(logits: Tensor, target: Tensor, k: int) -> Tensor:
+    return (logits.argmax(dim=1) == target).float()[:, None]  # (B, 1): correct
+
+
+def _accuracy_value(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    return sums[..., 0] / np.maximum(counts, 1)
+
+
+def _spoofing_rows(logits: Tensor, target: Tensor, k: int) -> Tensor:
+    real_pred = logits.argmax(dim=1) == 1 if logits.dim() == 2 else logits > 0.5
+    real = target == 1
+    return torch.stack([real_pred & real, ~real_pred & real, real_pred & ~real,
+                        ~real_pred & ~real], dim=1).float()  # tp, fn, fp, tn
+
+
+def _acer_value(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    tp, fn, fp, tn = (sums[..., i] for i in range(4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (fp / (fp + tn) + fn / (tp + fn)) / 2
+
+
+def _iou_rows(logits: Tensor, target: Tensor, k: int, ignore_index: int = 255) -> Tensor:
+    pred = logits.argmax(dim=1) if logits.dim() == target.dim() + 1 else logits
+    valid = (target != ignore_index).flatten(1)
+    pred, target = pred.flatten(1), target.flatten(1)
+    out = []
+    for c in range(k):  # per image: true positives, false positives, false negatives
+        p, t = (pred == c) & valid, (target == c) & valid
+        out += [(p & t).sum(1), (p & ~t).sum(1), (~p & t).sum(1)]
+    return torch.stack(out, dim=1).float()
+
+
+def _miou_value(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    k = sums.shape[-1] // 3
+    s = sums.reshape(*sums.shape[:-1], k, 3)
+    union = s[..., 0] + s[..., 1] + s[..., 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, s[..., 0] / union, np.nan)
+        return np.nanmean(iou, axis=-1)
 
 
 class SpoofingErrorRates(Metric):
@@ -66,9 +115,11 @@ TASK_METRICS: dict[str, TaskMetric] = {
         "accuracy",
         True,
         lambda k: MulticlassAccuracy(num_classes=k, average="micro", validate_args=False),
+        _accuracy_rows, _accuracy_value,
     ),
-    "acer": TaskMetric("acer", False, lambda k: _binary(k, SpoofingErrorRates)),
-    "miou": TaskMetric("miou", True, lambda k: SegmentationIoU(k)),
+    "acer": TaskMetric("acer", False, lambda k: _binary(k, SpoofingErrorRates),
+                       _spoofing_rows, _acer_value),
+    "miou": TaskMetric("miou", True, lambda k: SegmentationIoU(k), _iou_rows, _miou_value),
 }
 
 

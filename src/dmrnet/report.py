@@ -91,10 +91,13 @@ def format_summary(results: dict[str, Any]) -> str:
     for c in results.get("comparisons") or []:
         if c["seeds"] >= 2:
             lines.append(f"{c['a']} − {c['b']} on {c['on']}: {c['diff']:+.4f} "
-                         f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] → {c['verdict']}")
+                         f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] → {verdict_words(c)}")
+        else:
+            lines.append(f"{c['a']} − {c['b']} on {c['on']}: {c['diff']:+.4f}, no verdict "
+                         "from one seed (seed noise is unknown; run 2 or more)")
     gap = results.get("gap_to_reference")
     if gap and gap["baseline"]:
-        lines.append(f"{gap['reference']} beats {gap['baseline']} beyond seed noise on "
+        lines.append(f"{gap['reference']} beats {gap['baseline']} beyond noise on "
                      f"{len(gap['behind'])} subset(s): {', '.join(gap['behind']) or 'none'}")
         for m, g in gap["per_method"].items():
             if m != gap["baseline"] and g["closed_behind"] is not None:
@@ -198,14 +201,19 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += [f"| {s} | {va:.4f} | {vb:.4f} | {d:+.4f} |" for s, va, vb, d in rows]
     comps = results.get("comparisons") or []
     if comps:
-        lines += ["", "## Paired comparisons over seeds", "",
-                  "Difference a − b per seed, mean and bootstrap 95 % interval over seeds; a "
-                  "winner is named only with 3 or more seeds and an interval that excludes 0.", "",
-                  "| a | b | on | seeds | a − b | 95 % interval | verdict |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "## Paired comparisons", "",
+                  "Difference a − b, mean over the seeds both ran, with a 95 % interval for "
+                  "seed noise and test-sample noise: Student's t over seeds, widened by a "
+                  "paired bootstrap of the test samples (see `dmrnet.comparison`). A winner is "
+                  "named only with 2 or more seeds and an interval that excludes 0; a difference "
+                  "smaller than the resolution (the interval's half-width) cannot be told from "
+                  "noise with these seeds.", "",
+                  "| a | b | on | seeds | a − b | 95 % interval | resolution | noise | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {c['a']} | {c['b']} | {c['on']} | {c['seeds']} | {c['diff']:+.4f} | "
-                  f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {c['verdict']} |"
-                  for c in comps]
+                  f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | "
+                  f"{c.get('resolution', math.nan):.4f} | {c.get('noise', 'seeds')} | "
+                  f"{verdict_words(c)} |" for c in comps]
     lines += gap_markdown(results)
     hard = [(r["seed"], r["method"], r.get("hard_subsets")) for r in results["runs"]
             if r.get("hard_subsets")]
@@ -236,6 +244,14 @@ def markdown_report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdict_words(c: dict[str, Any]) -> str:
+    """A comparison's verdict; "no clear difference" says how large a difference these seeds
+    could have told from noise."""
+    if c["verdict"] == "no clear difference" and "resolution" in c:
+        return f"no clear difference (under ±{c['resolution']:.4f} is within noise)"
+    return str(c["verdict"])
+
+
 def gap_markdown(results: dict[str, Any]) -> list[str]:
     """The report's section on the gap to the reference (dedicated models), if it ran."""
     gap = results.get("gap_to_reference")
@@ -247,8 +263,8 @@ def gap_markdown(results: dict[str, Any]) -> list[str]:
     lines = ["", f"## Gap to {ref}", "",
              f"Per subset: {ref} − method in {results['metric']} (mean over seeds; positive: "
              f"the method is behind){closes}. Subsets marked * are those where {ref} beats "
-             f"{base} beyond seed noise (paired "
-             "bootstrap 95 % interval over ≥ 3 seeds excludes 0).", "",
+             f"{base} beyond seed and test-sample noise (the 95 % interval of the paired "
+             "comparisons excludes 0).", "",
              "![gap to the reference](gap_to_reference.png)", "",
              "| subset | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for subset in results["subsets"]:

@@ -375,6 +375,10 @@ class MultimodalModule(L.LightningModule):
         self.val_metric = PerSubsetMetric(names, lambda: tm.factory(num_classes), tm.name)
         self.test_metric = PerSubsetMetric(names, lambda: tm.factory(num_classes), tm.name)
         self.test_results: dict[str, Any] = {}
+        # per subset name: each test sample's id and additive metric statistics (TaskMetric)
+        self.test_samples: dict[str, dict[str, np.ndarray]] = {}
+        self._test_rows: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._test_seen = 0
         self.hard_subsets: list[str] = []
         self.subset_variance: dict[str, float] = {}
         self.selections: list[dict[str, Any]] = []  # each choice of the objective, in order
@@ -561,10 +565,12 @@ class MultimodalModule(L.LightningModule):
             random.setstate((3, tuple(torch.as_tensor(extra["rng_python"]).tolist()), None))
 
     # --- evaluation -------------------------------------------------------------------------
-    def _eval_step(self, batch: Batch, metric: PerSubsetMetric, observe: bool = False) -> None:
+    def _eval_step(self, batch: Batch, metric: PerSubsetMetric, observe: bool = False,
+                   record: bool = False) -> None:
         if batch.target is None:
             raise ConfigError("evaluation batches need targets")
         check_targets(batch.target, self.model.num_classes, IGNORE_INDEX)
+        first = self._test_seen
         for s, rows, out in subset_outputs(self.model, self._layout(batch.inputs),
                                            batch.availability):
             target = batch.target if rows is None else batch.target[rows]
@@ -576,6 +582,13 @@ class MultimodalModule(L.LightningModule):
             metric.update(s, logits, target)
             if observe:
                 self.objective.observe(s, logits, target)
+            if record:  # each sample's statistics, for intervals over test samples
+                ids = (torch.arange(len(batch.target), device=target.device) if rows is None
+                       else rows) + first
+                stats = self.task_metric.rows(logits.detach(), target, self.model.num_classes)
+                self._test_rows.setdefault(s, []).append((ids.cpu(), stats.double().cpu()))
+        if record:
+            self._test_seen += len(batch.target)
 
     def _eval_end(self, stage: str, metric: PerSubsetMetric) -> dict[str, Any]:
         values = metric.compute()
@@ -644,11 +657,21 @@ class MultimodalModule(L.LightningModule):
             errors = {s: (1.0 - v if better else v) for s, v in result["per_subset"].items()}
             self.objective.end_validation(errors, self._sum)
 
+    def on_test_epoch_start(self) -> None:
+        self._test_rows, self._test_seen = {}, 0
+
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metric)
+        # one process sees every test sample in order; with several, the per-sample
+        # statistics are not gathered (the comparisons then say so)
+        self._eval_step(batch, self.test_metric, record=self.trainer.world_size == 1)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._eval_end("test", self.test_metric)
+        self.test_samples = {
+            self.space.names[s]: {"ids": torch.cat([i for i, _ in parts]).numpy(),
+                                  "rows": torch.cat([r for _, r in parts]).numpy()}
+            for s, parts in sorted(self._test_rows.items())}
+        self._test_rows = {}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Each sample with the modalities it has: probabilities (B, K), subset index (B,),

@@ -187,6 +187,9 @@ class StageResult(Scores):
     stage: Stage
     train_seconds: float
     eval_seconds: float
+    test_samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per subset name, each test sample's id and metric statistics (the model's
+    ``test_samples``): intervals over test samples (:mod:`dmrnet.comparison`)."""
 
 
 @dataclass(kw_only=True)
@@ -328,6 +331,11 @@ class Method:
         """The run's :class:`Scores` fields (and, optionally, ``eval_seconds``) from its
         stages' results; by default the last stage's scores."""
         return results[-1].scores()
+
+    def combine_samples(self, results: Sequence[StageResult]) -> dict[str, dict[str, Any]]:
+        """The test samples behind the scores of :meth:`combine`, per subset name; by
+        default the last stage's."""
+        return results[-1].test_samples
 
     def training_context(self, config: ModelConfig, network: nn.Module
                          ) -> TrainingContext | None:

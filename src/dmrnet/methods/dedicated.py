@@ -35,3 +35,7 @@ class Dedicated(DMRNetFamily):
         per_subset = {r.stage.name: r.per_subset[r.stage.name] for r in results}
         return {"per_subset": per_subset, **summarize(per_subset, higher_is_better),
                 "eval_seconds": sum(r.eval_seconds for r in results)}
+
+    def combine_samples(self, results: Sequence[StageResult]) -> dict[str, dict[str, Any]]:
+        return {r.stage.name: r.test_samples[r.stage.name] for r in results
+                if r.stage.name in r.test_samples}

@@ -1,0 +1,115 @@
+"""Verdicts that account for seed and test-sample noise (:mod:`dmrnet.comparison`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dmrnet.benchmark import BenchmarkConfig, load_samples, run_benchmark
+from dmrnet.comparison import difference, reducer, sample_draws, t975
+from dmrnet.metrics import TASK_METRICS
+
+
+def test_student_t_quantiles():
+    assert t975(1) == 12.706 and t975(2) == 4.303 and t975(30) == 2.042
+    assert t975(31) == pytest.approx(2.0395, abs=1e-3)
+    assert t975(100) == pytest.approx(1.9840, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(TASK_METRICS))
+def test_per_sample_rows_add_up_to_the_metric(name):
+    """Summing every test sample's rows gives what the torchmetrics metric computes, so a
+    bootstrap resample's value is the metric of that resample."""
+    metric = TASK_METRICS[name]
+    k = 2 if name == "acer" else 4
+    g = torch.Generator().manual_seed(0)
+    shape = (12, k, 5, 6) if name == "miou" else (12, k)
+    logits = torch.randn(*shape, generator=g)
+    target = torch.randint(0, k, (12, 5, 6) if name == "miou" else (12,), generator=g)
+    tm = metric.factory(k)
+    tm.update(logits, target)
+    expected = tm.compute()
+    expected = float(expected[name] if isinstance(expected, dict) else expected)
+    rows = metric.rows(logits, target, k).double().numpy()
+    assert rows.shape[0] == 12
+    got = float(metric.value(rows.sum(axis=0), np.array(12.0)))
+    assert got == pytest.approx(expected, abs=1e-6)
+    # half the samples, twice each: a resample's value is the metric of those samples
+    tm.reset()
+    tm.update(logits[:6], target[:6])
+    half = tm.compute()
+    half = float(half[name] if isinstance(half, dict) else half)
+    weights = np.r_[np.full(6, 2.0), np.zeros(6)]
+    assert float(metric.value(weights @ rows, np.array(12.0))) == pytest.approx(half, abs=1e-6)
+
+
+def _null(rng: np.random.Generator, seeds: int, n_test: int, shared_test: bool):
+    """Two identical methods: per seed a model's accuracy on its test samples is Bernoulli
+    noise around the same 0.7, with a seed effect; returns values and per-sample rows."""
+    test_effect = rng.normal(0, 0.05, n_test)
+    values, samples = {"a": [], "b": []}, {"a": [], "b": []}
+    for _ in range(seeds):
+        if not shared_test:
+            test_effect = rng.normal(0, 0.05, n_test)
+        for m in ("a", "b"):
+            p = np.clip(0.7 + rng.normal(0, 0.02) + test_effect, 0, 1)
+            correct = (rng.random(n_test) < p).astype(float)[:, None]
+            samples[m].append({"x": {"ids": np.arange(n_test), "rows": correct}})
+            values[m].append(float(correct.mean()))
+    return values, samples
+
+
+@pytest.mark.parametrize("shared_test", [False, True])
+def test_identical_methods_are_called_different_at_most_5_percent_of_the_time(shared_test):
+    """The A/A property on simulated runs (``benchmarks/aa_check.py`` measures it on trained
+    ones): 400 repetitions with 3 seeds; the former bootstrap over seeds called about a
+    quarter of them."""
+    rng = np.random.default_rng(1)
+    value = TASK_METRICS["accuracy"].value
+    new = old = 0
+    reps = 400
+    for rep in range(reps):
+        values, samples = _null(rng, 3, 60, shared_test)
+        draws = sample_draws(list(zip(samples["a"], samples["b"], strict=True)), value,
+                             reducer("mean", True), resamples=300, seed=rep)
+        new += difference(values["a"], values["b"], draws).clear
+        d = np.subtract(values["a"], values["b"])
+        boot = d[rng.integers(0, 3, (1000, 3))].mean(axis=1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        old += bool(lo > 0 or hi < 0)
+    assert new / reps <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / reps)
+    assert old / reps > 0.15  # what the former procedure did on the same runs
+
+
+def test_a_real_difference_is_found_and_test_noise_widens_the_interval():
+    seeds_only = difference([0.80, 0.81, 0.82], [0.70, 0.72, 0.71])
+    assert seeds_only.clear and seeds_only.lo > 0 and seeds_only.test_sd is None
+    draws = np.random.default_rng(0).normal(0, 0.03, 1000)  # test-sample spread of the mean
+    both = difference([0.80, 0.81, 0.82], [0.70, 0.72, 0.71], draws)
+    assert both.test_sd == pytest.approx(0.03, rel=0.1)
+    assert (both.hi - both.lo) > (seeds_only.hi - seeds_only.lo)
+    # identical per-seed differences: no seed spread, but the test samples still count
+    deterministic = difference([0.72] * 3, [0.70] * 3, draws)
+    assert not deterministic.clear
+    assert not difference([0.9], [0.1]).clear  # one seed: no verdict
+
+
+def test_benchmark_records_test_samples_and_uses_them(tmp_path):
+    results = run_benchmark(BenchmarkConfig(
+        out=str(tmp_path / "r"), dataset="synthetic", methods=["baseline", "dmrnet"],
+        seeds=[0, 1], epochs=1, progress=False), echo=lambda _: None)
+    samples = load_samples(tmp_path / "r", results["runs"])
+    assert set(samples) == {(m, s) for m in ("baseline", "dmrnet") for s in (0, 1)}
+    value = TASK_METRICS["accuracy"].value
+    for run in results["runs"]:
+        got = samples[(run["method"], run["seed"])]
+        assert set(got) == set(results["subsets"])
+        for subset, s in got.items():  # every test sample once: the reported accuracy
+            ones = np.ones(len(s["ids"]))
+            assert float(value(ones @ s["rows"], ones.sum())) == pytest.approx(
+                run["per_subset"][subset], abs=1e-6)
+    comparison = results["comparisons"][0]
+    assert comparison["noise"] == "seeds and test samples" and comparison["test_se"] > 0
+    assert comparison["resolution"] == pytest.approx(
+        (comparison["ci95"][1] - comparison["ci95"][0]) / 2)
