@@ -6,8 +6,8 @@ repetition draws 2 x ``--seeds`` distinct seeds from it: the first half plays me
 second "B" (the same method under two names, paired seed by seed), and both procedures judge
 A - B on the mean over subsets and on the worst subset:
 
-- **new**: :func:`dmrnet.comparison.difference`, Student's t over seeds widened by a paired
-  bootstrap of the test samples (what ``dmrnet benchmark`` reports now);
+- **new**: :func:`dmrnet.comparison.difference`, Student's t over seeds widened by the
+  test-sample noise the seeds share (what ``dmrnet benchmark`` reports now);
 - **old**: a percentile bootstrap of the per-seed differences over seeds, with a winner only
   from 3 seeds (what it reported before).
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dmrnet.benchmark import BenchmarkConfig, load_samples, quiet_lightning, run_benchmark
-from dmrnet.comparison import difference, reducer, sample_draws
+from dmrnet.comparison import difference, reducer, shared_test_noise
 from dmrnet.metrics import get_task_metric
 
 TARGET = 0.05
@@ -82,12 +82,12 @@ def main() -> None:
             for key in ("mean", "worst"):
                 a = [runs[s][key] for s in a_seeds]
                 b = [runs[s][key] for s in b_seeds]
-                draws = sample_draws([(samples[(args.method, int(x))],
-                                       samples[(args.method, int(y))])
-                                      for x, y in zip(a_seeds, b_seeds, strict=True)],
-                                     metric.value, reducer(key, better),
-                                     resamples=args.resamples, seed=rep)
-                d = difference(a, b, draws)
+                shared = shared_test_noise([(samples[(args.method, int(x))],
+                                             samples[(args.method, int(y))])
+                                            for x, y in zip(a_seeds, b_seeds, strict=True)],
+                                           metric.value, reducer(key, better),
+                                           resamples=args.resamples, seed=rep)
+                d = difference(a, b, shared)
                 wins[("new", key)] += d.clear
                 resolution[key].append((d.hi - d.lo) / 2)
                 wins[("old", key)] += old_verdict(np.subtract(a, b), rng)

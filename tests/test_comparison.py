@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dmrnet.benchmark import BenchmarkConfig, load_samples, run_benchmark
-from dmrnet.comparison import difference, reducer, sample_draws, t975
+from dmrnet.comparison import difference, reducer, shared_test_noise, t975
 from dmrnet.metrics import TASK_METRICS
 
 
@@ -71,9 +71,9 @@ def test_identical_methods_are_called_different_at_most_5_percent_of_the_time(sh
     reps = 400
     for rep in range(reps):
         values, samples = _null(rng, 3, 60, shared_test)
-        draws = sample_draws(list(zip(samples["a"], samples["b"], strict=True)), value,
-                             reducer("mean", True), resamples=300, seed=rep)
-        new += difference(values["a"], values["b"], draws).clear
+        shared = shared_test_noise(list(zip(samples["a"], samples["b"], strict=True)), value,
+                                   reducer("mean", True), resamples=300, seed=rep)
+        new += difference(values["a"], values["b"], shared).clear
         d = np.subtract(values["a"], values["b"])
         boot = d[rng.integers(0, 3, (1000, 3))].mean(axis=1)
         lo, hi = np.percentile(boot, [2.5, 97.5])
@@ -82,17 +82,39 @@ def test_identical_methods_are_called_different_at_most_5_percent_of_the_time(sh
     assert old / reps > 0.15  # what the former procedure did on the same runs
 
 
-def test_a_real_difference_is_found_and_test_noise_widens_the_interval():
+def test_a_real_difference_is_found_and_shared_test_noise_widens_the_interval():
     seeds_only = difference([0.80, 0.81, 0.82], [0.70, 0.72, 0.71])
     assert seeds_only.clear and seeds_only.lo > 0 and seeds_only.test_sd is None
-    draws = np.random.default_rng(0).normal(0, 0.03, 1000)  # test-sample spread of the mean
-    both = difference([0.80, 0.81, 0.82], [0.70, 0.72, 0.71], draws)
-    assert both.test_sd == pytest.approx(0.03, rel=0.1)
+    both = difference([0.80, 0.81, 0.82], [0.70, 0.72, 0.71], 0.03**2)
+    assert both.test_sd == pytest.approx(0.03)
     assert (both.hi - both.lo) > (seeds_only.hi - seeds_only.lo)
-    # identical per-seed differences: no seed spread, but the test samples still count
-    deterministic = difference([0.72] * 3, [0.70] * 3, draws)
-    assert not deterministic.clear
     assert not difference([0.9], [0.1]).clear  # one seed: no verdict
+
+
+def _fixed(rng: np.random.Generator, n_test: int, p_a: float, p_b: float):
+    """Deterministic models on one fixed test set: every seed gives the same predictions."""
+    a = (rng.random(n_test) < p_a).astype(float)[:, None]
+    b = (rng.random(n_test) < p_b).astype(float)[:, None]
+    return {"x": {"ids": np.arange(n_test), "rows": a}}, {"x": {"ids": np.arange(n_test),
+                                                               "rows": b}}
+
+
+def test_one_fixed_test_set_counts_its_sampling_noise_once():
+    """Identical per-seed differences (no seed spread) on one shared test set: the test
+    samples' noise is all there is, and the shared part is each seed's whole variance; on
+    independent test sets of the same size it is about 0 (the seed spread holds it)."""
+    rng = np.random.default_rng(0)
+    value, mean = TASK_METRICS["accuracy"].value, reducer("mean", True)
+    a, b = _fixed(rng, 200, 0.72, 0.70)
+    shared = shared_test_noise([(a, b)] * 3, value, mean, resamples=1000)
+    single = shared_test_noise([(a, b), _fixed(rng, 200, 0.72, 0.70)], value, mean,
+                               resamples=1000)
+    rows = a["x"]["rows"][:, 0] - b["x"]["rows"][:, 0]
+    assert shared == pytest.approx(rows.var() / 200, rel=0.15)  # the paired difference's
+    assert single < 0.3 * shared
+    acc_a, acc_b = float(a["x"]["rows"].mean()), float(b["x"]["rows"].mean())
+    assert not difference([acc_a] * 3, [acc_b] * 3, shared).clear  # 2 points on 200 samples
+    assert difference([acc_a] * 3, [acc_b] * 3).clear  # what seeds alone would have said
 
 
 def test_benchmark_records_test_samples_and_uses_them(tmp_path):
@@ -110,6 +132,7 @@ def test_benchmark_records_test_samples_and_uses_them(tmp_path):
             assert float(value(ones @ s["rows"], ones.sum())) == pytest.approx(
                 run["per_subset"][subset], abs=1e-6)
     comparison = results["comparisons"][0]
-    assert comparison["noise"] == "seeds and test samples" and comparison["test_se"] > 0
+    # each seed draws its own synthetic test set: the seed spread holds the test-sample noise
+    assert comparison["noise"] == "seeds and test samples" and comparison["test_se"] is not None
     assert comparison["resolution"] == pytest.approx(
         (comparison["ci95"][1] - comparison["ci95"][0]) / 2)

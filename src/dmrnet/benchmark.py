@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
-from dmrnet.comparison import MIN_SEEDS, difference, reducer, sample_draws
+from dmrnet.comparison import MIN_SEEDS, difference, reducer, shared_test_noise
 from dmrnet.data import DATASETS
 from dmrnet.data.cache import SampleCache, check_cache_mode
 from dmrnet.errors import (
@@ -945,15 +945,16 @@ def load_samples(out: Path, runs: Sequence[Mapping[str, Any]]
     return found
 
 
-def _draws(samples: Mapping[tuple[str, int], Any] | None, value: Any, a: str, b: str,
-           seeds: Sequence[int], key: str, higher_is_better: bool) -> np.ndarray | None:
-    """Test-sample bootstrap draws of a - b on ``key`` over ``seeds`` (None: not recorded)."""
+def _shared_noise(samples: Mapping[tuple[str, int], Any] | None, value: Any, a: str, b: str,
+                  seeds: Sequence[int], key: str, higher_is_better: bool) -> float | None:
+    """The test-sample variance of a - b on ``key`` that ``seeds`` share (None: no samples
+    recorded; see :func:`dmrnet.comparison.shared_test_noise`)."""
     if samples is None or value is None:
         return None
     pairs = [(samples.get((a, s)), samples.get((b, s))) for s in seeds]
     if any(x is None or y is None for x, y in pairs):
         return None
-    return sample_draws(pairs, value, reducer(key, higher_is_better))  # type: ignore[arg-type]
+    return shared_test_noise(pairs, value, reducer(key, higher_is_better))  # type: ignore[arg-type]
 
 
 def paired_comparisons(
@@ -979,9 +980,9 @@ def paired_comparisons(
             if not seeds:
                 continue
             for key in ("mean", "worst"):
-                draws = _draws(samples, value, a, b, seeds, key, higher_is_better)
+                shared = _shared_noise(samples, value, a, b, seeds, key, higher_is_better)
                 d = difference([by[a][s][key] for s in seeds], [by[b][s][key] for s in seeds],
-                               draws)
+                               shared)
                 better = d.diff > 0 if higher_is_better else d.diff < 0
                 verdict = (f"{a if better else b} better" if d.clear else
                            f"too few seeds (< {MIN_SEEDS})" if d.seeds < MIN_SEEDS
@@ -989,7 +990,7 @@ def paired_comparisons(
                 out.append({"a": a, "b": b, "on": key, "seeds": d.seeds, "diff": d.diff,
                             "diff_std": d.seed_sd, "test_se": d.test_sd,
                             "ci95": [d.lo, d.hi], "resolution": (d.hi - d.lo) / 2,
-                            "noise": "seeds and test samples" if draws is not None
+                            "noise": "seeds and test samples" if shared is not None
                             else "seeds only (test samples not recorded)",
                             "verdict": verdict})
     return out
@@ -1027,21 +1028,20 @@ def gap_to_reference(runs: Sequence[dict[str, Any]], higher_is_better: bool,
         return None
     subsets = list(next(iter(by[ref].values())))
 
-    def shared(method: str) -> list[int]:
+    def common(method: str) -> list[int]:
         return sorted(set(by[ref]) & set(by[method]))
 
     def gaps(method: str, subset: str) -> np.ndarray:
         return np.array([sign * (by[ref][s][subset] - by[method][s][subset])
-                         for s in shared(method)])
+                         for s in common(method)])
 
     behind: list[str] = []
     if base is not None and base in by:
-        seeds = shared(base)
+        seeds = common(base)
         for subset in subsets:
-            draws = _draws(samples, value, ref, base, seeds, subset, higher_is_better)
+            shared = _shared_noise(samples, value, ref, base, seeds, subset, higher_is_better)
             d = difference([sign * by[ref][s][subset] for s in seeds],
-                           [sign * by[base][s][subset] for s in seeds],
-                           None if draws is None else sign * draws)
+                           [sign * by[base][s][subset] for s in seeds], shared)
             if d.clear and d.diff > 0:
                 behind.append(subset)
     base_gap = ({s: float(gaps(base, s).mean()) for s in subsets}

@@ -1,19 +1,25 @@
 """Differences between methods that account for seed noise and test-sample noise.
 
-A benchmark's verdict compares two methods run on the same seeds (same data split per seed).
-The difference of the mean over seeds, d = mean_s (a_s - b_s), is uncertain for two reasons:
+A benchmark's verdict compares two methods run on the same seeds (the same data split per
+seed). The mean over n seeds of the paired differences, d = mean_s (a_s - b_s), is uncertain
+for two reasons:
 
-- **seeds**: training another seed gives another model (variance s^2 / n over n seeds);
-- **test samples**: the test set is one sample of the data a user will meet (variance
-  ``v_test``: a paired bootstrap of the test samples, the same resample for both methods and
-  every subset; for every seed alike when the seeds' test sets have the same size, which is
-  right both when they share the samples and when they do not).
+- **seeds**: another seed trains other models (and, for most datasets, draws another split);
+- **test samples**: a test set is one sample of the data a user will meet.
 
-The 95 % interval is d +- t(0.975, n - 1) * sqrt(s^2 / n + v_test): Student's t for the
-seeds (a bootstrap over three seeds declared a winner whenever the three differences shared
-a sign, a quarter of the time for two identical methods), widened by the test-sample
-variance. A verdict names a winner only when the interval excludes 0, with at least 2 seeds.
-``benchmarks/aa_check.py`` measures how often it names one between two identical methods.
+Where each seed draws its own split, the spread of the per-seed differences (s^2) holds both.
+Where the seeds share one test set (a dataset's fixed test list), its sampling noise is the
+same in every seed and s^2 misses it: that part is the covariance c of the seeds' test-sample
+noise, estimated by a paired bootstrap of the test samples (the same resample for both methods,
+every subset and every seed): c = (v_joint - v_each / n) * n / (n - 1), with v_joint the
+bootstrap variance of d and v_each the mean of each seed's own; about 0 for independent test
+sets, each seed's whole variance for one fixed set scored by identical models.
+
+The 95 % interval is d +- t(0.975, n - 1) * sqrt(s^2 / n + max(c, 0)): Student's t, not a
+bootstrap over seeds (which, over three seeds, named a winner whenever the three differences
+shared a sign: a quarter of the time for two identical methods). A verdict names a winner only
+when the interval excludes 0, with at least 2 seeds. ``benchmarks/aa_check.py`` measures how
+often it names one between two identical methods.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ class Difference:
     hi: float
     seeds: int
     seed_sd: float  # standard deviation of the per-seed differences
-    test_sd: float | None  # the test-sample standard error of ``diff``; None: not measured
+    test_sd: float | None  # sqrt of the shared test-sample variance; None: not measured
 
     @property
     def clear(self) -> bool:
@@ -87,22 +93,26 @@ def _subset_draws(samples: Samples, counts: np.ndarray, value: Value) -> dict[st
     return out
 
 
-def sample_draws(per_seed: Sequence[tuple[Samples, Samples]], value: Value,
-                 reduce: Callable[[dict[str, np.ndarray]], np.ndarray],
-                 resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray | None:
-    """(resamples,) bootstrap draws over test samples of mean_s (reduce(a_s) - reduce(b_s)),
-    ``reduce`` turning per-subset values into one (e.g. their mean). None when a run has no
+def shared_test_noise(per_seed: Sequence[tuple[Samples, Samples]], value: Value,
+                      reduce: Callable[[dict[str, np.ndarray]], np.ndarray],
+                      resamples: int = RESAMPLES, seed: int = 0) -> float | None:
+    """The variance c of the module docstring: test-sample noise shared by the seeds, which
+    the spread of the per-seed differences does not show (0 when the seeds' test sets differ
+    in size, so cannot be one set). ``per_seed``: each seed's (a's, b's) test samples;
+    ``reduce`` turns per-subset values into one (e.g. their mean). None when a run has no
     test samples recorded."""
     if not per_seed or any(not a or not b for a, b in per_seed):
         return None
     sizes = [1 + max(int(s["ids"].max()) for s in a.values()) for a, _ in per_seed]
-    rng = np.random.default_rng(seed)
-    shared = _resample_counts(sizes[0], rng, resamples) if len(set(sizes)) == 1 else None
-    total = np.zeros(resamples)
-    for (a, b), n in zip(per_seed, sizes, strict=True):
-        counts = shared if shared is not None else _resample_counts(n, rng, resamples)
-        total += reduce(_subset_draws(a, counts, value)) - reduce(_subset_draws(b, counts, value))
-    return total / len(per_seed)
+    n = len(per_seed)
+    if len(set(sizes)) > 1 or n < 2:
+        return 0.0
+    counts = _resample_counts(sizes[0], np.random.default_rng(seed), resamples)
+    draws = np.stack([reduce(_subset_draws(a, counts, value))
+                      - reduce(_subset_draws(b, counts, value)) for a, b in per_seed])
+    v_joint = float(np.nanvar(draws.mean(axis=0)))
+    v_each = float(np.nanmean(np.nanvar(draws, axis=1)))
+    return max(0.0, (v_joint - v_each / n) * n / (n - 1))
 
 
 def reducer(key: str, higher_is_better: bool) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -121,18 +131,16 @@ def reducer(key: str, higher_is_better: bool) -> Callable[[dict[str, np.ndarray]
     return lambda d: d[key]
 
 
-def difference(a: Sequence[float], b: Sequence[float], test_draws: np.ndarray | None = None
+def difference(a: Sequence[float], b: Sequence[float], shared: float | None = None
                ) -> Difference:
-    """a - b over paired seeds, with the interval of the module docstring (``test_draws``:
-    bootstrap draws of the mean difference over test samples; None leaves that part out)."""
+    """a - b over paired seeds, with the interval of the module docstring (``shared``: the
+    test-sample variance the seeds share, :func:`shared_test_noise`; None: not measured)."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = len(d)
     mean = float(d.mean()) if n else math.nan
-    seed_var = float(d.var(ddof=1)) if n >= 2 else math.nan
-    test_var = float(np.nanvar(test_draws)) if test_draws is not None else None
+    test_sd = None if shared is None else math.sqrt(shared)
     if n < MIN_SEEDS:
-        return Difference(mean, math.nan, math.nan, n, math.nan,
-                          None if test_var is None else math.sqrt(test_var))
-    half = t975(n - 1) * math.sqrt(seed_var / n + (test_var or 0.0))
-    return Difference(mean, mean - half, mean + half, n, math.sqrt(seed_var),
-                      None if test_var is None else math.sqrt(test_var))
+        return Difference(mean, math.nan, math.nan, n, math.nan, test_sd)
+    seed_var = float(d.var(ddof=1))
+    half = t975(n - 1) * math.sqrt(seed_var / n + (shared or 0.0))
+    return Difference(mean, mean - half, mean + half, n, math.sqrt(seed_var), test_sd)
