@@ -34,7 +34,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
-from dmrnet.comparison import MIN_SEEDS, difference, reducer, shared_test_noise
+from dmrnet.comparison import (
+    MIN_SEEDS,
+    default_seed_count,
+    difference,
+    reducer,
+    shared_test_noise,
+)
 from dmrnet.data import DATASETS
 from dmrnet.data.cache import SampleCache, check_cache_mode
 from dmrnet.errors import (
@@ -102,7 +108,7 @@ class BenchmarkConfig:
     root: str | None = None
     modalities: list[str] | None = None
     methods: list[str] = field(default_factory=lambda: ["baseline", "dmrnet"])
-    seeds: list[int] | None = None  # None = 0,1,2: the fewest that can give a verdict
+    seeds: list[int] | None = None  # None = 0-4 (comparison.default_seed_count)
     epochs: int | None = None  # None = the dataset's default (mfeat 30, rgbd-shapes 10)
     batch_size: int | None = None  # None = the dataset's default (64; rgbd-shapes 32)
     model: dict[str, Any] = field(default_factory=dict)
@@ -208,7 +214,8 @@ def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
     options = {**offered, **given, **cfg.options}
     epochs = cfg.epochs if cfg.epochs is not None else defaults.get("epochs", 30)
     batch = cfg.batch_size if cfg.batch_size is not None else defaults.get("batch_size", 64)
-    seeds = cfg.seeds if cfg.seeds is not None else defaults.get("seeds", [0, 1, 2])
+    seeds = (cfg.seeds if cfg.seeds is not None
+             else defaults.get("seeds", list(range(default_seed_count()))))
     return replace(cfg, model=model, options=options, epochs=epochs, batch_size=batch,
                    seeds=seeds)
 

@@ -41,6 +41,17 @@ RESAMPLES = 2000
 MIN_SEEDS = 2
 
 
+def default_seed_count(widening: float = 1.5) -> int:
+    """The fewest seeds whose interval is at most ``widening`` times as wide as it would be
+    if the seed variance were known (Student's t(0.975, n - 1) <= widening x 1.96): 5. With
+    3 seeds the interval is 2.2 times as wide (t = 4.30), so a benchmark of 3 seeds cannot
+    tell differences about half again as large apart from noise as one of 5."""
+    n = MIN_SEEDS
+    while t975(n - 1) > widening * 1.959964:
+        n += 1
+    return n
+
+
 def t975(df: int) -> float:
     """Student's t 0.975 quantile (a table to 30 degrees of freedom, then the Cornish-Fisher
     expansion, within 0.001 of the exact value)."""
