@@ -104,11 +104,11 @@ def render_preset(runs: Mapping[str, Mapping[str, Any]]) -> str:
         closed = "—"
         if gap and gap["per_method"].get("tutored", {}).get("closed_behind") is not None:
             closed = (f"{100 * gap['per_method']['tutored']['closed_behind']:.0f} % "
-                      f"({len(gap['behind'])} subsets where dedicated leads beyond seed noise)")
+                      f"({len(gap['behind'])} subsets where dedicated leads beyond noise)")
         seeds = len(res["config"]["seeds"])
         lines.append(f"| {name} ({seeds}) | " + " | ".join(cells) + f" | {closed} |")
-    lines += ["", "tutored − baseline (paired bootstrap 95 % interval over seeds; its lowest "
-              "subset against the baseline):", ""]
+    lines += ["", "tutored − baseline (95 % interval for seed and test-sample noise, README "
+              "\"Report statistics\"; its lowest subset against the baseline):", ""]
     for name, res in runs.items():
         parts = []
         for c in res["comparisons"]:
