@@ -164,3 +164,31 @@ def test_cremad_network_parameter_count():
                             num_classes=6, encoder="resnet",
                             encoder_kwargs={"layers": [3, 4, 6, 3]}, embed_dim=1024)
     assert sum(p.numel() for p in model.parameters()) == 44_672_518
+
+
+@pytest.mark.parametrize("method", ["dmrnet_authors", "loss_rescale"])
+def test_the_authors_fidelity_and_its_control_train_dense_models(method):
+    """Segmentation too (the rgbd-shapes comparison in docs/results.md): per-image losses, the
+    authors' reduction, after a one-epoch warm-up."""
+    shapes = {"rgb": (3, 32, 32), "depth": (1, 32, 32)}
+    model, objective = build_method(
+        method, modalities=list(shapes), input_shapes=shapes, num_classes=4,
+        architecture="dense", encoder_kwargs={"width": 8}, embed_dim=16,
+        dense_kwargs={"decoder_channels": [16, 8, 8]}, method_kwargs={"hcr_warmup_epochs": 1})
+    g = torch.Generator().manual_seed(0)
+    x = {m: torch.randn(4, *s, generator=g) for m, s in shapes.items()}
+    target = torch.randint(0, 4, (4, 32, 32), generator=g)
+    avail = torch.tensor([[True, False], [True, False], [False, True], [True, True]])
+    subset = model.space.indices_of(avail)
+    out = model.train()(x, avail)
+    assert objective(out, target, subset)["hcr"].detach().item() == 0.0  # warming up
+    objective.end_train_epoch(0, lambda t: t)
+    out = model(x, avail)
+    terms = objective(out, target, subset)
+    per_image = objective.per_sample(out.logits, target)
+    hard = [objective.hcr.subset_names.index(n) for n in objective.hcr.hard_names]
+    n_hard = sum(int(s) in hard for s in subset)
+    assert n_hard > 0
+    expected = 0.2 * n_hard * per_image.detach().mean().item()
+    assert terms["hcr"].detach().item() == pytest.approx(expected, rel=1e-5)
+    terms["loss"].backward()
