@@ -953,7 +953,8 @@ def load_samples(out: Path, runs: Sequence[Mapping[str, Any]]
 
 
 def _shared_noise(samples: Mapping[tuple[str, int], Any] | None, value: Any, a: str, b: str,
-                  seeds: Sequence[int], key: str, higher_is_better: bool) -> float | None:
+                  seeds: Sequence[int], key: str, higher_is_better: bool,
+                  cache: dict[int, Any] | None = None) -> float | None:
     """The test-sample variance of a - b on ``key`` that ``seeds`` share (None: no samples
     recorded; see :func:`dmrnet.comparison.shared_test_noise`)."""
     if samples is None or value is None:
@@ -961,7 +962,12 @@ def _shared_noise(samples: Mapping[tuple[str, int], Any] | None, value: Any, a: 
     pairs = [(samples.get((a, s)), samples.get((b, s))) for s in seeds]
     if any(x is None or y is None for x, y in pairs):
         return None
-    return shared_test_noise(pairs, value, reducer(key, higher_is_better))  # type: ignore[arg-type]
+    if key not in ("mean", "worst"):  # one subset: its samples alone
+        pairs = [({key: x[key]} if key in x else {}, {key: y[key]} if key in y else {})
+                 for x, y in pairs]  # type: ignore[index]
+        cache = None  # the pairs are new objects
+    return shared_test_noise(pairs, value, reducer(key, higher_is_better),  # type: ignore[arg-type]
+                             cache=cache)
 
 
 def paired_comparisons(
@@ -981,13 +987,15 @@ def paired_comparisons(
         by.setdefault(r["method"], {})[r["seed"]] = r
     methods = list(by)
     out = []
+    cache: dict[int, Any] = {}  # each run's test-sample draws, made once
     for i, a in enumerate(methods):
         for b in methods[i + 1 :]:
             seeds = sorted(set(by[a]) & set(by[b]))
             if not seeds:
                 continue
             for key in ("mean", "worst"):
-                shared = _shared_noise(samples, value, a, b, seeds, key, higher_is_better)
+                shared = _shared_noise(samples, value, a, b, seeds, key, higher_is_better,
+                                       cache)
                 d = difference([by[a][s][key] for s in seeds], [by[b][s][key] for s in seeds],
                                shared)
                 better = d.diff > 0 if higher_is_better else d.diff < 0

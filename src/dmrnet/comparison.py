@@ -24,6 +24,7 @@ often it names one between two identical methods.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,9 +88,14 @@ class Difference:
         return self.seeds >= MIN_SEEDS and (self.lo > 0 or self.hi < 0)
 
 
-def _resample_counts(n: int, rng: np.random.Generator, resamples: int) -> np.ndarray:
-    """(resamples, n) counts of each of n samples in a bootstrap resample."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+@functools.lru_cache(maxsize=4)
+def _resample_counts(n: int, seed: int, resamples: int) -> np.ndarray:
+    """(resamples, n) counts of each of n samples in a bootstrap resample (read-only; the
+    same for every comparison of one benchmark, so made once)."""
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+    counts.flags.writeable = False
+    return counts
 
 
 def _subset_draws(samples: Samples, counts: np.ndarray, value: Value) -> dict[str, np.ndarray]:
@@ -106,21 +112,30 @@ def _subset_draws(samples: Samples, counts: np.ndarray, value: Value) -> dict[st
 
 def shared_test_noise(per_seed: Sequence[tuple[Samples, Samples]], value: Value,
                       reduce: Callable[[dict[str, np.ndarray]], np.ndarray],
-                      resamples: int = RESAMPLES, seed: int = 0) -> float | None:
+                      resamples: int = RESAMPLES, seed: int = 0,
+                      cache: dict[int, dict[str, np.ndarray]] | None = None) -> float | None:
     """The variance c of the module docstring: test-sample noise shared by the seeds, which
     the spread of the per-seed differences does not show (0 when the seeds' test sets differ
     in size, so cannot be one set). ``per_seed``: each seed's (a's, b's) test samples;
     ``reduce`` turns per-subset values into one (e.g. their mean). None when a run has no
-    test samples recorded."""
+    test samples recorded. ``cache``: one dict for the calls of one comparison over the same
+    samples objects (each run's draws are then computed once, not once per pair)."""
     if not per_seed or any(not a or not b for a, b in per_seed):
         return None
     sizes = [1 + max(int(s["ids"].max()) for s in a.values()) for a, _ in per_seed]
     n = len(per_seed)
     if len(set(sizes)) > 1 or n < 2:
         return 0.0
-    counts = _resample_counts(sizes[0], np.random.default_rng(seed), resamples)
-    draws = np.stack([reduce(_subset_draws(a, counts, value))
-                      - reduce(_subset_draws(b, counts, value)) for a, b in per_seed])
+    counts = _resample_counts(sizes[0], seed, resamples)
+    def run_draws(samples: Samples) -> dict[str, np.ndarray]:
+        if cache is None:
+            return _subset_draws(samples, counts, value)
+        key = id(samples)
+        if key not in cache:
+            cache[key] = _subset_draws(samples, counts, value)
+        return cache[key]
+
+    draws = np.stack([reduce(run_draws(a)) - reduce(run_draws(b)) for a, b in per_seed])
     v_joint = float(np.nanvar(draws.mean(axis=0)))
     v_each = float(np.nanmean(np.nanvar(draws, axis=1)))
     return max(0.0, (v_joint - v_each / n) * n / (n - 1))
