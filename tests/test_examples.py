@@ -10,7 +10,8 @@ What is changed, and only this (:func:`scaled`):
 
 - size: a benchmark trains 1 epoch on its first seed (a sweep, its first two values);
   ``fit``/``validate``/``test`` 1 epoch of at most 2 batches of 4 per split (NYUv2's images
-  are 48 x 64, not 480 x 640); the ``benchmarks/`` scripts 1 repetition at a small size
+  are 48 x 64, not 480 x 640; the CREMA-D and Kinetics-Sounds ResNets have one block per
+  stage, not [3, 4, 6, 3]); the ``benchmarks/`` scripts 1 repetition at a small size
   (``SMALLER``: batch 8, fewer epochs and clips; ``threads.py`` without its two full benchmark
   runs; what ``preset_epoch.py`` prints is checked: ``OUTPUT_CHECKS``);
   ``scripts/gpu_check.sh`` skips its first item (the test suite, which is what runs this);
@@ -200,8 +201,13 @@ def scaled(argv: list[str]) -> list[str]:
         argv.append("--no-progress")
     elif verb in ("fit", "validate", "test"):
         argv += ["--trainer.max_epochs", "1", "--data.batch_size", "4"]
-        if any("nyuv2" in a for a in argv if a.endswith(".yaml")):
+        configs = [a for a in argv if a.endswith(".yaml")]
+        if any("nyuv2" in a for a in configs):
             argv += ["--data.dataset_kwargs.size", "[48, 64]"]  # the fixture's images
+        if any(("cremad" in a or "kinetics_sounds" in a) for a in configs):
+            # one block per ResNet stage (the recipes' [3, 4, 6, 3] networks are built and
+            # trained at full size by tests/test_backbones.py and tests/test_determinism.py)
+            argv += ["--model.encoder_kwargs.layers", "[1, 1, 1, 1]"]
         for split in ("train", "val", "test"):
             argv += [f"--trainer.limit_{split}_batches", "2"]
     return argv
@@ -411,6 +417,9 @@ def test_scaling_keeps_meaning_and_shrinks_size():
                      "--epochs", "1", "--out", "runs/x", "--no-progress"]
     fit = scaled(["dmrnet", "fit", "--config", "c.yaml"])
     assert fit[:4] == ["dmrnet", "fit", "--config", "c.yaml"] and "--trainer.max_epochs" in fit
+    assert "--model.encoder_kwargs.layers" not in fit
+    recipe = scaled(["dmrnet", "test", "--config", "configs/cremad_dmrnet.yaml"])
+    assert recipe[recipe.index("--model.encoder_kwargs.layers") + 1] == "[1, 1, 1, 1]"
     assert scaled(["dmrnet", "fit", "--help"]) == ["dmrnet", "fit", "--help"]
     sweep = scaled(["dmrnet", "benchmark", "--sweep", "beta=0,0.2,0.5"])
     assert sweep[2:4] == ["--sweep", "beta=0,0.2"]
