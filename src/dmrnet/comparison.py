@@ -45,8 +45,8 @@ MIN_SEEDS = 2
 def default_seed_count(widening: float = 1.5) -> int:
     """The fewest seeds whose interval is at most ``widening`` times as wide as it would be
     if the seed variance were known (Student's t(0.975, n - 1) <= widening x 1.96): 5. With
-    3 seeds the interval is 2.2 times as wide (t = 4.30), so a benchmark of 3 seeds cannot
-    tell differences about half again as large apart from noise as one of 5."""
+    3 seeds the interval is 2.2 times as wide (t = 4.30): its resolution, t / sqrt(n), is
+    twice that of 5 seeds."""
     n = MIN_SEEDS
     while t975(n - 1) > widening * 1.959964:
         n += 1
@@ -127,6 +127,7 @@ def shared_test_noise(per_seed: Sequence[tuple[Samples, Samples]], value: Value,
     if len(set(sizes)) > 1 or n < 2:
         return 0.0
     counts = _resample_counts(sizes[0], seed, resamples)
+
     def run_draws(samples: Samples) -> dict[str, np.ndarray]:
         if cache is None:
             return _subset_draws(samples, counts, value)

@@ -407,9 +407,9 @@ class DMRNetNoKL(DMRNetFamily):
 @dataclass
 class AuthorsOptions(DMRNetOptions):
     """DMRNet's options with the authors' code's behaviour as defaults: their HCR reduction
-    and variance statistic, their initialisation, and their warm-up (epochs 0-5)."""
+    and variance statistic and their initialisation (the warm-up, epochs 0-5, is every
+    member's default)."""
 
-    hcr_warmup_epochs: int = 6
     hcr_reduction: str = "authors"
     hcr_statistic: str = "authors"
     init: str = "authors"
