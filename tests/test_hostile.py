@@ -950,7 +950,8 @@ def manifest_latin1(w: World) -> None:
               r"is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8")
 
 
-@case(INPUTS, "text files in another encoding: a Latin-1 `--config`, a Latin-1 CASIA-SURF list "
+@case(INPUTS, "text files in another encoding: a Latin-1 `--config` (benchmark), a UTF-16 or "
+      "Latin-1 `--config`/`-c` (fit), a Latin-1 CASIA-SURF list "
       "(a UTF-8 one with a byte-order mark reads); a damaged `results.json` for `analyze`",
       "dmrnet benchmark, casia_surf, dmrnet analyze", "error",
       "config file c.yaml is not UTF-8 text (byte 0xe9 on line 1); save it as UTF-8 / "
@@ -962,6 +963,10 @@ def text_encodings(w: World) -> None:
     config.write_bytes("# réglages\nepochs: 1\n".encode("latin-1"))
     w.refuses([*BENCH, "--config", str(config)],
               r"config file c.yaml is not UTF-8 text \(byte 0xe9 on line 1\); save it as UTF-8")
+    w.refuses(["fit", "-c", str(config)], r"config file c.yaml is not UTF-8 text \(byte 0xe9")
+    wide = w.root / "w.yaml"  # Windows editors' "Unicode"
+    wide.write_bytes("trainer:\n  max_epochs: 1\n".encode("utf-16"))
+    w.refuses(["fit", f"--config={wide}"], r"config file w.yaml is not UTF-8 text \(byte 0xff")
     root = make_casia(w.root / "casia", per_split=(4, 2, 2))
     listing = root / "train_list.txt"
     listing.write_bytes(b"\xef\xbb\xbf" + listing.read_bytes())  # a byte-order mark: read
@@ -1343,8 +1348,10 @@ def api_wrong_types(w: World) -> None:
 
 
 @case(SETTINGS, "repeated arguments: `--seeds 0 --seeds 1`, `--progress --no-progress`, "
-      "`--set embed_dim=8 --set embed_dim=16`, `--seeds 0,0`, `--modalities fac,fac`",
-      "dmrnet benchmark", "error",
+      "`--set embed_dim=8 --set embed_dim=16`, `--seeds 0,0`, `--modalities fac,fac`; "
+      "`dmrnet fit ... --trainer.max_epochs 2 --trainer.max_epochs=3` (Lightning keeps the "
+      "last; several `--config` files are allowed, later ones override)",
+      "dmrnet benchmark, dmrnet fit", "error",
       "--seeds is given twice ('--seeds 0' and '--seeds 1'); give it once / seed 0 is listed "
       "twice / modality 'fac' is listed twice (the same words twice are accepted)")
 def repeated_arguments(w: World) -> None:
@@ -1362,6 +1369,11 @@ def repeated_arguments(w: World) -> None:
     w.refuses([*base, "--seeds", "0", "--modalities", "fac,fac"],
               "modality 'fac' is listed twice")
     w.runs([*base, "--seeds", "0", "--modalities", "fac,mor", "--no-progress"])
+    fit = ["fit", "--config", str(ROOT / "configs" / "smoke" / "manifest.yaml")]
+    w.refuses([*fit, "--trainer.max_epochs", "2", "--trainer.max_epochs=3"],
+              r"--trainer.max_epochs is given twice \('2' and '3'\); give it once")
+    w.refuses([*fit, "--model.embed_dim=8", "--model.embed_dim", "16"],
+              "--model.embed_dim is given twice")
 
 
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",

@@ -230,6 +230,10 @@ def test_rgbd_shapes_benchmark_and_prediction_picture(tmp_path, capsys):
             "--out", str(pic)]
     assert main(args) == 0
     assert pic.stat().st_size > 5000
+    big = tmp_path / "rgb80.png"  # any size; the absent depth takes the given picture's
+    Image.fromarray(render_scene(8, 80)[0].permute(1, 2, 0).numpy()).save(big)
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", f"rgb={big}", "--out",
+                 str(tmp_path / "pred80.png")]) == 0
     assert main(args) == 2  # never overwrites silently
     assert "exists" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(ckpt), "--input",

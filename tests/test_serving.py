@@ -304,3 +304,20 @@ def test_manifest_arrays_are_standardised_and_served_raw(tmp_path, capsys):
                                "best.ckpt"))
     assert not unscaled.hparams["preprocessing"]
     capsys.readouterr()
+
+
+def test_predict_fills_an_absent_input_at_its_own_shape():
+    """``dmrnet predict`` with some inputs of a classifier whose modalities have different
+    shapes: an absent picture or spectrogram is filled at its trained shape, whatever was given
+    first (a vector given first set the absent ones' size and every subset was refused)."""
+    from dmrnet.predict import predict_subsets
+
+    shapes = {"vec": [8], "img": [3, 16, 16], "snd": [1, 20, 12]}
+    module = MultimodalModule(list(shapes), shapes, 3, embed_dim=8).eval()
+    torch.manual_seed(0)
+    x = {m: torch.randn(1, *s) for m, s in shapes.items()}
+    assert set(predict_subsets(module, {"vec": x["vec"]})) == {"vec"}
+    both = predict_subsets(module, {"vec": x["vec"], "img": x["img"]})
+    assert set(both) == {"vec", "img", "vec+img"}
+    whole = module.model(x, torch.tensor([[True, True, False]])).logits.softmax(1)
+    assert torch.allclose(both["vec+img"], whole, atol=1e-6)

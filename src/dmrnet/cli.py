@@ -420,6 +420,7 @@ def lightning_cli(argv: Sequence[str]) -> int:
         args = [*args[:i], *args[i + 2 :]]
         check_logger(logger)
 
+    check_lightning_args(args)
     note = InterruptNote()
     try:  # from the shell, let Lightning read sys.argv itself (it warns when given both)
         if from_shell:  # Lightning warns when given arguments beside a shell's sys.argv
@@ -432,6 +433,30 @@ def lightning_cli(argv: Sequence[str]) -> int:
                                       signals.exit_code()) from None
         raise
     return 0
+
+
+def check_lightning_args(args: Sequence[str]) -> None:
+    """What Lightning's CLI would take silently or answer with a traceback: an option given
+    twice with different values (it keeps the last: ``--trainer.max_epochs 2 --trainer.
+    max_epochs 50`` trains 50 epochs), and a ``--config`` file that is not UTF-8 text.
+    ``--config`` itself may repeat: later files override earlier ones."""
+    seen: dict[str, str] = {}
+    for i, word in enumerate(args):
+        if word == "--":
+            break
+        if not word.startswith(("--", "-c")) or word.split("=", 1)[0].endswith("+"):
+            continue  # a value, or a list append ('--trainer.callbacks+=...')
+        option, _, value = word.partition("=")
+        if not _ and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+        if option in ("--config", "-c"):
+            if value and Path(value).is_file():
+                read_text(value, "config file")
+            continue
+        if seen.get(option, value) != value:
+            raise UsageError(f"{option} is given twice ({seen[option]!r} and {value!r}); give "
+                             "it once")
+        seen[option] = value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

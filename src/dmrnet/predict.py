@@ -99,15 +99,19 @@ def predict_subsets(module: Any, inputs: Mapping[str, Tensor]) -> dict[str, Tens
         raise DataError(f"modality {unknown[0]!r} is not one of the model's {model.modalities}")
     if not inputs:
         raise DataError(f"give at least one input, e.g. --input {model.modalities[0]}=FILE")
-    ref = next(iter(inputs.values()))
+    shapes = module.hparams["input_shapes"]
+    # a dense model takes pictures of any size: an absent picture trained at the size of a
+    # given one takes that one's size now; other inputs (a vector, a spectrogram) keep theirs
+    sizes = {tuple(shapes[m][1:]): tuple(x.shape[-2:]) for m, x in inputs.items()
+             if len(shapes[m]) == 3 and x.dim() == 4}
     full = {}
     for m in model.modalities:
         if m in inputs:
             full[m] = inputs[m]
         else:  # absent: zeros of the right shape, marked unavailable
-            shape = tuple(module.hparams["input_shapes"][m])
+            shape = tuple(shapes[m])
             if len(shape) == 3:
-                shape = (shape[0], *ref.shape[-2:])
+                shape = (shape[0], *sizes.get(shape[1:], shape[1:]))
             full[m] = torch.zeros(1, *shape)
     avail = torch.tensor([[m in inputs for m in model.modalities]])
     with torch.no_grad():
