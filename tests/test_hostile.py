@@ -1376,6 +1376,50 @@ def repeated_arguments(w: World) -> None:
               "--model.embed_dim is given twice")
 
 
+@case(SETTINGS, "encoder sizes and rates no layer can have: `encoder_kwargs` `{hidden: [0]}`, "
+      "`{hidden: [-3]}`, `{dropout: 1.5}`, `{out_features: 0}`, an image encoder's "
+      "`{width: 0}`", "dmrnet benchmark, fit", "error",
+      "encoder 'mlp' built from {hidden: [0]} has a layer of size 0 (net.1.weight); give every "
+      "size as 1 or more / encoder 'mlp' cannot be built from {dropout: 1.5} ...: dropout "
+      "probability has to be between 0 and 1")
+def encoder_sizes(w: World) -> None:
+    base = ["benchmark", "--out", str(w.root / "out"), *QUICK]
+    w.refuses([*base, "--set", "encoder_kwargs={hidden: [0]}"],
+              r"encoder 'mlp' built from \{hidden: \[0\]\} has a layer of size 0 "
+              r"\(net.1.weight\); give every size as 1 or more")
+    w.refuses([*base, "--set", "encoder_kwargs={hidden: [-3]}"],
+              r"encoder 'mlp' cannot be built from \{hidden: \[-3\]\} for inputs of shape "
+              r"\(216,\): .*negative dimension")
+    w.refuses([*base, "--set", "encoder_kwargs={dropout: 1.5}"],
+              "dropout probability has to be between 0 and 1")
+    w.refuses([*base, "--set", "encoder_kwargs={out_features: 0}"], "a layer of size 0")
+    from dmrnet.nn import create_encoder
+
+    w.refuses(lambda: create_encoder("resnet", (3, 16, 16), width=0),
+              r"encoder 'resnet' built from \{width: 0\} has a layer of size 0 \(conv1.weight\)")
+
+
+@case(SETTINGS, "DMRNet's warm-up (`hcr_warmup_epochs`, default 6) longer than the training "
+      "(`--epochs 2`): HCR would never up-weight a subset", "dmrnet benchmark, fit", "warns",
+      "HCR starts after epoch 6 (hcr_warmup_epochs) but training runs 2 epochs, so no subset "
+      "is ever up-weighted; lower hcr_warmup_epochs or train longer")
+def warmup_longer_than_training(w: World) -> None:
+    from dmrnet.training import _SAID
+
+    _SAID.clear()  # said once per process
+    caplog = w.fixture("caplog")
+    base = ["benchmark", "--modalities", "fac,mor", "--seeds", "0,1", "--no-progress",
+            "--methods", "dmrnet"]
+    w.runs([*base, "--out", str(w.root / "short"), "--epochs", "2"])
+    note = ("HCR starts after epoch 6 (hcr_warmup_epochs) but training runs 2 epochs, so no "
+            "subset is ever up-weighted; lower hcr_warmup_epochs or train longer")
+    assert caplog.text.count(note) == 1, caplog.text  # once for both seeds
+    caplog.clear()
+    w.runs([*base, "--out", str(w.root / "long"), "--epochs", "2", "--option",
+            "hcr_warmup_epochs=2"])
+    assert "HCR starts after" not in caplog.text, caplog.text
+
+
 @case(SETTINGS, "`--batch-size 1` for models with batch norm", "dmrnet benchmark", "error",
       "--batch-size 1 cannot train these models: batch norm needs at least 2")
 def batch_size_one(w: World) -> None:

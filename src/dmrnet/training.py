@@ -33,6 +33,7 @@ from dmrnet.optim import DEFAULT_OPTIM, OptimConfig, configure
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
 log = logging.getLogger("dmrnet")
+_SAID: set[str] = set()
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
@@ -437,6 +438,11 @@ class MultimodalModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         if isinstance(self.objective, Objective):
+            epochs = self.trainer.max_epochs
+            note = self.objective.epochs_note(epochs) if epochs and epochs > 0 else None
+            if note is not None and note not in _SAID:  # once per process (a benchmark's seeds)
+                _SAID.add(note)
+                log.warning(note)
             self._log_direct(self._record(self.objective.start()))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

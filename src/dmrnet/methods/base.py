@@ -246,6 +246,11 @@ class Objective(nn.Module):
         processes. A Selection when the objective chose in this epoch."""
         return None
 
+    def epochs_note(self, epochs: int) -> str | None:
+        """A warning for training of ``epochs`` epochs (e.g. a choice due after more epochs
+        than that, so never made); None when there is nothing to say."""
+        return None
+
     observes_validation: bool = False
     """Whether the glue passes validation outputs to :meth:`observe` and :meth:`end_validation`
     (validation only; never test)."""

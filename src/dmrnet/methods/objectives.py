@@ -465,6 +465,20 @@ class MultimodalObjective(Objective):
             chosen = self._selection(hcr.select(), {})
         return self._with_sampling(chosen, self.sampling.current() if self.sampling else {})
 
+    def epochs_note(self, epochs: int) -> str | None:
+        """HCR's first choice, or difficulty-aware sampling's first re-weighting, due after
+        more epochs than the training runs: the method would train without it, unsaid."""
+        hcr, sampling = self.hcr, self.sampling
+        if hcr is not None and hcr.warmup_epochs > epochs:
+            return (f"HCR starts after epoch {hcr.warmup_epochs} (hcr_warmup_epochs) but "
+                    f"training runs {epochs} epochs, so no subset is ever up-weighted; lower "
+                    "hcr_warmup_epochs or train longer")
+        if sampling is not None and sampling.warmup > epochs:
+            return (f"difficulty-aware sampling starts after epoch {sampling.warmup} "
+                    f"(difficulty_warmup) but training runs {epochs} epochs, so sampling never "
+                    "changes; lower difficulty_warmup or train longer")
+        return None
+
     def end_train_epoch(self, epoch: int, reduce: Reduce) -> Selection | None:
         """When HCR chooses (end of warm-up, then every ``every`` epochs): the hard subsets,
         from the variances summed over every process or the latest validation; and the new
