@@ -7,7 +7,7 @@ rewritten from the run folders behind it, and says the command that produced the
   45 seconds on 2 idle CPU cores);
 - ``preset``: the preset against the baseline and dedicated models: synthetic and mfeat
   (``--methods baseline,tutored,dedicated --seeds 0,1,2,3,4``) and rgbd-shapes
-  (``--methods baseline,tutored --seeds 0,1,2``); about 1 hour on 2 CPU cores;
+  (``--methods baseline,tutored --seeds 0,1,2,3,4``); about 1 hour on 2 CPU cores;
 - ``loader``: what ``python benchmarks/loader.py`` prints (about 1 minute).
 
 Without ``--runs``, every benchmark a block needs is run now into ``runs/readme/<NAME>`` (an
@@ -43,7 +43,7 @@ RUNS: dict[str, dict[str, list[str]]] = {
         "mfeat": ["--dataset", "mfeat", "--methods", "baseline,tutored,dedicated",
                   "--seeds", "0,1,2,3,4"],
         "rgbd-shapes": ["--dataset", "rgbd-shapes", "--methods", "baseline,tutored",
-                        "--seeds", "0,1,2"],
+                        "--seeds", "0,1,2,3,4"],
     },
 }
 """Block name -> run name -> the ``dmrnet benchmark`` arguments of that run."""

@@ -136,3 +136,35 @@ def test_benchmark_records_test_samples_and_uses_them(tmp_path):
     assert comparison["noise"] == "seeds and test samples" and comparison["test_se"] is not None
     assert comparison["resolution"] == pytest.approx(
         (comparison["ci95"][1] - comparison["ci95"][0]) / 2)
+
+
+def test_compare_runs_across_folders_gives_the_benchmarks_own_verdicts(tmp_path, capsys):
+    """``scripts/compare_runs.py A:baseline B:full_only``, with full_only trained in a folder
+    of its own, prints the row the benchmark gives when both train in one (CPU runs of a seed
+    are the same in either folder)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import compare_runs
+    finally:
+        sys.path.pop(0)
+    quick = dict(dataset="mfeat", modalities=["fac", "mor"], seeds=[0, 1], epochs=1,
+                 progress=False)
+    both = run_benchmark(BenchmarkConfig(out=str(tmp_path / "both"),
+                                         methods=["baseline", "full_only"], **quick),
+                         echo=lambda _: None)
+    run_benchmark(BenchmarkConfig(out=str(tmp_path / "one"), methods=["full_only"], **quick),
+                  echo=lambda _: None)
+    capsys.readouterr()
+    assert compare_runs.main([f"{tmp_path / 'both'}:baseline",
+                              f"{tmp_path / 'one'}:full_only"]) == 0
+    printed = capsys.readouterr().out
+    for row in both["comparisons"]:
+        lo, hi = -row["ci95"][1], -row["ci95"][0]
+        assert f"| {row['on']} | 2 | {-row['diff']:+.4f} | [{lo:+.4f}, {hi:+.4f}] |" in printed
+    assert json.loads((tmp_path / "one" / "results.json").read_text())["runs"]
+    with pytest.raises(SystemExit, match="has no runs of 'dmrnet'"):
+        compare_runs.main([f"{tmp_path / 'both'}:baseline", f"{tmp_path / 'one'}:dmrnet"])

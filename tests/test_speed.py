@@ -73,6 +73,12 @@ def test_runs_side_by_side_only_where_they_help():
         assert concurrent_runs(replace(cfg, **change), data, 6)[0] == 1, change
     assert concurrent_runs(cfg, data, 1)[0] == 1
     assert concurrent_runs(replace(cfg, jobs=4), data, 3) == (3, "--jobs 4")
+    # the choice builds the first method's own model with its options (it built the default
+    # method with them: tutored's vote on the baseline was refused, a 5-seed run stopped)
+    voted, data = prepare(BenchmarkConfig(out="unused", dataset="synthetic", seeds=[0, 1],
+                                          epochs=30, methods=["tutored"],
+                                          options={"tutored.unimodal_ensemble": 0.25}))
+    assert concurrent_runs(voted, data, 5)[0] >= 1
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [

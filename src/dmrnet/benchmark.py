@@ -241,14 +241,14 @@ def set_dotted(settings: dict[str, Any], path: str, value: Any) -> None:
 
 
 def method_settings(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
-    """The shared model settings with ``method``'s own options (those in ``cfg.options`` that
-    it has; "METHOD.KEY" entries for it win over plain "KEY" ones)."""
+    """The shared model settings of ``method``'s own model, with its options (those in
+    ``cfg.options`` that it has; "METHOD.KEY" entries for it win over plain "KEY" ones)."""
     known = set(get_method(method).option_names())
     shared = {k: v for k, v in cfg.options.items() if "." not in k and k in known}
     own = {k.split(".", 1)[1]: v for k, v in cfg.options.items()
            if k.startswith(method + ".")}
     kwargs = {**shared, **own}
-    return {**cfg.model, **({"method_kwargs": kwargs} if kwargs else {})}
+    return {**cfg.model, **({"method_kwargs": kwargs} if kwargs else {}), "method": method}
 
 
 def _check_options(cfg: BenchmarkConfig) -> None:
