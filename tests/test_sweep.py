@@ -12,9 +12,13 @@ BASE = ["benchmark", "--modalities", "pix,mor", "--seeds", "0", "--epochs", "2",
         "--methods", "dmrnet", "--no-progress", "--option", "hcr_warmup_epochs=1"]
 
 
-def test_sweep_of_a_method_option(tmp_path):
+def test_sweep_of_a_method_option(tmp_path, capsys):
     out = tmp_path / "s"
     assert main([*BASE, "--sweep", "beta=0,0.5", "--out", str(out)]) == 0
+    # each value's "wrote" line names where it ends up, not the unfinished folder
+    wrote = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("wrote '")]
+    assert wrote == [f"wrote '{out / 'beta=0'}'", f"wrote '{out / 'beta=0.5'}'",
+                     f"wrote '{out}'"], wrote
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["key"] == "beta" and sweep["values"] == [0, 0.5]
     for run in sweep["runs"]:

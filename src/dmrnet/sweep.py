@@ -68,7 +68,8 @@ def run_sweep(cfg: BenchmarkConfig, key: str, values: Sequence[Any],
                 name = f"{key}={value}"
                 echo(f"== {name}")
                 results = run_benchmark(replace(one, out=str(work / name), overwrite=False),
-                                        echo=echo)
+                                        echo=lambda line: echo(line.replace(  # where it ends up
+                                            str(work), str(folder.path))))
                 runs.append({"value": value, "folder": name, "summary": results["summary"]})
             sweep = {"key": key, "values": list(values), "dataset": cfg.dataset,
                      "metric": results["metric"], "higher_is_better": results["higher_is_better"],
