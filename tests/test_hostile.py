@@ -1350,8 +1350,9 @@ def api_wrong_types(w: World) -> None:
 @case(SETTINGS, "repeated arguments: `--seeds 0 --seeds 1`, `--progress --no-progress`, "
       "`--set embed_dim=8 --set embed_dim=16`, `--seeds 0,0`, `--modalities fac,fac`; "
       "`dmrnet fit ... --trainer.max_epochs 2 --trainer.max_epochs=3` (Lightning keeps the "
-      "last; several `--config` files are allowed, later ones override)",
-      "dmrnet benchmark, dmrnet fit", "error",
+      "last; several `--config` files are allowed, later ones override); `dmrnet predict "
+      "--input fac=a.npy --input fac=b.npy`",
+      "dmrnet benchmark, fit, predict", "error",
       "--seeds is given twice ('--seeds 0' and '--seeds 1'); give it once / seed 0 is listed "
       "twice / modality 'fac' is listed twice (the same words twice are accepted)")
 def repeated_arguments(w: World) -> None:
@@ -1369,6 +1370,8 @@ def repeated_arguments(w: World) -> None:
     w.refuses([*base, "--seeds", "0", "--modalities", "fac,fac"],
               "modality 'fac' is listed twice")
     w.runs([*base, "--seeds", "0", "--modalities", "fac,mor", "--no-progress"])
+    w.refuses(["predict", "--checkpoint", "x.ckpt", "--input", "fac=a.npy", "--input",
+               "fac=b.npy"], r"--input fac is given twice \('a.npy' and 'b.npy'\)")
     fit = ["fit", "--config", str(ROOT / "configs" / "smoke" / "manifest.yaml")]
     w.refuses([*fit, "--trainer.max_epochs", "2", "--trainer.max_epochs=3"],
               r"--trainer.max_epochs is given twice \('2' and '3'\); give it once")

@@ -252,6 +252,9 @@ def run_predict_command(args: argparse.Namespace) -> int:
         if "=" not in item:
             raise DataError(f"--input takes MODALITY=FILE, got {item!r}")
         mod, path = item.split("=", 1)
+        if mod.strip() in inputs and inputs[mod.strip()] != path:  # the last would win
+            raise UsageError(f"--input {mod.strip()} is given twice ({inputs[mod.strip()]!r} "
+                             f"and {path!r}); give one file per modality")
         inputs[mod.strip()] = path
     run_predict(args.checkpoint, inputs, args.out, args.label, args.overwrite)
     return 0
