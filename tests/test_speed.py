@@ -65,6 +65,27 @@ def test_runs_side_by_side_give_what_they_give_one_at_a_time(tmp_path, monkeypat
     assert sum("1 CPU thread (" in line for line in outputs[2]) >= 1
 
 
+def test_each_run_records_its_cpu_threads_and_a_rerun_with_them_is_bit_exact(tmp_path,
+                                                                            monkeypatch):
+    """Float sums depend on the thread count, which dmrnet chooses per run from the machine's
+    load: results.json keeps each run's (and each teacher's), and ``--threads N`` with it
+    reruns bit-exactly."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # dmrnet's own choice
+    quick = dict(methods=["tutored"], seeds=[0], epochs=1, modalities=["fac", "mor"],
+                 progress=False)
+    auto = run_benchmark(BenchmarkConfig(out=str(tmp_path / "auto"), **quick),
+                         echo=lambda _: None)["runs"][0]
+    assert auto["cpu_threads"] >= 1
+    assert set(auto["stage_cpu_threads"]) == {"teacher-fac", "teacher-mor"}
+    again = run_benchmark(BenchmarkConfig(out=str(tmp_path / "again"),
+                                          threads=auto["cpu_threads"], **quick),
+                          echo=lambda _: None)["runs"][0]
+    assert again["per_subset"] == auto["per_subset"]
+    two = run_benchmark(BenchmarkConfig(out=str(tmp_path / "two"), threads=2, **quick),
+                        echo=lambda _: None)["runs"][0]
+    assert two["cpu_threads"] == 2 and set(two["stage_cpu_threads"].values()) == {2}
+
+
 def test_runs_side_by_side_only_where_they_help():
     cfg, data = prepare(BenchmarkConfig(out="unused", seeds=[0, 1], epochs=30))
     auto = concurrent_runs(cfg, data, 6)

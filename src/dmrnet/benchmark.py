@@ -403,7 +403,7 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
             stage_data = data if stage.modalities is None else _data_module(
                 cfg, seed, stage.modalities, data.cache)
             run_name = stage.run_name(name, seed)
-            module, tr_s, ev_s, best = _fit_and_test(
+            module, tr_s, ev_s, best, threads = _fit_and_test(
                 cfg, out, run_name, seed, stage_data, _with_inputs(stage, checkpoints), progress,
                 keep=True if stage.name in later else None, echo=echo, shown=shown)
             checkpoints[stage.name] = str(out / "checkpoints" / run_name / "best.ckpt")
@@ -416,7 +416,8 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
                 best_epoch=best, hard_subsets=list(module.hard_subsets),
                 subset_variance=dict(module.subset_variance), selections=list(module.selections),
                 per_subset_all=res.get("per_subset_all"), loss_terms=list(module.loss_terms),
-                train_seconds=tr_s, eval_seconds=ev_s, test_samples=module.test_samples))
+                train_seconds=tr_s, eval_seconds=ev_s, cpu_threads=threads,
+                test_samples=module.test_samples))
             if len(stages) > 1 and (progress or (i + 1) % 8 == 0 or i + 1 == len(stages)):
                 echo(f"      {name}: {i + 1}/{len(stages)} stages trained")
     except DivergedError:  # the run is left out (see _attempt); its checkpoints are not kept
@@ -434,7 +435,11 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
     save_samples(out / SAMPLES / f"{name}-seed{seed}.npz", method.combine_samples(results))
     stage_seconds = ({r.stage.name: r.train_seconds for r in results if r.stage.name}
                      if len(results) > 1 else {})
-    return RunRecord(method=name, seed=seed, stage_train_seconds=stage_seconds, **combined)
+    stage_threads = ({r.stage.name: r.cpu_threads for r in results if r.stage.name}
+                     if len(results) > 1 else {})
+    return RunRecord(method=name, seed=seed, stage_train_seconds=stage_seconds,
+                     cpu_threads=results[-1].cpu_threads, stage_cpu_threads=stage_threads,
+                     **combined)
 
 
 def _fit_and_test(
@@ -448,9 +453,11 @@ def _fit_and_test(
     keep: bool | None = None,
     echo: Callable[[str], None] = print,
     shown: set[str] | None = None,
-) -> tuple[MultimodalModule, float, float, int]:
+) -> tuple[MultimodalModule, float, float, int, int | None]:
     """Train one stage, select its checkpoint on validation and test it; the CPU thread
-    choice is echoed unless ``shown`` holds it already."""
+    choice is echoed unless ``shown`` holds it already. Returns the module, the training and
+    evaluation seconds, the checkpoint's epoch and the CPU threads it trained with (None:
+    not on CPU)."""
     shown = set() if shown is None else shown
     L.seed_everything(seed, workers=True, verbose=False)
     module = _module(data, module_kwargs)
@@ -506,7 +513,7 @@ def _fit_and_test(
     best_epoch = -1 if module.checkpoint_epoch is None else module.checkpoint_epoch
     if not (cfg.keep_checkpoints if keep is None else keep):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return module, train_seconds, eval_seconds, best_epoch
+    return module, train_seconds, eval_seconds, best_epoch, device.threads
 
 
 def validation_interval(cfg: BenchmarkConfig) -> int:

@@ -264,6 +264,7 @@ class DeviceSetup(L.Callback):
             if self.cpu_threads == "auto":
                 user = user_threads()
                 if user is not None:
+                    self.threads = user
                     self.reason = (f"{_threads(user)}, as set by the user "
                                    f"({user_threads_source()})")
                     return

@@ -187,6 +187,9 @@ class StageResult(Scores):
     stage: Stage
     train_seconds: float
     eval_seconds: float
+    cpu_threads: int | None = None
+    """The CPU intra-op threads it trained with (None: not on CPU). Float sums depend on it,
+    so a bit-exact rerun needs the same count."""
     test_samples: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per subset name, each test sample's id and metric statistics (the model's
     ``test_samples``): intervals over test samples (:mod:`dmrnet.comparison`)."""
@@ -201,6 +204,11 @@ class RunRecord(Scores):
     train_seconds: float
     eval_seconds: float
     stage_train_seconds: dict[str, float] = field(default_factory=dict)
+    cpu_threads: int | None = None
+    """The CPU threads its own model trained with (None: not on CPU); a rerun with the same
+    count (``--threads N``) is bit-exact, another count is not."""
+    stage_cpu_threads: dict[str, int | None] = field(default_factory=dict)
+    """The same for each earlier stage (e.g. a teacher), where there are several."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
