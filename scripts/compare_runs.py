@@ -6,6 +6,8 @@ as they are inside one benchmark: each ``FOLDER:METHOD`` is judged against the f
 mean over subsets and the worst subset, with :func:`dmrnet.benchmark.paired_comparisons`
 (Student's t over seeds, widened by the test-sample noise the seeds share, from each run's
 ``test_samples/``). Prints a markdown table: a - b, its 95 % interval and the verdict.
+Runs trained with different CPU thread counts (``cpu_threads`` in results.json) are not the
+same computation even for the same method; a note names such seeds.
 
     python scripts/compare_runs.py BASE:METHOD OTHER:METHOD [OTHER:METHOD ...]
 """
@@ -53,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                              "metrics; compare runs of one benchmark's data")
     metric = get_task_metric(first["metric"])
     base, base_runs, base_samples, _ = loaded[0]
+    threads = {r["seed"]: r.get("cpu_threads") for r in base_runs}
+    for label, runs, _, _ in loaded[1:]:
+        differ = sorted(r["seed"] for r in runs if None not in (
+            r.get("cpu_threads"), threads.get(r["seed"])) and r["cpu_threads"] !=
+            threads[r["seed"]])
+        if differ:
+            print(f"note: {label} trained seeds {differ} with other CPU thread counts than "
+                  f"{base}: rerun with --threads N for like-for-like runs")
     print(f"against {base} ({first['dataset']}, test {first['metric']})\n")
     print("| b | on | seeds | b - a | 95 % interval | verdict |")
     print("|---|---|---|---|---|---|")

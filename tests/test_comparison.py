@@ -166,5 +166,10 @@ def test_compare_runs_across_folders_gives_the_benchmarks_own_verdicts(tmp_path,
         lo, hi = -row["ci95"][1], -row["ci95"][0]
         assert f"| {row['on']} | 2 | {-row['diff']:+.4f} | [{lo:+.4f}, {hi:+.4f}] |" in printed
     assert json.loads((tmp_path / "one" / "results.json").read_text())["runs"]
+    run_benchmark(BenchmarkConfig(out=str(tmp_path / "two"), methods=["full_only"], threads=2,
+                                  **quick), echo=lambda _: None)
+    capsys.readouterr()
+    compare_runs.main([f"{tmp_path / 'both'}:baseline", f"{tmp_path / 'two'}:full_only"])
+    assert "trained seeds [0, 1] with other CPU thread counts" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="has no runs of 'dmrnet'"):
         compare_runs.main([f"{tmp_path / 'both'}:baseline", f"{tmp_path / 'one'}:dmrnet"])
