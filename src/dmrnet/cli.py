@@ -449,8 +449,8 @@ def check_lightning_args(args: Sequence[str]) -> None:
             break
         if not word.startswith(("--", "-c")) or word.split("=", 1)[0].endswith("+"):
             continue  # a value, or a list append ('--trainer.callbacks+=...')
-        option, _, value = word.partition("=")
-        if not _ and i + 1 < len(args) and not args[i + 1].startswith("--"):
+        option, sep, value = word.partition("=")
+        if not sep and i + 1 < len(args) and not args[i + 1].startswith("--"):
             value = args[i + 1]
         if option in ("--config", "-c"):
             if value and Path(value).is_file():
