@@ -104,14 +104,15 @@ def test_device_setup_sizes_threads_for_the_run_and_restores_them(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     respected = DeviceSetup()
     _fit(module, data, respected)
-    assert respected.threads is None  # the user's OMP_NUM_THREADS wins over "auto"
+    # the user's OMP_NUM_THREADS wins over "auto": torch's count is left as it is, and recorded
+    assert respected.threads == torch.get_num_threads()
     assert "OMP_NUM_THREADS" in respected.reason
     monkeypatch.delenv("OMP_NUM_THREADS")
     torch.set_num_threads(3)  # so does a torch.set_num_threads call
     try:
         user = DeviceSetup()
         _fit(module, data, user)
-        assert user.threads is None and torch.get_num_threads() == 3
+        assert user.threads == 3 and torch.get_num_threads() == 3
         assert "torch.set_num_threads" in user.reason
     finally:
         torch.set_num_threads(before)
