@@ -19,6 +19,7 @@ from dmrnet.version import __version__
 
 if TYPE_CHECKING:
     from dmrnet.batch import Batch, MultimodalCollate
+    from dmrnet.data import DATASETS, SplitData
     from dmrnet.errors import ConfigError, DMRNetError
     from dmrnet.evaluation import predict_all_subsets, subset_outputs
     from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
@@ -31,12 +32,14 @@ if TYPE_CHECKING:
     from dmrnet.models.late_fusion import MultimodalModel, ProbabilisticEmbedding
     from dmrnet.models.protocol import ModelOutput
     from dmrnet.nn import create_encoder
+    from dmrnet.plugins import load_plugin
     from dmrnet.registry import ENCODERS
     from dmrnet.serving import Prediction, Predictor, load_model, save_model
     from dmrnet.subsets import SubsetSampler, SubsetSpace
 
 _LAZY = {
     "Batch": "dmrnet.batch", "MultimodalCollate": "dmrnet.batch",
+    "DATASETS": "dmrnet.data", "SplitData": "dmrnet.data", "load_plugin": "dmrnet.plugins",
     "ConfigError": "dmrnet.errors", "DMRNetError": "dmrnet.errors",
     "predict_all_subsets": "dmrnet.evaluation", "subset_outputs": "dmrnet.evaluation",
     "METHODS": "dmrnet.methods", "Method": "dmrnet.methods", "build_method": "dmrnet.methods",
@@ -69,6 +72,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "DATASETS",
     "ENCODERS",
     "METHODS",
     "Batch",
@@ -84,6 +88,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "ProbabilisticEmbedding",
+    "SplitData",
     "SubsetSampler",
     "SubsetSpace",
     "__version__",
@@ -92,6 +97,7 @@ __all__ = [
     "create_model",
     "kl_divergence",
     "load_model",
+    "load_plugin",
     "predict_all_subsets",
     "register_method",
     "save_model",

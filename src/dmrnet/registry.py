@@ -56,7 +56,8 @@ class Registry(Generic[T]):
         self._load()
         if name not in self._items:
             raise RegistryError(
-                f"unknown {self.kind} {name!r}; available: {sorted(self._items)}"
+                f"unknown {self.kind} {name!r}; available: {sorted(self._items)} (one of "
+                "your own: register it in a plugin file and pass --plugin FILE.py)"
             )
         return self._items[name]
 
