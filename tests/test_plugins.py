@@ -70,6 +70,14 @@ def test_a_plugin_file_adds_a_dataset_and_an_encoder_to_benchmark_and_fit(plugin
     err = capsys.readouterr().err
     assert err.startswith("dmrnet: error: unknown dataset 'two_views'; available: [")
     assert "'synthetic'" in err and "--plugin FILE.py" in err and len(err.splitlines()) == 1
+    config = plugin_file.parent / "bench.yaml"  # plugins: in a benchmark config, by its folder
+    config.write_text("plugins: [my_plugin.py]\ndataset: two_views\nmethods: [baseline]\n"
+                      "model: {encoder: tiny}\n")
+    assert main(["benchmark", "--config", str(config), "--epochs", "1", "--seeds", "0",
+                 "--no-progress", "--out", str(tmp_path / "from_config")]) == 0
+    config.write_text("plugins: {a: 1}\n")
+    assert main(["benchmark", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
+    assert "plugins in " in capsys.readouterr().err
     # named twice (a config and the command line, say): imported once
     code = main([*args, "--plugin", str(plugin_file), f"--plugin={plugin_file}", "--out",
                  str(out)])

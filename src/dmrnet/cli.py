@@ -320,6 +320,19 @@ def run_prepare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_config_plugins(given: Any, config: Path) -> None:
+    """A config's ``plugins:`` (a list of .py files, relative to the config's folder, or
+    module names), loaded as ``--plugin`` would load them."""
+    if given is None:
+        return
+    specs = [given] if isinstance(given, str) else given
+    if not isinstance(specs, list) or not all(isinstance(x, str) for x in specs):
+        raise ConfigError(f"plugins in {str(config)!r} must be a list of .py files or module "
+                          f"names; got {given!r}")
+    load_plugins([str(config.parent / x) if x.endswith(".py") and not Path(x).is_absolute()
+                  else x for x in specs], entry_point_plugins=False)
+
+
 def run_benchmark_command(args: argparse.Namespace) -> int:
     base: dict[str, Any] = {}
     if args.config is not None:
@@ -333,6 +346,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         if not isinstance(base, dict) or not isinstance(base.get("model") or {}, dict):
             raise ConfigError(f"{str(args.config)!r} must hold a YAML mapping of benchmark "
                               "options (with 'model:' a mapping too)")
+        load_config_plugins(base.pop("plugins", None), args.config)
     flags = {
         "dataset": args.dataset, "root": args.root, "modalities": args.modalities,
         "methods": args.methods, "seeds": args.seeds, "epochs": args.epochs,
