@@ -86,6 +86,25 @@ def test_a_plugin_file_adds_a_dataset_and_an_encoder_to_benchmark_and_fit(plugin
     assert {r["method"] for r in results["runs"]} == {"baseline", "dmrnet"}
     assert set(results["subsets"]) == {"a", "b", "a+b"}
     assert results["config"]["model"]["encoder"] == "tiny"
+    # a model folder names the plugin it needs; without it, loading is one line naming it
+    ckpt = out / "checkpoints" / "baseline-seed0" / "best.ckpt"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "model")]) == 0
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["plugins"] == ["my_plugin.py"]
+    import numpy as np
+
+    np.save(tmp_path / "a.npy", np.ones(5, np.float32))
+    predict = ["predict", "--checkpoint", str(tmp_path / "model"), "--input",
+               f"a={tmp_path / 'a.npy'}"]
+    ENCODERS.unregister("tiny")  # as in a new process without --plugin
+    capsys.readouterr()
+    assert main(predict) == 2
+    err = capsys.readouterr().err
+    assert "needs the plugin(s) ['my_plugin.py'] that registered its encoder 'tiny'" in err
+    plugins._LOADED.pop(str(plugin_file.resolve()))
+    DATASETS.unregister("two_views")
+    assert main([*predict, "--plugin", str(plugin_file)]) == 0
+    assert "a " in capsys.readouterr().out  # the prediction of subset a
     fit = ["fit", "--plugin", str(plugin_file), "--config",
            str(ROOT / "configs" / "smoke" / "manifest.yaml"), "--data.dataset", "two_views",
            "--data.dataset_kwargs", "null", "--model.encoder", "tiny",

@@ -90,3 +90,13 @@ def load_plugins(specs: list[str] | tuple[str, ...] = (), entry_point_plugins: b
             modules.append(load_plugin(point.value.split(":")[0]))
     modules += [load_plugin(s) for s in specs]
     return modules
+
+
+def plugin_of(obj: object) -> str | None:
+    """The plugin (a file's name, or a module's) that defined ``obj``; None for dmrnet's own
+    and anything not loaded as a plugin."""
+    module = getattr(obj, "__module__", None)
+    for key, loaded in _LOADED.items():
+        if loaded.__name__ == module:
+            return Path(key).name if key.endswith(".py") else key
+    return None

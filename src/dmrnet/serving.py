@@ -29,6 +29,7 @@ from dmrnet.errors import ConfigError, first_line
 from dmrnet.methods import ModelConfig, build_method, get_method, upgrade_settings
 from dmrnet.models.protocol import MultimodalNetwork
 from dmrnet.outputs import OutputError, RunFolder
+from dmrnet.plugins import plugin_of
 from dmrnet.version import __version__
 
 CONFIG = "config.json"
@@ -203,13 +204,51 @@ def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def _registered_parts(args: Mapping[str, Any]) -> list[tuple[Any, str, str]]:
+    """(registry, kind, name) of each registered piece a model's arguments name: its method,
+    encoders and trunk."""
+    from dmrnet.methods import METHODS
+    from dmrnet.registry import ENCODERS, TRUNKS
+
+    parts = [(METHODS, "method", args["method"])]
+    encoders = [args.get("encoder")] + [
+        e.get("name") if isinstance(e, Mapping) else e
+        for e in (args.get("encoders") or {}).values()]
+    parts += [(ENCODERS, "encoder", e) for e in encoders if isinstance(e, str)]
+    if isinstance(args.get("trunk"), str):
+        parts.append((TRUNKS, "trunk", args["trunk"]))
+    return parts
+
+
+def _plugins_used(args: Mapping[str, Any]) -> list[str]:
+    """The plugins whose method, encoder or trunk the model is built from."""
+    found = {plugin_of(registry.get(name)) for registry, _, name in _registered_parts(args)
+             if name in registry}
+    return sorted(p for p in found if p is not None)
+
+
+def _check_plugins(config: Mapping[str, Any], args: Mapping[str, Any], where: str) -> None:
+    """A method, encoder or trunk the folder names that nothing registered: one line naming
+    the plugin it was written with, if it says."""
+    needed = config.get("plugins") or []
+    for registry, kind, name in _registered_parts(args):
+        if name not in registry:
+            if needed:
+                raise ConfigError(f"{where!r} needs the plugin(s) {needed} that registered its "
+                                  f"{kind} {name!r}; pass --plugin with that file or module "
+                                  "(Python: dmrnet.load_plugin(...) first)")
+            registry.get(name)  # the registry's own error, listing what exists
+
+
 def _write_model_folder(module: Any, path: Path) -> None:
     hp = dict(module.hparams)
+    args = model_arguments(hp)
     config = {
         "format": FORMAT, "dmrnet_version": __version__,
-        "model": model_arguments(hp), "class_names": hp.get("class_names"),
+        "model": args, "class_names": hp.get("class_names"),
         "preprocessing": hp.get("preprocessing"),
         "hard_subsets": list(getattr(module, "hard_subsets", []) or []),
+        **({"plugins": used} if (used := _plugins_used(args)) else {}),
     }
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
@@ -373,6 +412,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{str(cfg_path)!r} is not valid JSON: {err}") from err
     args = _check_config(config, str(cfg_path))
+    _check_plugins(config, args, str(path))
     try:
         with safe_open(str(w_path), framework="pt", device=str(device)) as f:  # read once
             metadata = f.metadata()
