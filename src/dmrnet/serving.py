@@ -26,10 +26,11 @@ from torch import Tensor
 
 from dmrnet.batch import BatchError
 from dmrnet.errors import ConfigError, first_line
-from dmrnet.methods import ModelConfig, build_method, get_method, upgrade_settings
+from dmrnet.methods import METHODS, ModelConfig, build_method, get_method, upgrade_settings
 from dmrnet.models.protocol import MultimodalNetwork
 from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.plugins import plugin_of
+from dmrnet.registry import ENCODERS, TRUNKS
 from dmrnet.version import __version__
 
 CONFIG = "config.json"
@@ -207,9 +208,6 @@ def save_model(module: Any, path: str | Path, overwrite: bool = False) -> Path:
 def _registered_parts(args: Mapping[str, Any]) -> list[tuple[Any, str, str]]:
     """(registry, kind, name) of each registered piece a model's arguments name: its method,
     encoders and trunk."""
-    from dmrnet.methods import METHODS
-    from dmrnet.registry import ENCODERS, TRUNKS
-
     parts = [(METHODS, "method", args["method"])]
     encoders = [args.get("encoder")] + [
         e.get("name") if isinstance(e, Mapping) else e
