@@ -135,6 +135,11 @@ def _sweep(text: str) -> tuple[str, list[Any]]:
     return key.strip(), [load_yaml(v) for v in values.split(",") if v.strip()]
 
 
+PLUGIN_HELP = ("a Python file or module that registers methods, datasets, encoders, ... "
+               "(repeatable; any command takes it; installed 'dmrnet.plugins' entry points "
+               "load too)")
+
+
 def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "benchmark",
@@ -145,6 +150,7 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="YAML with any of the options below "
                    "(and a 'model:' mapping of MultimodalModule arguments); flags override it")
+    # for --help only: _main takes every --plugin before any parser runs
     p.add_argument("--plugin", action="append", metavar="FILE.py|MODULE", help=PLUGIN_HELP)
     p.add_argument("--dataset", help=f"data source: {', '.join(DATASETS.names())} (default "
                    "mfeat)")
@@ -485,11 +491,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     with signals.sigterm_stops():  # as Ctrl-C does (exit 143)
         return _friendly(lambda: _main([a for a in argv if a != "--debug"]), debug, argv)
-
-
-PLUGIN_HELP = ("a Python file or module that registers methods, datasets, encoders, ... "
-               "(repeatable; any command takes it; installed 'dmrnet.plugins' entry points "
-               "load too)")
 
 
 def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from dmrnet.errors import ConfigError
+from dmrnet.errors import ConfigError, first_line
 
 ENTRY_POINT_GROUP = "dmrnet.plugins"
 _LOADED: dict[str, ModuleType] = {}
@@ -70,14 +70,18 @@ def load_plugin(spec: str) -> ModuleType:
 def _raise_from_plugin(spec: str, err: BaseException) -> None:
     if isinstance(err, KeyboardInterrupt | SystemExit):
         raise err
-    frames = traceback.extract_tb(err.__traceback__)
-    own = [f for f in frames if "importlib" not in f.filename]
-    where = f" ({Path(own[-1].filename).name}, line {own[-1].lineno})" if own else ""
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if "importlib" not in f.filename]
+    # the plugin's own line where it has one (an error raised by dmrnet's registry, say, is
+    # reported where the plugin called it), else the innermost frame outside importlib
+    own = [f for f in frames
+           if spec.endswith(".py") and Path(f.filename).resolve() == Path(spec).resolve()]
+    frame = (own or frames or [None])[-1]
+    where = f" ({Path(frame.filename).name}, line {frame.lineno})" if frame else ""
     if isinstance(err, SyntaxError) and err.lineno is not None:
         where = f" ({Path(err.filename or spec).name}, line {err.lineno})"
-    message = str(err).splitlines()[0] if str(err) else ""
     raise ConfigError(f"plugin {spec!r} failed while loading: {type(err).__name__}: "
-                      f"{message}{where}") from err
+                      f"{first_line(err)}{where}") from err
 
 
 def load_plugins(specs: list[str] | tuple[str, ...] = (), entry_point_plugins: bool = True
