@@ -34,7 +34,8 @@ def main() -> None:
     if trainer.global_rank == 0:
         (out / "ddp.json").write_text(json.dumps({
             "world_size": trainer.world_size, "test": module.test_results,
-            "checkpoint": ckpt.best_model_path, "hard_subsets": module.hard_subsets}))
+            "checkpoint": ckpt.best_model_path,
+            "hard_subsets": module.objective_state.get("hard_subsets", [])}))
 
 
 if __name__ == "__main__":

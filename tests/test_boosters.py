@@ -173,7 +173,7 @@ def test_module_draws_with_the_new_weights_times_its_own_and_keeps_them_on_resum
     base = torch.tensor([0.0 if n == "a" else 1.0 for n in names], dtype=torch.float64)
     assert torch.allclose(module.sampler.weights.double(), (base * factor).float().double())
     assert module.selections[-1]["sampling"] and module.selections[-1]["rule"] == ""
-    assert module.hard_subsets == []
+    assert module.objective_state == {}  # a sampling choice leaves HCR's standing choice
     drawn = module.sampler.sample(torch.ones(4000, 3, dtype=torch.bool))
     counts = torch.bincount(module.space.indices_of(drawn), minlength=len(names)).double()
     assert counts[names.index("a")] == 0  # the run's own zero weight stays zero

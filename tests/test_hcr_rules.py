@@ -83,8 +83,9 @@ def test_val_loss_rule_takes_each_subsets_mean_task_loss():
     assert objective.hcr.validation_difficulty() == pytest.approx(expected)
     selection = objective.end_train_epoch(0, reduce=lambda t: t)
     unimodal = {k: v for k, v in expected.items() if "+" not in k}
-    assert selection.hard_subsets == [max(unimodal, key=unimodal.get)]
-    assert selection.rule == "val_loss" and selection.difficulty == pytest.approx(expected)
+    assert selection.state["hard_subsets"] == [max(unimodal, key=unimodal.get)]
+    assert selection.record["rule"] == "val_loss"
+    assert selection.record["difficulty"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -208,3 +208,14 @@ def test_the_glue_names_no_method():
     for file in GLUE:
         found = pattern.findall((ROOT / "src" / "dmrnet" / file).read_text())
         assert not found, f"{file} names methods {sorted(set(found))}"
+
+
+def test_the_glue_names_no_method_internals():
+    """DMRNet's own words (its regulariser, the subsets it chooses, its ablations) reach
+    results, checkpoints, reports and analyses only through the records its objective and
+    method write (``Choice``, ``Method.analysis``): the glue never spells them."""
+    pattern = re.compile("hcr|hard_subset|dmrnet_no", re.IGNORECASE)
+    for file in [*GLUE, "report.py", "analysis.py", "comparison.py", "outputs.py"]:
+        text = (ROOT / "src" / "dmrnet" / file).read_text()
+        found = [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)]
+        assert not found, f"{file} spells a method's internals on lines {found}"

@@ -96,6 +96,15 @@ def test_every_peer_trains_and_evaluates_all_subsets_through_the_cli(tmp_path):
     assert not any(k.startswith("_teacher") for k in student.state_dict())
     analysis = json.loads((out / "analysis.json").read_text())
     assert set(analysis["summary"]) >= {"baseline", "dmrnet"}
+    # DMRNet's own part: its chosen subsets against the same seed's run without HCR
+    runs = {r["method"]: r for r in res["runs"]}
+    rows = analysis["methods"]["dmrnet"]["rows"]
+    assert [r["subset"] for r in rows] == runs["dmrnet"]["objective_state"]["hard_subsets"]
+    for r in rows:
+        assert r["accuracy_no_hcr"] == runs["dmrnet_no_hcr"]["per_subset"][r["subset"]]
+        assert r["change"] == pytest.approx(r["accuracy"] - r["accuracy_no_hcr"])
+    assert "baseline" not in analysis["methods"]  # nothing chosen, nothing to add
+    assert "the hard subsets HCR chose, against dmrnet_no_hcr" in (out / "analysis.md").read_text()
     assert (out / "analysis_alignment.png").is_file()
     assert "Analysis" in (out / "report.md").read_text()
 

@@ -103,7 +103,7 @@ def test_casia_benchmark_selects_on_acer(tmp_path):
     run = res["runs"][0]
     assert run["worst"] == pytest.approx(max(run["per_subset"].values()))
     assert set(run["per_subset_all"]["rgb"]) == {"acer", "apcer", "bpcer", "accuracy"}
-    assert run["hard_subsets"] == ["rgb", "ir", "rgb+ir"]
+    assert run["objective_state"]["hard_subsets"] == ["rgb", "ir", "rgb+ir"]
 
 
 def test_prepare_cremad_extracts_frames_with_pyav(tmp_path, capsys):

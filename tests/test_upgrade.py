@@ -4,6 +4,7 @@ settings) still load, with the same numbers; their settings are read in today's 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,7 +73,8 @@ def test_old_checkpoint_loads_with_its_options_and_weights(tmp_path):
     assert loaded.hparams["method_kwargs"]["beta"] == 0.5
     assert loaded.objective.hcr.beta == 0.5 and loaded.objective.hcr.warmup_epochs == 2
     assert loaded.optim.lr == 0.01 and loaded.optim.optimizer == "sgd"
-    assert loaded.hard_subsets == ["b"]
+    assert loaded.objective_state["hard_subsets"] == ["b"]  # 0.2's record, upgraded
+    assert loaded.objective_state["subset_variance"] == {"a": 0.5}
     assert torch.equal(outputs(loaded.model), outputs(module.model))
     assert torch.equal(outputs(checkpoint_network(str(tmp_path / "old.ckpt"))),
                        outputs(module.model))
@@ -127,3 +129,27 @@ def test_old_checkpoint_without_hcr_weights_loads_its_hard_mask(tmp_path):
                tmp_path / "old.ckpt")
     hcr = load_module(tmp_path / "old.ckpt").objective.hcr
     assert hcr.weights() == {"b": 1.0} and not hcr.warming_up
+
+
+V020 = Path(__file__).parent / "data" / "v0_2_0"
+"""A checkpoint and a model folder written by dmrnet 0.2.0 (commit d8aa71d: ``dmrnet benchmark
+--dataset synthetic --methods dmrnet --seeds 0 --epochs 2 --embed-dim 8 --option
+hcr_warmup_epochs=1 --set 'encoder_kwargs={hidden: [16]}'`` and ``dmrnet export``), with the
+logits 0.2.0 gave on fixed inputs (``reference.npz``)."""
+
+
+def test_files_written_by_0_2_0_load_with_the_same_outputs_and_record():
+    ref = np.load(V020 / "reference.npz")
+    x = {m: torch.from_numpy(ref[f"x_{m}"]) for m in ("strong", "medium", "weak")}
+    avail = torch.from_numpy(ref["avail"])
+    module = load_module(V020 / "dmrnet.ckpt")
+    with torch.no_grad():
+        assert np.array_equal(module.model.eval()(x, avail).logits.numpy(),
+                              ref["checkpoint_logits"])
+        assert np.array_equal(load_model(V020 / "model").model(x, avail).logits.numpy(),
+                              ref["folder_logits"])
+    # 0.2.0 kept HCR's choice as top-level keys of the checkpoint's record: it is the
+    # objective's standing choice now, and the list of choices is as it was
+    assert module.objective_state["hard_subsets"] == ["strong"]
+    assert module.objective_state["subset_variance"]["strong"] == pytest.approx(1.5693627)
+    assert [s["hard_subsets"] for s in module.selections] == [["strong"]]

@@ -1,11 +1,12 @@
 """The paper's claims, measured (``dmrnet analyze``):
 
-- the HCR premise: subsets with larger mean embedding variance have larger error (per subset,
+- DMRNet's premise: subsets with larger mean embedding variance have larger error (per subset,
   with the Spearman rank correlation);
 - the intra-class direction constraint: for the same samples, how aligned mu is across subsets
   (mean cosine between subsets) and with the classifier weight of the true class (the paper:
   lower under DMRNet than under the common-subspace baseline);
-- the hard subsets HCR chose and their accuracy change against ``dmrnet_no_hcr``.
+- each method's own part (:meth:`~dmrnet.methods.Method.analysis`; DMRNet's: the subsets its
+  regulariser chose and their accuracy change against the method without it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dmrnet.data.base import DataError
 from dmrnet.data.io import read_text
 from dmrnet.errors import first_line
 from dmrnet.evaluation import subset_outputs
+from dmrnet.methods import METHODS
 from dmrnet.predict import load_module
 from dmrnet.report import legend_below, pyplot, save_figure, to_json
 from dmrnet.training import MultimodalDataModule
@@ -177,8 +179,8 @@ def analyze_run(run_dir: str | Path, echo: Any = print,
             entry["cos_between_subsets"] = float(np.mean([a["between_subsets"] for a in al]))
             entry["cos_to_class_weight"] = float(np.mean([a["to_class_weight"] for a in al]))
         summary[method] = entry
-    hcr = _hcr_effect(results)
-    analysis = {"per_method": per_method, "summary": summary, "hcr": hcr}
+    analysis = {"per_method": per_method, "summary": summary,
+                "methods": _contributions(results)}
     (run / "analysis.json").write_text(to_json(analysis))
     (run / "analysis.md").write_text(analysis_markdown(analysis))
     _plots(analysis, results["subsets"], run)
@@ -204,21 +206,13 @@ def _check_nothing_is_lost(run: Path, per_method: dict[str, list[dict[str, Any]]
                         "would lose what analysis.json holds of them; it was left as it is")
 
 
-def _hcr_effect(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Chosen hard subsets per seed and their accuracy change against dmrnet_no_hcr."""
-    by = {(r["method"], r["seed"]): r for r in results["runs"]}
-    out = []
-    for (method, seed), r in by.items():
-        if not r.get("hard_subsets"):
-            continue
-        ref = by.get(("dmrnet_no_hcr", seed))
-        for subset in r["hard_subsets"]:
-            item = {"method": method, "seed": seed, "subset": subset,
-                    "accuracy": r["per_subset"][subset]}
-            if ref is not None:
-                item["accuracy_no_hcr"] = ref["per_subset"][subset]
-                item["change"] = r["per_subset"][subset] - ref["per_subset"][subset]
-            out.append(item)
+def _contributions(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each registered method's own part of the analysis (:meth:`Method.analysis`), by name."""
+    out = {}
+    for name in dict.fromkeys(r["method"] for r in results["runs"]):
+        part = METHODS.get(name).analysis(results["runs"]) if name in METHODS else None
+        if part is not None:
+            out[name] = {"rows": part.rows, "markdown": part.markdown}
     return out
 
 
@@ -233,14 +227,8 @@ def analysis_markdown(analysis: dict[str, Any]) -> str:
 
         lines.append(f"| {method} | {f('variance_error_spearman')} | "
                      f"{f('cos_between_subsets')} | {f('cos_to_class_weight')} |")
-    if analysis["hcr"]:
-        lines += ["", "| method | seed | hard subset | accuracy | without HCR | change |",
-                  "|---|---|---|---|---|---|"]
-        for h in analysis["hcr"]:
-            no = f"{h['accuracy_no_hcr']:.4f}" if "accuracy_no_hcr" in h else "—"
-            ch = f"{h['change']:+.4f}" if "change" in h else "—"
-            lines.append(f"| {h['method']} | {h['seed']} | {h['subset']} | "
-                         f"{h['accuracy']:.4f} | {no} | {ch} |")
+    for part in analysis.get("methods", {}).values():
+        lines += ["", *part["markdown"]]
     lines += ["", "![variance vs error](analysis_variance_error.png)",
               "![alignment](analysis_alignment.png)"]
     return "\n".join(lines) + "\n"
@@ -268,7 +256,7 @@ def analysis_figures(analysis: dict[str, Any], subsets: list[str]) -> dict[str, 
             ax.scatter(xs, ys, s=12, alpha=0.7, label=f"{method} (Spearman {rho:+.2f})")
     ax.set_xlabel("mean embedding variance of the subset")
     ax.set_ylabel("test error rate of the subset")
-    ax.set_title("HCR premise: do high-variance subsets err more?")
+    ax.set_title("Premise: do high-variance subsets err more?")
     fig.tight_layout()
     legend_below(fig, ax, 2)
     figures = {"analysis_variance_error.png": fig}

@@ -413,8 +413,8 @@ def _run_method(cfg: BenchmarkConfig, out: Path, name: str, seed: int,
             res = module.test_results
             results.append(StageResult(
                 stage=stage, per_subset=res["per_subset"], mean=res["mean"], worst=res["worst"],
-                best_epoch=best, hard_subsets=list(module.hard_subsets),
-                subset_variance=dict(module.subset_variance), selections=list(module.selections),
+                best_epoch=best, objective_state=dict(module.objective_state),
+                selections=list(module.selections),
                 per_subset_all=res.get("per_subset_all"), loss_terms=list(module.loss_terms),
                 train_seconds=tr_s, eval_seconds=ev_s, cpu_threads=threads,
                 test_samples=module.test_samples))
@@ -646,7 +646,7 @@ def prepare(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
     first = data if data is not None else _data_module(cfg, cfg.seeds[0])
     if not chosen:
         cfg = scale_epochs(cfg, first)
-    _check_models(cfg, first)  # and every model's settings (e.g. --option hcr_subsets=...)
+    _check_models(cfg, first)  # and every model's settings (e.g. a method's --option)
     return cfg, first
 
 

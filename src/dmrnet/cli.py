@@ -224,7 +224,7 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
     own.add_argument("--option", type=_key_value, action="append", default=[],
                        metavar="[METHOD.]KEY=VALUE", help="a method option, for every method "
                        "in the run that has it, or for one method: --option beta=0.3 "
-                       "--option dmrnet.hcr_top_k=2. " + options_summary())
+                       "--option dmrnet.alpha=0.01. " + options_summary())
     return p
 
 
@@ -269,10 +269,11 @@ def run_predict_command(args: argparse.Namespace) -> int:
 
 
 def analyze_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("analyze", help="variance vs error, direction alignment, HCR effect",
+    p = sub.add_parser("analyze", help="variance vs error, direction alignment, each method's own",
                        description="Analyse a benchmark run folder: per subset embedding "
                        "variance vs error (Spearman), intra-class direction alignment, and "
-                       "the hard subsets' accuracy change against dmrnet_no_hcr.")
+                       "each method's own analysis (DMRNet's: its chosen subsets' accuracy "
+                       "change against the method without them).")
     p.add_argument("run_dir", help="a folder written by dmrnet benchmark")
     return p
 

@@ -43,11 +43,12 @@ def load_module(checkpoint: str | Path) -> MultimodalModule:
 @dataclass
 class ServedModel:
     """A model folder in the shape the commands use a checkpoint's module: ``model`` (eval
-    mode), ``hparams`` (its model arguments, class names, preprocessing), ``hard_subsets``."""
+    mode), ``hparams`` (its model arguments, class names, preprocessing), ``objective_state``
+    (what its training objective chose, in its own words)."""
 
     model: nn.Module
     hparams: dict[str, Any]
-    hard_subsets: list[str] = field(default_factory=list)
+    objective_state: dict[str, Any] = field(default_factory=dict)
 
 
 def load_trained(path: str | Path) -> Any:
@@ -57,7 +58,7 @@ def load_trained(path: str | Path) -> Any:
         pred = load_model(path)
         hparams = {**pred.config["model"], "class_names": pred.config.get("class_names"),
                    "preprocessing": pred.preprocessing}
-        return ServedModel(pred.model, hparams, list(pred.config.get("hard_subsets") or []))
+        return ServedModel(pred.model, hparams, dict(pred.config.get("objective_state") or {}))
     return load_module(path)
 
 

@@ -215,11 +215,13 @@ def markdown_report(results: dict[str, Any]) -> str:
                   f"{c.get('resolution', math.nan):.4f} | {c.get('noise', 'seeds')} | "
                   f"{verdict_words(c)} |" for c in comps]
     lines += gap_markdown(results)
-    hard = [(r["seed"], r["method"], r.get("hard_subsets")) for r in results["runs"]
-            if r.get("hard_subsets")]
-    if hard:
-        lines += ["", "## Hard subsets chosen by HCR", ""]
-        lines += [f"- {m}, seed {seed}: {', '.join(h)}" for seed, m, h in hard]
+    chosen = [(r["seed"], r["method"], (r.get("objective_state") or {}).get("summary"))
+              for r in results["runs"]]
+    chosen = [c for c in chosen if c[2]]
+    if chosen:
+        lines += ["", "## What training chose", "",
+                  "Each run's objective, in its own words, at the end of training.", ""]
+        lines += [f"- {m}, seed {seed}: {summary}" for seed, m, summary in chosen]
     profile = robustness_profile(results)
     lines += ["", "## Robustness profile", "",
               f"Test {metric} against the number of modalities present: the mean and the worst "

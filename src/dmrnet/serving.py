@@ -245,7 +245,7 @@ def _write_model_folder(module: Any, path: Path) -> None:
         "format": FORMAT, "dmrnet_version": __version__,
         "model": args, "class_names": hp.get("class_names"),
         "preprocessing": hp.get("preprocessing"),
-        "hard_subsets": list(getattr(module, "hard_subsets", []) or []),
+        "objective_state": dict(getattr(module, "objective_state", None) or {}),
         **({"plugins": used} if (used := _plugins_used(args)) else {}),
     }
     (path / CONFIG).write_text(json.dumps(config, indent=2))

@@ -26,7 +26,7 @@ from dmrnet.data import DATASETS, SplitData
 from dmrnet.data.cache import CachedDataset, SampleCache, check_cache_mode
 from dmrnet.errors import ConfigError, DivergedError
 from dmrnet.evaluation import subset_outputs
-from dmrnet.methods import ModelConfig, Objective, Selection, get_method
+from dmrnet.methods import Choice, ModelConfig, Objective, get_method, upgrade_record
 from dmrnet.methods.objectives import IGNORE_INDEX
 from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
 from dmrnet.optim import DEFAULT_OPTIM, OptimConfig, configure
@@ -307,8 +307,8 @@ class MultimodalModule(L.LightningModule):
         modalities / input_shapes / num_classes / class_names / class_weights /
             preprocessing: the data's (the CLI and the benchmark link them from the data).
         method: a registered method (``dmrnet.methods.METHODS``).
-        method_kwargs: the method's own options (its ``Options``, e.g. DMRNet's alpha, beta
-            and hcr_*); unknown keys are an error that lists the method's options.
+        method_kwargs: the method's own options (its ``Options``, e.g. DMRNet's alpha and
+            beta); unknown keys are an error that lists the method's options.
         encoder / encoder_kwargs / encoders / embed_dim / fusion / missing_at / trunk /
             trunk_kwargs / architecture / dense_kwargs: the network
             (:class:`dmrnet.methods.ModelConfig`).
@@ -380,8 +380,7 @@ class MultimodalModule(L.LightningModule):
         self.test_samples: dict[str, dict[str, np.ndarray]] = {}
         self._test_rows: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._test_seen = 0
-        self.hard_subsets: list[str] = []
-        self.subset_variance: dict[str, float] = {}
+        self.objective_state: dict[str, Any] = {}  # the objective's standing choice (Choice)
         self.selections: list[dict[str, Any]] = []  # each choice of the objective, in order
         self.loss_terms: list[dict[str, float]] = []  # each epoch's mean loss terms
         self.sampling: dict[str, float] = {}  # the objective's subset sampling factors, if any
@@ -487,13 +486,10 @@ class MultimodalModule(L.LightningModule):
         if isinstance(self.objective, Objective):
             values.update(self._record(self.objective.end_train_epoch(self.current_epoch,
                                                                       self._sum)))
-        for name, value in self.sampling.items():  # difficulty-aware sampling's factors
+        for name, value in self.sampling.items():  # the objective's subset sampling factors
             values[f"subset_sampling/{name}"] = float(value)
-        chosen = [s for s in self.selections if s["rule"]]
-        if chosen:  # the weight of every subset this epoch, 0 where not chosen
-            weights = chosen[-1]["weights"]
-            values.update({f"subset_weight/{name}": float(weights.get(name, 0.0))
-                           for name in self.space.names})
+        if isinstance(self.objective, Objective):
+            values.update(self.objective.epoch_values())
         self._log_direct(values)
 
     def _sum(self, value: torch.Tensor) -> torch.Tensor:
@@ -502,31 +498,19 @@ class MultimodalModule(L.LightningModule):
             return self.trainer.strategy.reduce(value, reduce_op="sum")
         return value
 
-    def _record(self, selection: Selection | None) -> dict[str, float]:
+    def _record(self, choice: Choice | None) -> dict[str, float]:
         """Keep (for checkpoints and results) and report what the objective chose; returns
         the values to log."""
-        if selection is None:
+        if choice is None:
             return {}
-        if selection.sampling:
-            self._resample(selection.sampling)
-        self.selections.append({"epoch": int(self.current_epoch), "rule": selection.rule,
-                                "hard_subsets": list(selection.hard_subsets),
-                                "weights": dict(selection.weights),
-                                "difficulty": dict(selection.difficulty),
-                                "sampling": dict(selection.sampling)})
-        if not selection.rule:  # new sampling weights only: the hard subsets stay as they are
-            return {}
-        self.hard_subsets = list(selection.hard_subsets)
-        self.subset_variance = dict(selection.subset_variance)
-        ranked_on = selection.difficulty or self.subset_variance
-        what = "validation " + selection.rule.removeprefix("val_") if selection.difficulty \
-            else "mean variance"
-        ranked = sorted(ranked_on.items(), key=lambda kv: -_nan_low(kv[1]))
-        log.info("hard subsets chosen after epoch %d: %s%s", self.current_epoch,
-                 self.hard_subsets, f"; highest {what}: " + ", ".join(
-                     f"{k}={v:.4g}" for k, v in ranked[:5]) if ranked else "")
-        return {f"subset_variance/{name}": float(value)
-                for name, value in self.subset_variance.items() if not math.isnan(value)}
+        if choice.sampling:
+            self._resample(choice.sampling)
+        self.selections.append({"epoch": int(self.current_epoch), **choice.record})
+        if choice.state is not None:
+            self.objective_state = dict(choice.state)
+        if choice.message:
+            log.info("after epoch %d: %s", self.current_epoch, choice.message)
+        return dict(choice.values)
 
     def _resample(self, sampling: dict[str, float]) -> None:
         """Draw training subsets with the run's own weights times ``sampling`` from now on."""
@@ -539,8 +523,7 @@ class MultimodalModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # random states too, so a resumed run draws the same subsets and samples as an
         # uninterrupted one (Lightning keeps model, optimiser, scheduler and loop state)
-        checkpoint["dmrnet"] = {"hard_subsets": self.hard_subsets,
-                                "subset_variance": self.subset_variance,
+        checkpoint["dmrnet"] = {"objective_state": self.objective_state,
                                 "selections": self.selections,
                                 "loss_terms": self.loss_terms,
                                 "rng_torch": torch.get_rng_state(),
@@ -550,10 +533,9 @@ class MultimodalModule(L.LightningModule):
                                 "rng_python": torch.tensor(random.getstate()[1])}
 
     def restore_choice(self, checkpoint: dict[str, Any]) -> None:
-        """What the objective chose (e.g. hard subsets), from a checkpoint."""
-        extra = checkpoint.get("dmrnet", {})
-        self.hard_subsets = list(extra.get("hard_subsets", []))
-        self.subset_variance = dict(extra.get("subset_variance", {}))
+        """What the objective chose (its standing choice and each choice), from a checkpoint."""
+        extra = upgrade_record(checkpoint.get("dmrnet", {}))
+        self.objective_state = dict(extra.get("objective_state") or {})
         self.selections = list(extra.get("selections", []))
         saved = list(extra.get("loss_terms", []))
         if len(saved) >= len(self.loss_terms):  # a resume; testing the best epoch keeps all
@@ -699,6 +681,3 @@ def _numpy_state() -> list[Any]:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     return [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
 
-
-def _nan_low(v: float) -> float:
-    return -math.inf if math.isnan(v) else v

@@ -8,12 +8,13 @@ Add one by subclassing :class:`Method` and decorating it with :func:`register_me
 from dmrnet.methods import dedicated, dmrnet, mmanet, shaspec  # noqa: F401  (registers them)
 from dmrnet.methods.base import (
     METHODS,
+    Choice,
+    Contribution,
     Method,
     ModelConfig,
     Objective,
     RunRecord,
     Scores,
-    Selection,
     Stage,
     StageResult,
     TrainingContext,
@@ -24,18 +25,21 @@ from dmrnet.methods.base import (
     load_weights,
     options_summary,
     read_checkpoint,
+    register_checkpoint_upgrade,
     register_method,
+    upgrade_record,
     upgrade_settings,
 )
 
 __all__ = [
     "METHODS",
+    "Choice",
+    "Contribution",
     "Method",
     "ModelConfig",
     "Objective",
     "RunRecord",
     "Scores",
-    "Selection",
     "Stage",
     "StageResult",
     "TrainingContext",
@@ -46,6 +50,8 @@ __all__ = [
     "load_weights",
     "options_summary",
     "read_checkpoint",
+    "register_checkpoint_upgrade",
     "register_method",
+    "upgrade_record",
     "upgrade_settings",
 ]

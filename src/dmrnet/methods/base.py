@@ -161,15 +161,18 @@ class Stage:
 @dataclass(kw_only=True)
 class Scores:
     """Test results of a model or a run: the task metric per subset, its mean and worst, and
-    what training chose (best epoch, HCR's hard subsets and subset variances)."""
+    what training chose (the best epoch, and the objective's own record of its choices: see
+    :class:`Choice`)."""
 
     per_subset: dict[str, float]
     mean: float
     worst: float
     best_epoch: int = -1
-    hard_subsets: list[str] = field(default_factory=list)
-    subset_variance: dict[str, float] = field(default_factory=dict)
+    objective_state: dict[str, Any] = field(default_factory=dict)
+    """The objective's standing choice at the end of training, in its own words (e.g. the
+    subsets DMRNet's regulariser up-weights); empty where it chose nothing."""
     selections: list[dict[str, Any]] = field(default_factory=list)
+    """Each choice of the objective in training, in order: its record with the "epoch"."""
     per_subset_all: dict[str, dict[str, float]] | None = None
     loss_terms: list[dict[str, float]] = field(default_factory=list)
     """Each training epoch's mean of every loss term the objective returned ("task", "kl",
@@ -218,21 +221,43 @@ class RunRecord(Scores):
 
 
 @dataclass
-class Selection:
-    """What an objective chose in training (DMRNet's HCR: its hard subsets, and the mean
-    embedding variance per subset it ranked them by; difficulty-aware sampling: the subset
-    sampling weights); stored with checkpoints and results."""
+class Choice:
+    """What an objective chose in training, in its own words. The glue knows none of the
+    words: it keeps ``record`` (JSON-able) in order with checkpoints and results, makes
+    ``state`` (where given) the standing choice reported with the run, logs ``message`` and
+    ``values``, and, where ``sampling`` is given, draws training subsets with those factors
+    from then on."""
 
-    hard_subsets: list[str]
-    subset_variance: dict[str, float] = field(default_factory=dict)
-    weights: dict[str, float] = field(default_factory=dict)
-    """Each chosen subset's extra-loss weight (1 for a top-k choice)."""
-    difficulty: dict[str, float] = field(default_factory=dict)
-    """What the choice ranked, where it is not the variance (validation loss or error)."""
-    rule: str = ""
+    record: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] | None = None
+    """The objective's new standing choice; its "summary" (a short line) is what reports
+    print. None: the standing choice is unchanged."""
+    message: str = ""
+    values: dict[str, float] = field(default_factory=dict)
     sampling: dict[str, float] = field(default_factory=dict)
-    """Training subset sampling weights from now on, by subset name, multiplying the run's
+    """Training subset sampling factors from now on, by subset name, multiplying the run's
     own ``subset_weights`` (empty: sampling unchanged)."""
+
+
+CheckpointUpgrade = Callable[[dict[str, Any]], dict[str, Any]]
+CHECKPOINT_UPGRADES: list[CheckpointUpgrade] = []
+"""Functions that bring the training record kept in a checkpoint by an earlier version (its
+``"dmrnet"`` entry) to today's layout; a method adds its own with
+:func:`register_checkpoint_upgrade`."""
+
+
+def register_checkpoint_upgrade(fn: CheckpointUpgrade) -> CheckpointUpgrade:
+    """Decorator: apply ``fn`` to every checkpoint's training record when it is loaded."""
+    CHECKPOINT_UPGRADES.append(fn)
+    return fn
+
+
+def upgrade_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's training record in today's layout (see :data:`CHECKPOINT_UPGRADES`)."""
+    out = dict(record)
+    for fn in CHECKPOINT_UPGRADES:
+        out = fn(out)
+    return out
 
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -242,17 +267,22 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 class Objective(nn.Module):
     """Base of objectives with training-time state: ``forward(out, target, subset_index,
     **context)`` returns the named loss terms with their total under "loss"; the hooks let
-    an objective choose something from what it saw (e.g. hard subsets) and report it. A
+    an objective choose something from what it saw and report it (:class:`Choice`). A
     plain ``nn.Module`` objective without hooks works too."""
 
-    def start(self) -> Selection | None:
-        """Called when training starts; a Selection if the objective chose already."""
+    def start(self) -> Choice | None:
+        """Called when training starts; a Choice if the objective chose already."""
         return None
 
-    def end_train_epoch(self, epoch: int, reduce: Reduce) -> Selection | None:
+    def end_train_epoch(self, epoch: int, reduce: Reduce) -> Choice | None:
         """Called after each training epoch (0-based); ``reduce`` sums a tensor over the
-        processes. A Selection when the objective chose in this epoch."""
+        processes. A Choice when the objective chose in this epoch."""
         return None
+
+    def epoch_values(self) -> dict[str, float]:
+        """Values to log after every training epoch (name -> number), e.g. the weight the
+        objective gives each subset now."""
+        return {}
 
     def epochs_note(self, epochs: int) -> str | None:
         """A warning for training of ``epochs`` epochs (e.g. a choice due after more epochs
@@ -354,6 +384,20 @@ class Method:
                          ) -> TrainingContext | None:
         """What the objective needs besides the batch in training; None: nothing."""
         return None
+
+    def analysis(self, runs: Sequence[Mapping[str, Any]]) -> Contribution | None:
+        """This method's own part of ``dmrnet analyze``, from a benchmark's runs (every
+        method's ``results.json`` records); None: it has none."""
+        return None
+
+
+@dataclass
+class Contribution:
+    """A method's part of an analysis: ``rows`` (JSON-able, kept in ``analysis.json`` under
+    the method) and ``markdown`` (lines printed in ``analysis.md``)."""
+
+    rows: list[dict[str, Any]]
+    markdown: list[str]
 
 
 METHODS: Registry[Method] = Registry("method")

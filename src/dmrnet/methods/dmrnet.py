@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from dmrnet.errors import COUNT, COUNT_FROM_1, NON_NEGATIVE, ConfigError, require
-from dmrnet.methods.base import Method, ModelConfig, Stage, register_method
+from dmrnet.methods.base import Contribution, Method, ModelConfig, Stage, register_method
 from dmrnet.methods.modulation import GradientModulation
 from dmrnet.methods.objectives import (
     HCR_REDUCTIONS,
@@ -297,6 +297,33 @@ class DMRNetFamily(Method):
         if method_kwargs is None:
             return None
         return {k: v for k, v in method_kwargs.items() if k != "teacher_checkpoints"}
+
+    def analysis(self, runs: Sequence[Mapping[str, Any]]) -> Contribution | None:
+        """HCR's effect: each seed's hard subsets and their test metric against the same
+        seed's ``dmrnet_no_hcr`` run, where the benchmark has one."""
+        by = {(r["method"], r["seed"]): r for r in runs}
+        rows = []
+        for r in runs:
+            hard = (r.get("objective_state") or {}).get("hard_subsets") or []
+            if r["method"] != self.name or not hard:
+                continue
+            ref = by.get(("dmrnet_no_hcr", r["seed"]))
+            for subset in hard:
+                item = {"seed": r["seed"], "subset": subset, "accuracy": r["per_subset"][subset]}
+                if ref is not None:
+                    item["accuracy_no_hcr"] = ref["per_subset"][subset]
+                    item["change"] = r["per_subset"][subset] - ref["per_subset"][subset]
+                rows.append(item)
+        if not rows:
+            return None
+        lines = [f"{self.name}: the hard subsets HCR chose, against dmrnet_no_hcr", "",
+                 "| seed | hard subset | accuracy | without HCR | change |",
+                 "|---|---|---|---|---|"]
+        for h in rows:
+            no = f"{h['accuracy_no_hcr']:.4f}" if "accuracy_no_hcr" in h else "—"
+            ch = f"{h['change']:+.4f}" if "change" in h else "—"
+            lines.append(f"| {h['seed']} | {h['subset']} | {h['accuracy']:.4f} | {no} | {ch} |")
+        return Contribution(rows, lines)
 
 
 def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmrnet.errors import ConfigError
-from dmrnet.methods.base import Objective, Reduce, Selection
+from dmrnet.methods.base import Choice, Objective, Reduce, register_checkpoint_upgrade
 from dmrnet.methods.modulation import GradientModulation
 from dmrnet.methods.teachers import distillation_loss
 from dmrnet.models.protocol import ModelOutput
@@ -456,13 +456,13 @@ class MultimodalObjective(Objective):
         weights = None if class_weights is None else torch.tensor(list(class_weights)).float()
         self.register_buffer("class_weights", weights)
 
-    def start(self) -> Selection | None:
+    def start(self) -> Choice | None:
         """A fixed list of hard subsets with no warm-up is chosen before the first step; a
         resumed run gets its sampling weights back."""
         hcr = self.hcr
         chosen = None
         if hcr is not None and hcr.warming_up and hcr.warmup_epochs == 0:
-            chosen = self._selection(hcr.select(), {})
+            chosen = self._choice(hcr.select(), {})
         return self._with_sampling(chosen, self.sampling.current() if self.sampling else {})
 
     def epochs_note(self, epochs: int) -> str | None:
@@ -479,7 +479,7 @@ class MultimodalObjective(Objective):
                     "changes; lower difficulty_warmup or train longer")
         return None
 
-    def end_train_epoch(self, epoch: int, reduce: Reduce) -> Selection | None:
+    def end_train_epoch(self, epoch: int, reduce: Reduce) -> Choice | None:
         """When HCR chooses (end of warm-up, then every ``every`` epochs): the hard subsets,
         from the variances summed over every process or the latest validation; and the new
         subset sampling weights, where difficulty-aware sampling is on."""
@@ -495,26 +495,52 @@ class MultimodalObjective(Objective):
             variance = hcr.mean_variance()
             hard = hcr.select()
             if not hcr.warming_up:  # a validation rule with no validation yet: choose later
-                chosen = self._selection(hard, variance)
+                chosen = self._choice(hard, variance)
         return self._with_sampling(chosen, sampling)
 
-    def _with_sampling(self, chosen: Selection | None, sampling: dict[str, float]
-                       ) -> Selection | None:
-        """``chosen`` with new sampling weights (a Selection of its own, with no rule, when
-        HCR chose nothing now)."""
+    def epoch_values(self) -> dict[str, float]:
+        """Once HCR has chosen, every subset's extra-loss weight (0 where not chosen), logged
+        as ``subset_weight/<subset>`` every epoch."""
+        hcr = self.hcr
+        if hcr is None or hcr.warming_up:
+            return {}
+        weights = hcr.weights()
+        return {f"subset_weight/{name}": float(weights.get(name, 0.0))
+                for name in hcr.subset_names}
+
+    @staticmethod
+    def _with_sampling(chosen: Choice | None, sampling: dict[str, float]) -> Choice | None:
+        """``chosen`` with new sampling weights (a Choice of its own, with no rule and the
+        hard subsets unchanged, when HCR chose nothing now)."""
         if not sampling:
             return chosen
         if chosen is None:
-            return Selection([], sampling=sampling)
-        chosen.sampling = sampling
+            chosen = Choice({"rule": "", "hard_subsets": [], "weights": {}, "difficulty": {}})
+        chosen.record["sampling"] = dict(sampling)
+        chosen.sampling = dict(sampling)
         return chosen
 
-    def _selection(self, hard: list[str], variance: dict[str, float]) -> Selection:
+    def _choice(self, hard: list[str], variance: dict[str, float]) -> Choice:
+        """HCR's choice: recorded with its rule, weights and what it ranked (the validation
+        loss or error, else the mean variance, which is also logged per subset)."""
         hcr = self.hcr
         assert hcr is not None
-        return Selection(hard, variance, weights=hcr.weights(),
-                         difficulty=hcr.validation_difficulty() if hcr.uses_validation
-                         else {}, rule="fixed" if hcr.fixed is not None else hcr.rule)
+        difficulty = hcr.validation_difficulty() if hcr.uses_validation else {}
+        rule = "fixed" if hcr.fixed is not None else hcr.rule
+        ranked_on = difficulty or variance
+        what = "validation " + rule.removeprefix("val_") if difficulty else "mean variance"
+        ranked = sorted(ranked_on.items(), key=lambda kv: -_nan_low(kv[1]))
+        message = f"hard subsets chosen: {hard}" + (
+            f"; highest {what}: " + ", ".join(f"{k}={v:.4g}" for k, v in ranked[:5])
+            if ranked else "")
+        return Choice(
+            record={"rule": rule, "hard_subsets": list(hard), "weights": hcr.weights(),
+                    "difficulty": difficulty, "sampling": {}},
+            state={"summary": "hard subsets " + ", ".join(hard), "hard_subsets": list(hard),
+                   "subset_variance": dict(variance)},
+            message=message,
+            values={f"subset_variance/{name}": float(value) for name, value in variance.items()
+                    if not math.isnan(value)})
 
     @property
     def observes_validation(self) -> bool:
@@ -613,3 +639,23 @@ class MultimodalObjective(Objective):
                 terms["hcr"] = self.hcr(hard_loss, subset_index)
         terms["loss"] = sum(terms.values())  # type: ignore[assignment]
         return terms
+
+
+def _nan_low(v: float) -> float:
+    """Sort key that ranks NaN (a subset never seen) below every number."""
+    return -math.inf if math.isnan(v) else v
+
+
+@register_checkpoint_upgrade
+def _standing_choice_of_0_2(record: dict[str, object]) -> dict[str, object]:
+    """dmrnet 0.2 kept HCR's standing choice as top-level "hard_subsets" and
+    "subset_variance" in a checkpoint's training record; today it is the objective's state."""
+    if "objective_state" in record or "hard_subsets" not in record:
+        return record
+    out = dict(record)
+    hard = list(out.pop("hard_subsets") or [])  # type: ignore[call-overload]
+    variance = dict(out.pop("subset_variance", None) or {})  # type: ignore[call-overload]
+    out["objective_state"] = ({"summary": "hard subsets " + ", ".join(hard),
+                               "hard_subsets": hard, "subset_variance": variance}
+                              if hard else {})
+    return out
