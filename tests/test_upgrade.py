@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dmrnet.errors import ConfigError
-from dmrnet.methods import checkpoint_network, upgrade_settings
+from dmrnet.methods import checkpoint_network, upgrade_record, upgrade_settings
 from dmrnet.predict import load_module
 from dmrnet.serving import load_model, save_model
 from dmrnet.training import MultimodalModule
@@ -153,3 +153,17 @@ def test_files_written_by_0_2_0_load_with_the_same_outputs_and_record():
     assert module.objective_state["hard_subsets"] == ["strong"]
     assert module.objective_state["subset_variance"]["strong"] == pytest.approx(1.5693627)
     assert [s["hard_subsets"] for s in module.selections] == [["strong"]]
+
+
+def test_a_0_2_0_run_record_is_read_in_todays_layout():
+    """``--resume`` keeps a finished benchmark's runs: one written by 0.2.0 (HCR's choice as
+    top-level keys) gets the objective's standing choice that reports print."""
+    run = {"method": "dmrnet", "seed": 0, "hard_subsets": ["strong"],
+           "subset_variance": {"strong": 1.5, "weak": 1.3}, "selections": []}
+    up = upgrade_record(run)
+    assert up["objective_state"] == {"summary": "hard subsets strong", "hard_subsets": ["strong"],
+                                     "subset_variance": {"strong": 1.5, "weak": 1.3}}
+    assert "hard_subsets" not in up and up["method"] == "dmrnet"
+    assert upgrade_record(up) == up  # today's layout passes unchanged
+    nothing = upgrade_record({"method": "baseline", "hard_subsets": [], "subset_variance": {}})
+    assert nothing["objective_state"] == {}

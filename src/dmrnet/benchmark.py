@@ -61,6 +61,7 @@ from dmrnet.methods import (
     StageResult,
     get_method,
     options_summary,
+    upgrade_record,
 )
 from dmrnet.methods.base import LEGACY_OPTIM, LEGACY_OPTIONS
 from dmrnet.metrics import get_task_metric, worst_subset
@@ -759,7 +760,8 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         info = {k2: v for k2, v in data.data.info.items() if k2 != "standardizer"}
         per_seed.append({"seed": seed, **info})
     every = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
-    before = {(r["seed"], r["method"]): r for r in
+    # kept runs in today's layout (a method's record written by an earlier version upgraded)
+    before = {(r["seed"], r["method"]): upgrade_record(r) for r in
               [*previous.get("runs", []), *previous.get("failed_runs", [])]} if previous else {}
     jobs = [job for job in every if job not in before]  # the runs to train now
     at_once, why = concurrent_runs(cfg, first, len(jobs))
