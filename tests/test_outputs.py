@@ -177,9 +177,10 @@ def test_export_never_empties_the_current_folder(tmp_path, monkeypatch, capsys):
 
 
 def test_results_record_every_seeds_split_and_defaults_allow_a_verdict(tmp_path):
-    from dmrnet.benchmark import DATASET_DEFAULTS, apply_dataset_defaults
+    from dmrnet.benchmark import apply_dataset_defaults
+    from dmrnet.data import DATASETS
 
-    for dataset in DATASET_DEFAULTS:  # a verdict needs 2 seeds; the default gives more
+    for dataset in DATASETS.names():  # a verdict needs 2 seeds; the default gives more
         assert len(apply_dataset_defaults(BenchmarkConfig(out="-", dataset=dataset)).seeds) >= 3
     cfg = BenchmarkConfig(out=str(tmp_path / "run"), modalities=["fac", "mor"],
                           methods=["baseline"], seeds=[0, 1], epochs=1, progress=False)

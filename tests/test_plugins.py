@@ -31,7 +31,7 @@ def tiny(input_shape, width=8):
     return net
 
 
-@dmrnet.DATASETS.register("two_views")
+@dmrnet.DATASETS.register("two_views", dmrnet.DatasetDefaults(epochs=1, model={"embed_dim": 16}))
 def two_views(root=None, modalities=None, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, 240)
@@ -73,8 +73,11 @@ def test_a_plugin_file_adds_a_dataset_and_an_encoder_to_benchmark_and_fit(plugin
     config = plugin_file.parent / "bench.yaml"  # plugins: in a benchmark config, by its folder
     config.write_text("plugins: [my_plugin.py]\ndataset: two_views\nmethods: [baseline]\n"
                       "model: {encoder: tiny}\n")
-    assert main(["benchmark", "--config", str(config), "--epochs", "1", "--seeds", "0",
+    assert main(["benchmark", "--config", str(config), "--seeds", "0",
                  "--no-progress", "--out", str(tmp_path / "from_config")]) == 0
+    # the dataset's own defaults (registered with it) apply where the user gave none
+    used = json.loads((tmp_path / "from_config" / "results.json").read_text())["config"]
+    assert used["epochs"] == 1 and used["model"]["embed_dim"] == 16
     config.write_text("plugins: {a: 1}\n")
     assert main(["benchmark", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
     assert "plugins in " in capsys.readouterr().err

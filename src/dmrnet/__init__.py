@@ -19,7 +19,7 @@ from dmrnet.version import __version__
 
 if TYPE_CHECKING:
     from dmrnet.batch import Batch, MultimodalCollate
-    from dmrnet.data import DATASETS, SplitData
+    from dmrnet.data import DATASETS, DatasetDefaults, SplitData
     from dmrnet.errors import ConfigError, DMRNetError
     from dmrnet.evaluation import predict_all_subsets, subset_outputs
     from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Batch": "dmrnet.batch", "MultimodalCollate": "dmrnet.batch",
-    "DATASETS": "dmrnet.data", "SplitData": "dmrnet.data", "load_plugin": "dmrnet.plugins",
+    "DATASETS": "dmrnet.data", "DatasetDefaults": "dmrnet.data", "SplitData": "dmrnet.data", "load_plugin": "dmrnet.plugins",
     "ConfigError": "dmrnet.errors", "DMRNetError": "dmrnet.errors",
     "predict_all_subsets": "dmrnet.evaluation", "subset_outputs": "dmrnet.evaluation",
     "METHODS": "dmrnet.methods", "Method": "dmrnet.methods", "build_method": "dmrnet.methods",
@@ -78,6 +78,7 @@ __all__ = [
     "Batch",
     "ConfigError",
     "DMRNetError",
+    "DatasetDefaults",
     "HardCombinationRegularizer",
     "KLRegularizer",
     "Method",

@@ -131,30 +131,6 @@ class BenchmarkConfig:
     select: str = "best"  # the checkpoint tested: best validation, last epoch, or smoothed
 
 
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mfeat": {"epochs": 30, "model": {}},
-    "synthetic": {"epochs": 10, "model": {}},  # the fixed budget under which headroom shows
-    "rgbd-shapes": {
-        "epochs": 10,
-        "batch_size": 32,
-        "model": {
-            "architecture": "dense", "metric": "miou", "embed_dim": 64,
-            "encoder_kwargs": {"width": 16},
-            "dense_kwargs": {"decoder_channels": [64, 32, 16]},
-            "optim": {"lr": 0.005, "weight_decay": 0.0001},
-        },
-        "options": {"hcr_warmup_epochs": 3},
-    },
-    "casia_surf": {"model": {"encoder": "se_resnet_stem", "trunk": "resnet_trunk",
-                             "metric": "acer", "embed_dim": 512}},
-    "cremad": {"model": {"encoder": "resnet18"}},
-    "manifest": {"model": {"encoder": "auto"}},  # an MLP for arrays, a ResNet-18 for images
-    "kinetics_sounds": {"model": {"encoder": "resnet18"}},
-}
-"""Per-dataset settings used where the user gives none (the user's values always win, key by
-key inside a mapping such as ``optim``)."""
-
-
 _TEXT = ("text", (str,))
 _WHOLE = ("a whole number", (numbers.Integral,))
 _FLAG = ("true or false", (bool,))
@@ -206,17 +182,16 @@ def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
     """``cfg`` with the dataset's defaults filled in (its default options only where a method
     in the run has them); ``model.method_kwargs`` (e.g. from a config file) counts as options
     for every method."""
-    defaults = DATASET_DEFAULTS.get(cfg.dataset, {})
-    model = _merge(defaults.get("model", {}), cfg.model)
+    defaults = DATASETS.defaults(cfg.dataset)
+    model = _merge(defaults.model, cfg.model)
     given = model.pop("method_kwargs", None) or {}
     # a dataset's default options apply to the methods in the run that have them
-    offered = {k: v for k, v in defaults.get("options", {}).items()
+    offered = {k: v for k, v in defaults.options.items()
                if any(m in METHODS and k in get_method(m).option_names() for m in cfg.methods)}
     options = {**offered, **given, **cfg.options}
-    epochs = cfg.epochs if cfg.epochs is not None else defaults.get("epochs", 30)
-    batch = cfg.batch_size if cfg.batch_size is not None else defaults.get("batch_size", 64)
-    seeds = (cfg.seeds if cfg.seeds is not None
-             else defaults.get("seeds", list(range(default_seed_count()))))
+    epochs = cfg.epochs if cfg.epochs is not None else defaults.epochs or 30
+    batch = cfg.batch_size if cfg.batch_size is not None else defaults.batch_size or 64
+    seeds = cfg.seeds if cfg.seeds is not None else list(range(default_seed_count()))
     return replace(cfg, model=model, options=options, epochs=epochs, batch_size=batch,
                    seeds=seeds)
 
@@ -641,7 +616,7 @@ def prepare(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
     ``data``: already read data of the same dataset and seed (not read again)."""
     check_types(cfg)
     DATASETS.get(cfg.dataset)
-    chosen = cfg.epochs is not None or "epochs" in DATASET_DEFAULTS.get(cfg.dataset, {})
+    chosen = cfg.epochs is not None or DATASETS.defaults(cfg.dataset).epochs is not None
     cfg = apply_dataset_defaults(cfg)
     _check_config(cfg)
     first = data if data is not None else _data_module(cfg, cfg.seeds[0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from dmrnet.batch import Batch, BatchError
 from dmrnet.errors import DMRNetError
+from dmrnet.registry import Registry
 
 
 class DataError(DMRNetError):
@@ -227,3 +228,58 @@ class SplitData:
                 inputs[m] = torch.where(present, x, torch.zeros((), dtype=x.dtype,
                                                                  device=x.device))
         return Batch(inputs=inputs, availability=batch.availability, target=batch.target)
+
+
+@dataclass(frozen=True)
+class DatasetDefaults:
+    """What runs on a dataset use where the user gives nothing (the user's values always win,
+    key by key inside a mapping such as ``optim``); ``dmrnet benchmark`` applies them.
+
+    Attributes:
+        epochs: training epochs (None: scaled to the data's size).
+        batch_size: samples per batch (None: 64).
+        model: module settings (``encoder``, ``metric``, ``architecture``, ``optim``, ...).
+        options: method options, given to each method of a run that has them.
+    """
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    model: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DatasetRegistry(Registry[Callable[..., SplitData]]):
+    """Data sources by name, each registered with its defaults at its definition:
+    ``@DATASETS.register("name", DatasetDefaults(epochs=10))`` on a function
+    ``(root, modalities, seed, **kwargs) -> SplitData``."""
+
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
+        super().__init__(kind, builtins)
+        self._defaults: dict[str, DatasetDefaults] = {}
+
+    def register(self, name: str, defaults: DatasetDefaults | None = None
+                 ) -> Callable[[Callable[..., SplitData]], Callable[..., SplitData]]:
+        if defaults is not None and not isinstance(defaults, DatasetDefaults):
+            raise DataError(f"dataset {name!r}: defaults must be a DatasetDefaults; got "
+                            f"{type(defaults).__name__}")
+        deco = super().register(name)
+
+        def keep(fn: Callable[..., SplitData]) -> Callable[..., SplitData]:
+            deco(fn)
+            self._defaults[name] = defaults or DatasetDefaults()
+            return fn
+
+        return keep
+
+    def unregister(self, name: str) -> None:
+        super().unregister(name)
+        self._defaults.pop(name, None)
+
+    def defaults(self, name: str) -> DatasetDefaults:
+        """The defaults ``name`` was registered with (the registry's error if unknown)."""
+        self.get(name)
+        return self._defaults[name]
+
+
+DATASETS = DatasetRegistry("dataset", builtins="dmrnet.data")
+"""Registered data sources (see :class:`DatasetRegistry`); plugins add their own."""

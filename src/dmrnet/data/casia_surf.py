@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmrnet.data.base import DataError, SplitData, require_root
+from dmrnet.data.base import DATASETS, DataError, DatasetDefaults, SplitData, require_root
 from dmrnet.data.files import ImageReader, Record, check_records, file_splits, select_modalities
 from dmrnet.data.io import read_text
 
@@ -37,6 +37,8 @@ def read_list(base: Path, name: str, mods: list[str]) -> list[Record]:
     return records
 
 
+@DATASETS.register("casia_surf", DatasetDefaults(model={
+    "encoder": "se_resnet_stem", "trunk": "resnet_trunk", "metric": "acer", "embed_dim": 512}))
 def casia_surf(
     root: str | Path | None = None,
     modalities: list[str] | None = None,

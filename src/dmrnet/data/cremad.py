@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmrnet.data.base import DataError, SplitData, require_root
+from dmrnet.data.base import DATASETS, DataError, DatasetDefaults, SplitData, require_root
 from dmrnet.data.files import (
     AudioReader,
     FramesReader,
@@ -78,6 +78,7 @@ def speaker_split(actors: list[str], seed: int, fractions=(0.7, 0.1, 0.2)) -> li
     return [set(order[bounds[i] : bounds[i + 1]]) for i in range(len(fractions))]
 
 
+@DATASETS.register("cremad", DatasetDefaults(model={"encoder": "resnet18"}))
 def cremad(
     root: str | Path | None = None,
     modalities: list[str] | None = None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmrnet.data.base import DataError, SplitData, require_root
+from dmrnet.data.base import DATASETS, DataError, DatasetDefaults, SplitData, require_root
 from dmrnet.data.files import (
     AudioReader,
     FramesReader,
@@ -74,6 +74,7 @@ def _records(base: Path, split: str, classes: list[str], mods: list[str]) -> lis
     ]
 
 
+@DATASETS.register("kinetics_sounds", DatasetDefaults(model={"encoder": "resnet18"}))
 def kinetics_sounds(
     root: str | Path | None = None,
     modalities: list[str] | None = None,

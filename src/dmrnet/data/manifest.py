@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmrnet.data.base import DataError, SplitData, stratified_split
+from dmrnet.data.base import DATASETS, DataError, DatasetDefaults, SplitData, stratified_split
 from dmrnet.data.files import (
     IMAGE_SUFFIXES,
     AudioReader,
@@ -53,6 +53,8 @@ def _sorted_labels(values: set[str]) -> list[str]:
         return sorted(values)
 
 
+# encoder "auto": an MLP for arrays, a ResNet-18 for images
+@DATASETS.register("manifest", DatasetDefaults(model={"encoder": "auto"}))
 def manifest(
     root: str | Path | None = None,
     modalities: list[str] | None = None,

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dmrnet.data.base import ArrayDataset, DataError, SplitData, Standardizer, stratified_split
+from dmrnet.data.base import (
+    DATASETS,
+    ArrayDataset,
+    DataError,
+    DatasetDefaults,
+    SplitData,
+    Standardizer,
+    stratified_split,
+)
 
 VIEWS: dict[str, int] = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 """View name -> feature count: Fourier coefficients, profile correlations, Karhunen-Loève
@@ -95,6 +103,7 @@ def load_mfeat_arrays(
     return features, labels
 
 
+@DATASETS.register("mfeat", DatasetDefaults(epochs=30))
 def mfeat(
     root: str | Path | None = None,
     modalities: Sequence[str] | None = None,

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dmrnet.data.base import DataError, SplitData, require_root
+from dmrnet.data.base import DATASETS, DataError, DatasetDefaults, SplitData, require_root
 from dmrnet.data.cache import SampleCache
 from dmrnet.data.files import select_modalities
 from dmrnet.data.io import read_text
@@ -266,6 +266,7 @@ def _mods(modalities: Sequence[str] | None) -> list[str]:
     return select_modalities(["rgb", "depth"], modalities, "this RGB-D dataset")
 
 
+@DATASETS.register("nyuv2")
 def nyuv2(
     root: str | Path | None = None,
     modalities: list[str] | None = None,
@@ -436,6 +437,12 @@ class _ShapesLoader:
         return rgb, depth, label, f"scene {self.seeds[i]}"
 
 
+@DATASETS.register("rgbd-shapes", DatasetDefaults(
+    epochs=10, batch_size=32,
+    model={"architecture": "dense", "metric": "miou", "embed_dim": 64,
+           "encoder_kwargs": {"width": 16}, "dense_kwargs": {"decoder_channels": [64, 32, 16]},
+           "optim": {"lr": 0.005, "weight_decay": 0.0001}},
+    options={"hcr_warmup_epochs": 3}))  # 10 epochs: DMRNet's HCR chooses after 3, not 6
 def rgbd_shapes(
     root: str | Path | None = None,
     modalities: list[str] | None = None,

@@ -30,7 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dmrnet.data.base import ArrayDataset, DataError, SplitData, Standardizer
+from dmrnet.data.base import (
+    DATASETS,
+    ArrayDataset,
+    DataError,
+    DatasetDefaults,
+    SplitData,
+    Standardizer,
+)
 
 
 def generate(
@@ -68,6 +75,8 @@ def generate(
     return {k: v.astype(np.float32) for k, v in mods.items()}, y.astype(np.int64)
 
 
+# 10 epochs: the fixed budget under which headroom shows
+@DATASETS.register("synthetic", DatasetDefaults(epochs=10))
 def synthetic(
     root: str | Path | None = None,
     modalities: Sequence[str] | None = None,
