@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dmrnet import plugins
 from dmrnet.cli import main
@@ -31,7 +32,9 @@ def tiny(input_shape, width=8):
     return net
 
 
-@dmrnet.DATASETS.register("two_views", dmrnet.DatasetDefaults(epochs=1, model={"embed_dim": 16}))
+@dmrnet.DATASETS.register("two_views", dmrnet.DatasetDefaults(
+    epochs=1, model={"embed_dim": 16, "encoder_kwargs": {"width": 6}},
+    options={"hcr_warmup_epochs": 1}))
 def two_views(root=None, modalities=None, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, 240)
@@ -78,6 +81,7 @@ def test_a_plugin_file_adds_a_dataset_and_an_encoder_to_benchmark_and_fit(plugin
     # the dataset's own defaults (registered with it) apply where the user gave none
     used = json.loads((tmp_path / "from_config" / "results.json").read_text())["config"]
     assert used["epochs"] == 1 and used["model"]["embed_dim"] == 16
+    assert used["options"] == {}  # its hcr_warmup_epochs is dmrnet's; baseline ran alone
     config.write_text("plugins: {a: 1}\n")
     assert main(["benchmark", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
     assert "plugins in " in capsys.readouterr().err
@@ -115,6 +119,24 @@ def test_a_plugin_file_adds_a_dataset_and_an_encoder_to_benchmark_and_fit(plugin
            "--trainer.default_root_dir", str(tmp_path / "fit")]
     assert main(fit) == 0
     assert list((tmp_path / "fit").rglob("best-epoch=0.ckpt"))
+    # a fit config's plugins: (by its folder) and the dataset's defaults, as the benchmark's
+    fit_config = plugin_file.parent / "fit.yaml"
+    fit_config.write_text("plugins: [my_plugin.py]\ndata: {dataset: two_views}\n"
+                          "model: {method: dmrnet, encoder: tiny, encoder_kwargs: {}}\n"
+                          "trainer: {enable_progress_bar: false}\n")
+    plugins._LOADED.pop(str(plugin_file.resolve()))
+    DATASETS.unregister("two_views")
+    ENCODERS.unregister("tiny")
+    root = tmp_path / "fit2"
+    assert main(["fit", "--config", str(fit_config), "--trainer.default_root_dir",
+                 str(root)]) == 0, capsys.readouterr().err
+    (ckpt,) = root.rglob("best-epoch=*.ckpt")
+    assert ckpt.name == "best-epoch=0.ckpt"  # the dataset's 1 epoch, not Lightning's 1000
+    hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert hp["embed_dim"] == 16 and hp["encoder_kwargs"] == {"width": 6}
+    assert hp["method_kwargs"] == {"hcr_warmup_epochs": 1}  # dmrnet has it: offered
+    assert main(["fit", "--config", str(fit_config), "--plugins", "x.py"]) == 2
+    assert "on the command line give --plugin" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("source", "spec", "says"), [

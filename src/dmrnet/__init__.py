@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Batch": "dmrnet.batch", "MultimodalCollate": "dmrnet.batch",
-    "DATASETS": "dmrnet.data", "DatasetDefaults": "dmrnet.data", "SplitData": "dmrnet.data", "load_plugin": "dmrnet.plugins",
+    "DATASETS": "dmrnet.data", "DatasetDefaults": "dmrnet.data", "SplitData": "dmrnet.data",
+    "load_plugin": "dmrnet.plugins",
     "ConfigError": "dmrnet.errors", "DMRNetError": "dmrnet.errors",
     "predict_all_subsets": "dmrnet.evaluation", "subset_outputs": "dmrnet.evaluation",
     "METHODS": "dmrnet.methods", "Method": "dmrnet.methods", "build_method": "dmrnet.methods",

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from dmrnet.registry import ENCODERS
 from dmrnet.runtime import LOGGERS, check_logger
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 from dmrnet.sweep import run_sweep
-from dmrnet.training import SELECTIONS
+from dmrnet.training import DEFAULT_DATASET, SELECTIONS
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
@@ -447,11 +448,19 @@ def lightning_cli(argv: Sequence[str]) -> int:
         check_logger(logger)
 
     check_lightning_args(args)
+    if "--plugins" in args or any(a.startswith("--plugins=") for a in args):
+        raise UsageError("--plugins is a config file's key; on the command line give --plugin "
+                         "FILE.py (repeatable)")
+    settings = lightning_settings(args)
+    for path, given in settings.plugins:
+        load_config_plugins(given, path)
+    dataset = settings.values.get("data.dataset") or DEFAULT_DATASET
+    defaults = DATASETS.defaults(dataset) if dataset in DATASETS else None
     note = InterruptNote()
     try:  # from the shell, let Lightning read sys.argv itself (it warns when given both)
         if from_shell:  # Lightning warns when given arguments beside a shell's sys.argv
             sys.argv[1:] = args
-        DMRNetCLI(interrupt_note=note, resume=resume, logger=logger,
+        DMRNetCLI(interrupt_note=note, resume=resume, logger=logger, dataset_defaults=defaults,
                   args=None if from_shell else args)
     except SystemExit:
         if note.message is not None:  # Lightning exits with 1 after a Ctrl-C
@@ -459,6 +468,49 @@ def lightning_cli(argv: Sequence[str]) -> int:
                                       signals.exit_code()) from None
         raise
     return 0
+
+
+@dataclass
+class LightningSettings:
+    """What ``dmrnet fit|validate|test|predict`` needs before Lightning's CLI parses: each
+    config file's ``plugins:`` (with the file), and the values of :data:`PREREAD` as the CLI
+    will read them (later config files and flags override earlier ones)."""
+
+    plugins: list[tuple[Path, Any]] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+PREREAD = ("data.dataset",)
+"""Settings read before parsing: the dataset's defaults become the parser's defaults."""
+
+
+def lightning_settings(args: Sequence[str]) -> LightningSettings:
+    """The config files' ``plugins:`` and the :data:`PREREAD` values in ``args`` (a config
+    file that cannot be read is left to Lightning's CLI, which says so)."""
+    out = LightningSettings()
+    for i, word in enumerate(args):
+        option, sep, value = word.partition("=")
+        if not sep:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if option in ("--config", "-c"):
+            path = Path(value)
+            try:
+                config = load_yaml(read_text(path, "config file")) if path.is_file() else None
+            except yaml.YAMLError:
+                config = None
+            if not isinstance(config, dict):
+                continue
+            if config.get("plugins") is not None:
+                out.plugins.append((path, config["plugins"]))
+            for key in PREREAD:
+                node: Any = config
+                for part in key.split("."):
+                    node = node.get(part) if isinstance(node, dict) else None
+                if node is not None:
+                    out.values[key] = node
+        elif option.startswith("--") and option[2:] in PREREAD and value:
+            out.values[option[2:]] = value
+    return out
 
 
 def check_lightning_args(args: Sequence[str]) -> None:

@@ -17,7 +17,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from dmrnet.data import DatasetDefaults
 from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
+from dmrnet.methods import METHODS, get_method
 from dmrnet.report import subset_table
 from dmrnet.runtime import DeviceSetup, create_logger
 from dmrnet.training import MultimodalDataModule, MultimodalModule
@@ -162,9 +164,11 @@ def choose_resume_checkpoint(target: str, model: Mapping[str, Any], modalities: 
 
 class DMRNetCLI(LightningCLI):
     def __init__(self, interrupt_note: InterruptNote | None = None, resume: str | None = None,
-                 logger: str | None = None, **kwargs: object) -> None:
+                 logger: str | None = None, dataset_defaults: DatasetDefaults | None = None,
+                 **kwargs: object) -> None:
         self.resume = resume
         self.logger_kind = logger
+        self.dataset_defaults = dataset_defaults  # the named dataset's (read before parsing)
         kwargs.setdefault("seed_everything_default", 0)
         # progress bars on a terminal only; otherwise ConsoleReport's line per epoch
         kwargs.setdefault("trainer_defaults", {"deterministic": True,
@@ -251,3 +255,47 @@ class DMRNetCLI(LightningCLI):
                 "checkpoint.save_last": True,
             }
         )
+        parser.add_argument("--plugins", type=list[str] | None, default=None,
+                            help="Python files (relative to the config file's folder) or "
+                            "modules that register methods, datasets, encoders, ... (a config "
+                            "file's key; on the command line use --plugin FILE.py)")
+        parser.set_defaults(dataset_parser_defaults(self.dataset_defaults))
+
+    def before_instantiate_classes(self) -> None:
+        """The dataset's default options go to the method where it has them and the config
+        gives none; its default mappings (e.g. ``encoder_kwargs``) under the config's own,
+        key by key, as the benchmark applies them."""
+        defaults = self.dataset_defaults
+        cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else None
+        if defaults is None or cfg is None or cfg.get("model") is None:
+            return
+        model = cfg.model
+        for key, value in defaults.model.items():
+            if key != "optim" and isinstance(value, Mapping) and isinstance(model.get(key),
+                                                                            Mapping):
+                model[key] = {**value, **model[key]}
+        method = model.get("method")
+        if defaults.options and isinstance(method, str) and method in METHODS:
+            known = set(get_method(method).option_names())
+            given = dict(model.get("method_kwargs") or {})
+            offered = {k: v for k, v in defaults.options.items() if k in known}
+            if any(k not in given for k in offered):
+                model["method_kwargs"] = {**offered, **given}
+
+
+def dataset_parser_defaults(defaults: DatasetDefaults | None) -> dict[str, Any]:
+    """A dataset's defaults as the CLI parser's: module settings under ``model.`` (``optim``
+    key by key), ``trainer.max_epochs`` and ``data.batch_size``."""
+    if defaults is None:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in defaults.model.items():
+        if key == "optim":
+            out.update({f"model.optim.{k}": v for k, v in value.items()})
+        else:
+            out[f"model.{key}"] = value
+    if defaults.epochs is not None:
+        out["trainer.max_epochs"] = defaults.epochs
+    if defaults.batch_size is not None:
+        out["data.batch_size"] = defaults.batch_size
+    return out

