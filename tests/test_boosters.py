@@ -205,3 +205,19 @@ def test_benchmark_records_difficulty_sampling(tmp_path):
     assert set(run["selections"][0]["sampling"]) == {"pix", "mor", "pix+mor"}
     log = next((out / "logs" / "baseline-seed0").rglob("metrics.csv")).read_text()
     assert "subset_sampling/pix" in log
+
+
+def test_option_reads_are_typed_so_a_misspelt_name_fails():
+    """The family reads its options by type (``Parts``): a member without boosters reads their
+    off values, and a misspelt name is an error in either case, never a silent 0."""
+    from dmrnet.methods.dmrnet import BoosterOptions, DMRNetOptions, NoOptions, Parts
+
+    none = Parts.of(NoOptions())
+    assert none.alpha == 0.0 and none.beta == 0.0 and none.booster("unimodal_weight") == 0.0
+    assert none.booster("init") == "default" and none.booster("ogm_noise") is True
+    full = Parts.of(DMRNetOptions(alpha=0.01, beta=0.5, unimodal_weight=2.0))
+    assert (full.alpha, full.beta, full.booster("unimodal_weight")) == (0.01, 0.5, 2.0)
+    with pytest.raises(KeyError):
+        none.booster("unimodal_weigth")
+    with pytest.raises(AttributeError):
+        Parts.of(BoosterOptions()).booster("unimodal_weigth")

@@ -203,6 +203,38 @@ class NoOptions:
     """The deterministic members have no options of their own."""
 
 
+@dataclass(frozen=True)
+class Parts:
+    """Which option groups a member's ``Options`` has, read by type (a group it lacks is
+    None), so every value is a typed field read: a misspelt name fails, never reads 0."""
+
+    kl: KLOptions | None
+    hcr: HCROptions | None
+    boosters: BoosterOptions | None
+
+    @classmethod
+    def of(cls, opts: object) -> Parts:
+        return cls(opts if isinstance(opts, KLOptions) else None,
+                   opts if isinstance(opts, HCROptions) else None,
+                   opts if isinstance(opts, BoosterOptions) else None)
+
+    @property
+    def alpha(self) -> float:
+        return self.kl.alpha if self.kl is not None else 0.0
+
+    @property
+    def beta(self) -> float:
+        return self.hcr.beta if self.hcr is not None else 0.0
+
+    def booster(self, name: str) -> Any:
+        """A booster option's value; its off value (0, False, "default") where the member
+        has no boosters."""
+        if self.boosters is not None:
+            return getattr(self.boosters, name)
+        field = BoosterOptions.__dataclass_fields__[name]  # a KeyError names a misspelling
+        return field.default
+
+
 class DMRNetFamily(Method):
     """The family's switches; each registered member sets them, and its ``Options`` say which
     of KL (alpha) and HCR (beta, hcr_*) it has.
@@ -218,7 +250,8 @@ class DMRNetFamily(Method):
     def objective(self, config: ModelConfig, names: list[str], spatial: str = "sum"
                   ) -> MultimodalObjective:
         opts = self.options(config.method_kwargs)
-        alpha, beta = getattr(opts, "alpha", 0.0), getattr(opts, "beta", 0.0)
+        parts = Parts.of(opts)
+        alpha, beta = parts.alpha, parts.beta
         kl = KLRegularizer(alpha, spatial=spatial) if self.variance else None
         hcr = (HardCombinationRegularizer(names, beta, opts.hcr_warmup_epochs,
                                           opts.hcr_top_k, candidates=opts.hcr_candidates,
@@ -228,17 +261,18 @@ class DMRNetFamily(Method):
                                           reduction=opts.hcr_reduction,
                                           statistic=opts.hcr_statistic)
                if self.variance and beta > 0 else self.fixed_rescale(opts, names))
-        gamma = getattr(opts, "difficulty_sampling", 0.0)
-        sampling = (DifficultySampling(names, gamma, int(opts.difficulty_warmup)) if gamma > 0
-                    else None)
-        ogm = getattr(opts, "ogm_alpha", 0.0)
+        gamma = parts.booster("difficulty_sampling")
+        sampling = (DifficultySampling(names, gamma, int(parts.booster("difficulty_warmup")))
+                    if gamma > 0 else None)
+        ogm = parts.booster("ogm_alpha")
         modulation = (GradientModulation(SubsetSpace(config.modalities).modalities, ogm,
-                                          opts.ogm_noise, int(opts.ogm_epochs))
+                                          parts.booster("ogm_noise"),
+                                          int(parts.booster("ogm_epochs")))
                       if ogm > 0 else None)
         return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
                                    class_weights=config.class_weights,
-                                   unimodal_weight=getattr(opts, "unimodal_weight", 0.0),
-                                   teacher_weight=getattr(opts, "teacher_distill", 0.0),
+                                   unimodal_weight=parts.booster("unimodal_weight"),
+                                   teacher_weight=parts.booster("teacher_distill"),
                                    sampling=sampling, modulation=modulation)
 
     def fixed_rescale(self, opts: Any, names: list[str]) -> HardCombinationRegularizer | None:
@@ -247,16 +281,16 @@ class DMRNetFamily(Method):
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         network, objective = self._build(config)
-        if getattr(self.options(config.method_kwargs), "init", "default") == "authors":
+        if Parts.of(self.options(config.method_kwargs)).booster("init") == "authors":
             authors_init(network)
         return network, objective
 
     def _build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
-        opts = self.options(config.method_kwargs)
-        beta, unimodal = getattr(opts, "beta", 0.0), getattr(opts, "unimodal_weight", 0.0)
-        distill = getattr(opts, "teacher_distill", 0.0) > 0
-        ogm = getattr(opts, "ogm_alpha", 0.0) > 0
-        ensemble = float(getattr(opts, "unimodal_ensemble", 0.0))
+        parts = Parts.of(self.options(config.method_kwargs))
+        beta, unimodal = parts.beta, parts.booster("unimodal_weight")
+        distill = parts.booster("teacher_distill") > 0
+        ogm = parts.booster("ogm_alpha") > 0
+        ensemble = float(parts.booster("unimodal_ensemble"))
         if config.architecture == "dense":
             heads = [k for k, on in (("unimodal_weight", unimodal > 0),
                                      ("unimodal_ensemble", ensemble > 0),
@@ -269,7 +303,7 @@ class DMRNetFamily(Method):
             return dense, self.objective(config, dense.space.names, spatial="mean")
         model = late_fusion_network(config, self.variance, self.sample,
                                     unimodal_heads=unimodal > 0 or ogm,
-                                    detach_fused=bool(getattr(opts, "unimodal_detach", False)),
+                                    detach_fused=bool(parts.booster("unimodal_detach")),
                                     expose_features=distill,
                                     probe_heads=ogm and unimodal == 0,
                                     ensemble_weight=ensemble)
@@ -277,15 +311,15 @@ class DMRNetFamily(Method):
 
     def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
         """One stage; with unimodal teachers, a dedicated teacher per modality first."""
-        opts = self.options(settings.get("method_kwargs"))
-        if getattr(opts, "uses_teachers", False):
+        boosters = Parts.of(self.options(settings.get("method_kwargs"))).boosters
+        if boosters is not None and boosters.uses_teachers:
             return teacher_stages(settings, self.name, modalities)
         return super().stages(settings, modalities)
 
     def training_context(self, config: ModelConfig, network: nn.Module
                          ) -> UnimodalTeachers | None:
-        opts = self.options(config.method_kwargs)
-        if not getattr(opts, "uses_teachers", False):
+        opts = Parts.of(self.options(config.method_kwargs)).boosters
+        if opts is None or not opts.uses_teachers:
             return None
         return UnimodalTeachers(list(SubsetSpace(config.modalities).modalities),
                                 opts.teacher_checkpoints, init=opts.teacher_init,
