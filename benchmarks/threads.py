@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import busy_process, interleaved
-from dmrnet.benchmark import DATASET_DEFAULTS
+from dmrnet.data import DATASETS
 from dmrnet.runtime import thread_choice, training_flops, usable_cores
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 from train_step import make_step
@@ -33,13 +33,13 @@ from train_step import make_step
 def step_for(dataset: str, batch_size: int | None = None):
     """A training step of the dataset's default benchmark model on one real batch (of the
     dataset's default size unless ``batch_size`` is given), and its FLOPs."""
-    defaults = DATASET_DEFAULTS[dataset]
-    data = MultimodalDataModule(dataset, batch_size=batch_size or defaults.get("batch_size", 64),
+    defaults = DATASETS.defaults(dataset)
+    data = MultimodalDataModule(dataset, batch_size=batch_size or defaults.batch_size or 64,
                                 cache="none")
     batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())))
     torch.manual_seed(0)
     module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes,
-                              **defaults["model"])
+                              **defaults.model)
     flops = training_flops(module.model, {m: tuple(s) for m, s in data.input_shapes.items()},
                            len(batch))
     return make_step(module, batch.inputs, batch.availability, batch.target), flops
