@@ -145,12 +145,12 @@ def test_benchmark_trains_a_boosted_baseline(tmp_path):
 
 
 def test_difficulty_sampling_weights_follow_validation_error():
-    from dmrnet.methods.objectives import DifficultySampling
+    from dmrnet.methods.sampling import DifficultySampling
     names = ["a", "b", "a+b"]
     sampling = DifficultySampling(names, gamma=2.0, warmup=2)
-    sampling.observe({"a": 0.6, "b": 0.3})
+    sampling.observe_errors({"a": 0.6, "b": 0.3})
     assert sampling.end_epoch(5) == {}  # not every subset measured yet
-    sampling.observe({"a": 0.6, "b": 0.3, "a+b": 0.3})
+    sampling.observe_errors({"a": 0.6, "b": 0.3, "a+b": 0.3})
     assert sampling.end_epoch(0) == {}  # warm-up
     w = sampling.end_epoch(1)
     raw = torch.tensor([0.6, 0.3, 0.3]) / 0.4
@@ -172,7 +172,7 @@ def test_module_draws_with_the_new_weights_times_its_own_and_keeps_them_on_resum
     factor = (e / e.mean()) / (e / e.mean()).mean()
     base = torch.tensor([0.0 if n == "a" else 1.0 for n in names], dtype=torch.float64)
     assert torch.allclose(module.sampler.weights.double(), (base * factor).float().double())
-    assert module.selections[-1]["sampling"] and module.selections[-1]["rule"] == ""
+    assert module.selections[-1]["sampling"] and "rule" not in module.selections[-1]
     assert module.objective_state == {}  # a sampling choice leaves HCR's standing choice
     drawn = module.sampler.sample(torch.ones(4000, 3, dtype=torch.bool))
     counts = torch.bincount(module.space.indices_of(drawn), minlength=len(names)).double()
@@ -207,17 +207,28 @@ def test_benchmark_records_difficulty_sampling(tmp_path):
     assert "subset_sampling/pix" in log
 
 
-def test_option_reads_are_typed_so_a_misspelt_name_fails():
-    """The family reads its options by type (``Parts``): a member without boosters reads their
-    off values, and a misspelt name is an error in either case, never a silent 0."""
-    from dmrnet.methods.dmrnet import BoosterOptions, DMRNetOptions, NoOptions, Parts
+def test_options_are_composed_from_groups_and_boosters_and_read_by_type():
+    """A member's options are its groups' and its boosters' (``compose_options``): each group
+    checks its own values, a member without a group reads None for it, and a misspelt name
+    is an error, never a silent 0."""
+    from dmrnet.methods import compose_options, get_method
+    from dmrnet.methods.dmrnet import HCROptions, KLOptions
+    from dmrnet.methods.heads import HeadsOptions
 
-    none = Parts.of(NoOptions())
-    assert none.alpha == 0.0 and none.beta == 0.0 and none.booster("unimodal_weight") == 0.0
-    assert none.booster("init") == "default" and none.booster("ogm_noise") is True
-    full = Parts.of(DMRNetOptions(alpha=0.01, beta=0.5, unimodal_weight=2.0))
-    assert (full.alpha, full.beta, full.booster("unimodal_weight")) == (0.01, 0.5, 2.0)
-    with pytest.raises(KeyError):
-        none.booster("unimodal_weigth")
+    opts = get_method("dmrnet").options({"alpha": 0.01, "unimodal_weight": 2.0,
+                                         "hcr_subsets": "a,b"})
+    assert opts.group(KLOptions).alpha == 0.01 and opts.group(HeadsOptions).unimodal_weight == 2
+    assert opts.hcr_subsets == ["a", "b"] and opts.group(HCROptions).hcr_subsets == ["a", "b"]
+    assert get_method("baseline").options({}).group(KLOptions) is None
+    assert get_method("full_only").option_names() == []
     with pytest.raises(AttributeError):
-        Parts.of(BoosterOptions()).booster("unimodal_weigth")
+        opts.group(HeadsOptions).unimodal_weigth  # noqa: B018
+    with pytest.raises(ConfigError, match="method 'baseline' has no option 'alpha'"):
+        get_method("baseline").options({"alpha": 0.1})
+    with pytest.raises(ConfigError, match="unimodal_ensemble needs unimodal_weight > 0"):
+        get_method("dmrnet").options({"unimodal_ensemble": 0.5})  # the heads group's check
+    with pytest.raises(ConfigError, match="option 'alpha' of KLOptions is also an option of"):
+        compose_options("Twice", [KLOptions, KLOptions])
+    with pytest.raises(ConfigError, match="no option 'alhpa' to give a default"):
+        compose_options("Typo", [KLOptions], {"alhpa": 1.0})
+    assert get_method("dmrnet_authors").options({}).hcr_reduction == "authors"  # a preset

@@ -20,7 +20,8 @@ What is changed, and only this (:func:`scaled`):
   torchrun's rendezvous host this machine. A command that this makes the same as one run
   above it (several nodes, then one node) is not run twice.
 
-Shell lines must be commands this file knows how to run (``dmrnet``, ``python``, ``torchrun``,
+A Python block whose first line is ``# file: PATH`` is saved as PATH in the document's folder
+(the reader saves it) and run. Shell lines must be commands this file knows how to run (``dmrnet``, ``python``, ``torchrun``,
 ``bash scripts/...``, the setup lines); anything else fails, so no example escapes. The setup
 lines (venv, pip) are compared with ``scripts/setup.sh`` and the test command with ``.ci/run``
 instead of being run again: CI has just run them.
@@ -303,7 +304,10 @@ def run_shell(example: Example, folder: Path) -> None:
             return
         SCALED_RUNS.add(key)
     name = Path(argv[0]).name
-    in_process = (name == "dmrnet" and "--trainer.strategy" not in argv)
+    # in this process, unless the document saved a plugin: what one command registers would
+    # stay registered for the next, which a user's fresh process does not see
+    in_process = (name == "dmrnet" and "--trainer.strategy" not in argv
+                  and folder not in WROTE_FILES)
     if in_process:  # as the console script does, without another interpreter start
         cwd = Path.cwd()
         os.chdir(folder)
@@ -335,6 +339,7 @@ def run_shell(example: Example, folder: Path) -> None:
 
 
 SCALED_RUNS: set[tuple[Path, tuple[str, ...]]] = set()  # commands whose hardware was scaled
+WROTE_FILES: set[Path] = set()  # document folders where a Python block saved a file
 
 
 def _meaning(argv: list[str]) -> tuple[str, ...]:
@@ -355,6 +360,12 @@ def _hardware_scaled(argv: list[str]) -> bool:
 
 
 def run_python(example: Example, folder: Path) -> None:
+    """Run a Python block; one whose first line is ``# file: PATH`` is also saved as PATH in
+    the document's folder, as the reader would, for the commands below it."""
+    saved = re.match(r"# file: (\S+)\n", example.text)
+    if saved:
+        (folder / saved.group(1)).write_text(example.text)
+        WROTE_FILES.add(folder)
     done = subprocess.run([sys.executable, "-c", example.text], cwd=folder,
                           env=_environment(folder), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{example.id}: the snippet failed:\n{done.stderr[-3000:]}"

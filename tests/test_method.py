@@ -78,7 +78,7 @@ def test_embedding_samples_in_training_and_returns_mu_in_eval():
 def test_baseline_is_the_same_network_without_sampling_kl_or_hcr():
     model, objective = make("baseline")
     assert model.embedding.logvar is None and not model.embedding.sample
-    assert objective.kl is None and objective.hcr is None
+    assert objective.part("kl") is None and objective.part("hcr") is None
     x, avail = random_batch(SHAPES, 16)
     model.train()
     out = model(x, avail)
@@ -200,7 +200,7 @@ def test_objective_hcr_uses_per_sample_task_loss():
     names = SubsetSpace(["a", "b"]).names
     hcr = HardCombinationRegularizer(names, beta=1.0, hard_subsets=["a"], warmup_epochs=0)
     hcr.select()
-    obj = MultimodalObjective(kl, hcr)
+    obj = MultimodalObjective([kl, hcr])
     from dmrnet.models.protocol import ModelOutput
 
     logits = torch.randn(4, 3)

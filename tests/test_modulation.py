@@ -50,7 +50,7 @@ def test_confidence_is_the_true_class_probability_over_samples_that_have_the_mod
     logits = torch.randn(4, 2, 3)
     mask = torch.tensor([[True, False], [True, True], [False, True], [True, True]])
     y = torch.tensor([0, 2, 1, 1])
-    ogm.observe(logits, mask, y)
+    ogm.observe_heads(logits, mask, y)
     p = logits.softmax(-1)[torch.arange(4), :, y]  # (B, M)
     assert torch.allclose(ogm.score_sum, (p * mask).sum(0).double())
     assert ogm.score_count.tolist() == [3.0, 3.0]

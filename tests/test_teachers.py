@@ -156,7 +156,7 @@ def test_dense_models_take_teacher_streams_but_not_distillation(tmp_path):
         saved = torch.load(paths[m], weights_only=True)["state_dict"]
         mine = modality_encoder(student.model, m).state_dict()
         assert all(torch.equal(v, saved[f"model.streams.{m}.{k}"]) for k, v in mine.items())
-    assert student.model.training and student.objective.unimodal_weight == 0.0
+    assert student.model.training and student.objective.part("unimodal") is None
     assert not hasattr(student.model, "ensemble_weight")  # no heads to vote on dense models
     with pytest.raises(ConfigError, match="teacher_distill applies to classification"):
         MultimodalModule(list(DENSE), DENSE, 3, method="baseline",
@@ -167,7 +167,7 @@ def test_preset_defaults_serving_without_teachers_and_deterministic_ops(tmp_path
     opts = get_method("tutored").options(None)
     assert opts.teacher_init and opts.unimodal_weight is None and opts.unimodal_ensemble is None
     module = MultimodalModule(list(VECTORS), VECTORS, 3, method="tutored", **NET)
-    assert module.objective.unimodal_weight == 2.0 and module.model.unimodal is not None
+    assert module.objective.unimodal.weight == 2.0 and module.model.unimodal is not None
     assert module.model.ensemble_weight == 0.5
     for options, vote in (({"unimodal_weight": 0}, 0.0), ({"unimodal_ensemble": 0}, 0.0),
                           ({"unimodal_weight": 1, "unimodal_ensemble": 2}, 2.0)):

@@ -22,7 +22,17 @@ if TYPE_CHECKING:
     from dmrnet.data import DATASETS, DatasetDefaults, SplitData
     from dmrnet.errors import ConfigError, DMRNetError
     from dmrnet.evaluation import predict_all_subsets, subset_outputs
-    from dmrnet.methods import METHODS, Method, build_method, create_model, register_method
+    from dmrnet.methods import (
+        BOOSTERS,
+        METHODS,
+        Booster,
+        Method,
+        ObjectivePart,
+        build_method,
+        create_model,
+        register_booster,
+        register_method,
+    )
     from dmrnet.methods.objectives import (
         HardCombinationRegularizer,
         KLRegularizer,
@@ -45,6 +55,8 @@ _LAZY = {
     "predict_all_subsets": "dmrnet.evaluation", "subset_outputs": "dmrnet.evaluation",
     "METHODS": "dmrnet.methods", "Method": "dmrnet.methods", "build_method": "dmrnet.methods",
     "create_model": "dmrnet.methods", "register_method": "dmrnet.methods",
+    "BOOSTERS": "dmrnet.methods", "Booster": "dmrnet.methods", "ObjectivePart": "dmrnet.methods",
+    "register_booster": "dmrnet.methods",
     "HardCombinationRegularizer": "dmrnet.methods.objectives",
     "KLRegularizer": "dmrnet.methods.objectives",
     "MultimodalObjective": "dmrnet.methods.objectives",
@@ -73,10 +85,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BOOSTERS",
     "DATASETS",
     "ENCODERS",
     "METHODS",
     "Batch",
+    "Booster",
     "ConfigError",
     "DMRNetError",
     "DatasetDefaults",
@@ -87,6 +101,7 @@ __all__ = [
     "MultimodalCollate",
     "MultimodalModel",
     "MultimodalObjective",
+    "ObjectivePart",
     "Prediction",
     "Predictor",
     "ProbabilisticEmbedding",
@@ -101,6 +116,7 @@ __all__ = [
     "load_model",
     "load_plugin",
     "predict_all_subsets",
+    "register_booster",
     "register_method",
     "save_model",
     "subset_outputs",

@@ -1,5 +1,6 @@
 """Methods, each a registered unit (:class:`Method`): DMRNet and its family (baseline,
-full_only, ablations), the peers ShaSpec and MMANet, and dedicated models per subset.
+full_only, ablations), the peers ShaSpec and MMANet, and dedicated models per subset; and
+boosters (:class:`Booster`), additions a method composes.
 
 Add one by subclassing :class:`Method` and decorating it with :func:`register_method`; see
 ``docs/architecture.md``.
@@ -13,6 +14,7 @@ from dmrnet.methods.base import (
     Method,
     ModelConfig,
     Objective,
+    ObjectivePart,
     RunRecord,
     Scores,
     Stage,
@@ -30,14 +32,18 @@ from dmrnet.methods.base import (
     upgrade_record,
     upgrade_settings,
 )
+from dmrnet.methods.boosters import BOOSTERS, Booster, compose_options, register_booster
 
 __all__ = [
+    "BOOSTERS",
     "METHODS",
+    "Booster",
     "Choice",
     "Contribution",
     "Method",
     "ModelConfig",
     "Objective",
+    "ObjectivePart",
     "RunRecord",
     "Scores",
     "Stage",
@@ -45,11 +51,13 @@ __all__ = [
     "TrainingContext",
     "build_method",
     "checkpoint_network",
+    "compose_options",
     "create_model",
     "get_method",
     "load_weights",
     "options_summary",
     "read_checkpoint",
+    "register_booster",
     "register_checkpoint_upgrade",
     "register_method",
     "upgrade_record",

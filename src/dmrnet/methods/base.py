@@ -307,6 +307,58 @@ class Objective(nn.Module):
         return {}
 
 
+@dataclass
+class TermContext:
+    """What a part of an objective sees of one training step besides the network's output
+    and the target: ``per_sample`` (B,) task loss of the main logits, ``subset_index`` (B,)
+    each sample's training subset, ``loss(logits, target)`` the task's per-sample loss for
+    any logits, and ``extra`` the method's training context (e.g. teacher features)."""
+
+    per_sample: torch.Tensor
+    subset_index: torch.Tensor
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ObjectivePart(nn.Module):
+    """One named piece of a composed objective (pytorch-metric-learning's composed losses):
+    its weighted loss terms for a step and the hooks of :class:`Objective`, each optional.
+    Parts are registered on the objective under ``name``, so their buffers are saved with
+    checkpoints as ``objective.<name>.*``."""
+
+    name: str = ""
+
+    def terms(self, out: Any, target: torch.Tensor, ctx: TermContext) -> dict[str, torch.Tensor]:
+        """This step's weighted loss terms by name (none: {})."""
+        return {}
+
+    def start(self) -> Choice | None:
+        return None
+
+    def end_train_epoch(self, epoch: int, reduce: Reduce) -> Choice | None:
+        return None
+
+    def epoch_values(self) -> dict[str, float]:
+        return {}
+
+    def epochs_note(self, epochs: int) -> str | None:
+        return None
+
+    observes_validation: bool = False
+
+    def observe(self, subset: int, logits: torch.Tensor, target: torch.Tensor,
+                loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        """One validation batch's outputs for subset index ``subset``; ``loss`` as in
+        :class:`TermContext`."""
+
+    def end_validation(self, errors: Mapping[str, float], reduce: Reduce) -> None:
+        pass
+
+    def adjust_gradients(self, network: nn.Module, epoch: int, reduce: Reduce
+                         ) -> dict[str, float]:
+        return {}
+
+
 class TrainingContext:
     """Extra inputs of a method's objective in training (see :meth:`Method.training_context`).
     ``setup`` runs when training starts (load files there, so a bad file stops the run

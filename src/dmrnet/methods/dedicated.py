@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dmrnet.methods.base import Stage, StageResult, drop_settings, register_method
-from dmrnet.methods.dmrnet import DMRNetFamily, NoOptions
+from dmrnet.methods.dmrnet import DMRNetFamily
 from dmrnet.metrics import summarize
 from dmrnet.subsets import SubsetSpace
 
@@ -20,7 +20,7 @@ class Dedicated(DMRNetFamily):
     name = "dedicated"
     description = "one full_only model per subset (the reference)"
     variance, sample = False, False
-    Options = NoOptions
+    groups, boosters = (), ()
     train_subsets = "full"
     role = "reference"
 

@@ -1,5 +1,7 @@
 """DMRNet and its family: the baseline, full-input training and the ablations are the one
-late-fusion (or dense) network with switches (variance head, sampling, KL and HCR weights).
+late-fusion (or dense) network with switches (variance head, sampling), option groups (KL,
+HCR) and boosters (unimodal heads, OGM, unimodal teachers, difficulty-aware sampling, the
+initialisation; see :mod:`dmrnet.methods.boosters`).
 """
 
 from __future__ import annotations
@@ -12,19 +14,25 @@ from typing import Any, ClassVar
 from torch import nn
 
 from dmrnet.errors import COUNT, COUNT_FROM_1, NON_NEGATIVE, ConfigError, require
-from dmrnet.methods.base import Contribution, Method, ModelConfig, Stage, register_method
-from dmrnet.methods.modulation import GradientModulation
+from dmrnet.methods import heads, modulation, sampling, teachers  # noqa: F401  (boosters)
+from dmrnet.methods.base import (
+    Contribution,
+    Method,
+    ModelConfig,
+    Stage,
+    TrainingContext,
+    register_method,
+)
+from dmrnet.methods.boosters import BOOSTERS, Booster, compose_options, register_booster
 from dmrnet.methods.objectives import (
     HCR_REDUCTIONS,
     HCR_RULES,
     HCR_STATISTICS,
     HCR_WEIGHTINGS,
-    DifficultySampling,
     HardCombinationRegularizer,
     KLRegularizer,
     MultimodalObjective,
 )
-from dmrnet.methods.teachers import TeacherOptions, UnimodalTeachers, teacher_stages
 from dmrnet.models.dense import DenseMultimodalModel
 from dmrnet.models.late_fusion import MultimodalModel
 from dmrnet.nn import create_encoder, create_trunk
@@ -112,226 +120,147 @@ def authors_init(network: nn.Module) -> None:
 
 
 @dataclass
-class BoosterOptions(TeacherOptions):
-    """Boosters that combine with any member (baseline + X, dmrnet + X); our additions.
-
-    teacher_init / teacher_distill / teacher_checkpoints: dedicated unimodal teachers trained
-    first (see :mod:`dmrnet.methods.teachers`).
-    unimodal_weight: lambda of the unimodal auxiliary heads, a linear classifier per modality
-    on its encoder's pooled features whose task loss (over each sample's available
-    modalities) is added x lambda (0: no heads; Du et al., ICML 2023: UMT/UME).
-    unimodal_detach: the fused head's gradient does not reach the encoders, which learn from
-    their unimodal heads only (DGL, Wei et al., ECCV 2024).
-    difficulty_sampling: gamma of difficulty-aware subset sampling (0: off): from
-    ``difficulty_warmup`` epochs on, training subsets are drawn with weight (validation error /
-    mean)^gamma (see :class:`~dmrnet.methods.objectives.DifficultySampling`).
-    ogm_alpha: alpha of on-the-fly gradient modulation, which slows the dominant modality's
-    encoder (0: off; Peng et al., CVPR 2022: OGM-GE); ogm_noise: add its generalisation-
-    enhancing gradient noise; ogm_epochs: modulate in the first this many epochs (0: all)
-    (see :mod:`dmrnet.methods.modulation`).
-    unimodal_ensemble: w > 0: at evaluation the unimodal heads vote with the fused head, logits
-    = log p_fused + w x sum of the available modalities' log p_m (Du et al.'s UME, ICML 2023;
-    needs unimodal_weight > 0; see ``MultimodalModel``'s ensemble_weight).
-    init: "default" (each layer's own: the ResNets' Kaiming/Xavier-uniform, PyTorch's
+class InitOptions:
+    """init: "default" (each layer's own: the ResNets' Kaiming/Xavier-uniform, PyTorch's
     elsewhere) or "authors" (their ``weight_init`` over the whole network: see
     :func:`authors_init`)."""
 
-    unimodal_weight: float = 0.0
-    unimodal_detach: bool = False
-    difficulty_sampling: float = 0.0
-    difficulty_warmup: int = 1
-    ogm_alpha: float = 0.0
-    ogm_noise: bool = True
-    ogm_epochs: int = 0
-    unimodal_ensemble: float = 0.0
     init: str = "default"
 
     def __post_init__(self) -> None:
-        TeacherOptions.__post_init__(self)
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}; got {self.init!r}")
-        require("unimodal_ensemble", self.unimodal_ensemble, NON_NEGATIVE)
-        require("difficulty_sampling", self.difficulty_sampling, NON_NEGATIVE)
-        require("difficulty_warmup", self.difficulty_warmup, COUNT_FROM_1)
-        require("unimodal_weight", self.unimodal_weight, NON_NEGATIVE)
-        require("ogm_alpha", self.ogm_alpha, NON_NEGATIVE)
-        require("ogm_epochs", self.ogm_epochs, COUNT)
-        if not isinstance(self.ogm_noise, bool):
-            raise ConfigError(f"ogm_noise must be true or false; got {self.ogm_noise!r}")
-        if not isinstance(self.unimodal_detach, bool):
-            raise ConfigError(f"unimodal_detach must be true or false; got "
-                              f"{self.unimodal_detach!r}")
-        if self.unimodal_detach and self.unimodal_weight == 0:
-            raise ConfigError("unimodal_detach needs unimodal_weight > 0 (the heads are the "
-                              "encoders' only teacher then)")
-        if self.unimodal_ensemble > 0 and self.unimodal_weight == 0:
-            raise ConfigError("unimodal_ensemble needs unimodal_weight > 0 (untrained heads "
-                              "would vote); set both")
 
 
-@dataclass
-class DMRNetOptions(BoosterOptions, HCROptions, KLOptions):
-    """DMRNet's options: alpha (KL) and beta with the HCR settings (see KLOptions and
-    HCROptions), and the boosters (BoosterOptions)."""
+@register_booster
+class Initialisation(Booster):
+    """The network's initialisation (``init``), applied once it is built."""
 
-    def __post_init__(self) -> None:
-        KLOptions.__post_init__(self)
-        HCROptions.__post_init__(self)
-        BoosterOptions.__post_init__(self)
+    name = "init"
+    description = "the authors' initialisation over the whole network"
+    Options = InitOptions
 
-
-@dataclass
-class NoHCROptions(BoosterOptions, KLOptions):
-    """dmrnet_no_hcr: alpha and the boosters."""
-
-    def __post_init__(self) -> None:
-        KLOptions.__post_init__(self)
-        BoosterOptions.__post_init__(self)
+    def after_build(self, options: Any, network: nn.Module) -> None:
+        if self.read(options).init == "authors":
+            authors_init(network)
 
 
-@dataclass
-class NoKLOptions(BoosterOptions, HCROptions):
-    """dmrnet_no_kl: beta with the HCR settings, and the boosters."""
-
-    def __post_init__(self) -> None:
-        HCROptions.__post_init__(self)
-        BoosterOptions.__post_init__(self)
-
-
-@dataclass
-class NoOptions:
-    """The deterministic members have no options of their own."""
-
-
-@dataclass(frozen=True)
-class Parts:
-    """Which option groups a member's ``Options`` has, read by type (a group it lacks is
-    None), so every value is a typed field read: a misspelt name fails, never reads 0."""
-
-    kl: KLOptions | None
-    hcr: HCROptions | None
-    boosters: BoosterOptions | None
-
-    @classmethod
-    def of(cls, opts: object) -> Parts:
-        return cls(opts if isinstance(opts, KLOptions) else None,
-                   opts if isinstance(opts, HCROptions) else None,
-                   opts if isinstance(opts, BoosterOptions) else None)
-
-    @property
-    def alpha(self) -> float:
-        return self.kl.alpha if self.kl is not None else 0.0
-
-    @property
-    def beta(self) -> float:
-        return self.hcr.beta if self.hcr is not None else 0.0
-
-    def booster(self, name: str) -> Any:
-        """A booster option's value; its off value (0, False, "default") where the member
-        has no boosters."""
-        if self.boosters is not None:
-            return getattr(self.boosters, name)
-        field = BoosterOptions.__dataclass_fields__[name]  # a KeyError names a misspelling
-        return field.default
+FAMILY_BOOSTERS = ("unimodal_heads", "ogm", "teachers", "difficulty_sampling", "init")
+"""The boosters every trainable member of the family takes (baseline + X, dmrnet + X), in
+the order their loss terms are added."""
 
 
 class DMRNetFamily(Method):
-    """The family's switches; each registered member sets them, and its ``Options`` say which
-    of KL (alpha) and HCR (beta, hcr_*) it has.
+    """The family: one late-fusion (or dense) network whose members differ by switches,
+    option groups and boosters.
 
     Attributes:
         variance / sample: the probabilistic embedding's switches (see ProbabilisticEmbedding).
+        groups: the member's own option groups (KLOptions: alpha; HCROptions: beta, hcr_*).
+        boosters: registered booster names (:data:`~dmrnet.methods.boosters.BOOSTERS`).
+        presets: defaults of the member that differ from its groups' and boosters' (a preset
+            is a named set of defaults).
+    ``Options`` is composed from ``groups`` and the boosters' options
+    (:func:`~dmrnet.methods.boosters.compose_options`) when a subclass is defined.
     """
 
     variance: ClassVar[bool] = True
     sample: ClassVar[bool] = True
-    Options = DMRNetOptions
+    groups: ClassVar[tuple[type, ...]] = (KLOptions, HCROptions)
+    boosters: ClassVar[tuple[str, ...]] = FAMILY_BOOSTERS
+    presets: ClassVar[dict[str, Any]] = {}
 
-    def objective(self, config: ModelConfig, names: list[str], spatial: str = "sum"
-                  ) -> MultimodalObjective:
-        opts = self.options(config.method_kwargs)
-        parts = Parts.of(opts)
-        alpha, beta = parts.alpha, parts.beta
-        kl = KLRegularizer(alpha, spatial=spatial) if self.variance else None
-        hcr = (HardCombinationRegularizer(names, beta, opts.hcr_warmup_epochs,
-                                          opts.hcr_top_k, candidates=opts.hcr_candidates,
-                                          hard_subsets=opts.hcr_subsets, rule=opts.hcr_rule,
-                                          every=int(opts.hcr_every),
-                                          weighting=opts.hcr_weighting,
-                                          reduction=opts.hcr_reduction,
-                                          statistic=opts.hcr_statistic)
-               if self.variance and beta > 0 else self.fixed_rescale(opts, names))
-        gamma = parts.booster("difficulty_sampling")
-        sampling = (DifficultySampling(names, gamma, int(parts.booster("difficulty_warmup")))
-                    if gamma > 0 else None)
-        ogm = parts.booster("ogm_alpha")
-        modulation = (GradientModulation(SubsetSpace(config.modalities).modalities, ogm,
-                                          parts.booster("ogm_noise"),
-                                          int(parts.booster("ogm_epochs")))
-                      if ogm > 0 else None)
-        return MultimodalObjective(kl, hcr, label_smoothing=config.label_smoothing,
-                                   class_weights=config.class_weights,
-                                   unimodal_weight=parts.booster("unimodal_weight"),
-                                   teacher_weight=parts.booster("teacher_distill"),
-                                   sampling=sampling, modulation=modulation)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Options" not in cls.__dict__:
+            cls.Options = compose_options(  # type: ignore[misc]
+                f"{cls.__name__}Options",
+                [*cls.groups, *(BOOSTERS.get(b).Options for b in cls.boosters)],
+                cls.presets, cls.prepare_options)
 
-    def fixed_rescale(self, opts: Any, names: list[str]) -> HardCombinationRegularizer | None:
+    @staticmethod
+    def prepare_options(values: dict[str, Any]) -> dict[str, Any]:
+        """Option values as their groups check them (a preset may resolve unset ones)."""
+        return values
+
+    def booster_units(self) -> list[Booster]:
+        return [BOOSTERS.get(b) for b in self.boosters]
+
+    def objective(self, config: ModelConfig, names: list[str], options: Any,
+                  spatial: str = "sum") -> MultimodalObjective:
+        """The boosters' parts, then alpha * KL and beta * HCR where the member has them."""
+        parts = [p for b in self.booster_units() for p in b.parts(options, config, names)]
+        kl_opts, hcr_opts = options.group(KLOptions), options.group(HCROptions)
+        if self.variance:
+            parts.append(KLRegularizer(kl_opts.alpha if kl_opts else 0.0, spatial=spatial))
+        hcr = (HardCombinationRegularizer(names, hcr_opts.beta, hcr_opts.hcr_warmup_epochs,
+                                          hcr_opts.hcr_top_k, candidates=hcr_opts.hcr_candidates,
+                                          hard_subsets=hcr_opts.hcr_subsets,
+                                          rule=hcr_opts.hcr_rule,
+                                          every=int(hcr_opts.hcr_every),
+                                          weighting=hcr_opts.hcr_weighting,
+                                          reduction=hcr_opts.hcr_reduction,
+                                          statistic=hcr_opts.hcr_statistic)
+               if self.variance and hcr_opts is not None and hcr_opts.beta > 0
+               else self.fixed_rescale(options, names))
+        if hcr is not None:
+            parts.append(hcr)
+        return MultimodalObjective(parts, label_smoothing=config.label_smoothing,
+                                   class_weights=config.class_weights)
+
+    def fixed_rescale(self, options: Any, names: list[str]) -> HardCombinationRegularizer | None:
         """A loss term for members without the variance head (none but the control)."""
         return None
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
-        network, objective = self._build(config)
-        if Parts.of(self.options(config.method_kwargs)).booster("init") == "authors":
-            authors_init(network)
+        options = self.options(config.method_kwargs)
+        boosters = self.booster_units()
+        for booster in boosters:
+            booster.check(options, config)
+        network: nn.Module
+        if config.architecture == "dense":
+            hcr_opts = options.group(HCROptions)
+            beta = hcr_opts.beta if hcr_opts is not None else 0.0
+            network = dense_network(config, self.variance, self.sample, beta)
+            objective = self.objective(config, network.space.names, options, spatial="mean")
+        else:
+            asked: dict[str, Any] = {}
+            for booster in boosters:  # what the boosters ask of the network; flags add up
+                for key, value in booster.network(options, config).items():
+                    asked[key] = (asked.get(key, False) or value) if isinstance(value, bool) \
+                        else value
+            network = late_fusion_network(config, self.variance, self.sample, **asked)
+            objective = self.objective(config, network.space.names, options)
+        for booster in boosters:
+            booster.after_build(options, network)
         return network, objective
 
-    def _build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
-        parts = Parts.of(self.options(config.method_kwargs))
-        beta, unimodal = parts.beta, parts.booster("unimodal_weight")
-        distill = parts.booster("teacher_distill") > 0
-        ogm = parts.booster("ogm_alpha") > 0
-        ensemble = float(parts.booster("unimodal_ensemble"))
-        if config.architecture == "dense":
-            heads = [k for k, on in (("unimodal_weight", unimodal > 0),
-                                     ("unimodal_ensemble", ensemble > 0),
-                                     ("teacher_distill", distill), ("ogm_alpha", ogm)) if on]
-            if heads:
-                raise ConfigError(f"{heads[0]} applies to classification (late_fusion) "
-                                  "models; dense models have no unimodal heads or pooled "
-                                  "features yet (teacher_init works for both)")
-            dense = dense_network(config, self.variance, self.sample, beta)
-            return dense, self.objective(config, dense.space.names, spatial="mean")
-        model = late_fusion_network(config, self.variance, self.sample,
-                                    unimodal_heads=unimodal > 0 or ogm,
-                                    detach_fused=bool(parts.booster("unimodal_detach")),
-                                    expose_features=distill,
-                                    probe_heads=ogm and unimodal == 0,
-                                    ensemble_weight=ensemble)
-        return model, self.objective(config, model.space.names)
-
     def stages(self, settings: Mapping[str, Any], modalities: Sequence[str]) -> list[Stage]:
-        """One stage; with unimodal teachers, a dedicated teacher per modality first."""
-        boosters = Parts.of(self.options(settings.get("method_kwargs"))).boosters
-        if boosters is not None and boosters.uses_teachers:
-            return teacher_stages(settings, self.name, modalities)
+        """One stage, unless a booster needs earlier ones (unimodal teachers)."""
+        options = self.options(settings.get("method_kwargs"))
+        for booster in self.booster_units():
+            stages = booster.stages(options, settings, self.name, modalities)
+            if stages is not None:
+                return stages
         return super().stages(settings, modalities)
 
     def training_context(self, config: ModelConfig, network: nn.Module
-                         ) -> UnimodalTeachers | None:
-        opts = Parts.of(self.options(config.method_kwargs)).boosters
-        if opts is None or not opts.uses_teachers:
-            return None
-        return UnimodalTeachers(list(SubsetSpace(config.modalities).modalities),
-                                opts.teacher_checkpoints, init=opts.teacher_init,
-                                distill=opts.teacher_distill > 0)
+                         ) -> TrainingContext | None:
+        options = self.options(config.method_kwargs)
+        for booster in self.booster_units():
+            context = booster.training_context(options, config, network)
+            if context is not None:
+                return context
+        return None
 
     def serving_kwargs(self, method_kwargs: Mapping[str, object] | None
                        ) -> dict[str, object] | None:
-        """A trained network serves without its teachers: their paths are not stored."""
+        """A trained network serves without what only training needs (e.g. the teachers'
+        checkpoints): those options are not stored."""
         if method_kwargs is None:
             return None
-        return {k: v for k, v in method_kwargs.items() if k != "teacher_checkpoints"}
-
+        dropped = {k for b in self.booster_units() for k in b.training_only}
+        return {k: v for k, v in method_kwargs.items() if k not in dropped}
     def analysis(self, runs: Sequence[Mapping[str, Any]]) -> Contribution | None:
         """HCR's effect: each seed's hard subsets and their test metric against the same
         seed's ``dmrnet_no_hcr`` run, where the benchmark has one."""
@@ -438,7 +367,7 @@ class Baseline(DMRNetFamily):
     name = "baseline"
     description = "common subspace / modality dropout"
     variance, sample = False, False
-    Options = BoosterOptions
+    groups = ()
     role = "baseline"
 
 
@@ -447,7 +376,7 @@ class FullOnly(DMRNetFamily):
     name = "full_only"
     description = "trained on complete inputs only"
     variance, sample = False, False
-    Options = NoOptions
+    groups, boosters = (), ()
     train_subsets = "full"
 
 
@@ -455,25 +384,14 @@ class FullOnly(DMRNetFamily):
 class DMRNetNoHCR(DMRNetFamily):
     name = "dmrnet_no_hcr"
     description = "DMRNet without HCR"
-    Options = NoHCROptions
+    groups = (KLOptions,)
 
 
 @register_method
 class DMRNetNoKL(DMRNetFamily):
     name = "dmrnet_no_kl"
     description = "DMRNet without KL"
-    Options = NoKLOptions
-
-
-@dataclass
-class AuthorsOptions(DMRNetOptions):
-    """DMRNet's options with the authors' code's behaviour as defaults: their HCR reduction
-    and variance statistic and their initialisation (the warm-up, epochs 0-5, is every
-    member's default)."""
-
-    hcr_reduction: str = "authors"
-    hcr_statistic: str = "authors"
-    init: str = "authors"
+    groups = (HCROptions,)
 
 
 @register_method
@@ -481,22 +399,24 @@ class DMRNetAuthors(DMRNetFamily):
     """DMRNet as the authors' public code runs it (their CREMA-D / Kinetics-Sounds script):
     the network and KL of ``dmrnet``; HCR reduced as their broadcast computes it (every
     sample's loss x (1 + beta x n_hard) from the selection on); the per-batch variance
-    statistic; Xavier-normal initialisation. ``dmrnet`` is the paper's method as written."""
+    statistic; Xavier-normal initialisation. ``dmrnet`` is the paper's method as written. Its
+    options are DMRNet's with those as defaults (the warm-up, epochs 0-5, is every member's
+    default)."""
 
     name = "dmrnet_authors"
     description = "DMRNet as the authors' code runs it (their HCR reduction and statistic)"
-    Options = AuthorsOptions
+    presets: ClassVar[dict[str, Any]] = {"hcr_reduction": "authors", "hcr_statistic": "authors",
+                                         "init": "authors"}
 
 
 @dataclass
-class RescaleOptions(BoosterOptions):
+class RescaleOptions:
     """beta and the epoch the rescale starts (hcr_warmup_epochs, as DMRNet's selection)."""
 
     beta: float = 0.2
     hcr_warmup_epochs: int = 6
 
     def __post_init__(self) -> None:
-        BoosterOptions.__post_init__(self)
         require("beta", self.beta, NON_NEGATIVE)
         require("hcr_warmup_epochs", self.hcr_warmup_epochs, COUNT_FROM_1)
 
@@ -512,12 +432,13 @@ class LossRescale(DMRNetFamily):
     name = "loss_rescale"
     description = "control: baseline + the authors' HCR loss scaling, no selection"
     variance, sample = False, False
-    Options = RescaleOptions
+    groups = (RescaleOptions,)
 
-    def fixed_rescale(self, opts: Any, names: list[str]) -> HardCombinationRegularizer | None:
-        if opts.beta == 0:
+    def fixed_rescale(self, options: Any, names: list[str]) -> HardCombinationRegularizer | None:
+        own = options.group(RescaleOptions)
+        if own.beta == 0:
             return None
-        return HardCombinationRegularizer(names, opts.beta, opts.hcr_warmup_epochs,
+        return HardCombinationRegularizer(names, own.beta, own.hcr_warmup_epochs,
                                           hard_subsets=[names[0]], reduction="authors")
 
 
@@ -534,42 +455,32 @@ def preset_heads(options: Mapping[str, Any], dense: bool) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class TutoredOptions(BoosterOptions):
-    """The boosters with the preset's defaults: teacher_init on; unimodal_weight and
-    unimodal_ensemble None, which resolve to 2.0 and 0.5 for classification and to 0 for dense
-    models (no unimodal heads there yet); the vote is off (0) when the heads are (see
-    :func:`preset_heads`)."""
-
-    teacher_init: bool = True
-    unimodal_weight: float | None = None  # type: ignore[assignment]
-    unimodal_ensemble: float | None = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        weight, ensemble = self.unimodal_weight, self.unimodal_ensemble
-        resolved = preset_heads({"unimodal_weight": weight, "unimodal_ensemble": ensemble},
-                                dense=False)
-        self.unimodal_weight = resolved["unimodal_weight"]
-        self.unimodal_ensemble = resolved["unimodal_ensemble"]
-        try:
-            BoosterOptions.__post_init__(self)
-        finally:
-            self.unimodal_weight, self.unimodal_ensemble = weight, ensemble
-
-
 @register_method
 class Tutored(DMRNetFamily):
     """Our preset: the baseline's network, its encoders started from dedicated unimodal
     teachers (``teacher_init``) and kept able to classify alone by unimodal heads
     (``unimodal_weight`` 2), which vote with the fused head at evaluation
-    (``unimodal_ensemble`` 0.5). Chosen on validation splits; ``docs/results.md`` has the
+    (``unimodal_ensemble`` 0.5). Its defaults: teacher_init on; unimodal_weight and
+    unimodal_ensemble None, which resolve to 2.0 and 0.5 for classification and to 0 for
+    dense models (no unimodal heads there yet); the vote is off (0) when the heads are (see
+    :func:`preset_heads`). Chosen on validation splits; ``docs/results.md`` has the
     experiments."""
 
     name = "tutored"
     description = "preset: baseline + unimodal-teacher init + unimodal heads that vote"
     variance, sample = False, False
-    Options = TutoredOptions
+    groups = ()
+    presets: ClassVar[dict[str, Any]] = {"teacher_init": True, "unimodal_weight": None,
+                                         "unimodal_ensemble": None}
+
+    @staticmethod
+    def prepare_options(values: dict[str, Any]) -> dict[str, Any]:
+        return preset_heads(values, dense=False)
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         kwargs = preset_heads(config.method_kwargs or {}, dense=config.architecture == "dense")
         return super().build(dataclasses.replace(config, method_kwargs=kwargs))
+
+
+DMRNetOptions = DMRNet.Options
+AuthorsOptions = DMRNetAuthors.Options

@@ -34,27 +34,42 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dmrnet.methods.base import Reduce
+from dmrnet.errors import COUNT, NON_NEGATIVE, ConfigError, require
+from dmrnet.methods.base import ModelConfig, ObjectivePart, Reduce, TermContext
+from dmrnet.methods.boosters import Booster, dense_unsupported, register_booster
+from dmrnet.methods.heads import HeadsOptions
+from dmrnet.methods.objectives import unimodal_loss
 from dmrnet.methods.teachers import modality_encoder
+from dmrnet.models.protocol import ModelOutput
+from dmrnet.subsets import SubsetSpace
 
 
-class GradientModulation(nn.Module):
-    """OGM-GE's state: the confidences seen since the last step, and the noise's seed.
+class GradientModulation(ObjectivePart):
+    """OGM-GE's state: the confidences seen since the last step, and the noise's seed. As a
+    part of an objective it reads the unimodal heads' confidences in each step, trains them
+    as probes ("probe" term, on detached features) where nothing else trains them
+    (``probe``), and modulates the encoders' gradients after backward.
 
     Args:
         modalities: the M modality names, in order.
         alpha: the modulation strength (authors: 0.1 to 0.8; 0 keeps the gradients).
         noise: add GE's Gaussian noise.
         epochs: modulate in the first this many epochs (0: in every epoch).
+        probe: add the heads' task loss as the "probe" term.
     """
 
+    name = "modulation"
+
     def __init__(self, modalities: Sequence[str], alpha: float, noise: bool = True,
-                 epochs: int = 0) -> None:
+                 epochs: int = 0, probe: bool = False) -> None:
         super().__init__()
+        self.probe = bool(probe)
         self.modalities = list(modalities)
         self.alpha, self.noise, self.epochs = float(alpha), bool(noise), int(epochs)
         m = len(self.modalities)
@@ -66,8 +81,22 @@ class GradientModulation(nn.Module):
         self.register_buffer("seed", torch.randint(0, 2**62, (), dtype=torch.int64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
 
+    def terms(self, out: ModelOutput, target: Tensor, ctx: TermContext) -> dict[str, Tensor]:
+        if out.modality_logits is None:
+            return {}
+        terms = {"probe": unimodal_loss(out, target, ctx.loss)} if self.probe else {}
+        if out.modality_mask is not None:
+            self.observe_heads(out.modality_logits, out.modality_mask, target)
+        return terms
+
+    def adjust_gradients(self, network: nn.Module, epoch: int, reduce: Reduce
+                         ) -> dict[str, float]:
+        """The modulation, logged as ``ogm_coefficient/<modality>``."""
+        k = self.modulate(network, epoch, reduce)
+        return {f"ogm_coefficient/{m}": v for m, v in k.items()}
+
     @torch.no_grad()
-    def observe(self, modality_logits: Tensor, mask: Tensor, target: Tensor) -> None:
+    def observe_heads(self, modality_logits: Tensor, mask: Tensor, target: Tensor) -> None:
         """Add a batch's per-modality confidences. Shapes: (B, M, K), (B, M) bool, (B,)."""
         prob = modality_logits.float().softmax(dim=-1)
         true = prob.gather(2, target.view(-1, 1, 1).expand(-1, prob.shape[1], 1))[..., 0]
@@ -123,3 +152,53 @@ class GradientModulation(nn.Module):
                     p.grad.add_(noise)
         self.steps += 1
         return dict(zip(self.modalities, k, strict=True))
+
+
+@dataclass
+class OGMOptions:
+    """ogm_alpha: alpha of on-the-fly gradient modulation, which slows the dominant
+    modality's encoder (0: off; Peng et al., CVPR 2022: OGM-GE); ogm_noise: add its
+    generalisation-enhancing gradient noise; ogm_epochs: modulate in the first this many
+    epochs (0: all)."""
+
+    ogm_alpha: float = 0.0
+    ogm_noise: bool = True
+    ogm_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        require("ogm_alpha", self.ogm_alpha, NON_NEGATIVE)
+        require("ogm_epochs", self.ogm_epochs, COUNT)
+        if not isinstance(self.ogm_noise, bool):
+            raise ConfigError(f"ogm_noise must be true or false; got {self.ogm_noise!r}")
+
+
+@register_booster
+class OGM(Booster):
+    """OGM-GE on the network's unimodal heads (probes trained on detached features when the
+    heads booster does not train them)."""
+
+    name = "ogm"
+    description = "on-the-fly gradient modulation of the dominant modality (OGM-GE)"
+    Options = OGMOptions
+
+    def _heads_trained(self, options: Any) -> bool:
+        heads = options.group(HeadsOptions) if hasattr(options, "group") else None
+        return heads is not None and heads.unimodal_weight > 0
+
+    def check(self, options: Any, config: ModelConfig) -> None:
+        if config.architecture == "dense" and self.read(options).ogm_alpha > 0:
+            raise dense_unsupported("ogm_alpha")
+
+    def network(self, options: Any, config: ModelConfig) -> dict[str, Any]:
+        if self.read(options).ogm_alpha <= 0:
+            return {}
+        return {"unimodal_heads": True, "probe_heads": not self._heads_trained(options)}
+
+    def parts(self, options: Any, config: ModelConfig, names: Sequence[str]
+              ) -> list[ObjectivePart]:
+        own = self.read(options)
+        if own.ogm_alpha <= 0:
+            return []
+        return [GradientModulation(SubsetSpace(config.modalities).modalities, own.ogm_alpha,
+                                   own.ogm_noise, int(own.ogm_epochs),
+                                   probe=not self._heads_trained(options))]

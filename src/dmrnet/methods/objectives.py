@@ -11,16 +11,21 @@ Plain PyTorch.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmrnet.errors import ConfigError
-from dmrnet.methods.base import Choice, Objective, Reduce, register_checkpoint_upgrade
-from dmrnet.methods.modulation import GradientModulation
-from dmrnet.methods.teachers import distillation_loss
+from dmrnet.methods.base import (
+    Choice,
+    Objective,
+    ObjectivePart,
+    Reduce,
+    TermContext,
+    register_checkpoint_upgrade,
+)
 from dmrnet.models.protocol import ModelOutput
 from dmrnet.subsets import SEP, subset_totals
 
@@ -42,8 +47,11 @@ def kl_divergence(mu: Tensor, logvar: Tensor, spatial: str = "sum") -> Tensor:
     return per_pos.mean()
 
 
-class KLRegularizer(nn.Module):
-    """alpha * KL, averaged over the batch (see :func:`kl_divergence`)."""
+class KLRegularizer(ObjectivePart):
+    """alpha * KL, averaged over the batch (see :func:`kl_divergence`); the "kl" term of a
+    network with a variance head."""
+
+    name = "kl"
 
     def __init__(self, weight: float = 1e-3, spatial: str = "sum") -> None:
         super().__init__()
@@ -54,6 +62,11 @@ class KLRegularizer(nn.Module):
 
     def forward(self, mu: Tensor, logvar: Tensor) -> Tensor:
         return self.weight * kl_divergence(mu, logvar, self.spatial)
+
+    def terms(self, out: ModelOutput, target: Tensor, ctx: TermContext) -> dict[str, Tensor]:
+        if self.weight > 0 and out.logvar is not None:
+            return {"kl": self(out.mu, out.logvar)}
+        return {}
 
 
 HCR_RULES = ("variance", "val_loss", "val_error")
@@ -74,8 +87,8 @@ subset (pooled), or the authors' per-batch means, summed over an epoch's batches
 it NaN)."""
 
 
-class HardCombinationRegularizer(nn.Module):
-    """Up-weights the samples of hard modality subsets.
+class HardCombinationRegularizer(ObjectivePart):
+    """Up-weights the samples of hard modality subsets (the "hcr" term and its choice).
 
     The authors' rule (``rule="variance"``): during the first ``warmup_epochs`` epochs,
     :meth:`accumulate` sums each subset's per-sample mean sigma^2; at the end of warm-up the
@@ -112,6 +125,8 @@ class HardCombinationRegularizer(nn.Module):
             is false); with more, the same comparison from the last candidate to the first.
     """
 
+    name = "hcr"
+
     def __init__(
         self,
         subset_names: Sequence[str],
@@ -138,6 +153,8 @@ class HardCombinationRegularizer(nn.Module):
             raise ConfigError("hcr_statistic 'authors' is the authors' variance statistic over "
                               "one warm-up: it needs hcr_rule 'variance' and hcr_every 0")
         self.reduction, self.statistic = reduction, statistic
+        self.val_loss_sum: Tensor | None = None  # the val_loss rule's sums per subset
+        self.val_count: Tensor | None = None
         num = len(self.subset_names)
         if candidates not in ("unimodal", "all"):
             raise ConfigError(f"candidates must be 'unimodal' or 'all'; got {candidates!r}")
@@ -360,173 +377,61 @@ class HardCombinationRegularizer(nn.Module):
             return self.beta * (per_sample_loss * w.view(b, 1, 1, 1)).sum() / b
         return self.beta * (per_sample_loss * w).sum() / b
 
-
-class DifficultySampling(nn.Module):
-    """Difficulty-aware subset sampling: after each validation (from ``warmup`` epochs on),
-    subset s is drawn with weight (e_s / mean e)^gamma, e_s its validation error (never test),
-    normalised to mean 1, so the subsets the shared model finds hard are trained on more.
-    Our booster; MMANet's weak-subset mining (Wei et al., CVPR 2023) re-weights the loss by a
-    moving average of the training loss instead.
-
-    The weights are a buffer: saved with checkpoints, so a resumed run draws as it did.
-
-    Args:
-        subset_names: all S subset names, in subset-index order.
-        gamma: the strength (0: uniform; 1: proportional to the error).
-        warmup: epochs before the first re-weighting.
-    """
-
-    def __init__(self, subset_names: Sequence[str], gamma: float = 1.0, warmup: int = 1
-                 ) -> None:
-        super().__init__()
-        self.subset_names = list(subset_names)
-        self.gamma, self.warmup = float(gamma), int(warmup)
-        self.register_buffer("weights", torch.zeros(len(self.subset_names), dtype=torch.float64))
-        self.errors: dict[str, float] = {}
-
-    @property
-    def active(self) -> bool:
-        return bool((self.weights > 0).any())
-
-    def current(self) -> dict[str, float]:
-        """The sampling weight per subset name (empty before the first re-weighting)."""
-        if not self.active:
+    # --- as a part of an objective -----------------------------------------------------------
+    def terms(self, out: ModelOutput, target: Tensor, ctx: TermContext) -> dict[str, Tensor]:
+        """Accumulates the variances (warm-up) and, with beta > 0, the "hcr" term on the
+        auxiliary predictor's loss where the model has one, else the main logits'."""
+        if out.logvar is not None:
+            self.accumulate(ctx.subset_index, out.variance)
+        if self.beta <= 0:
             return {}
-        return dict(zip(self.subset_names, self.weights.tolist(), strict=True))
-
-    def observe(self, errors: Mapping[str, float]) -> None:
-        """The latest validation error per subset name."""
-        self.errors = {n: float(errors[n]) for n in self.subset_names if n in errors}
-
-    @torch.no_grad()
-    def end_epoch(self, epoch: int) -> dict[str, float]:
-        """New weights after training epoch ``epoch`` (0-based), or {} when none are due."""
-        if epoch + 1 < self.warmup or len(self.errors) != len(self.subset_names):
-            return {}
-        e = torch.tensor([max(self.errors[n], 1e-3) for n in self.subset_names],
-                         dtype=torch.float64)
-        if not bool(torch.isfinite(e).all()):
-            return {}
-        w = (e / e.mean()).pow(self.gamma)
-        self.weights.copy_(w / w.mean())
-        return self.current()
-
-
-IGNORE_INDEX = 255
-"""Target value of pixels that carry no label (void); ignored by losses and metrics."""
-
-
-class MultimodalObjective(Objective):
-    """Sums the named loss terms: task CE + alpha * KL + beta * HCR (+ deep supervision, the
-    unimodal heads' loss and the distillation to unimodal teachers, where enabled).
-
-    ``forward`` returns a dict of weighted terms ("task", and "kl" / "hcr" / "side" /
-    "unimodal" / "teacher" / "probe" where enabled) and their sum under "loss". With gradient
-    modulation (OGM-GE), the unimodal heads' outputs feed its confidences; with no unimodal
-    loss of their own, the heads are probes on detached features, trained by the "probe"
-    term, which reaches nothing else. Terms a method does not use are absent. For dense
-    targets (B, H, W) a sample's loss is the mean over its labelled pixels; ``class_weights``
-    (K,) weight the classes (e.g. median frequency). The HCR term uses the model's auxiliary
-    predictor when it has one (``aux_logits``), else the main logits.
-    """
-
-    def __init__(
-        self,
-        kl: KLRegularizer | None = None,
-        hcr: HardCombinationRegularizer | None = None,
-        label_smoothing: float = 0.0,
-        ignore_index: int = IGNORE_INDEX,
-        class_weights: Sequence[float] | None = None,
-        unimodal_weight: float = 0.0,
-        teacher_weight: float = 0.0,
-        sampling: DifficultySampling | None = None,
-        modulation: GradientModulation | None = None,
-    ) -> None:
-        super().__init__()
-        self.modulation = modulation
-        self.teacher_weight = float(teacher_weight)
-        self.sampling = sampling
-        self.kl = kl
-        self.hcr = hcr
-        self.unimodal_weight = float(unimodal_weight)
-        self.label_smoothing = label_smoothing
-        self.ignore_index = ignore_index
-        self.val_loss_sum: Tensor | None = None  # the val_loss rule's sums per subset
-        self.val_count: Tensor | None = None
-        weights = None if class_weights is None else torch.tensor(list(class_weights)).float()
-        self.register_buffer("class_weights", weights)
+        hard_loss = ctx.per_sample if out.aux_logits is None else ctx.loss(out.aux_logits,
+                                                                            target)
+        return {"hcr": self(hard_loss, ctx.subset_index)}
 
     def start(self) -> Choice | None:
-        """A fixed list of hard subsets with no warm-up is chosen before the first step; a
-        resumed run gets its sampling weights back."""
-        hcr = self.hcr
-        chosen = None
-        if hcr is not None and hcr.warming_up and hcr.warmup_epochs == 0:
-            chosen = self._choice(hcr.select(), {})
-        return self._with_sampling(chosen, self.sampling.current() if self.sampling else {})
+        """A fixed list of hard subsets with no warm-up is chosen before the first step."""
+        if self.warming_up and self.warmup_epochs == 0:
+            return self._choice(self.select(), {})
+        return None
 
     def epochs_note(self, epochs: int) -> str | None:
-        """HCR's first choice, or difficulty-aware sampling's first re-weighting, due after
-        more epochs than the training runs: the method would train without it, unsaid."""
-        hcr, sampling = self.hcr, self.sampling
-        if hcr is not None and hcr.warmup_epochs > epochs:
-            return (f"HCR starts after epoch {hcr.warmup_epochs} (hcr_warmup_epochs) but "
+        """The first choice due after more epochs than the training runs."""
+        if self.warmup_epochs > epochs:
+            return (f"HCR starts after epoch {self.warmup_epochs} (hcr_warmup_epochs) but "
                     f"training runs {epochs} epochs, so no subset is ever up-weighted; lower "
                     "hcr_warmup_epochs or train longer")
-        if sampling is not None and sampling.warmup > epochs:
-            return (f"difficulty-aware sampling starts after epoch {sampling.warmup} "
-                    f"(difficulty_warmup) but training runs {epochs} epochs, so sampling never "
-                    "changes; lower difficulty_warmup or train longer")
         return None
 
     def end_train_epoch(self, epoch: int, reduce: Reduce) -> Choice | None:
         """When HCR chooses (end of warm-up, then every ``every`` epochs): the hard subsets,
-        from the variances summed over every process or the latest validation; and the new
-        subset sampling weights, where difficulty-aware sampling is on."""
-        sampling = self.sampling.end_epoch(epoch) if self.sampling is not None else {}
-        hcr = self.hcr
-        chosen = None
-        if hcr is not None:
-            hcr.end_warmup_epoch(reduce)
-        if hcr is not None and hcr.due(epoch):
-            if hcr.statistic == "pooled":  # the authors' is summed over processes already
-                for buf in (hcr.variance_sum, hcr.variance_count):
-                    buf.copy_(reduce(buf))
-            variance = hcr.mean_variance()
-            hard = hcr.select()
-            if not hcr.warming_up:  # a validation rule with no validation yet: choose later
-                chosen = self._choice(hard, variance)
-        return self._with_sampling(chosen, sampling)
+        from the variances summed over every process or the latest validation."""
+        self.end_warmup_epoch(reduce)
+        if not self.due(epoch):
+            return None
+        if self.statistic == "pooled":  # the authors' is summed over processes already
+            for buf in (self.variance_sum, self.variance_count):
+                buf.copy_(reduce(buf))
+        variance = self.mean_variance()
+        hard = self.select()
+        if self.warming_up:  # a validation rule with no validation yet: choose later
+            return None
+        return self._choice(hard, variance)
 
     def epoch_values(self) -> dict[str, float]:
-        """Once HCR has chosen, every subset's extra-loss weight (0 where not chosen), logged
-        as ``subset_weight/<subset>`` every epoch."""
-        hcr = self.hcr
-        if hcr is None or hcr.warming_up:
+        """Once chosen, every subset's extra-loss weight (0 where not chosen), logged as
+        ``subset_weight/<subset>`` every epoch."""
+        if self.warming_up:
             return {}
-        weights = hcr.weights()
+        weights = self.weights()
         return {f"subset_weight/{name}": float(weights.get(name, 0.0))
-                for name in hcr.subset_names}
-
-    @staticmethod
-    def _with_sampling(chosen: Choice | None, sampling: dict[str, float]) -> Choice | None:
-        """``chosen`` with new sampling weights (a Choice of its own, with no rule and the
-        hard subsets unchanged, when HCR chose nothing now)."""
-        if not sampling:
-            return chosen
-        if chosen is None:
-            chosen = Choice({"rule": "", "hard_subsets": [], "weights": {}, "difficulty": {}})
-        chosen.record["sampling"] = dict(sampling)
-        chosen.sampling = dict(sampling)
-        return chosen
+                for name in self.subset_names}
 
     def _choice(self, hard: list[str], variance: dict[str, float]) -> Choice:
-        """HCR's choice: recorded with its rule, weights and what it ranked (the validation
+        """The choice: recorded with its rule, weights and what it ranked (the validation
         loss or error, else the mean variance, which is also logged per subset)."""
-        hcr = self.hcr
-        assert hcr is not None
-        difficulty = hcr.validation_difficulty() if hcr.uses_validation else {}
-        rule = "fixed" if hcr.fixed is not None else hcr.rule
+        difficulty = self.validation_difficulty() if self.uses_validation else {}
+        rule = "fixed" if self.fixed is not None else self.rule
         ranked_on = difficulty or variance
         what = "validation " + rule.removeprefix("val_") if difficulty else "mean variance"
         ranked = sorted(ranked_on.items(), key=lambda kv: -_nan_low(kv[1]))
@@ -534,8 +439,8 @@ class MultimodalObjective(Objective):
             f"; highest {what}: " + ", ".join(f"{k}={v:.4g}" for k, v in ranked[:5])
             if ranked else "")
         return Choice(
-            record={"rule": rule, "hard_subsets": list(hard), "weights": hcr.weights(),
-                    "difficulty": difficulty, "sampling": {}},
+            record={"rule": rule, "hard_subsets": list(hard), "weights": self.weights(),
+                    "difficulty": difficulty},
             state={"summary": "hard subsets " + ", ".join(hard), "hard_subsets": list(hard),
                    "subset_variance": dict(variance)},
             message=message,
@@ -543,58 +448,115 @@ class MultimodalObjective(Objective):
                     if not math.isnan(value)})
 
     @property
-    def observes_validation(self) -> bool:
-        return (self.hcr is not None and self.hcr.uses_validation) or self.sampling is not None
+    def observes_validation(self) -> bool:  # type: ignore[override]
+        return self.uses_validation
 
     @torch.no_grad()
-    def observe(self, subset: int, logits: Tensor, target: Tensor) -> None:
+    def observe(self, subset: int, logits: Tensor, target: Tensor,
+                loss: Callable[[Tensor, Tensor], Tensor]) -> None:
         """One validation subset's outputs (for the val_loss rule: its task loss)."""
-        if self.hcr is None or self.hcr.rule != "val_loss":
+        if self.rule != "val_loss":
             return
-        n = len(self.hcr.subset_names)
+        n = len(self.subset_names)
         if self.val_loss_sum is None or self.val_loss_sum.device != logits.device:
             self.val_loss_sum = torch.zeros(n, dtype=torch.float64, device=logits.device)
             self.val_count = torch.zeros(n, dtype=torch.float64, device=logits.device)
-        loss = self.per_sample(logits.float(), target)
-        self.val_loss_sum[subset] += loss.double().sum()
-        self.val_count[subset] += loss.numel()
+        per = loss(logits.float(), target)
+        self.val_loss_sum[subset] += per.double().sum()
+        self.val_count[subset] += per.numel()  # type: ignore[index]
 
     @torch.no_grad()
     def end_validation(self, errors: Mapping[str, float], reduce: Reduce) -> None:
         """The validation epoch's per-subset errors (and the loss observed): what the val_*
         rules rank on at the next selection."""
-        if self.sampling is not None:
-            self.sampling.observe(errors)
-        hcr = self.hcr
-        if hcr is None or not hcr.uses_validation:
+        if not self.uses_validation:
             return
-        if hcr.rule == "val_error":
-            hcr.observe_validation(errors)
+        if self.rule == "val_error":
+            self.observe_validation(errors)
             return
         if self.val_loss_sum is None or self.val_count is None:
             return
         total, count = reduce(self.val_loss_sum), reduce(self.val_count)
         mean = (total / count.clamp_min(1)).masked_fill(count == 0, math.nan)
-        hcr.observe_validation(dict(zip(hcr.subset_names, mean.tolist(), strict=True)))
+        self.observe_validation(dict(zip(self.subset_names, mean.tolist(), strict=True)))
         self.val_loss_sum, self.val_count = None, None
+
+
+IGNORE_INDEX = 255
+"""Target value of pixels that carry no label (void); ignored by losses and metrics."""
+
+
+class MultimodalObjective(Objective):
+    """The task loss and a list of parts (:class:`~dmrnet.methods.base.ObjectivePart`):
+    task CE (+ deep supervision and the network's own terms), then each part's named terms
+    in order (DMRNet's: alpha * KL, beta * HCR; a booster's: its own), summed under "loss".
+
+    ``forward`` returns the dict of weighted terms ("task", "side" where the network has
+    side outputs, then the parts') and their sum under "loss"; terms a run does not use are
+    absent. Each part is registered under its name (its buffers are saved as
+    ``objective.<name>.*``) and its hooks are called in order; choices made in one epoch
+    become one :class:`~dmrnet.methods.base.Choice`. For dense targets (B, H, W) a sample's
+    loss is the mean over its labelled pixels; ``class_weights`` (K,) weight the classes.
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[ObjectivePart] = (),
+        label_smoothing: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.part_names: list[str] = []
+        for part in parts:
+            if not part.name or part.name in self.part_names or hasattr(self, part.name):
+                raise ConfigError(f"objective part {type(part).__name__} needs a name of its "
+                                  f"own; got {part.name!r}")
+            self.add_module(part.name, part)
+            self.part_names.append(part.name)
+        self.label_smoothing = label_smoothing
+        self.ignore_index = ignore_index
+        weights = None if class_weights is None else torch.tensor(list(class_weights)).float()
+        self.register_buffer("class_weights", weights)
+
+    @property
+    def parts(self) -> list[ObjectivePart]:
+        return [getattr(self, n) for n in self.part_names]
+
+    def part(self, name: str) -> ObjectivePart | None:
+        """The part called ``name``, or None."""
+        return getattr(self, name) if name in self.part_names else None
+
+    def start(self) -> Choice | None:
+        return _merged([p.start() for p in self.parts])
+
+    def epochs_note(self, epochs: int) -> str | None:
+        return next((n for p in self.parts if (n := p.epochs_note(epochs)) is not None), None)
+
+    def end_train_epoch(self, epoch: int, reduce: Reduce) -> Choice | None:
+        return _merged([p.end_train_epoch(epoch, reduce) for p in self.parts])
+
+    def epoch_values(self) -> dict[str, float]:
+        return {k: v for p in self.parts for k, v in p.epoch_values().items()}
+
+    @property
+    def observes_validation(self) -> bool:  # type: ignore[override]
+        return any(p.observes_validation for p in self.parts)
+
+    @torch.no_grad()
+    def observe(self, subset: int, logits: Tensor, target: Tensor) -> None:
+        for p in self.parts:
+            p.observe(subset, logits, target, self.per_sample)
+
+    @torch.no_grad()
+    def end_validation(self, errors: Mapping[str, float], reduce: Reduce) -> None:
+        for p in self.parts:
+            p.end_validation(errors, reduce)
 
     def adjust_gradients(self, network: nn.Module, epoch: int, reduce: Reduce
                          ) -> dict[str, float]:
-        """Gradient modulation (OGM-GE), where on: its coefficient per modality, logged as
-        ``ogm_coefficient/<modality>``."""
-        if self.modulation is None:
-            return {}
-        k = self.modulation.modulate(network, epoch, reduce)
-        return {f"ogm_coefficient/{m}": v for m, v in k.items()}
-
-    def unimodal_loss(self, out: ModelOutput, target: Tensor) -> Tensor:
-        """Mean task loss of the per-modality heads over every (sample, modality it has)."""
-        assert out.modality_logits is not None and out.modality_mask is not None
-        b, m, k = out.modality_logits.shape
-        losses = self.per_sample(out.modality_logits.reshape(b * m, k),
-                                 target.repeat_interleave(m)).view(b, m)
-        mask = out.modality_mask.to(losses.dtype)
-        return (losses * mask).sum() / mask.sum().clamp_min(1)
+        return {k: v for p in self.parts
+                for k, v in p.adjust_gradients(network, epoch, reduce).items()}
 
     def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
         """(B,) loss per sample; dense losses are averaged over each sample's labelled pixels."""
@@ -610,35 +572,44 @@ class MultimodalObjective(Objective):
         return loss
 
     def forward(self, out: ModelOutput, target: Tensor, subset_index: Tensor,
-                teacher_features: Sequence[Tensor] | None = None) -> dict[str, Tensor]:
+                **context: object) -> dict[str, Tensor]:
         per_sample = self.per_sample(out.logits, target)
         terms = {"task": per_sample.mean()}
         if out.side_logits:
             terms["side"] = sum(self.per_sample(s, target).mean() for s in out.side_logits)
         if out.extra_losses:
             terms.update(out.extra_losses)
-        if out.modality_logits is not None:
-            if self.unimodal_weight > 0:
-                terms["unimodal"] = self.unimodal_weight * self.unimodal_loss(out, target)
-            elif self.modulation is not None:
-                terms["probe"] = self.unimodal_loss(out, target)
-            if self.modulation is not None and out.modality_mask is not None:
-                self.modulation.observe(out.modality_logits, out.modality_mask, target)
-        if (self.teacher_weight > 0 and teacher_features is not None
-                and out.modality_features is not None and out.modality_mask is not None):
-            terms["teacher"] = self.teacher_weight * distillation_loss(
-                out.modality_features, teacher_features, out.modality_mask)
-        if self.kl is not None and self.kl.weight > 0 and out.logvar is not None:
-            terms["kl"] = self.kl(out.mu, out.logvar)
-        if self.hcr is not None:
-            if out.logvar is not None:
-                self.hcr.accumulate(subset_index, out.variance)
-            if self.hcr.beta > 0:
-                hard_loss = (per_sample if out.aux_logits is None
-                             else self.per_sample(out.aux_logits, target))
-                terms["hcr"] = self.hcr(hard_loss, subset_index)
+        ctx = TermContext(per_sample, subset_index, self.per_sample, context)
+        for part in self.parts:
+            terms.update(part.terms(out, target, ctx))
         terms["loss"] = sum(terms.values())  # type: ignore[assignment]
         return terms
+
+
+def unimodal_loss(out: ModelOutput, target: Tensor, loss: Callable[[Tensor, Tensor], Tensor]
+                  ) -> Tensor:
+    """Mean task loss of the per-modality heads over every (sample, modality it has)."""
+    assert out.modality_logits is not None and out.modality_mask is not None
+    b, m, k = out.modality_logits.shape
+    losses = loss(out.modality_logits.reshape(b * m, k), target.repeat_interleave(m)).view(b, m)
+    mask = out.modality_mask.to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp_min(1)
+
+
+def _merged(choices: Sequence[Choice | None]) -> Choice | None:
+    """The parts' choices of one moment as one Choice (records and values joined in order,
+    the last standing state, the messages one after the other)."""
+    made = [c for c in choices if c is not None]
+    if len(made) <= 1:
+        return made[0] if made else None
+    out = Choice()
+    for c in made:
+        out.record.update(c.record)
+        out.values.update(c.values)
+        out.sampling.update(c.sampling)
+        out.state = c.state if c.state is not None else out.state
+    out.message = "; ".join(c.message for c in made if c.message)
+    return out
 
 
 def _nan_low(v: float) -> float:

@@ -28,8 +28,19 @@ from torch import Tensor, nn
 
 from dmrnet.batch import Batch
 from dmrnet.errors import NON_NEGATIVE, ConfigError, local_checkpoint, require
-from dmrnet.methods.base import Stage, TrainingContext, checkpoint_network, drop_settings
+from dmrnet.methods.base import (
+    ModelConfig,
+    ObjectivePart,
+    Stage,
+    TermContext,
+    TrainingContext,
+    checkpoint_network,
+    drop_settings,
+)
+from dmrnet.methods.boosters import Booster, dense_unsupported, register_booster
 from dmrnet.models.late_fusion import pool_features
+from dmrnet.models.protocol import ModelOutput
+from dmrnet.subsets import SubsetSpace
 
 TEACHER_METHOD = "dedicated"
 """The method each unimodal teacher is trained with (complete inputs of one modality)."""
@@ -165,3 +176,60 @@ def distillation_loss(student: Sequence[Tensor], teacher: Sequence[Tensor],
                        for s, t in zip(student, teacher, strict=True)], dim=1)
     m = mask.to(per.dtype)
     return (per * m).sum() / m.sum().clamp_min(1)
+
+
+class TeacherDistillation(ObjectivePart):
+    """The "teacher" term: lambda x :func:`distillation_loss` of the encoders' pooled features
+    to the frozen teachers' (given by :class:`UnimodalTeachers` as ``teacher_features``)."""
+
+    name = "teacher"
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = float(weight)
+
+    def terms(self, out: ModelOutput, target: Tensor, ctx: TermContext) -> dict[str, Tensor]:
+        teacher = ctx.extra.get("teacher_features")
+        if (self.weight <= 0 or teacher is None or out.modality_features is None
+                or out.modality_mask is None):
+            return {}
+        return {"teacher": self.weight * distillation_loss(out.modality_features, teacher,
+                                                           out.modality_mask)}
+
+
+@register_booster
+class Teachers(Booster):
+    """Dedicated unimodal teachers trained first (a stage each), then ``teacher_init`` and/or
+    ``teacher_distill`` (see the module's docstring)."""
+
+    name = "teachers"
+    description = "unimodal teachers: encoders started from them and/or distilled to them"
+    Options = TeacherOptions
+    training_only = ("teacher_checkpoints",)
+
+    def check(self, options: Any, config: ModelConfig) -> None:
+        if config.architecture == "dense" and self.read(options).teacher_distill > 0:
+            raise dense_unsupported("teacher_distill")
+
+    def network(self, options: Any, config: ModelConfig) -> dict[str, Any]:
+        return {"expose_features": self.read(options).teacher_distill > 0}
+
+    def parts(self, options: Any, config: ModelConfig, names: Sequence[str]
+              ) -> list[ObjectivePart]:
+        weight = self.read(options).teacher_distill
+        return [TeacherDistillation(weight)] if weight > 0 else []
+
+    def stages(self, options: Any, settings: Mapping[str, Any], method: str,
+               modalities: Sequence[str]) -> list[Stage] | None:
+        if not self.read(options).uses_teachers:
+            return None
+        return teacher_stages(settings, method, modalities)
+
+    def training_context(self, options: Any, config: ModelConfig, network: nn.Module
+                         ) -> TrainingContext | None:
+        own = self.read(options)
+        if not own.uses_teachers:
+            return None
+        return UnimodalTeachers(list(SubsetSpace(config.modalities).modalities),
+                                own.teacher_checkpoints, init=own.teacher_init,
+                                distill=own.teacher_distill > 0)
