@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import replace
 
 import pytest
 
+from dmrnet import benchmark
 from dmrnet.benchmark import (
     BenchmarkConfig,
     BenchmarkError,
@@ -41,10 +43,30 @@ def test_a_run_validates_every_kth_epoch_and_selects_among_them(tmp_path):
     assert results["runs"][0]["best_epoch"] in (1, 3, 5)
 
 
+class _Garbage:
+    """Cyclic garbage whose destructor says which process ran it (a native one, such as an
+    ONNX Runtime session's, hangs in a forked worker)."""
+
+    def __init__(self, marker):
+        self.marker, self.me = marker, self
+
+    def __del__(self):
+        if os.getpid() != self.parent:
+            self.marker.write_text(f"destroyed in worker {os.getpid()}")
+
+
 def test_runs_side_by_side_give_what_they_give_one_at_a_time(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # dmrnet's own choice
     outputs = {}
     results = {}
+    _Garbage.parent = os.getpid()
+    choose = benchmark.concurrent_runs
+
+    def garbage_then_choose(*args):  # garbage made just before the workers fork
+        _Garbage(tmp_path / "destroyed")  # unreachable at once; freed only by a gc pass
+        return choose(*args)
+
+    monkeypatch.setattr(benchmark, "concurrent_runs", garbage_then_choose)
     for jobs in (1, 2):
         lines: list[str] = []
         results[jobs] = run_benchmark(BenchmarkConfig(
@@ -52,6 +74,7 @@ def test_runs_side_by_side_give_what_they_give_one_at_a_time(tmp_path, monkeypat
             epochs=2, modalities=["fac", "kar", "mor"], jobs=jobs), echo=lines.append)
         outputs[jobs] = lines
     assert any("training 2 runs at a time (--jobs 2" in line for line in outputs[2])
+    assert not (tmp_path / "destroyed").exists()  # the workers destroy nothing they inherit
     assert not any("runs at a time" in line for line in outputs[1])
     for a, b in zip(results[1]["runs"], results[2]["runs"], strict=True):
         assert (a["method"], a["seed"]) == (b["method"], b["seed"])

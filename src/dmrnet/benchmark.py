@@ -9,6 +9,7 @@ writes ``results.json``, ``results.csv``, ``report.md`` and ``per_subset.png`` (
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import logging
@@ -864,6 +865,11 @@ def _run_concurrently(at_once: int, jobs: list[tuple[int, str]], cfg: BenchmarkC
     ``at_once`` of them running in forked processes that inherit the data read here."""
     _FORKED.update(cfg=cfg, out=out, datas=datas, jobs=jobs, higher=higher_is_better,
                    statistics=want_statistics)
+    # garbage collected here, and what is left frozen while the workers fork: a worker's own
+    # collector never destroys an object it inherited (a native destructor, e.g. an ONNX
+    # Runtime session's, waits forever there for threads that did not fork with it)
+    gc.collect()
+    gc.freeze()
     pool = ProcessPoolExecutor(max_workers=at_once,
                                mp_context=multiprocessing.get_context("fork"))
     try:
@@ -877,6 +883,7 @@ def _run_concurrently(at_once: int, jobs: list[tuple[int, str]], cfg: BenchmarkC
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()
         _FORKED.clear()
 
 
