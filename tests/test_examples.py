@@ -21,8 +21,9 @@ What is changed, and only this (:func:`scaled`):
   above it (several nodes, then one node) is not run twice.
 
 A Python block whose first line is ``# file: PATH`` is saved as PATH in the document's folder
-(the reader saves it) and run. Shell lines must be commands this file knows how to run (``dmrnet``, ``python``, ``torchrun``,
-``bash scripts/...``, the setup lines); anything else fails, so no example escapes. The setup
+(the reader saves it) and run. Shell lines must be commands this file knows how to run
+(``dmrnet``, ``python``, ``torchrun``, ``bash scripts/...``, the setup lines); anything else
+fails, so no example escapes. The setup
 lines (venv, pip) are compared with ``scripts/setup.sh`` and the test command with ``.ci/run``
 instead of being run again: CI has just run them.
 """

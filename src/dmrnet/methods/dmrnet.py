@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 from torch import nn
 
 from dmrnet.errors import COUNT, COUNT_FROM_1, NON_NEGATIVE, ConfigError, require
-from dmrnet.methods import heads, modulation, sampling, teachers  # noqa: F401  (boosters)
 from dmrnet.methods.base import (
     Contribution,
     Method,
@@ -24,6 +23,8 @@ from dmrnet.methods.base import (
     register_method,
 )
 from dmrnet.methods.boosters import BOOSTERS, Booster, compose_options, register_booster
+from dmrnet.methods.heads import UnimodalHeads
+from dmrnet.methods.modulation import OGM
 from dmrnet.methods.objectives import (
     HCR_REDUCTIONS,
     HCR_RULES,
@@ -33,6 +34,8 @@ from dmrnet.methods.objectives import (
     KLRegularizer,
     MultimodalObjective,
 )
+from dmrnet.methods.sampling import DifficultyAwareSampling
+from dmrnet.methods.teachers import Teachers
 from dmrnet.models.dense import DenseMultimodalModel
 from dmrnet.models.late_fusion import MultimodalModel
 from dmrnet.nn import create_encoder, create_trunk
@@ -145,7 +148,8 @@ class Initialisation(Booster):
             authors_init(network)
 
 
-FAMILY_BOOSTERS = ("unimodal_heads", "ogm", "teachers", "difficulty_sampling", "init")
+FAMILY_BOOSTERS = (UnimodalHeads.name, OGM.name, Teachers.name, DifficultyAwareSampling.name,
+                   Initialisation.name)
 """The boosters every trainable member of the family takes (baseline + X, dmrnet + X), in
 the order their loss terms are added."""
 
