@@ -418,6 +418,15 @@ RESUME_HELP = ("dmrnet fit also takes --resume RUN_DIR_OR_CKPT: continue a run f
                "install tensorboard). Lightning's options follow.\n")
 
 
+def method_options_help() -> str:
+    """Each registered method's own options (``model.method_kwargs``), plugins' included."""
+    lines = ["model.method_kwargs takes the chosen method's own options (its option groups and "
+             "its boosters'; another key is an error):"]
+    for name in METHODS.names():
+        lines.append(f"  {name}: {', '.join(METHODS.get(name).option_names()) or 'none'}")
+    return "\n".join(lines) + "\n"
+
+
 def lightning_cli(argv: Sequence[str]) -> int:
     filter_noise()
     # no tips, accelerator inventory or model summary; dmrnet prints its own lines
@@ -425,8 +434,10 @@ def lightning_cli(argv: Sequence[str]) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     args = list(argv)
     from_shell = args == sys.argv[1:]
-    if args[0] == "fit" and ("--help" in args or "-h" in args):
-        print(RESUME_HELP)
+    if "--help" in args or "-h" in args:
+        if args[0] == "fit":
+            print(RESUME_HELP)
+        print(method_options_help())
     resume = None
     if "--resume" in args:  # dmrnet fit ... --resume RUN_DIR_OR_CKPT: matched after parsing
         i = args.index("--resume")
