@@ -30,12 +30,12 @@ import torch
 
 from dmrnet.benchmark import (
     BenchmarkConfig,
-    _fit_and_test,
     method_settings,
     prepare,
     quiet_lightning,
     validation_interval,
 )
+from dmrnet.benchmark.runs import _fit_and_test
 from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import Objective
 from dmrnet.optim import configure

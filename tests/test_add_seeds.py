@@ -70,7 +70,7 @@ def test_resume_adds_seeds_and_equals_one_benchmark_of_all(tmp_path, capsys):
 
 
 def test_resume_interrupted_leaves_out_as_it_was(tmp_path, capsys, monkeypatch):
-    import dmrnet.benchmark as bench
+    import dmrnet.benchmark.runs as bench
 
     out = tmp_path / "run"
     assert main(["benchmark", "--out", str(out), "--seeds", "0", *QUICK]) == 0

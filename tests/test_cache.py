@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dmrnet.batch import MultimodalCollate
-from dmrnet.benchmark import BenchmarkConfig, _data_module, apply_dataset_defaults
+from dmrnet.benchmark import BenchmarkConfig, apply_dataset_defaults
+from dmrnet.benchmark.runs import _data_module
 from dmrnet.cli import main
 from dmrnet.data.base import ArrayDataset
 from dmrnet.data.cache import SampleCache, nbytes

@@ -340,12 +340,12 @@ def out_read_only(w: World) -> None:
 @case(OUTPUTS, "the disk fills up while results are written", "dmrnet benchmark", "error",
       "No space left on device: .* is as it was; the unfinished run is in")
 def disk_full(w: World) -> None:
-    import dmrnet.benchmark
+    import dmrnet.benchmark.runs
 
     def full(results, out, appendix=""):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(out) / "results.json"))
 
-    w.monkeypatch.setattr(dmrnet.benchmark, "write_results", full)
+    w.monkeypatch.setattr(dmrnet.benchmark.runs, "write_results", full)
     code, err = w.cli(["benchmark", "--out", str(w.root / "out"), *QUICK])
     assert code == 2 and err.strip().splitlines()[-1].startswith("dmrnet: error: No space left")
     assert "is as it was; the unfinished run is in" in err

@@ -197,7 +197,8 @@ def test_every_registered_network_keeps_the_forward_contract(name, tmp_path):
     assert torch.allclose(same.logits, out.logits, atol=1e-6)
 
 
-GLUE = ["training.py", "benchmark.py", "serving.py", "cli.py", "lightning_cli.py",
+GLUE = ["training.py", "benchmark/__init__.py", "benchmark/config.py", "benchmark/runs.py",
+        "benchmark/statistics.py", "serving.py", "cli.py", "lightning_cli.py",
         "evaluation.py", "predict.py", "sweep.py", "optim.py"]
 
 

@@ -10,13 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from dmrnet import benchmark
 from dmrnet.benchmark import (
     BenchmarkConfig,
     BenchmarkError,
     concurrent_runs,
     prepare,
     run_benchmark,
+    runs,
     validation_interval,
 )
 from dmrnet.cli import main
@@ -60,13 +60,13 @@ def test_runs_side_by_side_give_what_they_give_one_at_a_time(tmp_path, monkeypat
     outputs = {}
     results = {}
     _Garbage.parent = os.getpid()
-    choose = benchmark.concurrent_runs
+    choose = runs.concurrent_runs
 
     def garbage_then_choose(*args):  # garbage made just before the workers fork
         _Garbage(tmp_path / "destroyed")  # unreachable at once; freed only by a gc pass
         return choose(*args)
 
-    monkeypatch.setattr(benchmark, "concurrent_runs", garbage_then_choose)
+    monkeypatch.setattr(runs, "concurrent_runs", garbage_then_choose)
     for jobs in (1, 2):
         lines: list[str] = []
         results[jobs] = run_benchmark(BenchmarkConfig(

@@ -247,7 +247,8 @@ def test_a_resumed_run_keeps_its_trained_encoders(tmp_path, monkeypatch):
 
 
 def test_dataset_default_options_apply_only_to_methods_that_have_them():
-    from dmrnet.benchmark import BenchmarkConfig, _check_options, apply_dataset_defaults
+    from dmrnet.benchmark import BenchmarkConfig, apply_dataset_defaults
+    from dmrnet.benchmark.config import _check_options
     plain = apply_dataset_defaults(BenchmarkConfig(out="-", dataset="rgbd-shapes",
                                                    methods=["baseline", "tutored"]))
     assert plain.options == {}

@@ -15,10 +15,6 @@ from dmrnet.methods.base import (
     ModelConfig,
     Objective,
     ObjectivePart,
-    RunRecord,
-    Scores,
-    Stage,
-    StageResult,
     TrainingContext,
     build_method,
     checkpoint_network,
@@ -33,6 +29,7 @@ from dmrnet.methods.base import (
     upgrade_settings,
 )
 from dmrnet.methods.boosters import BOOSTERS, Booster, compose_options, register_booster
+from dmrnet.records import RunRecord, Scores, Stage, StageResult
 
 __all__ = [
     "BOOSTERS",

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dmrnet.methods.base import Stage, StageResult, drop_settings, register_method
+from dmrnet.methods.base import drop_settings, register_method
 from dmrnet.methods.dmrnet import DMRNetFamily
 from dmrnet.metrics import summarize
+from dmrnet.records import Stage, StageResult
 from dmrnet.subsets import SubsetSpace
 
 

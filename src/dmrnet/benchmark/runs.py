@@ -1,79 +1,71 @@
-"""Methods x seeds orchestration: train, select on validation, test every subset, write results.
-
-``run_benchmark`` trains each method for each seed with Lightning, picks the checkpoint with the
-best validation mean-over-subsets metric, evaluates every non-empty subset on the test split and
-writes ``results.json``, ``results.csv``, ``report.md`` and ``per_subset.png`` (see
-:mod:`dmrnet.report`). A method's run is its stages in order (most methods have one; see
-:class:`dmrnet.methods.Method`); the glue names no method.
-"""
+"""Running a benchmark: methods x seeds x stages, each stage trained, selected on validation and
+tested on every subset; runs side by side; resuming with new runs; the results written."""
 
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import logging
-import math
 import multiprocessing
-import numbers
 import os
 import shutil
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
-from dmrnet.comparison import (
-    MIN_SEEDS,
-    default_seed_count,
-    difference,
-    reducer,
-    shared_test_noise,
+from dmrnet.benchmark.config import (
+    RESUME_FREE,
+    BenchmarkConfig,
+    BenchmarkError,
+    apply_dataset_defaults,
+    check_config,
+    check_types,
+    method_settings,
+    scale_epochs,
+    set_dotted,
+    steps_per_epoch,
+    validation_interval,
+)
+from dmrnet.benchmark.statistics import (
+    SAMPLES,
+    gap_to_reference,
+    load_samples,
+    paired_comparisons,
+    roles,
+    save_samples,
+    summarize_runs,
 )
 from dmrnet.data import DATASETS
-from dmrnet.data.cache import SampleCache, check_cache_mode
+from dmrnet.data.cache import SampleCache
 from dmrnet.errors import (
-    COUNT,
-    COUNT_FROM_1,
-    FRACTION,
     DivergedError,
-    DMRNetError,
-    Rule,
     RunInterruptedError,
     first_line,
-    require,
 )
 from dmrnet.methods import (
-    METHODS,
     RunRecord,
     Stage,
     StageResult,
     get_method,
-    options_summary,
     upgrade_record,
 )
-from dmrnet.methods.base import LEGACY_OPTIM, LEGACY_OPTIONS
 from dmrnet.metrics import get_task_metric, worst_subset
-from dmrnet.optim import OptimConfig
 from dmrnet.outputs import MARKER, OutputError, RunFolder
 from dmrnet.report import format_summary, robustness_profile, write_results
 from dmrnet.runtime import (
     FLOPS_PER_THREAD,
     DeviceSetup,
-    check_logger,
-    check_precision,
     create_logger,
     free_cores,
     set_threads,
@@ -84,244 +76,13 @@ from dmrnet.runtime import (
 from dmrnet.signals import Stopped, exit_code, lightning_interrupts, stop_word
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import (
-    SELECTIONS,
     MultimodalDataModule,
     MultimodalModule,
     ValidationHistory,
     check_batch_size,
-    last_batch_of_one,
 )
 
 log = logging.getLogger("dmrnet")
-
-
-class BenchmarkError(DMRNetError):
-    """A benchmark request that cannot run as given."""
-
-
-@dataclass
-class BenchmarkConfig:
-    """What to run. ``model`` holds :class:`~dmrnet.training.MultimodalModule` keyword arguments
-    shared by every method (encoder, embed_dim, optim, ...); ``options`` the methods' own
-    options: "KEY" for every method in the run that has KEY, "METHOD.KEY" for one method."""
-
-    out: str
-    dataset: str = "mfeat"
-    root: str | None = None
-    modalities: list[str] | None = None
-    methods: list[str] = field(default_factory=lambda: ["baseline", "dmrnet"])
-    seeds: list[int] | None = None  # None = 0-4 (comparison.default_seed_count)
-    epochs: int | None = None  # None = the dataset's default (mfeat 30, rgbd-shapes 10)
-    batch_size: int | None = None  # None = the dataset's default (64; rgbd-shapes 32)
-    model: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
-    accelerator: str = "auto"
-    devices: int | str = 1
-    precision: str | None = None  # Lightning's names; None = "32-true"
-    progress: bool | None = None  # None = a progress bar when the terminal is interactive
-    overwrite: bool = False
-    keep_checkpoints: bool = True
-    logger: str = "csv"  # Lightning's CSVLogger or TensorBoardLogger, see runtime.LOGGERS
-    min_steps: int = 300  # with epochs None and no dataset default: at least this many steps
-    epochs_note: str = ""  # set by prepare() when the epochs were scaled to the data
-    cache: str = "auto"  # decoded samples in memory: auto (a budget), memory, none
-    threads: int | None = None  # CPU intra-op threads; None = chosen per run (runtime.py)
-    max_validations: int = 30  # validate every ceil(epochs / this) epochs; 0 = every epoch
-    jobs: int | None = None  # runs trained at once; None = one per free core for small models
-    select: str = "best"  # the checkpoint tested: best validation, last epoch, or smoothed
-
-
-_TEXT = ("text", (str,))
-_WHOLE = ("a whole number", (numbers.Integral,))
-_FLAG = ("true or false", (bool,))
-_MAP = ("a mapping", (Mapping,))
-_NAMES = ("a list of names, e.g. ['a', 'b']", (list, tuple))
-FIELD_TYPES: dict[str, tuple[str, tuple[type, ...], bool]] = {
-    "out": ("a folder path", (str, os.PathLike), False), "dataset": (*_TEXT, False),
-    "root": ("a folder path", (str, os.PathLike), True), "modalities": (*_NAMES, True),
-    "methods": (*_NAMES, False), "seeds": ("a list of whole numbers, e.g. [0, 1, 2]",
-                                          (list, tuple), True),
-    "epochs": (*_WHOLE, True), "batch_size": (*_WHOLE, True), "model": (*_MAP, False),
-    "options": (*_MAP, False), "dataset_kwargs": (*_MAP, False), "accelerator": (*_TEXT, False),
-    "devices": ("a whole number, a list of device indices or text such as 'auto'",
-                (numbers.Integral, str, list, tuple), False),
-    "precision": ("text such as 'bf16-mixed'", (str, numbers.Integral), True),
-    "progress": (*_FLAG, True), "overwrite": (*_FLAG, False),
-    "keep_checkpoints": (*_FLAG, False), "logger": (*_TEXT, False),
-    "min_steps": (*_WHOLE, False), "epochs_note": (*_TEXT, False), "cache": (*_TEXT, False),
-    "threads": (*_WHOLE, True), "max_validations": (*_WHOLE, False), "jobs": (*_WHOLE, True),
-    "select": (*_TEXT, False),
-}
-"""Each :class:`BenchmarkConfig` field's type: its wording, the accepted types, and whether
-None is allowed (checked first, so a string for a list or a float for a count is one line)."""
-
-
-def check_types(cfg: object) -> None:
-    """A :class:`BenchmarkError` naming the first setting of ``cfg`` (a BenchmarkConfig) whose
-    value has the wrong type: the API's callers get what the command line's parser gives."""
-    if not isinstance(cfg, BenchmarkConfig):
-        raise BenchmarkError(f"run_benchmark takes a BenchmarkConfig, not {type(cfg).__name__}"
-                             " (e.g. BenchmarkConfig(**settings))")
-    for name, (wording, types, optional) in FIELD_TYPES.items():
-        value = getattr(cfg, name)
-        if value is None and optional:
-            continue
-        bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        items = value if isinstance(value, list | tuple) and name != "devices" else []
-        if name in ("modalities", "methods"):
-            bad = bad or not all(isinstance(v, str) for v in items)
-        if name == "seeds":
-            bad = bad or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                 for v in items)
-        if bad:
-            raise BenchmarkError(f"{name} must be {wording}{' or None' if optional else ''}; "
-                                 f"got {value!r}")
-
-
-def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
-    """``cfg`` with the dataset's defaults filled in (its default options only where a method
-    in the run has them); ``model.method_kwargs`` (e.g. from a config file) counts as options
-    for every method."""
-    defaults = DATASETS.defaults(cfg.dataset)
-    model = _merge(defaults.model, cfg.model)
-    given = model.pop("method_kwargs", None) or {}
-    # a dataset's default options apply to the methods in the run that have them
-    offered = {k: v for k, v in defaults.options.items()
-               if any(m in METHODS and k in get_method(m).option_names() for m in cfg.methods)}
-    options = {**offered, **given, **cfg.options}
-    epochs = cfg.epochs if cfg.epochs is not None else defaults.epochs or 30
-    batch = cfg.batch_size if cfg.batch_size is not None else defaults.batch_size or 64
-    seeds = cfg.seeds if cfg.seeds is not None else list(range(default_seed_count()))
-    return replace(cfg, model=model, options=options, epochs=epochs, batch_size=batch,
-                   seeds=seeds)
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on ``base``; where both hold a mapping, key by key (one level)."""
-    out = dict(base)
-    for key, value in over.items():
-        old = out.get(key)
-        both = isinstance(old, Mapping) and isinstance(value, Mapping)
-        out[key] = {**old, **value} if both else value
-    return out
-
-
-def set_dotted(settings: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``settings[a][b] = value`` for the path "a.b" (mappings made as needed)."""
-    *parents, key = path.split(".")
-    target = settings
-    for part in parents:
-        target[part] = dict(target.get(part) or {})
-        target = target[part]
-    target[key] = value
-
-
-def method_settings(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
-    """The shared model settings of ``method``'s own model, with its options (those in
-    ``cfg.options`` that it has; "METHOD.KEY" entries for it win over plain "KEY" ones)."""
-    known = set(get_method(method).option_names())
-    shared = {k: v for k, v in cfg.options.items() if "." not in k and k in known}
-    own = {k.split(".", 1)[1]: v for k, v in cfg.options.items()
-           if k.startswith(method + ".")}
-    kwargs = {**shared, **own}
-    return {**cfg.model, **({"method_kwargs": kwargs} if kwargs else {}), "method": method}
-
-
-def _check_options(cfg: BenchmarkConfig) -> None:
-    """Every option names a method in the run that has it (values are checked by the
-    method when its models are built)."""
-    for key in cfg.options:
-        method, _, name = key.rpartition(".")
-        if method:
-            if method not in cfg.methods:
-                raise BenchmarkError(f"option {key!r} is for method {method!r}, which is not "
-                                     f"in this run ({', '.join(cfg.methods)})")
-            if name not in get_method(method).option_names():
-                raise BenchmarkError(f"method {method!r} has no option {name!r}; its "
-                                     f"options: {get_method(method).option_names() or 'none'}")
-        elif not any(key in get_method(m).option_names() for m in cfg.methods):
-            raise BenchmarkError(f"no method in this run ({', '.join(cfg.methods)}) has option "
-                                 f"{key!r}. {options_summary()}")
-
-
-def _check_config(cfg: BenchmarkConfig) -> None:
-    DATASETS.get(cfg.dataset)
-    if not cfg.methods:
-        raise BenchmarkError("no method given; choose from " + ", ".join(METHODS.names()))
-    unknown = [m for m in cfg.methods if m not in METHODS]
-    if unknown:
-        raise BenchmarkError(f"unknown method {unknown[0]!r}; choose from {METHODS.names()}")
-    if len(set(cfg.methods)) != len(cfg.methods):
-        raise BenchmarkError(f"a method is listed twice: {cfg.methods}")
-    for what, items in (("seed", cfg.seeds or []), ("modality", cfg.modalities or [])):
-        twice = next((v for v in items if list(items).count(v) > 1), None)
-        if twice is not None:  # a seed twice would count one run as two in every statistic
-            raise BenchmarkError(f"{what} {twice!r} is listed twice in {list(items)}; list "
-                                 "each once")
-    if not cfg.seeds:
-        raise BenchmarkError("no seed given, e.g. --seeds 0,1,2")
-    check_cache_mode(cfg.cache)
-    if cfg.select not in SELECTIONS:
-        raise BenchmarkError(f"--select {cfg.select!r} is not one of {', '.join(SELECTIONS)}")
-    if cfg.epochs < 1:
-        raise BenchmarkError(f"epochs must be at least 1; got {cfg.epochs}")
-    _check_numbers(cfg)
-    check_precision(cfg.precision)
-    check_logger(cfg.logger)
-    what = (f"accelerator {cfg.accelerator!r}, devices {cfg.devices!r}, precision "
-            f"{cfg.precision or '32-true'!r}")
-    try:  # Lightning's own checks of accelerator x devices x precision, before any work
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            probe = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices,
-                              precision=cfg.precision, logger=False, enable_checkpointing=False,
-                              enable_progress_bar=False, enable_model_summary=False)
-    except (ValueError, RuntimeError, MisconfigurationException) as err:
-        raise BenchmarkError(f"{what}: {first_line(err)}") from err
-    if cfg.precision is not None and probe.precision != cfg.precision:
-        device = probe.strategy.root_device.type
-        raise BenchmarkError(f"{what}: {cfg.precision} does not run on {device} (Lightning "
-                             f"would silently use {probe.precision}); pass --precision "
-                             f"{probe.precision}")
-    known = set(inspect.signature(MultimodalModule.__init__).parameters) - {
-        "self", "modalities", "input_shapes", "num_classes", "class_names", "preprocessing",
-        "method", "method_kwargs"}
-    unknown = sorted(set(cfg.model) - known)
-    if unknown:
-        hint = (" (choose methods with --methods)" if unknown[0] == "method" else
-                " (method options go in --option or 'options:')"
-                if unknown[0] in LEGACY_OPTIONS else
-                " (optimisation settings go under optim, e.g. --set optim.lr=0.01)"
-                if unknown[0] in LEGACY_OPTIM else
-                " (data settings go in dataset_kwargs of a --config file)")
-        raise BenchmarkError(f"{unknown[0]!r} is not a model setting; model settings: "
-                             f"{sorted(known)}{hint}")
-    OptimConfig.of(cfg.model.get("optim"))
-    _check_options(cfg)
-
-
-NUMBER_RULES: dict[str, Rule] = {"embed_dim": COUNT_FROM_1, "label_smoothing": FRACTION}
-"""Ranges of the numeric shared model settings, checked before any work (the optimisation's
-and the methods' own options check themselves)."""
-
-
-def _check_numbers(cfg: BenchmarkConfig) -> None:
-    bad_seeds = [s for s in cfg.seeds or [] if not isinstance(s, int) or not 0 <= s < 2**32]
-    if bad_seeds:  # numpy's and the data splits' seeds are 32-bit
-        raise BenchmarkError(f"seeds must be whole numbers from 0 to {2**32 - 1}; got "
-                             f"{bad_seeds[0]!r}")
-    if not isinstance(cfg.min_steps, int) or isinstance(cfg.min_steps, bool) or cfg.min_steps < 0:
-        raise BenchmarkError(f"min_steps must be a whole number >= 0; got {cfg.min_steps!r}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise BenchmarkError(f"batch size must be at least 1; got {cfg.batch_size}")
-    for key, rule in (("max_validations", COUNT), ("threads", COUNT_FROM_1),
-                      ("jobs", COUNT_FROM_1)):
-        if getattr(cfg, key) is not None:
-            require(key.replace("_", "-"), getattr(cfg, key), rule, BenchmarkError)
-    for key, rule in NUMBER_RULES.items():
-        if cfg.model.get(key) is not None:
-            require(key, cfg.model[key], rule, BenchmarkError)
 
 
 def quiet_lightning() -> None:
@@ -493,16 +254,6 @@ def _fit_and_test(
     return module, train_seconds, eval_seconds, best_epoch, device.threads
 
 
-def validation_interval(cfg: BenchmarkConfig) -> int:
-    """Epochs between validations: every epoch up to ``cfg.max_validations`` epochs, then
-    every k-th epoch so that a run validates at most that many times (a 300-epoch run of
-    one-step epochs validates 30 times, not 300). The checkpoint is still the best validated
-    epoch; the last epoch is validated when k divides the epochs."""
-    if not cfg.max_validations or cfg.epochs is None:
-        return 1
-    return max(1, math.ceil(cfg.epochs / cfg.max_validations))
-
-
 def run_benchmark(
     cfg: BenchmarkConfig, echo: Callable[[str], None] = print,
     previous: dict[str, Any] | None = None,
@@ -534,10 +285,6 @@ REGENERATED = ("results.json", "results.csv", "report.md", "analysis.json", "ana
                "*.png")
 """The files a benchmark writes from all its runs at the end: written anew, not carried over,
 when runs are added (:func:`resume_benchmark`)."""
-
-RESUME_FREE = {"seeds", "methods", "out", "overwrite", "progress", "jobs", "threads", "cache"}
-"""Settings that ``--resume`` may take other values of: the runs to add, and how fast they run;
-every other setting is the finished run's."""
 
 
 def resume_benchmark(out: str, given: Mapping[str, Any],
@@ -619,37 +366,12 @@ def prepare(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
     DATASETS.get(cfg.dataset)
     chosen = cfg.epochs is not None or DATASETS.defaults(cfg.dataset).epochs is not None
     cfg = apply_dataset_defaults(cfg)
-    _check_config(cfg)
+    check_config(cfg)
     first = data if data is not None else _data_module(cfg, cfg.seeds[0])
     if not chosen:
         cfg = scale_epochs(cfg, first)
     _check_models(cfg, first)  # and every model's settings (e.g. a method's --option)
     return cfg, first
-
-
-def steps_per_epoch(cfg: BenchmarkConfig, data: MultimodalDataModule) -> int:
-    """Optimiser steps in one training epoch of ``data`` (per process with several devices)."""
-    devices = cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1
-    per_process = math.ceil(len(data.data.train) / devices)
-    batch = int(cfg.batch_size or 1)
-    steps = math.ceil(per_process / batch)  # less a last batch of one, which is left out
-    return max(1, steps - last_batch_of_one(len(data.data.train), batch, devices))
-
-
-def scale_epochs(cfg: BenchmarkConfig, data: MultimodalDataModule) -> BenchmarkConfig:
-    """``cfg`` with enough epochs for ``cfg.min_steps`` optimiser steps per run: a small
-    training split (30 samples at batch 64 is one step per epoch) would otherwise get a few
-    dozen steps. Used only where neither the user nor the dataset chose the epochs."""
-    per_epoch = steps_per_epoch(cfg, data)
-    assert cfg.epochs is not None
-    need = math.ceil(cfg.min_steps / per_epoch)
-    if need <= cfg.epochs:
-        return cfg
-    note = (f"{len(data.data.train)} training samples make {per_epoch} optimiser step(s) per "
-            f"epoch at batch {cfg.batch_size}: training {need} epochs instead of "
-            f"{cfg.epochs}, so that every run takes at least {cfg.min_steps} steps (--epochs N "
-            "to choose)")
-    return replace(cfg, epochs=need, epochs_note=note)
 
 
 def output_folder(cfg: BenchmarkConfig, data: MultimodalDataModule | None = None
@@ -796,9 +518,9 @@ def _run_all(cfg: BenchmarkConfig, out: Path, echo: Callable[[str], None],
         "failed_runs": failed,
         "summary": summarize_runs(runs, metric.higher_is_better),
         "comparisons": paired_comparisons(runs, metric.higher_is_better, samples, metric.value),
-        "gap_to_reference": gap_to_reference(runs, metric.higher_is_better, _roles(cfg),
+        "gap_to_reference": gap_to_reference(runs, metric.higher_is_better, roles(cfg),
                                              samples, metric.value),
-        "roles": _roles(cfg),
+        "roles": roles(cfg),
         "config": asdict(cfg),
         "data": info,  # the last seed's; every seed's (its split) in data_per_seed
         "data_per_seed": per_seed,
@@ -912,185 +634,3 @@ def _attempt(cfg: BenchmarkConfig, out: Path, method: str, seed: int,
                            statistics, shown).to_dict()
     except DivergedError as err:
         return {"method": method, "seed": seed, "failed": str(err)}
-
-
-SAMPLES = "test_samples"
-"""The benchmark's folder of each run's per-sample test statistics (``METHOD-seedN.npz``)."""
-
-
-def save_samples(path: Path, samples: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-    """One run's test samples (:data:`dmrnet.comparison.Samples`) as ``path`` (.npz)."""
-    if not samples:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"subsets": np.array(list(samples))}
-    for i, s in enumerate(samples.values()):
-        arrays[f"ids{i}"], arrays[f"rows{i}"] = s["ids"], s["rows"]
-    np.savez_compressed(path, **arrays)
-
-
-def load_samples(out: Path, runs: Sequence[Mapping[str, Any]]
-                 ) -> dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]:
-    """(method, seed) -> that run's test samples, for the runs whose file is in ``out``."""
-    found = {}
-    for r in runs:
-        path = out / SAMPLES / f"{r['method']}-seed{r['seed']}.npz"
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                found[(r["method"], r["seed"])] = {
-                    str(name): {"ids": z[f"ids{i}"], "rows": z[f"rows{i}"]}
-                    for i, name in enumerate(z["subsets"])}
-    return found
-
-
-def _shared_noise(samples: Mapping[tuple[str, int], Any] | None, value: Any, a: str, b: str,
-                  seeds: Sequence[int], key: str, higher_is_better: bool,
-                  cache: dict[int, Any] | None = None) -> float | None:
-    """The test-sample variance of a - b on ``key`` that ``seeds`` share (None: no samples
-    recorded; see :func:`dmrnet.comparison.shared_test_noise`)."""
-    if samples is None or value is None:
-        return None
-    pairs = [(samples.get((a, s)), samples.get((b, s))) for s in seeds]
-    if any(x is None or y is None for x, y in pairs):
-        return None
-    if key not in ("mean", "worst"):  # one subset: its samples alone
-        pairs = [({key: x[key]} if key in x else {}, {key: y[key]} if key in y else {})
-                 for x, y in pairs]  # type: ignore[index]
-        cache = None  # the pairs are new objects
-    return shared_test_noise(pairs, value, reducer(key, higher_is_better),  # type: ignore[arg-type]
-                             cache=cache)
-
-
-def paired_comparisons(
-    runs: Sequence[dict[str, Any]], higher_is_better: bool,
-    samples: Mapping[tuple[str, int], Any] | None = None, value: Any = None,
-) -> list[dict[str, Any]]:
-    """Every method pair compared seed by seed, on the mean over subsets and the worst subset.
-
-    The interval of a - b accounts for seed noise and, where each run's test samples were
-    recorded (``samples``, and the task metric's ``value``), test-sample noise
-    (:func:`dmrnet.comparison.difference`); a verdict names a winner only with at least 2
-    seeds and an interval that excludes 0. ``resolution`` is the interval's half-width: a
-    smaller difference cannot be told from noise with these seeds and test samples.
-    """
-    by = {}
-    for r in runs:
-        by.setdefault(r["method"], {})[r["seed"]] = r
-    methods = list(by)
-    out = []
-    cache: dict[int, Any] = {}  # each run's test-sample draws, made once
-    for i, a in enumerate(methods):
-        for b in methods[i + 1 :]:
-            seeds = sorted(set(by[a]) & set(by[b]))
-            if not seeds:
-                continue
-            for key in ("mean", "worst"):
-                shared = _shared_noise(samples, value, a, b, seeds, key, higher_is_better,
-                                       cache)
-                d = difference([by[a][s][key] for s in seeds], [by[b][s][key] for s in seeds],
-                               shared)
-                better = d.diff > 0 if higher_is_better else d.diff < 0
-                verdict = (f"{a if better else b} better" if d.clear else
-                           f"too few seeds (< {MIN_SEEDS})" if d.seeds < MIN_SEEDS
-                           else "no clear difference")
-                out.append({"a": a, "b": b, "on": key, "seeds": d.seeds, "diff": d.diff,
-                            "diff_std": d.seed_sd, "test_se": d.test_sd,
-                            "ci95": [d.lo, d.hi], "resolution": (d.hi - d.lo) / 2,
-                            "noise": "seeds and test samples" if shared is not None
-                            else "seeds only (test samples not recorded)",
-                            "verdict": verdict})
-    return out
-
-
-def _roles(cfg: BenchmarkConfig) -> dict[str, str]:
-    """role -> the run's method with it (see ``Method.role``)."""
-    return {get_method(m).role: m for m in cfg.methods if get_method(m).role}
-
-
-def gap_to_reference(runs: Sequence[dict[str, Any]], higher_is_better: bool,
-                     roles: Mapping[str, str],
-                     samples: Mapping[tuple[str, int], Any] | None = None,
-                     value: Any = None) -> dict[str, Any] | None:
-    """How far each method is from the reference (the method whose role is "reference") per
-    subset, and how much of the baseline's gap it closes. None without a reference in the run.
-
-    Per subset and method: ``gap`` = reference - method (method - reference where lower is
-    better), averaged over the seeds both ran; ``closed`` = (baseline gap - method gap) /
-    baseline gap where the baseline's gap is > 0 (1 = as good as the reference, 0 = no better
-    than the baseline, < 0 = worse). ``behind`` lists the subsets where the reference beats
-    the baseline beyond seed and test-sample noise (the interval of
-    :func:`dmrnet.comparison.difference` excludes 0). ``closed_behind`` averages ``closed``
-    over them: the fraction of the baseline's gap a method closes where there is one.
-    """
-    ref = roles.get("reference")
-    if ref is None:
-        return None
-    base = roles.get("baseline")
-    sign = 1.0 if higher_is_better else -1.0
-    by: dict[str, dict[int, dict[str, float]]] = {}
-    for r in runs:
-        by.setdefault(r["method"], {})[r["seed"]] = r["per_subset"]
-    if ref not in by:
-        return None
-    subsets = list(next(iter(by[ref].values())))
-
-    def common(method: str) -> list[int]:
-        return sorted(set(by[ref]) & set(by[method]))
-
-    def gaps(method: str, subset: str) -> np.ndarray:
-        return np.array([sign * (by[ref][s][subset] - by[method][s][subset])
-                         for s in common(method)])
-
-    behind: list[str] = []
-    if base is not None and base in by:
-        seeds = common(base)
-        for subset in subsets:
-            shared = _shared_noise(samples, value, ref, base, seeds, subset, higher_is_better)
-            d = difference([sign * by[ref][s][subset] for s in seeds],
-                           [sign * by[base][s][subset] for s in seeds], shared)
-            if d.clear and d.diff > 0:
-                behind.append(subset)
-    base_gap = ({s: float(gaps(base, s).mean()) for s in subsets}
-                if base is not None and base in by else {})
-    per_method: dict[str, Any] = {}
-    for method in by:
-        if method == ref:
-            continue
-        cells = {}
-        for subset in subsets:
-            g = float(gaps(method, subset).mean())
-            bg = base_gap.get(subset)
-            closed = (bg - g) / bg if bg is not None and bg > 0 else None
-            cells[subset] = {"gap": g, "closed": closed}
-        closed_behind = [cells[s]["closed"] for s in behind]
-        per_method[method] = {
-            "per_subset": cells,
-            "closed_behind": float(np.mean(closed_behind)) if closed_behind else None,
-            "mean_gap": float(np.mean([c["gap"] for c in cells.values()])),
-        }
-    return {"reference": ref, "baseline": base, "behind": behind, "per_method": per_method}
-
-
-def summarize_runs(runs: Sequence[dict[str, Any]], higher_is_better: bool) -> dict[str, Any]:
-    """Per method: mean and std over seeds of the mean-over-subsets and worst-subset metric,
-    and each subset's mean over seeds."""
-
-    out: dict[str, Any] = {}
-    for method in dict.fromkeys(r["method"] for r in runs):
-        rs = [r for r in runs if r["method"] == method]
-        means = np.array([r["mean"] for r in rs])
-        worsts = np.array([r["worst"] for r in rs])
-        subsets = list(rs[0]["per_subset"])
-        per_subset = {s: float(np.mean([r["per_subset"][s] for r in rs])) for s in subsets}
-        per_subset_std = {s: float(np.std([r["per_subset"][s] for r in rs])) for s in subsets}
-        out[method] = {
-            "mean": float(means.mean()),
-            "mean_std": float(means.std()),
-            "worst": float(worsts.mean()),
-            "worst_std": float(worsts.std()),
-            "seeds": len(rs),
-            "per_subset": per_subset,
-            "per_subset_std": per_subset_std,
-            "train_seconds": float(np.mean([r["train_seconds"] for r in rs])),
-        }
-    return out
