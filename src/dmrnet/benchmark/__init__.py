@@ -9,7 +9,7 @@ writes ``results.json``, ``results.csv``, ``report.md`` and ``per_subset.png`` (
 One module per job: :mod:`~dmrnet.benchmark.config` (what to run, its checks and the dataset's
 defaults), :mod:`~dmrnet.benchmark.runs` (training and testing the stages of every run, side by
 side where that helps, resuming, writing) and :mod:`~dmrnet.benchmark.statistics` (summaries,
-paired comparisons, the gap to dedicated models).
+paired comparisons, the gap to the reference method).
 """
 
 from dmrnet.benchmark.config import (

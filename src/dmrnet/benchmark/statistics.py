@@ -1,5 +1,5 @@
 """A benchmark's statistics: per-method summaries, paired comparisons with seed and test-sample
-noise, the gap to dedicated models, and the per-sample test statistics they read."""
+noise, the gap to the reference method, and the per-sample test statistics they read."""
 
 from __future__ import annotations
 
