@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dmrnet.cli import main
 
@@ -60,6 +61,10 @@ def test_casia_surf_fit_and_test_reports_iso_rates(tmp_path):
             assert 0.0 <= m[f"test/{subset}/{key}"] <= 1.0
         assert m[f"test/{subset}/acer"] == pytest.approx(
             (m[f"test/{subset}/apcer"] + m[f"test/{subset}/bpcer"]) / 2, abs=1e-6)
+    # the smoke config names neither: the dataset's metric, selected in its direction
+    saved = yaml.safe_load((tmp_path / "run" / "lightning_logs" / "version_0" /
+                            "config.yaml").read_text())
+    assert saved["model"]["metric"] == "acer" and saved["checkpoint"]["mode"] == "min"
     # the worst subset is the one with the highest ACER (lower is better)
     assert m["test/worst"] == pytest.approx(max(m[f"test/{s}/acer"] for s in (
         "rgb", "depth", "ir", "rgb+depth", "rgb+ir", "depth+ir", "rgb+depth+ir")))

@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from dmrnet.data import DatasetDefaults
 from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
 from dmrnet.methods import METHODS, get_method
+from dmrnet.metrics import selection_mode
 from dmrnet.report import subset_table
 from dmrnet.runtime import DeviceSetup, create_logger
 from dmrnet.training import MultimodalDataModule, MultimodalModule
@@ -250,7 +251,7 @@ class DMRNetCLI(LightningCLI):
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/mean",
-                "checkpoint.mode": "max",
+                "checkpoint.mode": "auto",
                 "checkpoint.filename": "best-{epoch}",
                 "checkpoint.save_last": True,
             }
@@ -267,7 +268,10 @@ class DMRNetCLI(LightningCLI):
         key by key, as the benchmark applies them."""
         defaults = self.dataset_defaults
         cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else None
-        if defaults is None or cfg is None or cfg.get("model") is None:
+        if cfg is None or cfg.get("model") is None:
+            return
+        self._resolve_mode(cfg)
+        if defaults is None:
             return
         model = cfg.model
         for key, value in defaults.model.items():
@@ -281,6 +285,14 @@ class DMRNetCLI(LightningCLI):
             offered = {k: v for k, v in defaults.options.items() if k in known}
             if any(k not in given for k in offered):
                 model["method_kwargs"] = {**offered, **given}
+
+
+    def _resolve_mode(self, cfg: Any) -> None:
+        """``checkpoint.mode: auto`` (the default) selects in the task metric's direction, as
+        the benchmark does: the lowest ACER, the highest accuracy or mIoU."""
+        checkpoint = cfg.get("checkpoint")
+        if checkpoint is not None and checkpoint.get("mode") == "auto":
+            checkpoint["mode"] = selection_mode(cfg.model.get("metric") or "accuracy")
 
 
 def dataset_parser_defaults(defaults: DatasetDefaults | None) -> dict[str, Any]:

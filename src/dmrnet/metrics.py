@@ -173,6 +173,12 @@ def get_task_metric(name: str) -> TaskMetric:
     return TASK_METRICS[name]
 
 
+def selection_mode(metric: str) -> str:
+    """The checkpoint selection's direction for a task metric: "max" where higher is better
+    (accuracy, mIoU), "min" where lower is (ACER)."""
+    return "max" if get_task_metric(metric).higher_is_better else "min"
+
+
 class PerSubsetMetric(nn.Module):
     """Fans one metric out over subsets (distributed-safe: each is a torchmetrics Metric).
 

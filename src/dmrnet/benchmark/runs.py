@@ -60,7 +60,7 @@ from dmrnet.methods import (
     get_method,
     upgrade_record,
 )
-from dmrnet.metrics import get_task_metric, worst_subset
+from dmrnet.metrics import get_task_metric, selection_mode, worst_subset
 from dmrnet.outputs import MARKER, OutputError, RunFolder
 from dmrnet.report import format_summary, robustness_profile, write_results
 from dmrnet.runtime import (
@@ -200,7 +200,7 @@ def _fit_and_test(
     L.seed_everything(seed, workers=True, verbose=False)
     module = _module(data, module_kwargs)
     ckpt_dir = out / "checkpoints" / run_name
-    mode = "max" if module.task_metric.higher_is_better else "min"
+    mode = selection_mode(module.task_metric.name)
     # the weights, settings and choices (export, analysis and later stages read them), not
     # the optimiser's state: a third of the bytes, written at every improvement
     interval = validation_interval(cfg)
