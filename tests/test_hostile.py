@@ -1449,6 +1449,32 @@ def fit_root_under_file(w: World) -> None:
               "Not a directory|File exists")
 
 
+@case(SETTINGS, "a plugin's method that lists a booster nobody registered", "dmrnet benchmark",
+      "error", "plugin .* failed while loading: RegistryError: unknown booster 'nope'; "
+      "available: \\[.*\\(.*line 4\\)")
+def plugin_unknown_booster(w: World) -> None:
+    plugin = w.cwd / "mine.py"
+    plugin.write_text("import dmrnet\nfrom dmrnet.methods.dmrnet import Baseline\n\n"
+                      "class Mine(Baseline):\n    name = 'mine'\n"
+                      "    boosters = (*Baseline.boosters, 'nope')\n")
+    w.monkeypatch.setattr(sys, "dont_write_bytecode", True)  # Python's own cache is not ours
+    w.refuses([*BENCH, "--plugin", str(plugin), "--methods", "mine"],
+              "plugin .* failed while loading: RegistryError: unknown booster 'nope'; "
+              "available: \\[.*\\(mine.py, line 4\\)")
+
+
+@case(SETTINGS, "a fit config whose `plugins:` is not a list of files, and `--plugins` given on "
+      "the command line", "dmrnet fit", "error",
+      "plugins in .* must be a list of .py files or module names / --plugins is a config "
+      "file's key; on the command line give --plugin FILE.py")
+def fit_plugins_not_a_list(w: World) -> None:
+    config = w.cwd / "fit.yaml"
+    config.write_text("plugins: 5\ndata: {dataset: mfeat}\n")
+    w.refuses(["fit", "--config", str(config)], "plugins in .* must be a list of .py files")
+    w.refuses(["fit", "--config", CONFIG, "--plugins", "x.py"],
+              "--plugins is a config file's key; on the command line give --plugin FILE.py")
+
+
 refer(SETTINGS, "`--set 'subset_weights={weak: 4, medium+weak: 4}'` (other subsets unnamed), "
       "with `dedicated` in the same run", "dmrnet benchmark", "warns",
       "subsets ... get weight 0; '*': w sets them (and `dedicated` runs)",
