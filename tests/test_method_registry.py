@@ -4,6 +4,7 @@ network keeps the one forward contract; the glue names no method."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from dmrnet.methods import (
 )
 from dmrnet.models import ModelOutput, MultimodalNetwork
 from dmrnet.subsets import SubsetSpace
+from dmrnet.training import MODULE_SETTINGS, MultimodalModule
 
 from .conftest import random_batch
 
@@ -220,3 +222,10 @@ def test_the_glue_names_no_method_internals():
         text = (ROOT / "src" / "dmrnet" / file).read_text()
         found = [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)]
         assert not found, f"{file} spells a method's internals on lines {found}"
+
+
+def test_the_module_settings_are_its_signature():
+    """The glue knows MultimodalModule's arguments from MODULE_SETTINGS, not by introspection;
+    this keeps the two in step."""
+    params = set(inspect.signature(MultimodalModule.__init__).parameters) - {"self"}
+    assert set(MODULE_SETTINGS) == params and len(MODULE_SETTINGS) == len(params)

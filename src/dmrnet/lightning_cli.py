@@ -241,8 +241,7 @@ class DMRNetCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in ("modalities", "input_shapes", "num_classes", "class_names", "class_weights",
-                    "preprocessing"):
+        for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # TF32 on CUDA, CPU threads sized to the model: --device.matmul_precision highest,

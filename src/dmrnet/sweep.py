@@ -9,7 +9,6 @@ model setting (``embed_dim``, ``optim.lr``). Every value is checked before any t
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,13 +27,13 @@ from dmrnet.benchmark import (
 from dmrnet.errors import RunInterruptedError
 from dmrnet.report import to_json
 from dmrnet.signals import exit_code, stop_word
-from dmrnet.training import MultimodalModule
+from dmrnet.training import MODULE_SETTINGS
 
 
 def is_model_setting(key: str) -> bool:
     """Whether ``key`` (maybe dotted, e.g. "optim.lr") names a shared model setting rather
     than a method option."""
-    return key.split(".", 1)[0] in inspect.signature(MultimodalModule.__init__).parameters
+    return key.split(".", 1)[0] in MODULE_SETTINGS
 
 
 def with_value(cfg: BenchmarkConfig, key: str, value: Any) -> BenchmarkConfig:

@@ -298,6 +298,12 @@ class MultimodalDataModule(L.LightningDataModule):
         return self._loader(self.data.test, train=False)
 
 
+MODULE_SETTINGS: tuple[str, ...] = (*ModelConfig.names(), "subset_weights", "metric", "optim",
+                                    "channels_last", "class_names", "preprocessing")
+"""The arguments of :class:`MultimodalModule`: the model config's fields and the training
+settings (``tests/test_method_registry.py`` checks they are its signature's)."""
+
+
 class MultimodalModule(L.LightningModule):
     """Any registered method (``method=``) trained with the missing-modality protocol.
 

@@ -3,7 +3,6 @@ the dataset's defaults and epochs applied to it."""
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import os
@@ -41,9 +40,9 @@ from dmrnet.runtime import (
     check_precision,
 )
 from dmrnet.training import (
+    MODULE_SETTINGS,
     SELECTIONS,
     MultimodalDataModule,
-    MultimodalModule,
     last_batch_of_one,
 )
 
@@ -237,9 +236,8 @@ def check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"{what}: {cfg.precision} does not run on {device} (Lightning "
                              f"would silently use {probe.precision}); pass --precision "
                              f"{probe.precision}")
-    known = set(inspect.signature(MultimodalModule.__init__).parameters) - {
-        "self", "modalities", "input_shapes", "num_classes", "class_names", "preprocessing",
-        "method", "method_kwargs"}
+    known = set(MODULE_SETTINGS) - {"modalities", "input_shapes", "num_classes", "class_names",
+                                    "preprocessing", "method", "method_kwargs"}
     unknown = sorted(set(cfg.model) - known)
     if unknown:
         hint = (" (choose methods with --methods)" if unknown[0] == "method" else
