@@ -232,3 +232,21 @@ def test_options_are_composed_from_groups_and_boosters_and_read_by_type():
     with pytest.raises(ConfigError, match="no option 'alhpa' to give a default"):
         compose_options("Typo", [KLOptions], {"alhpa": 1.0})
     assert get_method("dmrnet_authors").options({}).hcr_reduction == "authors"  # a preset
+
+
+def test_a_member_with_a_plain_options_dataclass_reads_its_groups_and_boosters_off():
+    """A family member may give its own ``Options`` dataclass instead of composed ones: the
+    family and the boosters read a group from it where it is one, their defaults otherwise."""
+    from dmrnet.methods import ModelConfig
+    from dmrnet.methods.dmrnet import DMRNetFamily, KLOptions
+
+    class Plain(DMRNetFamily):  # not registered: built directly
+        name = "plain_member"
+        Options = KLOptions
+
+    config = ModelConfig(method="plain_member", modalities=["a", "b"],
+                         input_shapes={"a": (4,), "b": (3,)}, num_classes=3,
+                         method_kwargs={"alpha": 0.5})
+    network, objective = Plain().build(config)
+    assert objective.kl.weight == 0.5 and objective.part_names == ["kl"]
+    assert network.unimodal is None  # the heads booster reads its defaults: off

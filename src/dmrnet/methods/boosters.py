@@ -86,6 +86,14 @@ def compose_options(name: str, groups: Sequence[type], defaults: Mapping[str, An
                                       namespace={"__post_init__": post_init})
 
 
+def group_of(options: object, cls: type[G]) -> G | None:
+    """The options of group ``cls`` within a method's ``options``: from composed options,
+    the group; from a plain options dataclass, itself if it is one; else None."""
+    if isinstance(options, ComposedOptions):
+        return options.group(cls)
+    return options if isinstance(options, cls) else None
+
+
 @dataclasses.dataclass
 class NoOptions:
     """A booster or a method without options of its own."""
@@ -103,7 +111,7 @@ class Booster:
 
     def read(self, options: Any) -> Any:
         """This booster's own typed options within a method's composed ``options``."""
-        own = options.group(self.Options) if isinstance(options, ComposedOptions) else None
+        own = group_of(options, self.Options)
         return own if own is not None else self.Options()
 
     def check(self, options: Any, config: ModelConfig) -> None:

@@ -22,7 +22,13 @@ from dmrnet.methods.base import (
     TrainingContext,
     register_method,
 )
-from dmrnet.methods.boosters import BOOSTERS, Booster, compose_options, register_booster
+from dmrnet.methods.boosters import (
+    BOOSTERS,
+    Booster,
+    compose_options,
+    group_of,
+    register_booster,
+)
 from dmrnet.methods.heads import UnimodalHeads
 from dmrnet.methods.modulation import OGM
 from dmrnet.methods.objectives import (
@@ -194,7 +200,7 @@ class DMRNetFamily(Method):
                   spatial: str = "sum") -> MultimodalObjective:
         """The boosters' parts, then alpha * KL and beta * HCR where the member has them."""
         parts = [p for b in self.booster_units() for p in b.parts(options, config, names)]
-        kl_opts, hcr_opts = options.group(KLOptions), options.group(HCROptions)
+        kl_opts, hcr_opts = group_of(options, KLOptions), group_of(options, HCROptions)
         if self.variance:
             parts.append(KLRegularizer(kl_opts.alpha if kl_opts else 0.0, spatial=spatial))
         hcr = (HardCombinationRegularizer(names, hcr_opts.beta, hcr_opts.hcr_warmup_epochs,
@@ -223,7 +229,7 @@ class DMRNetFamily(Method):
             booster.check(options, config)
         network: nn.Module
         if config.architecture == "dense":
-            hcr_opts = options.group(HCROptions)
+            hcr_opts = group_of(options, HCROptions)
             beta = hcr_opts.beta if hcr_opts is not None else 0.0
             network = dense_network(config, self.variance, self.sample, beta)
             objective = self.objective(config, network.space.names, options, spatial="mean")
@@ -439,7 +445,7 @@ class LossRescale(DMRNetFamily):
     groups = (RescaleOptions,)
 
     def fixed_rescale(self, options: Any, names: list[str]) -> HardCombinationRegularizer | None:
-        own = options.group(RescaleOptions)
+        own = group_of(options, RescaleOptions)
         if own.beta == 0:
             return None
         return HardCombinationRegularizer(names, own.beta, own.hcr_warmup_epochs,

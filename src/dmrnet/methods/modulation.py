@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from dmrnet.errors import COUNT, NON_NEGATIVE, ConfigError, require
 from dmrnet.methods.base import ModelConfig, ObjectivePart, Reduce, TermContext
-from dmrnet.methods.boosters import Booster, dense_unsupported, register_booster
+from dmrnet.methods.boosters import Booster, dense_unsupported, group_of, register_booster
 from dmrnet.methods.heads import HeadsOptions
 from dmrnet.methods.objectives import unimodal_loss
 from dmrnet.methods.teachers import modality_encoder
@@ -182,7 +182,7 @@ class OGM(Booster):
     Options = OGMOptions
 
     def _heads_trained(self, options: Any) -> bool:
-        heads = options.group(HeadsOptions) if hasattr(options, "group") else None
+        heads = group_of(options, HeadsOptions)
         return heads is not None and heads.unimodal_weight > 0
 
     def check(self, options: Any, config: ModelConfig) -> None:
