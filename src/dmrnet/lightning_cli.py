@@ -22,7 +22,13 @@ from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
 from dmrnet.methods import METHODS, get_method
 from dmrnet.metrics import selection_mode
 from dmrnet.report import subset_table
-from dmrnet.runtime import DeviceSetup, create_logger
+from dmrnet.runtime import (
+    FIT_CHECKPOINTS,
+    SELECTED_ON,
+    TRAINER_DEFAULTS,
+    DeviceSetup,
+    create_logger,
+)
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 
@@ -70,7 +76,7 @@ class ConsoleReport(Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/")}
         cb = trainer.checkpoint_callback
-        monitor = getattr(cb, "monitor", None) or "val/mean"
+        monitor = getattr(cb, "monitor", None) or SELECTED_ON
         value = metrics.get(monitor)
         if value is not None:
             higher = getattr(cb, "mode", "max") == "max"
@@ -87,7 +93,7 @@ class ConsoleReport(Callback):
         if not trainer.is_global_zero or self.best is None:
             return
         cb = trainer.checkpoint_callback
-        monitor = getattr(cb, "monitor", None) or "val/mean"
+        monitor = getattr(cb, "monitor", None) or SELECTED_ON
         value, epoch, metrics = self.best
         path = getattr(cb, "best_model_path", "") or "(not saved)"
         print(subset_table(metrics, "val", f"validation at epoch {epoch}:"))
@@ -172,7 +178,7 @@ class DMRNetCLI(LightningCLI):
         self.dataset_defaults = dataset_defaults  # the named dataset's (read before parsing)
         kwargs.setdefault("seed_everything_default", 0)
         # progress bars on a terminal only; otherwise ConsoleReport's line per epoch
-        kwargs.setdefault("trainer_defaults", {"deterministic": True,
+        kwargs.setdefault("trainer_defaults", {**TRAINER_DEFAULTS,
                                                "enable_progress_bar": sys.stdout.isatty()})
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         self.interrupt_note = interrupt_note or InterruptNote()
@@ -247,14 +253,7 @@ class DMRNetCLI(LightningCLI):
         # TF32 on CUDA, CPU threads sized to the model: --device.matmul_precision highest,
         # --device.cpu_threads 8
         parser.add_lightning_class_args(DeviceSetup, "device")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/mean",
-                "checkpoint.mode": "auto",
-                "checkpoint.filename": "best-{epoch}",
-                "checkpoint.save_last": True,
-            }
-        )
+        parser.set_defaults(FIT_CHECKPOINTS.parser_defaults())
         parser.add_argument("--plugins", type=list[str] | None, default=None,
                             help="Python files (relative to the config file's folder) or "
                             "modules that register methods, datasets, encoders, ... (a config "

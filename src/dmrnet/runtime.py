@@ -14,16 +14,19 @@ import math
 import os
 import time
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT_STR
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.flop_counter import FlopCounterMode
 
 from dmrnet.errors import ConfigError
+from dmrnet.metrics import selection_mode
 
 log = logging.getLogger("dmrnet")
 
@@ -322,3 +325,60 @@ def user_threads_source() -> str:
 
 def _threads(n: int) -> str:
     return f"{n} CPU thread{'s' if n != 1 else ''}"
+
+
+TRAINER_DEFAULTS: dict[str, Any] = {"deterministic": True}
+"""What every dmrnet training gives Lightning's Trainer: deterministic kernels (a rerun on the
+same machine and thread count is bit-exact). ``dmrnet fit`` takes them as its CLI's defaults
+(a user's ``--trainer.*`` wins); the benchmark with its own settings (:func:`make_trainer`)."""
+
+SELECTED_ON = "val/mean"
+"""What checkpoints are selected on: the validation split's mean over subsets, never test."""
+
+
+def make_trainer(**settings: Any) -> L.Trainer:
+    """A Trainer with :data:`TRAINER_DEFAULTS` under ``settings``."""
+    return L.Trainer(**{**TRAINER_DEFAULTS, **settings})
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Which checkpoint files a training keeps; selection is the same for every training
+    (:data:`SELECTED_ON`, in the task metric's direction). ``dmrnet fit`` and a benchmark run
+    keep different files on purpose: see :data:`FIT_CHECKPOINTS` and :data:`RUN_CHECKPOINTS`.
+    """
+
+    filename: str
+    save_last: bool
+    weights_only: bool
+
+    def callback(self, dirpath: str | Path, metric: str, select: str = "best",
+                 epochs: int | None = None) -> ModelCheckpoint:
+        """The callback: the best validated epoch on :data:`SELECTED_ON` (``select``
+        "smoothed": on ``val/smoothed``), or with "last" the weights after the last of
+        ``epochs``, validated or not."""
+        if select == "last":
+            return ModelCheckpoint(dirpath=dirpath, filename=self.filename, monitor=None,
+                                   save_top_k=1, save_weights_only=self.weights_only,
+                                   save_on_train_epoch_end=True, every_n_epochs=epochs)
+        return ModelCheckpoint(dirpath=dirpath, filename=self.filename,
+                               mode=selection_mode(metric), save_top_k=1,
+                               save_last=self.save_last,
+                               monitor="val/smoothed" if select == "smoothed" else SELECTED_ON,
+                               save_weights_only=self.weights_only)
+
+    def parser_defaults(self) -> dict[str, Any]:
+        """The same as defaults of the CLI's ``checkpoint.*`` arguments (``mode: auto``: the
+        metric's direction, resolved once the metric is known)."""
+        return {"checkpoint.monitor": SELECTED_ON, "checkpoint.mode": "auto",
+                "checkpoint.filename": self.filename, "checkpoint.save_last": self.save_last}
+
+
+FIT_CHECKPOINTS = Checkpointing("best-{epoch}", save_last=True, weights_only=False)
+"""``dmrnet fit``: the epoch in the best file's name, and ``last.ckpt`` with the optimiser's
+state for ``--resume``."""
+
+RUN_CHECKPOINTS = Checkpointing("best", save_last=False, weights_only=True)
+"""A benchmark run: one ``best.ckpt`` at a path its later stages, analyses and exports name;
+whole runs resume, so no ``last.ckpt``; weights, settings and choices only (a third of the
+bytes, written at every improvement)."""

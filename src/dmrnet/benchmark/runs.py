@@ -21,7 +21,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dmrnet.analysis import analysis_markdown, analyze_run, model_statistics
 from dmrnet.benchmark.config import (
@@ -60,14 +59,16 @@ from dmrnet.methods import (
     get_method,
     upgrade_record,
 )
-from dmrnet.metrics import get_task_metric, selection_mode, worst_subset
+from dmrnet.metrics import get_task_metric, worst_subset
 from dmrnet.outputs import MARKER, OutputError, RunFolder
 from dmrnet.report import format_summary, robustness_profile, write_results
 from dmrnet.runtime import (
     FLOPS_PER_THREAD,
+    RUN_CHECKPOINTS,
     DeviceSetup,
     create_logger,
     free_cores,
+    make_trainer,
     set_threads,
     training_flops,
     usable_cores,
@@ -200,27 +201,16 @@ def _fit_and_test(
     L.seed_everything(seed, workers=True, verbose=False)
     module = _module(data, module_kwargs)
     ckpt_dir = out / "checkpoints" / run_name
-    mode = selection_mode(module.task_metric.name)
-    # the weights, settings and choices (export, analysis and later stages read them), not
-    # the optimiser's state: a third of the bytes, written at every improvement
     interval = validation_interval(cfg)
     history = ValidationHistory(window=min(5, max(1, cfg.epochs // interval)),
                                 higher_is_better=module.task_metric.higher_is_better)
-    if cfg.select == "last":  # the weights after the last epoch, validated or not
-        checkpoint = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best", monitor=None, save_top_k=1,
-            save_weights_only=True, save_on_train_epoch_end=True, every_n_epochs=cfg.epochs)
-    else:
-        checkpoint = ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best", mode=mode, save_top_k=1, save_last=False,
-            monitor="val/smoothed" if cfg.select == "smoothed" else "val/mean",
-            save_weights_only=True)
+    checkpoint = RUN_CHECKPOINTS.callback(ckpt_dir, module.task_metric.name, cfg.select,
+                                          cfg.epochs)
     device = DeviceSetup(batch_size=cfg.batch_size, cpu_threads=cfg.threads or "auto")
-    trainer = L.Trainer(
+    trainer = make_trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        deterministic=True,
         logger=create_logger(cfg.logger, out / "logs", name=run_name, version=""),
         precision=cfg.precision,
         callbacks=[history, checkpoint, device],
