@@ -51,10 +51,12 @@ def test_shaspec_auxiliary_losses_in_training_only():
 
 
 def test_mmanet_objective_distils_with_margin_weights_and_mines_weak_subsets():
-    from dmrnet.methods.mmanet import MMANetObjective
+    from dmrnet.methods.mmanet import MarginAwareDistillation, ModalityAwareRegularization
+    from dmrnet.methods.objectives import MultimodalObjective
 
-    obj = MMANetObjective(["a", "b", "a+b"], temperature=1.0, feature_weight=0.0,
-                          mar_weight=1.0, momentum=0.0)
+    obj = MultimodalObjective([MarginAwareDistillation(temperature=1.0, feature_weight=0.0),
+                               ModalityAwareRegularization(["a", "b", "a+b"], weight=1.0,
+                                                           momentum=0.0)])
     target = torch.tensor([0, 1])
     student = ModelOutput(logits=torch.tensor([[2.0, 0.0], [0.0, 0.0]]), mu=torch.zeros(2, 2),
                           z=torch.zeros(2, 2))
@@ -71,6 +73,27 @@ def test_mmanet_objective_distils_with_margin_weights_and_mines_weak_subsets():
     ce = torch.nn.functional.cross_entropy(student.logits, target, reduction="none")
     extra = (ce / ce.mean() - 1).clamp_min(0)
     assert torch.allclose(terms["mar"], (extra * ce).mean().float(), atol=1e-6)
+    assert list(terms) == ["task", "mad", "mar", "loss"]
+
+
+def test_mmanet_objective_loads_the_moving_averages_kept_on_it_by_0_2():
+    """dmrnet 0.2 kept MAR's averages on the objective itself (``objective.subset_loss``);
+    they load into the MAR part now."""
+    def build():
+        network, objective = build_method("mmanet", modalities=["a", "b"],
+                                          input_shapes={"a": (4,), "b": (3,)}, num_classes=3,
+                                          embed_dim=8)
+        return torch.nn.ModuleDict({"model": network, "objective": objective})
+
+    state = build().state_dict()
+    state["objective.mar.subset_loss"] = torch.tensor([0.5, 1.5, 1.0], dtype=torch.float64)
+    state["objective.mar.subset_seen"] = torch.tensor([True, True, False])
+    old = {k.replace("objective.mar.", "objective."): v for k, v in state.items()}
+    assert "objective.subset_loss" in old and "objective.mar.subset_loss" not in old
+    fresh = build()
+    fresh.load_state_dict(old)  # strict: no key left over or missing
+    assert torch.equal(fresh["objective"].mar.subset_loss, state["objective.mar.subset_loss"])
+    assert torch.equal(fresh["objective"].mar.subset_seen, state["objective.mar.subset_seen"])
 
 
 def test_every_peer_trains_and_evaluates_all_subsets_through_the_cli(tmp_path):

@@ -33,7 +33,9 @@ from dmrnet.errors import ConfigError, local_checkpoint
 from dmrnet.methods.base import (
     Method,
     ModelConfig,
+    ObjectivePart,
     Stage,
+    TermContext,
     TrainingContext,
     checkpoint_network,
     drop_settings,
@@ -45,54 +47,70 @@ from dmrnet.models.protocol import ModelOutput
 from dmrnet.subsets import subset_totals
 
 
-class MMANetObjective(MultimodalObjective):
-    """Task CE + MAD (needs the teacher's output) + MAR, as named terms."""
+class MarginAwareDistillation(ObjectivePart):
+    """MAD, the "mad" term: the teacher's softened predictions distilled into the student's,
+    and its embedding into the student's, each sample weighted by 1 - |teacher margin|
+    (normalised to mean 1). Needs the teacher's output (``teacher`` in the training
+    context)."""
 
-    def __init__(self, subset_names: Sequence[str], temperature: float = 2.0,
-                 distill_weight: float = 1.0, feature_weight: float = 0.1,
-                 mar_weight: float = 0.5, momentum: float = 0.9, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.t, self.distill_weight, self.feature_weight = temperature, distill_weight, \
-            feature_weight
-        self.mar_weight, self.momentum = mar_weight, momentum
+    name = "mad"
+
+    def __init__(self, temperature: float = 2.0, weight: float = 1.0,
+                 feature_weight: float = 0.1) -> None:
+        super().__init__()
+        self.t, self.weight, self.feature_weight = temperature, weight, feature_weight
+
+    def terms(self, out: ModelOutput, target: Tensor, ctx: TermContext) -> dict[str, Tensor]:
+        teacher = ctx.extra.get("teacher")
+        if teacher is None or self.weight <= 0:
+            return {}
+        with torch.no_grad():
+            p = teacher.logits.softmax(dim=1)
+            true = p.gather(1, target[:, None]).squeeze(1)
+            other = p.scatter(1, target[:, None], -1.0).max(dim=1).values
+            w = 1.0 - (true - other).abs()
+            w = w / w.mean().clamp_min(1e-8)
+        t = self.t
+        kd = F.kl_div(F.log_softmax(out.logits / t, dim=1), F.softmax(teacher.logits / t,
+                      dim=1), reduction="none").sum(dim=1) * t * t
+        feat = (out.z - teacher.z.detach()).pow(2).flatten(1).mean(dim=1)
+        return {"mad": self.weight * ((w * kd).mean() + self.feature_weight * (w * feat).mean())}
+
+
+class ModalityAwareRegularization(ObjectivePart):
+    """MAR, the "mar" term: a moving average of each subset's training loss (momentum
+    ``momentum``) mines the weak subsets; a sample of subset s gets the extra CE weight
+    ``weight * max(0, ema_s / mean(ema) - 1)``. The averages are buffers (saved)."""
+
+    name = "mar"
+    legacy_keys = ("subset_loss", "subset_seen")  # on the objective itself in dmrnet <= 0.2
+
+    def __init__(self, subset_names: Sequence[str], weight: float = 0.5,
+                 momentum: float = 0.9) -> None:
+        super().__init__()
+        self.weight, self.momentum = weight, momentum
         n = len(subset_names)
         self.register_buffer("subset_loss", torch.zeros(n, dtype=torch.float64))
         self.register_buffer("subset_seen", torch.zeros(n, dtype=torch.bool))
 
-    def forward(self, out: ModelOutput, target: Tensor, subset_index: Tensor,
-                teacher: ModelOutput | None = None) -> dict[str, Tensor]:
-        per_sample = self.per_sample(out.logits, target)
-        terms = {"task": per_sample.mean()}
-        if teacher is not None and self.distill_weight > 0:
-            with torch.no_grad():
-                p = teacher.logits.softmax(dim=1)
-                true = p.gather(1, target[:, None]).squeeze(1)
-                other = p.scatter(1, target[:, None], -1.0).max(dim=1).values
-                w = 1.0 - (true - other).abs()
-                w = w / w.mean().clamp_min(1e-8)
-            t = self.t
-            kd = F.kl_div(F.log_softmax(out.logits / t, dim=1), F.softmax(teacher.logits / t,
-                          dim=1), reduction="none").sum(dim=1) * t * t
-            feat = (out.z - teacher.z.detach()).pow(2).flatten(1).mean(dim=1)
-            terms["mad"] = self.distill_weight * ((w * kd).mean()
-                                                  + self.feature_weight * (w * feat).mean())
-        if self.mar_weight > 0:
-            with torch.no_grad():
-                n = len(self.subset_loss)
-                sums, counts = subset_totals(subset_index, per_sample, n)
-                seen = counts > 0
-                mean = sums[seen] / counts[seen]
-                old = self.subset_loss[seen]
-                first = ~self.subset_seen[seen]
-                self.subset_loss[seen] = torch.where(
-                    first, mean, self.momentum * old + (1 - self.momentum) * mean)
-                self.subset_seen |= seen
-                ema = self.subset_loss[self.subset_seen]
-                extra = (self.subset_loss / ema.mean().clamp_min(1e-12) - 1).clamp_min(0)
-                weight = (self.mar_weight * extra[subset_index]).to(per_sample.dtype)
-            terms["mar"] = (weight * per_sample).mean()
-        terms["loss"] = sum(terms.values())  # type: ignore[assignment]
-        return terms
+    def terms(self, out: ModelOutput, target: Tensor, ctx: TermContext) -> dict[str, Tensor]:
+        if self.weight <= 0:
+            return {}
+        per_sample, subset_index = ctx.per_sample, ctx.subset_index
+        with torch.no_grad():
+            n = len(self.subset_loss)
+            sums, counts = subset_totals(subset_index, per_sample, n)
+            seen = counts > 0
+            mean = sums[seen] / counts[seen]
+            old = self.subset_loss[seen]
+            first = ~self.subset_seen[seen]
+            self.subset_loss[seen] = torch.where(
+                first, mean, self.momentum * old + (1 - self.momentum) * mean)
+            self.subset_seen |= seen
+            ema = self.subset_loss[self.subset_seen]
+            extra = (self.subset_loss / ema.mean().clamp_min(1e-12) - 1).clamp_min(0)
+            weight = (self.weight * extra[subset_index]).to(per_sample.dtype)
+        return {"mar": (weight * per_sample).mean()}
 
 
 log = logging.getLogger("dmrnet")
@@ -158,10 +176,9 @@ class MMANet(Method):
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         opts = self.options(config.method_kwargs)
         model = late_fusion_network(config, variance=False, sample=False)
-        objective = MMANetObjective(
-            model.space.names, temperature=opts.temperature,
-            distill_weight=opts.distill_weight, feature_weight=opts.feature_weight,
-            mar_weight=opts.mar_weight, momentum=opts.momentum,
+        objective = MultimodalObjective(
+            [MarginAwareDistillation(opts.temperature, opts.distill_weight, opts.feature_weight),
+             ModalityAwareRegularization(model.space.names, opts.mar_weight, opts.momentum)],
             label_smoothing=config.label_smoothing, class_weights=config.class_weights)
         return model, objective
 

@@ -523,6 +523,16 @@ class MultimodalObjective(Objective):
     def parts(self) -> list[ObjectivePart]:
         return [getattr(self, n) for n in self.part_names]
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,  # type: ignore[no-untyped-def]
+                              missing_keys, unexpected_keys, error_msgs) -> None:
+        # buffers a part declares it kept on the objective itself in earlier versions
+        for part in self.parts:
+            for key in getattr(part, "legacy_keys", ()):
+                if prefix + key in state_dict and prefix + f"{part.name}.{key}" not in state_dict:
+                    state_dict[prefix + f"{part.name}.{key}"] = state_dict.pop(prefix + key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
     def part(self, name: str) -> ObjectivePart | None:
         """The part called ``name``, or None."""
         return getattr(self, name) if name in self.part_names else None
