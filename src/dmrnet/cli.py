@@ -496,8 +496,9 @@ PREREAD = ("data.dataset",)
 
 
 def lightning_settings(args: Sequence[str]) -> LightningSettings:
-    """The config files' ``plugins:`` and the :data:`PREREAD` values in ``args`` (a config
-    file that cannot be read is left to Lightning's CLI, which says so)."""
+    """The config files' ``plugins:`` and the :data:`PREREAD` values in ``args``. A config
+    file that is not UTF-8 text is refused here (Lightning's CLI would answer with a
+    traceback); one that is missing or not YAML is left to Lightning's CLI, which says so."""
     out = LightningSettings()
     for i, word in enumerate(args):
         option, sep, value = word.partition("=")
@@ -527,8 +528,8 @@ def lightning_settings(args: Sequence[str]) -> LightningSettings:
 def check_lightning_args(args: Sequence[str]) -> None:
     """What Lightning's CLI would take silently or answer with a traceback: an option given
     twice with different values (it keeps the last: ``--trainer.max_epochs 2 --trainer.
-    max_epochs 50`` trains 50 epochs), and a ``--config`` file that is not UTF-8 text.
-    ``--config`` itself may repeat: later files override earlier ones."""
+    max_epochs 50`` trains 50 epochs). ``--config`` itself may repeat: later files override
+    earlier ones (:func:`lightning_settings` reads them, refusing one that is not UTF-8)."""
     seen: dict[str, str] = {}
     for i, word in enumerate(args):
         if word == "--":
@@ -539,8 +540,6 @@ def check_lightning_args(args: Sequence[str]) -> None:
         if not sep and i + 1 < len(args) and not args[i + 1].startswith("--"):
             value = args[i + 1]
         if option in ("--config", "-c"):
-            if value and Path(value).is_file():
-                read_text(value, "config file")
             continue
         if seen.get(option, value) != value:
             raise UsageError(f"{option} is given twice ({seen[option]!r} and {value!r}); give "

@@ -272,15 +272,15 @@ class DMRNetCLI(LightningCLI):
         if defaults is None:
             return
         model = cfg.model
-        for key, value in defaults.model.items():
-            if key != "optim" and isinstance(value, Mapping) and isinstance(model.get(key),
-                                                                            Mapping):
-                model[key] = {**value, **model[key]}
+        # the config's mappings over the defaults' (its other values are the parser's)
+        mappings = {k: v for k, v in model.items() if isinstance(v, Mapping)}
+        merged = defaults.model_under(mappings)
+        for key in mappings:
+            model[key] = merged[key]
         method = model.get("method")
         if defaults.options and isinstance(method, str) and method in METHODS:
-            known = set(get_method(method).option_names())
             given = dict(model.get("method_kwargs") or {})
-            offered = {k: v for k, v in defaults.options.items() if k in known}
+            offered = defaults.options_for(get_method(method).option_names())
             if any(k not in given for k in offered):
                 model["method_kwargs"] = {**offered, **given}
 

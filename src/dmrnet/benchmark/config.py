@@ -136,27 +136,17 @@ def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
     in the run has them); ``model.method_kwargs`` (e.g. from a config file) counts as options
     for every method."""
     defaults = DATASETS.defaults(cfg.dataset)
-    model = _merge(defaults.model, cfg.model)
+    model = defaults.model_under(cfg.model)
     given = model.pop("method_kwargs", None) or {}
     # a dataset's default options apply to the methods in the run that have them
-    offered = {k: v for k, v in defaults.options.items()
-               if any(m in METHODS and k in get_method(m).option_names() for m in cfg.methods)}
+    offered = defaults.options_for(k for m in cfg.methods if m in METHODS
+                                   for k in get_method(m).option_names())
     options = {**offered, **given, **cfg.options}
     epochs = cfg.epochs if cfg.epochs is not None else defaults.epochs or 30
     batch = cfg.batch_size if cfg.batch_size is not None else defaults.batch_size or 64
     seeds = cfg.seeds if cfg.seeds is not None else list(range(default_seed_count()))
     return replace(cfg, model=model, options=options, epochs=epochs, batch_size=batch,
                    seeds=seeds)
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on ``base``; where both hold a mapping, key by key (one level)."""
-    out = dict(base)
-    for key, value in over.items():
-        old = out.get(key)
-        both = isinstance(old, Mapping) and isinstance(value, Mapping)
-        out[key] = {**old, **value} if both else value
-    return out
 
 
 def set_dotted(settings: dict[str, Any], path: str, value: Any) -> None:

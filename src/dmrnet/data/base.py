@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -246,6 +246,21 @@ class DatasetDefaults:
     batch_size: int | None = None
     model: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def model_under(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The module settings ``given`` over these defaults; where both hold a mapping (e.g.
+        ``optim``, ``encoder_kwargs``), key by key (one level)."""
+        out = dict(self.model)
+        for key, value in given.items():
+            old = out.get(key)
+            both = isinstance(old, Mapping) and isinstance(value, Mapping)
+            out[key] = {**old, **value} if both else value
+        return out
+
+    def options_for(self, known: Iterable[str]) -> dict[str, Any]:
+        """The default method options among the option names ``known``."""
+        names = set(known)
+        return {k: v for k, v in self.options.items() if k in names}
 
 
 class DatasetRegistry(Registry[Callable[..., SplitData]]):
