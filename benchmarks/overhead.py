@@ -40,6 +40,7 @@ from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import Objective
 from dmrnet.optim import configure
 from dmrnet.runtime import thread_choice, training_flops
+from dmrnet.settings import nest_settings
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 
@@ -81,7 +82,7 @@ def plain_run(cfg: BenchmarkConfig, data: MultimodalDataModule, method: str) -> 
     """The hand-written loop: the same steps and evaluations as the benchmark's run."""
     torch.manual_seed(cfg.seeds[0])
     module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes,
-                              **method_settings(cfg, method))
+                              **nest_settings(method_settings(cfg, method)))
     model, objective = module.model, module.objective
     shapes = {m: tuple(s) for m, s in data.input_shapes.items()}
     torch.set_num_threads(thread_choice(training_flops(model, shapes, cfg.batch_size))[0])

@@ -84,7 +84,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         inputs = {m: torch.randn(batch, *s, generator=g) for m, s in shapes.items()}
         kwargs = dict(modalities=list(shapes), input_shapes=shapes, num_classes=10,
-                      encoder="bench_cnn")
+                      network={"encoder": "bench_cnn"})
         case("conv", kwargs, inputs, torch.randint(0, 10, (batch,), generator=g), args.reps, 3,
              save_teachers(Path(tmp), kwargs))
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import busy_process, interleaved
 from dmrnet.data import DATASETS
 from dmrnet.runtime import thread_choice, training_flops, usable_cores
+from dmrnet.settings import nest_settings
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 from train_step import make_step
 
@@ -39,7 +40,7 @@ def step_for(dataset: str, batch_size: int | None = None):
     batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())))
     torch.manual_seed(0)
     module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes,
-                              **defaults.model)
+                              **nest_settings(defaults.model))  # as the benchmark builds it
     flops = training_flops(module.model, {m: tuple(s) for m, s in data.input_shapes.items()},
                            len(batch))
     return make_step(module, batch.inputs, batch.availability, batch.target), flops

@@ -79,7 +79,7 @@ def main() -> None:
     inputs = {m: torch.randn(batch, *s, generator=g) for m, s in shapes.items()}
     target = torch.randint(0, 10, (batch,), generator=g)
     case("conv", dict(modalities=list(shapes), input_shapes=shapes, num_classes=10,
-                      encoder="bench_cnn"), inputs, target, args.reps, inner=3)
+                      network={"encoder": "bench_cnn"}), inputs, target, args.reps, inner=3)
 
 
 if __name__ == "__main__":

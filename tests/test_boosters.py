@@ -18,7 +18,7 @@ from dmrnet.training import MultimodalModule
 
 from .test_determinism import IMAGES, VECTORS, make_batch, run_step
 
-NET = {"encoder_kwargs": {"out_features": 8, "hidden": [16]}, "embed_dim": 8}
+NET = {"network": {"encoder_kwargs": {"out_features": 8, "hidden": [16]}, "embed_dim": 8}}
 
 
 def build(method="baseline", shapes=VECTORS, **options):
@@ -111,7 +111,8 @@ def test_boosters_combine_with_every_member_and_keep_cuda_ops_deterministic(meth
     flagged = cuda_nondeterministic(lambda: run_step(module, make_batch(VECTORS)))
     assert flagged == {}, flagged
     conv = MultimodalModule(list(IMAGES), IMAGES, 2, method=method, method_kwargs=options,
-                            encoder="resnet", encoder_kwargs={"width": 8}, embed_dim=16)
+                            network={"encoder": "resnet", "encoder_kwargs": {"width": 8},
+                                     "embed_dim": 16})
     flagged = cuda_nondeterministic(lambda: run_step(conv, make_batch(IMAGES, classes=2)))
     assert flagged == {}, flagged  # feature maps are pooled for their heads
 
@@ -119,7 +120,8 @@ def test_boosters_combine_with_every_member_and_keep_cuda_ops_deterministic(meth
 @pytest.mark.parametrize(("options", "kwargs", "message"), [
     ({"unimodal_detach": True}, {}, "unimodal_detach needs unimodal_weight > 0"),
     ({"unimodal_weight": -1}, {}, "unimodal_weight must be a finite number >= 0"),
-    ({"unimodal_weight": 0.5}, {"architecture": "dense", "metric": "miou"},
+    ({"unimodal_weight": 0.5},
+     {"network": {"architecture": "dense"}, "training": {"metric": "miou"}},
      "unimodal_weight applies to classification"),
     ({"unimodal_ensemble": 0.5}, {}, "unimodal_ensemble needs unimodal_weight > 0"),
     ({"unimodal_ensemble": -1, "unimodal_weight": 1}, {},
@@ -160,7 +162,7 @@ def test_difficulty_sampling_weights_follow_validation_error():
 
 
 def test_module_draws_with_the_new_weights_times_its_own_and_keeps_them_on_resume():
-    kwargs = dict(method="baseline", subset_weights={"a": 0, "*": 1},
+    kwargs = dict(method="baseline", training={"subset_weights": {"a": 0, "*": 1}},
                   method_kwargs={"difficulty_sampling": 1.0}, **NET)
     module = MultimodalModule(list(VECTORS), VECTORS, 3, **kwargs)
     names = module.space.names

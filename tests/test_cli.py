@@ -188,6 +188,24 @@ def test_fit_log_of_the_mfeat_config_stays_small(tmp_path):
     assert [ln[:27] for ln in fit.stderr.splitlines()] == ["HCR starts after epoch 6 (h"]
 
 
+def test_a_config_written_for_0_2_names_where_each_key_moved(tmp_path, capsys):
+    """dmrnet 0.2 took the network's and the training's fields directly under ``model:``;
+    such a key, in a config file or on the command line, is one line naming its new place,
+    before any data are read."""
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  method: dmrnet\n  embed_dim: 64\ndata:\n  dataset: mfeat\n")
+    assert main(["fit", "--config", str(old), "--trainer.default_root_dir",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dmrnet: error: config {str(old)!r}: model.embed_dim is "
+                   "model.network.embed_dim since dmrnet 0.3 (the model's settings are grouped: "
+                   "network, training, optim); move it under model.network"], err
+    assert main(["fit", "--data.dataset", "mfeat", "--model.metric", "acer"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.metric is model.training.metric" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

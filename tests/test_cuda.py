@@ -38,7 +38,7 @@ def test_every_shipped_model_trains_deterministically_on_cuda(name, dataset, mod
                                                               deterministic):
     shapes, classes = TINY_DATA[dataset]
     model = {**model, "method_kwargs": short_warmup(model["method"], model.get("method_kwargs"))}
-    dense = classes if model.get("architecture") == "dense" else None
+    dense = classes if (model.get("network") or {}).get("architecture") == "dense" else None
     batch = make_batch(shapes, n=4, dense_classes=dense, classes=classes)
     states = []
     for _ in range(2):  # twice from the same seed: bit-identical weights
@@ -54,9 +54,11 @@ def test_every_shipped_model_trains_deterministically_on_cuda(name, dataset, mod
 @pytest.mark.parametrize("dense", [False, True])
 def test_cached_equals_naive_evaluation_on_cuda(dense):
     shapes, classes = TINY_DATA["nyuv2" if dense else "casia_surf"]
-    kwargs = ({"architecture": "dense", "metric": "miou", "encoder_kwargs": {"width": 8},
-               "embed_dim": 16, "dense_kwargs": {"decoder_channels": [16, 8, 8]}} if dense
-              else {"encoder": "resnet", "encoder_kwargs": {"width": 8}, "embed_dim": 16})
+    kwargs = ({"network": {"architecture": "dense", "encoder_kwargs": {"width": 8},
+                           "embed_dim": 16, "dense_kwargs": {"decoder_channels": [16, 8, 8]}},
+               "training": {"metric": "miou"}} if dense
+              else {"network": {"encoder": "resnet", "encoder_kwargs": {"width": 8},
+                                "embed_dim": 16}})
     module = MultimodalModule(list(shapes), shapes, classes, **kwargs).to("cuda").eval()
     batch = to_device(make_batch(shapes, n=6, classes=classes,
                                  dense_classes=classes if dense else None), "cuda")

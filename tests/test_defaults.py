@@ -152,3 +152,24 @@ def test_readme_numbers_are_written_by_the_script_with_their_command(tmp_path):
     with pytest.raises(SystemExit, match="no results.json"):
         numbers.main(["--only", "preset", "--runs", str(tmp_path / "runs"),
                       "--readme", str(copy)])
+
+
+def test_the_benchmark_reads_a_fit_configs_concerns_as_its_short_names():
+    """A benchmark's ``model:`` names the network's and the training's fields alone; the
+    ``network:``/``training:`` mappings of a fit config mean the same, and a field given both
+    ways, or one a concern lacks, is one line."""
+    from dmrnet.benchmark import BenchmarkError, apply_dataset_defaults, method_settings
+
+    flat = BenchmarkConfig(out="-", dataset="synthetic", methods=["dmrnet"],
+                           model={"fusion": "mean", "label_smoothing": 0.1})
+    nested = BenchmarkConfig(out="-", dataset="synthetic", methods=["dmrnet"],
+                             model={"network": {"fusion": "mean"},
+                                    "training": {"label_smoothing": 0.1}})
+    one = method_settings(apply_dataset_defaults(flat), "dmrnet")
+    assert one == method_settings(apply_dataset_defaults(nested), "dmrnet")
+    assert one["fusion"] == "mean" and one["label_smoothing"] == 0.1
+    for model, message in (({"fusion": "sum", "network": {"fusion": "mean"}}, "given twice"),
+                           ({"network": {"fusion": "mean", "lr": 1}},
+                            "network has no setting 'lr'")):
+        with pytest.raises(BenchmarkError, match=message):
+            apply_dataset_defaults(BenchmarkConfig(out="-", dataset="synthetic", model=model))

@@ -82,7 +82,7 @@ LATE_FUSION = sorted(METHODS)
 
 @pytest.mark.parametrize("method", LATE_FUSION)
 def test_late_fusion_training_step_has_only_deterministic_cuda_ops(method, tmp_path):
-    net = {"encoder_kwargs": {"hidden": [16], "out_features": 8}, "embed_dim": 8}
+    net = {"network": {"encoder_kwargs": {"hidden": [16], "out_features": 8}, "embed_dim": 8}}
     options = {"teacher_checkpoint": teacher_checkpoint(tmp_path, **net)} \
         if method == "mmanet" else {}
     module = MultimodalModule(list(VECTORS), VECTORS, 3, method=method, **net,
@@ -94,13 +94,17 @@ def test_late_fusion_training_step_has_only_deterministic_cuda_ops(method, tmp_p
 @pytest.mark.parametrize("family", ["mid-level trunk", "resnet", "input-level + mean fusion"])
 def test_conv_families_training_step_has_only_deterministic_cuda_ops(family):
     kwargs = {
-        "mid-level trunk": dict(encoder="se_resnet_stem", trunk="resnet_trunk", embed_dim=16,
+        "mid-level trunk": dict(network={"encoder": "se_resnet_stem", "trunk": "resnet_trunk",
+                                         "embed_dim": 16},
                                 method_kwargs={"hcr_subsets": ["rgb", "rgb+ir"],
                                                "hcr_warmup_epochs": 0, "beta": 0.7}),
-        "resnet": dict(encoder="resnet", encoder_kwargs={"width": 8}, embed_dim=16,
+        "resnet": dict(network={"encoder": "resnet", "encoder_kwargs": {"width": 8},
+                                "embed_dim": 16},
                        method_kwargs={"hcr_warmup_epochs": 1}),
-        "input-level + mean fusion": dict(encoder="resnet", encoder_kwargs={"width": 8},
-                                          embed_dim=16, missing_at="input", fusion="mean",
+        "input-level + mean fusion": dict(network={"encoder": "resnet",
+                                                   "encoder_kwargs": {"width": 8},
+                                                   "embed_dim": 16, "missing_at": "input",
+                                                   "fusion": "mean"},
                                           method_kwargs={"hcr_warmup_epochs": 1}),
     }[family]
     module = MultimodalModule(list(IMAGES), IMAGES, 2, method="dmrnet", **kwargs)
@@ -112,11 +116,14 @@ def test_conv_families_training_step_has_only_deterministic_cuda_ops(family):
 def test_dense_training_step_has_only_deterministic_cuda_ops(method):
     hcr = {"method_kwargs": {"beta": 0.5, "hcr_subsets": ["rgb", "depth"],
                              "hcr_warmup_epochs": 0}} if method == "dmrnet" else {}
-    module = MultimodalModule(list(DENSE), DENSE, 5, method=method, architecture="dense",
-                          metric="miou", encoder_kwargs={"width": 8}, embed_dim=16,
-                          dense_kwargs={"decoder_channels": [16, 8, 8], "deep_supervision": True,
-                                        "aux_decoder": method == "dmrnet"},
-                          class_weights=[1.0, 2.0, 1.0, 0.5, 1.0], **hcr)
+    module = MultimodalModule(list(DENSE), DENSE, 5, method=method,
+                              class_weights=[1.0, 2.0, 1.0, 0.5, 1.0], **hcr,
+                              network={"architecture": "dense", "encoder_kwargs": {"width": 8},
+                                       "embed_dim": 16,
+                                       "dense_kwargs": {"decoder_channels": [16, 8, 8],
+                                                        "deep_supervision": True,
+                                                        "aux_decoder": method == "dmrnet"}},
+                              training={"metric": "miou"})
     batch = make_batch(DENSE, n=4, dense_classes=5)
     with record_ops() as ops:
         run_step(module, batch)
@@ -185,6 +192,7 @@ def shipped_models():
     import yaml
 
     from dmrnet.benchmark import BenchmarkConfig, apply_dataset_defaults, method_settings
+    from dmrnet.settings import nest_settings
 
     out = []
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
@@ -196,7 +204,8 @@ def shipped_models():
         for method in ("baseline", "dmrnet"):
             cfg = apply_dataset_defaults(BenchmarkConfig(out="-", dataset=dataset,
                                                          methods=[method]))
-            model = {**method_settings(cfg, method), "method": method}
+            # the benchmark names each concern's fields alone; the module takes them nested
+            model = nest_settings({**method_settings(cfg, method), "method": method})
             out.append((f"benchmark {dataset} {method}", dataset, model))
     return out
 
@@ -208,7 +217,7 @@ def test_every_shipped_config_trains_with_deterministic_cuda_ops(name, dataset, 
     # reach HCR's active term in the second step
     model = {**model, "method_kwargs": short_warmup(model["method"], model.get("method_kwargs"))}
     module = MultimodalModule(list(shapes), shapes, classes, **model)
-    dense = classes if model.get("architecture") == "dense" else None
+    dense = classes if (model.get("network") or {}).get("architecture") == "dense" else None
     batch = make_batch(shapes, n=4, dense_classes=dense, classes=classes)
     flagged = cuda_nondeterministic(lambda: run_step(module, batch))
     assert flagged == {}, f"{name}: ops that break deterministic CUDA training: {flagged}"

@@ -209,7 +209,7 @@ def scaled(argv: list[str]) -> list[str]:
         if any(("cremad" in a or "kinetics_sounds" in a) for a in configs):
             # one block per ResNet stage (the recipes' [3, 4, 6, 3] networks are built and
             # trained at full size by tests/test_backbones.py and tests/test_determinism.py)
-            argv += ["--model.encoder_kwargs.layers", "[1, 1, 1, 1]"]
+            argv += ["--model.network.encoder_kwargs.layers", "[1, 1, 1, 1]"]
         for split in ("train", "val", "test"):
             argv += [f"--trainer.limit_{split}_batches", "2"]
     return argv
@@ -429,9 +429,9 @@ def test_scaling_keeps_meaning_and_shrinks_size():
                      "--epochs", "1", "--out", "runs/x", "--no-progress"]
     fit = scaled(["dmrnet", "fit", "--config", "c.yaml"])
     assert fit[:4] == ["dmrnet", "fit", "--config", "c.yaml"] and "--trainer.max_epochs" in fit
-    assert "--model.encoder_kwargs.layers" not in fit
+    assert "--model.network.encoder_kwargs.layers" not in fit
     recipe = scaled(["dmrnet", "test", "--config", "configs/cremad_dmrnet.yaml"])
-    assert recipe[recipe.index("--model.encoder_kwargs.layers") + 1] == "[1, 1, 1, 1]"
+    assert recipe[recipe.index("--model.network.encoder_kwargs.layers") + 1] == "[1, 1, 1, 1]"
     assert scaled(["dmrnet", "fit", "--help"]) == ["dmrnet", "fit", "--help"]
     sweep = scaled(["dmrnet", "benchmark", "--sweep", "beta=0,0.2,0.5"])
     assert sweep[2:4] == ["--sweep", "beta=0,0.2"]

@@ -101,10 +101,11 @@ def test_bad_rule_settings_are_named(options, message):
 
 def test_validation_rules_train_through_lightning_on_validation_only(tmp_path):
     data = MultimodalDataModule("synthetic", seed=0, batch_size=256, eval_batch_size=500)
-    module = MultimodalModule(
-        data.modalities, data.input_shapes, data.num_classes, embed_dim=8,
-        encoder_kwargs={"out_features": 8, "hidden": [8]},
-        method_kwargs={"hcr_rule": "val_error", "hcr_warmup_epochs": 1, "hcr_every": 1})
+    module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes,
+                              method_kwargs={"hcr_rule": "val_error", "hcr_warmup_epochs": 1,
+                                             "hcr_every": 1},
+                              network={"embed_dim": 8,
+                                       "encoder_kwargs": {"out_features": 8, "hidden": [8]}})
     seen = []
     observe = module.objective.observe
     module.objective.observe = lambda *a: (  # type: ignore[method-assign]

@@ -154,14 +154,14 @@ def ckpt(run: Path) -> str:
     return str(run / "checkpoints" / "baseline-seed0" / "best.ckpt")
 
 
-def model_folder(path: Path, **kwargs) -> Path:
+def model_folder(path: Path, embed_dim: int = 8) -> Path:
     from dmrnet.serving import save_model
     from dmrnet.training import MultimodalModule
 
     shapes = {"a": [6], "b": [4]}
     module = MultimodalModule(list(shapes), shapes, 3, class_names=["x", "y", "z"],
-                          encoder_kwargs={"out_features": 8, "hidden": [16]},
-                          **{"embed_dim": 8, **kwargs})
+                              network={"encoder_kwargs": {"out_features": 8, "hidden": [16]},
+                                       "embed_dim": embed_dim})
     return save_model(module.eval(), path)
 
 
@@ -1375,8 +1375,8 @@ def repeated_arguments(w: World) -> None:
     fit = ["fit", "--config", str(ROOT / "configs" / "smoke" / "manifest.yaml")]
     w.refuses([*fit, "--trainer.max_epochs", "2", "--trainer.max_epochs=3"],
               r"--trainer.max_epochs is given twice \('2' and '3'\); give it once")
-    w.refuses([*fit, "--model.embed_dim=8", "--model.embed_dim", "16"],
-              "--model.embed_dim is given twice")
+    w.refuses([*fit, "--model.network.embed_dim=8", "--model.network.embed_dim", "16"],
+              "--model.network.embed_dim is given twice")
 
 
 @case(SETTINGS, "encoder sizes and rates no layer can have: `encoder_kwargs` `{hidden: [0]}`, "

@@ -30,7 +30,7 @@ from dmrnet.methods import (
 )
 from dmrnet.models import ModelOutput, MultimodalNetwork
 from dmrnet.subsets import SubsetSpace
-from dmrnet.training import MODULE_SETTINGS, MultimodalModule
+from dmrnet.training import MultimodalModule
 
 from .conftest import random_batch
 
@@ -224,8 +224,25 @@ def test_the_glue_names_no_method_internals():
         assert not found, f"{file} spells a method's internals on lines {found}"
 
 
-def test_the_module_settings_are_its_signature():
-    """The glue knows MultimodalModule's arguments from MODULE_SETTINGS, not by introspection;
-    this keeps the two in step."""
-    params = set(inspect.signature(MultimodalModule.__init__).parameters) - {"self"}
-    assert set(MODULE_SETTINGS) == params and len(MODULE_SETTINGS) == len(params)
+def test_each_concern_is_one_typed_argument_and_each_setting_exists_once():
+    """MultimodalModule takes the data's fields, the method, and one typed config per concern
+    (network, training, optim): a network or training field that were also a module argument
+    would be a second copy of it, and the benchmark's short names would be ambiguous."""
+    from dmrnet.optim import OptimConfig
+    from dmrnet.settings import SHORT_NAMES, NetworkConfig, TrainingConfig
+
+    params = inspect.signature(MultimodalModule.__init__).parameters
+    assert params["network"].annotation in (NetworkConfig, "NetworkConfig")
+    assert params["training"].annotation in (TrainingConfig, "TrainingConfig")
+    assert params["optim"].annotation in (OptimConfig, "OptimConfig")
+    assert not set(SHORT_NAMES) & set(params), "a concern's field is also a module argument"
+    assert not set(NetworkConfig.names()) & set(TrainingConfig.names())
+    module = MultimodalModule(["a", "b"], {"a": [4], "b": [3]}, 3,
+                              network={"embed_dim": 8}, training={"label_smoothing": 0.1})
+    assert module.hparams["network"] == {**NetworkConfig().to_dict(), "embed_dim": 8}
+    assert module.hparams["training"]["label_smoothing"] == 0.1
+    assert module.objective.label_smoothing == 0.1  # the objective gets the training's value
+    with pytest.raises(ConfigError, match="network has no setting 'embed'; its settings"):
+        MultimodalModule(["a"], {"a": [4]}, 3, network={"embed": 8})
+
+

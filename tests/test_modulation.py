@@ -159,7 +159,7 @@ def test_probes_measure_the_encoders_without_training_them():
     ({"ogm_alpha": -1}, {}, "ogm_alpha must be a finite number >= 0"),
     ({"ogm_alpha": 1, "ogm_epochs": -2}, {}, "ogm_epochs must be a whole"),
     ({"ogm_alpha": 1, "ogm_noise": "yes"}, {}, "ogm_noise must be true or false"),
-    ({"ogm_alpha": 0.5}, {"architecture": "dense", "metric": "miou"},
+    ({"ogm_alpha": 0.5}, {"network": {"architecture": "dense"}, "training": {"metric": "miou"}},
      "ogm_alpha applies to classification"),
 ])
 def test_bad_modulation_settings_are_named(options, kwargs, message):

@@ -67,9 +67,9 @@ def test_onecycle_steps_per_batch_and_asks_for_the_step_count():
 def test_onecycle_trains_through_lightning(tmp_path):
     data = MultimodalDataModule("synthetic", seed=0, batch_size=256)
     module = MultimodalModule(data.modalities, data.input_shapes, data.num_classes,
-                              method="baseline", embed_dim=8,
-                              encoder_kwargs={"out_features": 8, "hidden": [8]},
-                              optim={"scheduler": "onecycle", "lr": 0.01})
+                              method="baseline", optim={"scheduler": "onecycle", "lr": 0.01},
+                              network={"embed_dim": 8,
+                                       "encoder_kwargs": {"out_features": 8, "hidden": [8]}})
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0,

@@ -114,15 +114,15 @@ def test_a_plugin_file_adds_a_dataset_and_an_encoder_to_benchmark_and_fit(plugin
     assert "a " in capsys.readouterr().out  # the prediction of subset a
     fit = ["fit", "--plugin", str(plugin_file), "--config",
            str(ROOT / "configs" / "smoke" / "manifest.yaml"), "--data.dataset", "two_views",
-           "--data.dataset_kwargs", "null", "--model.encoder", "tiny",
-           "--model.encoder_kwargs", "null", "--trainer.max_epochs", "1",
+           "--data.dataset_kwargs", "null", "--model.network.encoder", "tiny",
+           "--model.network.encoder_kwargs", "null", "--trainer.max_epochs", "1",
            "--trainer.default_root_dir", str(tmp_path / "fit")]
     assert main(fit) == 0
     assert list((tmp_path / "fit").rglob("best-epoch=0.ckpt"))
     # a fit config's plugins: (by its folder) and the dataset's defaults, as the benchmark's
     fit_config = plugin_file.parent / "fit.yaml"
     fit_config.write_text("plugins: [my_plugin.py]\ndata: {dataset: two_views}\n"
-                          "model: {method: dmrnet, encoder: tiny, encoder_kwargs: {}}\n"
+                          "model: {method: dmrnet, network: {encoder: tiny, encoder_kwargs: {}}}\n"
                           "trainer: {enable_progress_bar: false}\n")
     plugins._LOADED.pop(str(plugin_file.resolve()))
     DATASETS.unregister("two_views")
@@ -133,7 +133,7 @@ def test_a_plugin_file_adds_a_dataset_and_an_encoder_to_benchmark_and_fit(plugin
     (ckpt,) = root.rglob("best-epoch=*.ckpt")
     assert ckpt.name == "best-epoch=0.ckpt"  # the dataset's 1 epoch, not Lightning's 1000
     hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
-    assert hp["embed_dim"] == 16 and hp["encoder_kwargs"] == {"width": 6}
+    assert hp["network"]["embed_dim"] == 16 and hp["network"]["encoder_kwargs"] == {"width": 6}
     assert hp["method_kwargs"] == {"hcr_warmup_epochs": 1}  # dmrnet has it: offered
     assert main(["fit", "--config", str(fit_config), "--plugins", "x.py"]) == 2
     assert "on the command line give --plugin" in capsys.readouterr().err

@@ -94,7 +94,8 @@ def test_resume_picks_this_runs_checkpoint_and_names_a_mismatch(tmp_path):
     ours = fake_checkpoint(tmp_path / "a" / "last.ckpt", method="baseline")
     theirs = fake_checkpoint(tmp_path / "b" / "last.ckpt")  # newer, another method
     os.utime(ours, (1, 1))
-    model = {"method": "baseline", "embed_dim": 256, "optim": {"lr": 0.1}}  # optim: not saved
+    model = {"method": "baseline", "network": {"embed_dim": 256},
+             "optim": {"lr": 0.1}}  # optim: not saved
     assert choose_resume_checkpoint(str(tmp_path), model, None) == ours
     assert choose_resume_checkpoint(str(tmp_path), {**model, "method": "dmrnet"},
                                     ["fac", "mor"]) == theirs
@@ -103,8 +104,10 @@ def test_resume_picks_this_runs_checkpoint_and_names_a_mismatch(tmp_path):
         choose_resume_checkpoint(str(tmp_path), {**model, "method": "shaspec"}, None)
     with pytest.raises(ConfigError, match="modalities are"):
         choose_resume_checkpoint(str(theirs), {"method": "dmrnet"}, ["fac", "pix"])
-    with pytest.raises(ConfigError, match="embed_dim is 256 there and 64 here"):
-        choose_resume_checkpoint(str(theirs), {"method": "dmrnet", "embed_dim": 64}, None)
+    # a concern's field is named (the fake checkpoint holds 0.2's flat layout)
+    with pytest.raises(ConfigError, match="network.embed_dim is 256 there and 64 here"):
+        choose_resume_checkpoint(str(theirs), {"method": "dmrnet", "network": {"embed_dim": 64}},
+                                 None)
 
 
 def test_mismatched_resume_is_one_line_before_any_training(tmp_path):
@@ -126,3 +129,8 @@ def test_mismatched_resume_is_one_line_before_any_training(tmp_path):
     # each method's own options (model.method_kwargs is a mapping Lightning cannot list)
     assert "  dmrnet: alpha, beta, hcr_warmup_epochs," in helped.stdout
     assert "  full_only: none" in helped.stdout and "  mmanet: temperature," in helped.stdout
+    # each concern's fields, typed, with their defaults and the dataclasses' descriptions
+    for option in ("--model.network.embed_dim EMBED_DIM", "--model.training.metric METRIC",
+                   "--model.training.subset_weights", "--model.optim.lr LR"):
+        assert option in helped.stdout, option
+    assert "the embedding size D each modality" in helped.stdout

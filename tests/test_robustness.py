@@ -211,7 +211,8 @@ def test_damaged_model_folders(tmp_path_factory, cut, flip):
 
     path = tmp_path_factory.mktemp("m")
     module = MultimodalModule(["a", "b"], {"a": [3], "b": [2]}, 3,
-                          encoder_kwargs={"out_features": 4, "hidden": [8]}, embed_dim=4)
+                              network={"encoder_kwargs": {"out_features": 4, "hidden": [8]},
+                                       "embed_dim": 4})
     save_model(module, path, overwrite=True)
     weights = path / "model.safetensors"
     data = bytearray(weights.read_bytes())

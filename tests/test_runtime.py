@@ -151,7 +151,7 @@ def test_fit_with_bf16_and_channels_last_on_the_cremad_recipe_pipeline(tmp_path)
     m = fit_and_test("cremad.yaml", tmp_path / "run", [
         "--data.root", str(root), "--data.dataset_kwargs.train_csv", "train.csv",
         "--data.dataset_kwargs.test_csv", "test.csv", "--trainer.precision", "bf16-mixed",
-        "--model.channels_last", "true", "--device.cpu_threads", "2"])
+        "--model.training.channels_last", "true", "--device.cpu_threads", "2"])
     for subset in ("audio", "visual", "audio+visual"):
         assert 0.0 <= m[f"test/{subset}/accuracy"] <= 1.0
 
@@ -187,8 +187,10 @@ def test_channels_last_gives_the_same_step_in_the_other_memory_order():
     losses = {}
     for flag in (False, True):
         torch.manual_seed(0)
-        module = MultimodalModule(list(IMAGES), IMAGES, 2, method="dmrnet", encoder="resnet",
-                              encoder_kwargs={"width": 8}, embed_dim=16, channels_last=flag)
+        module = MultimodalModule(list(IMAGES), IMAGES, 2, method="dmrnet",
+                                  network={"encoder": "resnet", "encoder_kwargs": {"width": 8},
+                                           "embed_dim": 16},
+                                  training={"channels_last": flag})
         conv = module.model.encoders["rgb"].conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) == flag
         module.log = lambda *a, **k: None

@@ -72,8 +72,9 @@ def test_teacher_checkpoints_and_encoder_weights_refuse_urls_and_payloads(server
     images = {"a": [3, 16, 16], "b": [3, 16, 16]}
     for bad, message in ((url, "is a URL"), (str(path), "cannot load weights")):
         with pytest.raises(ConfigError, match=message):
-            MultimodalModule(list(images), images, 2, encoder="resnet",
-                         encoder_kwargs={"width": 8, "weights": bad})
+            MultimodalModule(list(images), images, 2,
+                             network={"encoder": "resnet",
+                                      "encoder_kwargs": {"width": 8, "weights": bad}})
     assert requests == [] and not marker.exists()
 
 

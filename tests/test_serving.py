@@ -24,10 +24,11 @@ SHAPES = {"a": [6], "b": [4], "c": [5]}
 def module(method="dmrnet", **options):
     torch.manual_seed(0)
     m = MultimodalModule(list(SHAPES), SHAPES, 3, method=method, class_names=["x", "y", "z"],
-                     method_kwargs=options or None,
-                     encoder_kwargs={"out_features": 8, "hidden": [16]}, embed_dim=8,
-                     preprocessing={"standardize": {"mean": {"a": [1.0] * 6},
-                                                    "std": {"a": [2.0] * 6}}})
+                         method_kwargs=options or None,
+                         preprocessing={"standardize": {"mean": {"a": [1.0] * 6},
+                                                    "std": {"a": [2.0] * 6}}},
+                         network={"encoder_kwargs": {"out_features": 8, "hidden": [16]},
+                                  "embed_dim": 8})
     m.model.train()
     for _ in range(3):  # non-trivial BatchNorm statistics
         m.model({k: torch.randn(16, *s) for k, s in SHAPES.items()},
@@ -313,7 +314,7 @@ def test_predict_fills_an_absent_input_at_its_own_shape():
     from dmrnet.predict import predict_subsets
 
     shapes = {"vec": [8], "img": [3, 16, 16], "snd": [1, 20, 12]}
-    module = MultimodalModule(list(shapes), shapes, 3, embed_dim=8).eval()
+    module = MultimodalModule(list(shapes), shapes, 3, network={"embed_dim": 8}).eval()
     torch.manual_seed(0)
     x = {m: torch.randn(1, *s) for m, s in shapes.items()}
     assert set(predict_subsets(module, {"vec": x["vec"]})) == {"vec"}

@@ -64,7 +64,7 @@ def test_casia_surf_fit_and_test_reports_iso_rates(tmp_path):
     # the smoke config names neither: the dataset's metric, selected in its direction
     saved = yaml.safe_load((tmp_path / "run" / "lightning_logs" / "version_0" /
                             "config.yaml").read_text())
-    assert saved["model"]["metric"] == "acer" and saved["checkpoint"]["mode"] == "min"
+    assert saved["model"]["training"]["metric"] == "acer" and saved["checkpoint"]["mode"] == "min"
     # the worst subset is the one with the highest ACER (lower is better)
     assert m["test/worst"] == pytest.approx(max(m[f"test/{s}/acer"] for s in (
         "rgb", "depth", "ir", "rgb+depth", "rgb+ir", "depth+ir", "rgb+depth+ir")))

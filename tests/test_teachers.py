@@ -133,7 +133,8 @@ def test_teacher_files_are_checked_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"the teacher of 'c' .* is a model of \['a'\]"):
         setup({"teacher_init": True, "teacher_checkpoints": {**paths, "c": paths["a"]}})
     wide = str(tmp_path / "wide.ckpt")
-    save_teacher(wide, "a", encoder_kwargs={"out_features": 4, "hidden": [16]}, embed_dim=8)
+    save_teacher(wide, "a", network={"encoder_kwargs": {"out_features": 4, "hidden": [16]},
+                                      "embed_dim": 8})
     context = get_method("baseline").training_context(
         _config(teacher_init=True, teacher_checkpoints={**paths, "a": wide}), net)
     with pytest.raises(ConfigError, match="encoder that does not fit the student's"):
@@ -141,8 +142,9 @@ def test_teacher_files_are_checked_before_training(tmp_path):
 
 
 def test_dense_models_take_teacher_streams_but_not_distillation(tmp_path):
-    dense = {"architecture": "dense", "metric": "miou", "embed_dim": 16,
-             "encoder_kwargs": {"width": 8}, "dense_kwargs": {"decoder_channels": [16, 8, 8]}}
+    dense = {"network": {"architecture": "dense", "embed_dim": 16, "encoder_kwargs": {"width": 8},
+                         "dense_kwargs": {"decoder_channels": [16, 8, 8]}},
+             "training": {"metric": "miou"}}
     paths = {}
     for m in DENSE:
         paths[m] = str(tmp_path / f"{m}.ckpt")
@@ -221,7 +223,7 @@ def test_a_resumed_run_keeps_its_trained_encoders(tmp_path, monkeypatch):
     from dmrnet.training import MultimodalDataModule
     data = MultimodalDataModule("synthetic", seed=0, batch_size=256)
     shapes = dict(data.input_shapes)
-    net = {"embed_dim": 8, "encoder_kwargs": {"out_features": 8, "hidden": [8]}}
+    net = {"network": {"embed_dim": 8, "encoder_kwargs": {"out_features": 8, "hidden": [8]}}}
     paths = {}
     for m in data.modalities:
         paths[m] = str(tmp_path / f"{m}.ckpt")

@@ -1,5 +1,6 @@
 """Files written by dmrnet 0.1 (method options and optimisation settings as top-level module
-settings) still load, with the same numbers; their settings are read in today's layout."""
+settings) and 0.2 (network and training settings as top-level module settings) still load,
+with the same numbers; their settings are read in today's layout."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dmrnet.serving import load_model, save_model
 from dmrnet.training import MultimodalModule
 
 SHAPES = {"a": [6], "b": [4]}
-NET = {"encoder_kwargs": {"out_features": 8, "hidden": [16]}, "embed_dim": 8}
+NET = {"network": {"encoder_kwargs": {"out_features": 8, "hidden": [16]}, "embed_dim": 8}}
 
 
 def trained(method: str, **kwargs) -> MultimodalModule:
@@ -31,10 +32,14 @@ def trained(method: str, **kwargs) -> MultimodalModule:
 
 
 def as_version_01(hparams: dict, **extra: object) -> dict:
-    """The module settings as dmrnet 0.1 wrote them: options and optimisation flat."""
-    old = {k: v for k, v in hparams.items() if k not in ("method_kwargs", "optim")}
+    """The module settings as dmrnet 0.1 wrote them: options, optimisation, network and
+    training flat."""
+    old = {k: v for k, v in hparams.items()
+           if k not in ("method_kwargs", "optim", "network", "training")}
     old.update(hparams.get("method_kwargs") or {})
     old.update(hparams["optim"])
+    old.update(hparams.get("network") or {})
+    old.update(hparams.get("training") or {})
     old.update(extra)
     return old
 
@@ -55,15 +60,24 @@ def outputs(network: torch.nn.Module) -> torch.Tensor:
 def test_old_layout_moves_options_and_optimisation():
     old = {"method": "dmrnet", "alpha": 0.01, "beta": 0.5, "hcr_top_k": 1, "hcr_subsets": None,
            "lr": 0.1, "optimizer": "sgd", "embed_dim": 8}
-    assert upgrade_settings(old) == {"method": "dmrnet", "embed_dim": 8,
+    assert upgrade_settings(old) == {"method": "dmrnet", "network": {"embed_dim": 8},
                                      "method_kwargs": {"alpha": 0.01, "beta": 0.5,
                                                        "hcr_top_k": 1},
                                      "optim": {"lr": 0.1, "optimizer": "sgd"}}
     # a method without those options drops the unset values 0.1 stored for every method
     assert upgrade_settings({"method": "baseline", "alpha": None, "beta": None}) == {
         "method": "baseline", "method_kwargs": None}
-    new = {"method": "dmrnet", "method_kwargs": {"beta": 0.3}, "optim": {"lr": 0.1}}
+    new = {"method": "dmrnet", "method_kwargs": {"beta": 0.3}, "optim": {"lr": 0.1},
+           "network": {"embed_dim": 8}, "training": {"metric": "acer"}}
     assert upgrade_settings(new) == new
+    # 0.2: the network's and the training's settings at the top level
+    flat = {"method": "dmrnet", "encoder": "mlp", "embed_dim": 8, "metric": "acer",
+            "subset_weights": None, "optim": {"lr": 0.1}}
+    assert upgrade_settings(flat) == {"method": "dmrnet", "optim": {"lr": 0.1},
+                                      "network": {"encoder": "mlp", "embed_dim": 8},
+                                      "training": {"metric": "acer", "subset_weights": None}}
+    with pytest.raises(ConfigError, match="'embed_dim' is given twice"):
+        upgrade_settings({"embed_dim": 8, "network": {"embed_dim": 16}})
 
 
 def test_old_checkpoint_loads_with_its_options_and_weights(tmp_path):

@@ -54,6 +54,7 @@ from dmrnet.predict import load_module, load_trained, run_predict
 from dmrnet.registry import ENCODERS
 from dmrnet.runtime import LOGGERS, check_logger
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
+from dmrnet.settings import SHORT_NAMES
 from dmrnet.sweep import run_sweep
 from dmrnet.training import DEFAULT_DATASET, SELECTIONS
 
@@ -512,6 +513,9 @@ def lightning_settings(args: Sequence[str]) -> LightningSettings:
                 config = None
             if not isinstance(config, dict):
                 continue
+            model = config.get("model")
+            for key in model if isinstance(model, dict) else ():
+                check_model_key(key, f"config {str(path)!r}: ")
             if config.get("plugins") is not None:
                 out.plugins.append((path, config["plugins"]))
             for key in PREREAD:
@@ -523,6 +527,16 @@ def lightning_settings(args: Sequence[str]) -> LightningSettings:
         elif option.startswith("--") and option[2:] in PREREAD and value:
             out.values[option[2:]] = value
     return out
+
+
+def check_model_key(key: str, where: str) -> None:
+    """A :class:`UsageError` for a network or training setting given where dmrnet 0.2 took
+    it (``model.encoder``), naming where it is now (``model.network.encoder``)."""
+    if key in SHORT_NAMES:
+        concern = SHORT_NAMES[key]
+        raise UsageError(f"{where}model.{key} is model.{concern}.{key} since dmrnet 0.3 (the "
+                         f"model's settings are grouped: network, training, optim); move it "
+                         f"under model.{concern}")
 
 
 def check_lightning_args(args: Sequence[str]) -> None:
@@ -541,6 +555,8 @@ def check_lightning_args(args: Sequence[str]) -> None:
             value = args[i + 1]
         if option in ("--config", "-c"):
             continue
+        if option.startswith("--model."):
+            check_model_key(option[len("--model."):].split(".", 1)[0], "")
         if seen.get(option, value) != value:
             raise UsageError(f"{option} is given twice ({seen[option]!r} and {value!r}); give "
                              "it once")

@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dmrnet.data import DatasetDefaults
 from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
-from dmrnet.methods import METHODS, get_method
+from dmrnet.methods import METHODS, get_method, upgrade_settings
 from dmrnet.metrics import selection_mode
 from dmrnet.report import subset_table
 from dmrnet.runtime import (
@@ -29,6 +29,7 @@ from dmrnet.runtime import (
     DeviceSetup,
     create_logger,
 )
+from dmrnet.settings import CONCERNS, SHORT_NAMES
 from dmrnet.training import MultimodalDataModule, MultimodalModule
 
 
@@ -100,6 +101,8 @@ class ConsoleReport(Callback):
         print(f"best checkpoint: {path} (epoch {epoch}, {monitor} {value:.4f})")
 
 
+CONCERN_KEYS = tuple(c.key for c in CONCERNS)
+
 # model arguments filled from the data module (compared through the data's modalities)
 LINKED = ("modalities", "input_shapes", "num_classes", "class_names", "class_weights",
           "preprocessing")
@@ -116,28 +119,42 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _fields(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Module settings as plain values, a concern's (``network``, ``training``, ``optim``)
+    field by field (``network.embed_dim``)."""
+    out: dict[str, Any] = {}
+    for key, value in _plain(settings).items():
+        if key in (*CONCERN_KEYS, "optim") and isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def run_difference(hparams: Mapping[str, Any], model: Mapping[str, Any],
                    modalities: Any) -> str | None:
     """How a checkpoint's hyperparameters differ from this run's model arguments and data
     modalities (``None``: all of the dataset's), first difference only; None if they match."""
-    mine = _plain(model)
+    mine, theirs = _fields(model), _fields(hparams)
     for key in sorted(mine):
-        if key in LINKED or key not in hparams:
+        if key in LINKED or key not in theirs:
             continue
-        theirs = _plain(hparams[key])
-        if theirs != mine[key]:
-            return f"{key} is {theirs!r} there and {mine[key]!r} here"
+        if theirs[key] != mine[key]:
+            return f"{key} is {theirs[key]!r} there and {mine[key]!r} here"
     if modalities is not None and _plain(hparams.get("modalities")) != _plain(modalities):
         return f"modalities are {hparams.get('modalities')!r} there and {_plain(modalities)!r} here"
     return None
 
 
 def _hyperparameters(path: Path) -> dict[str, Any]:
+    """A checkpoint's module settings in today's layout (one line for a damaged or unsafe
+    file)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for damaged or unsafe files
         raise checkpoint_error(str(path), err) from err
-    return dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    return upgrade_settings(hparams) if isinstance(hparams, Mapping) else {}
 
 
 def choose_resume_checkpoint(target: str, model: Mapping[str, Any], modalities: Any) -> Path:
@@ -231,20 +248,24 @@ class DMRNetCLI(LightningCLI):
                                             data.get("modalities") if data else None)
             print(f"resuming from {ckpt}", file=sys.stderr)
             cfg["ckpt_path"] = str(ckpt)
-        if cfg is not None:
-            path = cfg.get("ckpt_path")
-            if path is not None and str(path) not in ("best", "last"):
-                local_checkpoint(path, "--ckpt_path")
-                try:  # a one-line error for a damaged or unsafe file
-                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                except Exception as err:  # torch raises several types for such files
-                    raise checkpoint_error(path, err) from err
-            if cfg.get("weights_only") is False:
-                raise ConfigError("--weights_only false would let a checkpoint run code when it "
-                                  "is loaded; dmrnet always loads with weights_only=True")
-            if "weights_only" in cfg:
-                cfg["weights_only"] = True
-        super()._parse_ckpt_path()
+        if cfg is None:
+            return
+        if cfg.get("weights_only") is False:
+            raise ConfigError("--weights_only false would let a checkpoint run code when it "
+                              "is loaded; dmrnet always loads with weights_only=True")
+        if "weights_only" in cfg:
+            cfg["weights_only"] = True
+        path = cfg.get("ckpt_path")
+        if path is None or str(path) in ("best", "last"):
+            return
+        local_checkpoint(path, "--ckpt_path")
+        # As Lightning's CLI does, the checkpoint's model settings become the run's; those
+        # an earlier dmrnet saved are read in today's layout first
+        hparams = {k: v for k, v in _hyperparameters(Path(path)).items()
+                   if not str(k).startswith("_")}
+        if hparams:
+            self.config = self.parser.parse_object(
+                {self.config.subcommand: {"model": hparams}}, self.config)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in LINKED:
@@ -272,11 +293,13 @@ class DMRNetCLI(LightningCLI):
         if defaults is None:
             return
         model = cfg.model
-        # the config's mappings over the defaults' (its other values are the parser's)
-        mappings = {k: v for k, v in model.items() if isinstance(v, Mapping)}
+        # the config's mappings (e.g. network.encoder_kwargs) over the defaults', which name
+        # them by short name; its other values are the parser's
+        mappings = {k: v for concern in CONCERNS for k, v in (model.get(concern.key) or {}).items()
+                    if isinstance(v, Mapping)}
         merged = defaults.model_under(mappings)
         for key in mappings:
-            model[key] = merged[key]
+            model[SHORT_NAMES[key]][key] = merged[key]
         method = model.get("method")
         if defaults.options and isinstance(method, str) and method in METHODS:
             given = dict(model.get("method_kwargs") or {})
@@ -290,20 +313,25 @@ class DMRNetCLI(LightningCLI):
         the benchmark does: the lowest ACER, the highest accuracy or mIoU."""
         checkpoint = cfg.get("checkpoint")
         if checkpoint is not None and checkpoint.get("mode") == "auto":
-            checkpoint["mode"] = selection_mode(cfg.model.get("metric") or "accuracy")
+            training = cfg.model.get("training") or {}
+            checkpoint["mode"] = selection_mode(training.get("metric") or "accuracy")
 
 
 def dataset_parser_defaults(defaults: DatasetDefaults | None) -> dict[str, Any]:
-    """A dataset's defaults as the CLI parser's: module settings under ``model.`` (``optim``
-    key by key), ``trainer.max_epochs`` and ``data.batch_size``."""
+    """A dataset's defaults as the CLI parser's: module settings under their concern
+    (``model.network.encoder``, ``model.optim.lr``), ``trainer.max_epochs`` and
+    ``data.batch_size``."""
     if defaults is None:
         return {}
     out: dict[str, Any] = {}
     for key, value in defaults.model.items():
         if key == "optim":
             out.update({f"model.optim.{k}": v for k, v in value.items()})
+        elif key in SHORT_NAMES:  # a concern's field by its short name
+            out[f"model.{SHORT_NAMES[key]}.{key}"] = value
         else:
-            out[f"model.{key}"] = value
+            raise ConfigError(f"the dataset's defaults set {key!r}, which is not a model "
+                              f"setting; model settings: {sorted([*SHORT_NAMES, 'optim'])}")
     if defaults.epochs is not None:
         out["trainer.max_epochs"] = defaults.epochs
     if defaults.batch_size is not None:

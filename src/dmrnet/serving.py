@@ -31,6 +31,7 @@ from dmrnet.models.protocol import MultimodalNetwork
 from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.plugins import plugin_of
 from dmrnet.registry import ENCODERS, TRUNKS
+from dmrnet.settings import NetworkConfig
 from dmrnet.version import __version__
 
 CONFIG = "config.json"
@@ -209,12 +210,14 @@ def _registered_parts(args: Mapping[str, Any]) -> list[tuple[Any, str, str]]:
     """(registry, kind, name) of each registered piece a model's arguments name: its method,
     encoders and trunk."""
     parts = [(METHODS, "method", args["method"])]
-    encoders = [args.get("encoder")] + [
+    network = args.get("network")
+    network = network if isinstance(network, Mapping) else {}
+    encoders = [network.get("encoder", NetworkConfig.encoder)] + [
         e.get("name") if isinstance(e, Mapping) else e
-        for e in (args.get("encoders") or {}).values()]
+        for e in (network.get("encoders") or {}).values()]
     parts += [(ENCODERS, "encoder", e) for e in encoders if isinstance(e, str)]
-    if isinstance(args.get("trunk"), str):
-        parts.append((TRUNKS, "trunk", args["trunk"]))
+    if isinstance(network.get("trunk"), str):
+        parts.append((TRUNKS, "trunk", network["trunk"]))
     return parts
 
 

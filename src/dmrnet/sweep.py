@@ -26,14 +26,14 @@ from dmrnet.benchmark import (
 )
 from dmrnet.errors import RunInterruptedError
 from dmrnet.report import to_json
+from dmrnet.settings import SHARED_SETTINGS
 from dmrnet.signals import exit_code, stop_word
-from dmrnet.training import MODULE_SETTINGS
 
 
 def is_model_setting(key: str) -> bool:
     """Whether ``key`` (maybe dotted, e.g. "optim.lr") names a shared model setting rather
     than a method option."""
-    return key.split(".", 1)[0] in MODULE_SETTINGS
+    return key.split(".", 1)[0] in SHARED_SETTINGS
 
 
 def with_value(cfg: BenchmarkConfig, key: str, value: Any) -> BenchmarkConfig:

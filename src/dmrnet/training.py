@@ -30,6 +30,7 @@ from dmrnet.methods import Choice, ModelConfig, Objective, get_method, upgrade_r
 from dmrnet.methods.objectives import IGNORE_INDEX
 from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
 from dmrnet.optim import DEFAULT_OPTIM, OptimConfig, configure
+from dmrnet.settings import DEFAULT_NETWORK, DEFAULT_TRAINING, NetworkConfig, TrainingConfig
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
 log = logging.getLogger("dmrnet")
@@ -298,19 +299,14 @@ class MultimodalDataModule(L.LightningDataModule):
         return self._loader(self.data.test, train=False)
 
 
-MODULE_SETTINGS: tuple[str, ...] = (*ModelConfig.names(), "subset_weights", "metric", "optim",
-                                    "channels_last", "class_names", "preprocessing")
-"""The arguments of :class:`MultimodalModule`: the model config's fields and the training
-settings (``tests/test_method_registry.py`` checks they are its signature's)."""
-
-
 class MultimodalModule(L.LightningModule):
     """Any registered method (``method=``) trained with the missing-modality protocol.
 
-    The arguments are the method and its own options, the network shared by every method,
-    the training settings and the optimisation; none is specific to one method. Training
-    draws one subset per sample (``subset_weights``; uniform by default). Validation and test
-    evaluate every subset with encoder features reused, and log ``{stage}/{subset}/{metric}``,
+    The arguments are the data's (linked from the data module), the method and its own
+    options, and one typed configuration per concern shared by every method: the network,
+    the training and the optimisation. Training draws one subset per sample
+    (``training.subset_weights``; uniform by default). Validation and test evaluate every
+    subset with encoder features reused, and log ``{stage}/{subset}/{metric}``,
     ``{stage}/mean`` and ``{stage}/worst``; checkpoints are selected on ``val/mean``.
 
     Args:
@@ -319,16 +315,11 @@ class MultimodalModule(L.LightningModule):
         method: a registered method (``dmrnet.methods.METHODS``).
         method_kwargs: the method's own options (its ``Options``, e.g. DMRNet's alpha and
             beta); unknown keys are an error that lists the method's options.
-        encoder / encoder_kwargs / encoders / embed_dim / fusion / missing_at / trunk /
-            trunk_kwargs / architecture / dense_kwargs: the network
-            (:class:`dmrnet.methods.ModelConfig`).
-        label_smoothing: of the task loss.
-        subset_weights: training subset weights by name (None = the method's default: uniform,
-            or only the full subset for a method that trains on complete inputs).
-        metric: task metric name ("accuracy").
+        network: the network (:class:`dmrnet.settings.NetworkConfig`: encoders, embedding
+            size, fusion, ...); a mapping is read as one.
+        training: subset weights, task metric, label smoothing, memory layout
+            (:class:`dmrnet.settings.TrainingConfig`).
         optim: the optimiser and schedule (:class:`dmrnet.optim.OptimConfig`).
-        channels_last: keep convolution weights and image inputs in channels-last memory
-            order (faster convolutions on tensor-core GPUs, with bf16/fp16 especially).
     """
 
     def __init__(
@@ -338,38 +329,32 @@ class MultimodalModule(L.LightningModule):
         num_classes: int,
         method: str = "dmrnet",
         method_kwargs: dict[str, Any] | None = None,
-        encoder: str = "mlp",
-        encoder_kwargs: dict[str, Any] | None = None,
-        encoders: dict[str, dict[str, Any]] | None = None,
-        embed_dim: int = 256,
-        fusion: str = "concat",
-        missing_at: str = "feature",
-        trunk: str | None = None,
-        trunk_kwargs: dict[str, Any] | None = None,
-        architecture: str = "late_fusion",
-        dense_kwargs: dict[str, Any] | None = None,
-        label_smoothing: float = 0.0,
-        subset_weights: dict[str, float] | None = None,
-        metric: str = "accuracy",
+        network: NetworkConfig = DEFAULT_NETWORK,
+        training: TrainingConfig = DEFAULT_TRAINING,
         optim: OptimConfig = DEFAULT_OPTIM,
-        channels_last: bool = False,
         class_names: list[str] | None = None,
         class_weights: list[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.network = NetworkConfig.of(network)
+        self.training_config = TrainingConfig.of(training)
         self.optim = OptimConfig.of(optim)
-        optim = self.optim.to_dict()  # save_hyperparameters stores this plain mapping
+        # save_hyperparameters stores these plain mappings
+        network, training, optim = (self.network.to_dict(), self.training_config.to_dict(),
+                                    self.optim.to_dict())
         self.save_hyperparameters()
         config = ModelConfig.pick(self.hparams)
         config.input_shapes = {m: tuple(v) for m, v in input_shapes.items()}
         self.method = get_method(method)
         self.model, self.objective = self.method.build(config)
-        self.channels_last = bool(channels_last)
+        train = self.training_config
+        self.channels_last = train.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.space: SubsetSpace = self.model.space
         weights = {self.space.names[-1]: 1.0} if self.method.train_subsets == "full" else None
+        subset_weights = train.subset_weights
         self.sampler = SubsetSampler(self.space, subset_weights or weights)
         self.base_weights = self.sampler.weights.clone()  # an objective's sampling multiplies it
         if subset_weights and self.sampler.unnamed:
@@ -380,7 +365,7 @@ class MultimodalModule(L.LightningModule):
                         (", ..." if len(self.sampler.unnamed) > 4 else ""))
         # what the method's objective needs besides the batch (e.g. a frozen teacher)
         self.context = self.method.training_context(config, self.model)
-        self.task_metric = get_task_metric(metric)
+        self.task_metric = get_task_metric(train.metric)
         names = self.space.names
         tm = self.task_metric
         self.val_metric = PerSubsetMetric(names, lambda: tm.factory(num_classes), tm.name)

@@ -23,6 +23,7 @@ from dmrnet.errors import (
     COUNT,
     COUNT_FROM_1,
     FRACTION,
+    ConfigError,
     DMRNetError,
     Rule,
     first_line,
@@ -39,8 +40,8 @@ from dmrnet.runtime import (
     check_logger,
     check_precision,
 )
+from dmrnet.settings import SHARED_SETTINGS, flatten_settings
 from dmrnet.training import (
-    MODULE_SETTINGS,
     SELECTIONS,
     MultimodalDataModule,
     last_batch_of_one,
@@ -136,7 +137,11 @@ def apply_dataset_defaults(cfg: BenchmarkConfig) -> BenchmarkConfig:
     in the run has them); ``model.method_kwargs`` (e.g. from a config file) counts as options
     for every method."""
     defaults = DATASETS.defaults(cfg.dataset)
-    model = defaults.model_under(cfg.model)
+    try:  # a fit config's network: and training: mappings, by their fields' short names
+        flat = flatten_settings(cfg.model)
+    except ConfigError as err:
+        raise BenchmarkError(str(err)) from None
+    model = defaults.model_under(flat)
     given = model.pop("method_kwargs", None) or {}
     # a dataset's default options apply to the methods in the run that have them
     offered = defaults.options_for(k for m in cfg.methods if m in METHODS
@@ -226,8 +231,7 @@ def check_config(cfg: BenchmarkConfig) -> None:
         raise BenchmarkError(f"{what}: {cfg.precision} does not run on {device} (Lightning "
                              f"would silently use {probe.precision}); pass --precision "
                              f"{probe.precision}")
-    known = set(MODULE_SETTINGS) - {"modalities", "input_shapes", "num_classes", "class_names",
-                                    "preprocessing", "method", "method_kwargs"}
+    known = SHARED_SETTINGS
     unknown = sorted(set(cfg.model) - known)
     if unknown:
         hint = (" (choose methods with --methods)" if unknown[0] == "method" else

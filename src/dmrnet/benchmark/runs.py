@@ -74,6 +74,7 @@ from dmrnet.runtime import (
     usable_cores,
     user_threads,
 )
+from dmrnet.settings import nest_settings
 from dmrnet.signals import Stopped, exit_code, lightning_interrupts, stop_word
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import (
@@ -111,8 +112,9 @@ def _module(data: MultimodalDataModule, module_kwargs: dict[str, Any]) -> Multim
     linked = {"class_names": data.class_names, "preprocessing": data.preprocessing}
     if data.class_weights is not None and "class_weights" not in module_kwargs:
         linked["class_weights"] = data.class_weights
-    return MultimodalModule(
-        data.modalities, data.input_shapes, data.num_classes, **linked, **module_kwargs,
+    return MultimodalModule(  # the benchmark's settings name each concern's fields alone
+        data.modalities, data.input_shapes, data.num_classes, **linked,
+        **nest_settings(module_kwargs),
     )
 
 

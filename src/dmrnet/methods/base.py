@@ -31,31 +31,25 @@ from dmrnet.batch import Batch
 from dmrnet.errors import ConfigError, checkpoint_error, local_checkpoint
 from dmrnet.records import Stage, StageResult
 from dmrnet.registry import Registry
+from dmrnet.settings import NetworkConfig, TrainingConfig, nest_settings
 
 
 @dataclass
 class ModelConfig:
     """Everything that builds a network and its objective (the arguments of
-    :func:`build_method`). ``method_kwargs`` are the method's own ``Options``."""
+    :func:`build_method`): the data's shape, the shared ``network``
+    (:class:`~dmrnet.settings.NetworkConfig`, a mapping is read as one), the method's own
+    ``Options`` (``method_kwargs``) and the task loss's settings."""
 
     method: str
     modalities: Sequence[str]
     input_shapes: Mapping[str, Sequence[int]]
     num_classes: int
-    encoder: str = "mlp"
-    encoder_kwargs: Mapping[str, object] | None = None
-    encoders: Mapping[str, Mapping[str, object]] | None = None
-    embed_dim: int = 256
-    fusion: str = "concat"
-    missing_at: str = "feature"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    method_kwargs: Mapping[str, object] | None = None
     label_smoothing: float = field(default=0.0, metadata={"training_only": True})
-    trunk: str | None = None
-    trunk_kwargs: Mapping[str, object] | None = None
-    architecture: str = "late_fusion"
-    dense_kwargs: Mapping[str, object] | None = None
     class_weights: Sequence[float] | None = field(default=None,
                                                   metadata={"training_only": True})
-    method_kwargs: Mapping[str, object] | None = None
 
     def __post_init__(self) -> None:
         """The core fields' types, so a wrong one is one line naming it, not a TypeError from
@@ -74,13 +68,12 @@ class ModelConfig:
                     for d in shape):
                 raise ConfigError(f"input_shapes[{m!r}] must be a list of positive sizes, e.g. "
                                   f"(64,) or (3, 224, 224); got {shape!r}")
-        for name in ("num_classes", "embed_dim"):
-            value = getattr(self, name)
-            least = 2 if name == "num_classes" else 1
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be a whole number; got {value!r}")
-            if value < least:
-                raise ConfigError(f"{name} must be at least {least}; got {value!r}")
+        k = self.num_classes
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool):
+            raise ConfigError(f"num_classes must be a whole number; got {k!r}")
+        if k < 2:
+            raise ConfigError(f"num_classes must be at least 2; got {k!r}")
+        self.network = NetworkConfig.of(self.network)
 
     @classmethod
     def names(cls, serving: bool = False) -> list[str]:
@@ -91,10 +84,14 @@ class ModelConfig:
 
     @classmethod
     def pick(cls, settings: Mapping[str, Any]) -> ModelConfig:
-        """The model config among a module's settings (other keys are left out; settings
-        saved by earlier versions are read through :func:`upgrade_settings`)."""
-        known = set(cls.names())
-        return cls(**{k: v for k, v in upgrade_settings(settings).items() if k in known})
+        """The model config of a module's settings (its ``training`` gives the label
+        smoothing; other keys are left out; settings saved by earlier versions are read
+        through :func:`upgrade_settings`)."""
+        settings = upgrade_settings(settings)
+        known = set(cls.names()) - {"label_smoothing"}
+        training = TrainingConfig.of(settings.get("training"))
+        return cls(**{k: v for k, v in settings.items() if k in known},
+                   label_smoothing=training.label_smoothing)
 
 
 LEGACY_OPTIONS = ("alpha", "beta", "hcr_warmup_epochs", "hcr_top_k", "hcr_candidates",
@@ -109,8 +106,10 @@ LEGACY_OPTIM = ("optimizer", "lr", "weight_decay", "momentum", "nesterov", "sche
 def upgrade_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Module settings saved by dmrnet 0.1 (checkpoints, model folders) in today's layout:
     method options move into ``method_kwargs`` (those the method has; unset ones are
-    dropped) and optimisation settings into ``optim``. Current settings pass unchanged."""
-    out = dict(settings)
+    dropped) and optimisation settings into ``optim``; network and training settings, which
+    0.1 and 0.2 kept at the top level, go under ``network`` and ``training``
+    (:func:`~dmrnet.settings.nest_settings`). Current settings pass unchanged."""
+    out = nest_settings(settings)
     legacy = [k for k in LEGACY_OPTIONS if k in out]
     if legacy and "method" in out and out["method"] in METHODS:
         known = set(METHODS.get(out["method"]).option_names())
@@ -391,9 +390,10 @@ def get_method(name: str) -> Method:
 
 def build_method(method: str, **kwargs: Any) -> tuple[nn.Module, nn.Module]:
     """Build the network and objective of a named method from :class:`ModelConfig`'s fields
-    (``modalities``, ``input_shapes``, ``num_classes``, ``encoder``, ...)."""
+    (``modalities``, ``input_shapes``, ``num_classes``, ``network``, ...); the network's
+    fields may also be given by name (``encoder="mlp", embed_dim=64``)."""
     try:
-        config = ModelConfig(method=method, **kwargs)
+        config = ModelConfig(method=method, **nest_settings(kwargs, (NetworkConfig,)))
     except TypeError as err:
         raise ConfigError(f"cannot build method {method!r}: {err}") from err
     return get_method(method).build(config)

@@ -228,7 +228,7 @@ class DMRNetFamily(Method):
         for booster in boosters:
             booster.check(options, config)
         network: nn.Module
-        if config.architecture == "dense":
+        if config.network.architecture == "dense":
             hcr_opts = group_of(options, HCROptions)
             beta = hcr_opts.beta if hcr_opts is not None else 0.0
             network = dense_network(config, self.variance, self.sample, beta)
@@ -309,11 +309,12 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
     with ``{"name": ..., **kwargs}``. ``trunk``/``trunk_kwargs`` name shared layers after
     fusion (mid-level fusion, e.g. "resnet_trunk" for CASIA-SURF).
     """
-    if config.architecture not in ("late_fusion", "dense"):
+    net = config.network
+    if net.architecture not in ("late_fusion", "dense"):
         raise ConfigError("architecture must be 'late_fusion' or 'dense'; got "
-                          f"{config.architecture!r}")
+                          f"{net.architecture!r}")
     mods = list(SubsetSpace(config.modalities).modalities)
-    encoders, shapes = config.encoders or {}, config.input_shapes
+    encoders, shapes = net.encoders or {}, config.input_shapes
     unknown = [m for m in encoders if m not in mods]
     if unknown:
         raise ConfigError(f"encoder given for modality {unknown[0]!r}, not one of {mods}")
@@ -323,8 +324,8 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
     built = {}
     for m in mods:
         cfg = dict(encoders.get(m, {}))
-        name = str(cfg.pop("name", config.encoder))
-        kwargs = {**(config.encoder_kwargs or {}), **cfg} if name == config.encoder else cfg
+        name = str(cfg.pop("name", net.encoder))
+        kwargs = {**(net.encoder_kwargs or {}), **cfg} if name == net.encoder else cfg
         built[m] = create_encoder(name, tuple(shapes[m]), **kwargs)
     spatial = {bool(getattr(e, "spatial", False)) for e in built.values()}
     if len(spatial) != 1:
@@ -333,13 +334,13 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
             "fused; mix of " + ", ".join(f"{m}: {type(e).__name__}" for m, e in built.items())
         )
     trunk_module = None
-    if config.trunk is not None:
-        fused = create_fusion(config.fusion,
+    if net.trunk is not None:
+        fused = create_fusion(net.fusion,
                               [int(e.out_features) for e in built.values()]).out_features
-        trunk_module = create_trunk(config.trunk, fused, **dict(config.trunk_kwargs or {}))
+        trunk_module = create_trunk(net.trunk, fused, **dict(net.trunk_kwargs or {}))
     return MultimodalModel(
-        mods, built, config.num_classes, embed_dim=config.embed_dim, fusion=config.fusion,
-        variance=variance, sample=sample, missing_at=config.missing_at, input_shapes=shapes,
+        mods, built, config.num_classes, embed_dim=net.embed_dim, fusion=net.fusion,
+        variance=variance, sample=sample, missing_at=net.missing_at, input_shapes=shapes,
         trunk=trunk_module, spatial=spatial.pop(), unimodal_heads=unimodal_heads,
         detach_fused=detach_fused, expose_features=expose_features, probe_heads=probe_heads,
         ensemble_weight=ensemble_weight,
@@ -357,12 +358,12 @@ def dense_network(config: ModelConfig, variance: bool, sample: bool, beta: float
     if bad:
         raise ConfigError(f"dense models need (C, H, W) inputs; modality {bad[0]!r} has "
                           f"{shapes[bad[0]]}")
-    dense = dict(config.dense_kwargs or {})
+    dense = dict(config.network.dense_kwargs or {})
     return DenseMultimodalModel(
         mods, {m: s[0] for m, s in shapes.items()}, config.num_classes,
-        embed_dim=config.embed_dim, variance=variance, sample=sample,
+        embed_dim=config.network.embed_dim, variance=variance, sample=sample,
         aux_decoder=bool(dense.pop("aux_decoder", False)) and variance and beta > 0,
-        **dict(config.encoder_kwargs or {}), **dense,  # type: ignore[arg-type]
+        **dict(config.network.encoder_kwargs or {}), **dense,  # type: ignore[arg-type]
     )
 
 
@@ -488,7 +489,8 @@ class Tutored(DMRNetFamily):
         return preset_heads(values, dense=False)
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
-        kwargs = preset_heads(config.method_kwargs or {}, dense=config.architecture == "dense")
+        kwargs = preset_heads(config.method_kwargs or {},
+                              dense=config.network.architecture == "dense")
         return super().build(dataclasses.replace(config, method_kwargs=kwargs))
 
 

@@ -69,7 +69,7 @@ class UnimodalHeads(Booster):
 
     def check(self, options: Any, config: ModelConfig) -> None:
         own = self.read(options)
-        if config.architecture == "dense":
+        if config.network.architecture == "dense":
             for option in ("unimodal_weight", "unimodal_ensemble"):
                 if getattr(own, option) > 0:
                     raise dense_unsupported(option)

@@ -186,7 +186,7 @@ class OGM(Booster):
         return heads is not None and heads.unimodal_weight > 0
 
     def check(self, options: Any, config: ModelConfig) -> None:
-        if config.architecture == "dense" and self.read(options).ogm_alpha > 0:
+        if config.network.architecture == "dense" and self.read(options).ogm_alpha > 0:
             raise dense_unsupported("ogm_alpha")
 
     def network(self, options: Any, config: ModelConfig) -> dict[str, Any]:

@@ -30,9 +30,10 @@ class ShaSpec(Method):
 
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         opts = self.options(config.method_kwargs)
+        net = config.network
         model = ShaSpecModel(config.modalities, config.input_shapes, config.num_classes,
-                             encoder=config.encoder, encoder_kwargs=config.encoder_kwargs,
-                             embed_dim=config.embed_dim, proj_dim=opts.proj_dim,
+                             encoder=net.encoder, encoder_kwargs=net.encoder_kwargs,
+                             embed_dim=net.embed_dim, proj_dim=opts.proj_dim,
                              proj_channels=opts.proj_channels, dao_weight=opts.dao_weight,
                              dco_weight=opts.dco_weight)
         return model, MultimodalObjective(label_smoothing=config.label_smoothing,

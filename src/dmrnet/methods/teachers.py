@@ -208,7 +208,7 @@ class Teachers(Booster):
     training_only = ("teacher_checkpoints",)
 
     def check(self, options: Any, config: ModelConfig) -> None:
-        if config.architecture == "dense" and self.read(options).teacher_distill > 0:
+        if config.network.architecture == "dense" and self.read(options).teacher_distill > 0:
             raise dense_unsupported("teacher_distill")
 
     def network(self, options: Any, config: ModelConfig) -> dict[str, Any]:
