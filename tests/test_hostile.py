@@ -1379,6 +1379,19 @@ def repeated_arguments(w: World) -> None:
               "--model.network.embed_dim is given twice")
 
 
+@case(SETTINGS, "a `fit` config written for dmrnet 0.2 (`model: {embed_dim: 8}`), or "
+      "`--model.metric acer` on the command line", "dmrnet fit", "error",
+      "config '...': model.embed_dim is model.network.embed_dim since dmrnet 0.3 (...); move it "
+      "under model.network")
+def settings_of_0_2(w: World) -> None:
+    old = w.root / "old.yaml"
+    old.write_text("model:\n  embed_dim: 8\ndata:\n  dataset: mfeat\n")
+    w.refuses(["fit", "--config", str(old)], "model.embed_dim is model.network.embed_dim "
+              "since dmrnet 0.3 .*; move it under model.network")
+    w.refuses(["fit", "--data.dataset", "mfeat", "--model.metric", "acer"],
+              "model.metric is model.training.metric")
+
+
 @case(SETTINGS, "encoder sizes and rates no layer can have: `encoder_kwargs` `{hidden: [0]}`, "
       "`{hidden: [-3]}`, `{dropout: 1.5}`, `{out_features: 0}`, an image encoder's "
       "`{width: 0}`", "dmrnet benchmark, fit", "error",
