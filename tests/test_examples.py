@@ -197,6 +197,12 @@ def scaled(argv: list[str]) -> list[str]:
         seeds = argv[argv.index("--seeds") + 1].split(",")[0] if "--seeds" in argv else "0"
         _set(argv, "--seeds", seeds)
         _set(argv, "--epochs", "1")
+        methods = argv[argv.index("--methods") + 1].split(",") if "--methods" in argv else []
+        if ("dedicated" in methods and "--modalities" not in argv and "--dataset" in argv
+                and argv[argv.index("--dataset") + 1] == "mfeat"):
+            # dedicated trains one model per subset: 3 on two of the six views, not 63 (the
+            # command's methods and options are kept; only the data shrink, as epochs do)
+            argv += ["--modalities", "fou,kar"]
         if "--sweep" in argv:  # its first two values: a sweep needs two
             key, _, values = argv[argv.index("--sweep") + 1].partition("=")
             _set(argv, "--sweep", f"{key}={','.join(values.split(',')[:2])}")
@@ -433,6 +439,9 @@ def test_scaling_keeps_meaning_and_shrinks_size():
     recipe = scaled(["dmrnet", "test", "--config", "configs/cremad_dmrnet.yaml"])
     assert recipe[recipe.index("--model.network.encoder_kwargs.layers") + 1] == "[1, 1, 1, 1]"
     assert scaled(["dmrnet", "fit", "--help"]) == ["dmrnet", "fit", "--help"]
+    peers = scaled(["dmrnet", "benchmark", "--dataset", "mfeat", "--methods", "dmrnet,dedicated"])
+    assert peers[-3:] == ["--modalities", "fou,kar", "--no-progress"]
+    assert "--modalities" not in scaled(["dmrnet", "benchmark", "--methods", "dmrnet,dedicated"])
     sweep = scaled(["dmrnet", "benchmark", "--sweep", "beta=0,0.2,0.5"])
     assert sweep[2:4] == ["--sweep", "beta=0,0.2"]
     if not torch.cuda.is_available():
