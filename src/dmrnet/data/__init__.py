@@ -16,6 +16,7 @@ from dmrnet.data.base import (
 )
 from dmrnet.data.casia_surf import casia_surf
 from dmrnet.data.cremad import cremad
+from dmrnet.data.features import features
 from dmrnet.data.kinetics_sounds import kinetics_sounds
 from dmrnet.data.manifest import manifest
 from dmrnet.data.mfeat import mfeat
@@ -32,6 +33,7 @@ __all__ = [
     "Standardizer",
     "casia_surf",
     "cremad",
+    "features",
     "kinetics_sounds",
     "manifest",
     "mfeat",

@@ -1,0 +1,259 @@
+"""Pre-extracted features: one array file per modality holding every sample, as feature
+releases ship them.
+
+A small YAML (``features.yaml`` in ``root``, or the file named by ``spec``) names the files::
+
+    modalities:
+      audio: audio.npy                      # (N, ...) one row per sample
+      visual: {file: feats.npz, key: visual}
+      text: text.pt                         # a tensor, or {file: x.pt, key: name} in a dict
+    labels: labels.npy                      # (N,) class ids or names
+    split: split.npy                        # optional (N,): train / val / test (or 0 / 1 / 2)
+    available:                              # optional (N,) bool per modality
+      visual: visual_present.npy
+    class_names: [neg, pos]                 # optional, for class ids 0..K-1
+
+Paths are relative to the YAML's folder. A sample misses a modality where ``available`` says so
+or where its row is entirely NaN (a row with some NaN is an error). Without ``split``, a
+stratified 60/20/20 split is drawn from the seed; a split without validation rows has 20 % of
+its training rows carved out. Arrays are standardised per element on the training rows that
+have them; the statistics are stored with a trained model, which then takes raw rows.
+
+Files: ``.npy``, ``.npz`` (``key`` names the array), ``.pt`` (read with
+``weights_only=True``: a tensor, or a dict of tensors and ``key``). Pickled objects are refused.
+Every sample's row has one fixed shape per modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from dmrnet.data.base import (
+    DATASETS,
+    ArrayDataset,
+    DataError,
+    DatasetDefaults,
+    SplitData,
+    Standardizer,
+    stratified_split,
+)
+from dmrnet.data.files import select_modalities
+from dmrnet.data.io import array_problem, load_npy, read_text
+
+SPEC_NAME = "features.yaml"
+SUFFIXES = (".npy", ".npz", ".pt")
+SPLIT_CODES = {"train": 0, "val": 1, "validation": 1, "test": 2, "0": 0, "1": 1, "2": 2}
+SPEC_KEYS = ("modalities", "labels", "split", "available", "class_names")
+
+
+def _spec_path(root: str | Path | None, spec: str | Path | None) -> Path:
+    if spec is not None:
+        path = Path(spec).expanduser()
+        if not path.is_absolute() and root is not None:
+            path = Path(root).expanduser() / path
+    elif root is not None:
+        path = Path(root).expanduser()
+        path = path / SPEC_NAME if path.is_dir() else path
+    else:
+        raise DataError(f"features needs its {SPEC_NAME}: --root DIR (the folder holding it) "
+                        "or dataset_kwargs spec: FILE")
+    if not path.is_file():
+        raise DataError(f"features spec {str(path)!r} does not exist; write a {SPEC_NAME} "
+                        "naming each modality's array file and the labels")
+    return path
+
+
+def _entry(value: Any, what: str) -> tuple[str, str | None]:
+    """A file entry (``x.npy`` or ``{file: x.npz, key: k}``) -> (file, key)."""
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, Mapping) and isinstance(value.get("file"), str):
+        unknown = sorted(set(value) - {"file", "key"})
+        if unknown:
+            raise DataError(f"{what}: unknown key {unknown[0]!r} (a file entry takes file, key)")
+        key = value.get("key")
+        if key is not None and not isinstance(key, str):
+            raise DataError(f"{what}: key must be a name; got {key!r}")
+        return value["file"], key
+    raise DataError(f"{what} must be a file name or {{file: NAME, key: KEY}}; got {value!r}")
+
+
+def read_array(folder: Path, value: Any, what: str) -> np.ndarray:
+    """The array a spec entry names (no pickled object is ever loaded)."""
+    name, key = _entry(value, what)
+    path = folder / name
+    if not path.is_file():
+        raise DataError(f"{what}: file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = load_npy(path)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                pick = key or (keys[0] if len(keys) == 1 else None)
+                if pick not in keys:
+                    raise DataError(f"{what}: {str(path)!r} holds {keys}; name one with "
+                                    "{file: ..., key: ...}")
+                arr = np.asarray(archive[pick])
+        elif suffix == ".pt":
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, Mapping):
+                keys = [str(k) for k in obj]
+                pick = key or (keys[0] if len(keys) == 1 else None)
+                if pick not in obj:
+                    raise DataError(f"{what}: {str(path)!r} holds {keys}; name one with "
+                                    "{file: ..., key: ...}")
+                obj = obj[pick]
+            if not isinstance(obj, torch.Tensor):
+                raise DataError(f"{what}: {str(path)!r} holds a {type(obj).__name__}, not a "
+                                "tensor")
+            arr = obj.detach().cpu().numpy()
+        else:
+            raise DataError(f"{what}: {str(path)!r} is not one of the array files "
+                            f"{', '.join(SUFFIXES)}")
+    except DataError:
+        raise
+    except Exception as err:  # numpy and torch raise several types for bad or unsafe files
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{what}: cannot read {str(path)!r}: {first}") from err
+    return arr
+
+
+def _labels(raw: np.ndarray, names: Any, n: int) -> tuple[np.ndarray, list[str]]:
+    if raw.ndim != 1 or len(raw) != n:
+        raise DataError(f"labels must be one value per sample, shape ({n},); got "
+                        f"{tuple(raw.shape)}")
+    if raw.dtype.kind in "iu" or (raw.dtype.kind == "f" and np.all(np.mod(raw, 1) == 0)):
+        ids = raw.astype(np.int64)
+        if ids.min() < 0:
+            raise DataError(f"class ids must be >= 0; got {int(ids.min())}")
+        k = int(ids.max()) + 1
+        if names is None:
+            names = [str(c) for c in range(k)]
+        if (not isinstance(names, list) or len(set(map(str, names))) != len(names)
+                or len(names) < k):
+            raise DataError(f"class_names must list at least {k} distinct names (ids go to "
+                            f"{k - 1}); got {names!r}")
+        return ids, [str(c) for c in names]
+    if raw.dtype.kind in "US":
+        values = sorted({str(v) for v in raw})
+        if names is not None:
+            missing = sorted(set(values) - set(map(str, names)))
+            if not isinstance(names, list) or missing:
+                raise DataError(f"labels {missing[:3]} are not in class_names {names!r}")
+            values = [str(c) for c in names]
+        index = {c: i for i, c in enumerate(values)}
+        return np.array([index[str(v)] for v in raw], dtype=np.int64), values
+    raise DataError(f"labels must be class ids or names; got dtype {raw.dtype}")
+
+
+def _split_codes(raw: np.ndarray, n: int) -> np.ndarray:
+    if raw.ndim != 1 or len(raw) != n:
+        raise DataError(f"split must be one value per sample, shape ({n},); got "
+                        f"{tuple(raw.shape)}")
+    words = [str(v.decode() if isinstance(v, bytes) else v).strip().lower() for v in raw]
+    bad = next((w for w in words if w not in SPLIT_CODES), None)
+    if bad is not None:
+        raise DataError(f"split value {bad!r} is not train, val, test (or 0, 1, 2)")
+    return np.array([SPLIT_CODES[w] for w in words], dtype=np.int64)
+
+
+@DATASETS.register("features", DatasetDefaults(model={"encoder": "auto"}))
+def features(
+    root: str | Path | None = None,
+    modalities: Sequence[str] | None = None,
+    seed: int = 0,
+    spec: str | Path | None = None,
+    standardize: bool = True,
+) -> SplitData:
+    """Pre-extracted feature arrays named by a YAML spec (see the module's docstring)."""
+    path = _spec_path(root, spec)
+    try:
+        config = yaml.safe_load(read_text(path, "features spec"))
+    except yaml.YAMLError as err:
+        raise DataError(f"{str(path)!r} is not YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(config, dict) or not isinstance(config.get("modalities"), dict) \
+            or not config["modalities"] or "labels" not in config:
+        raise DataError(f"{str(path)!r} must map modalities (name: file) and labels (file)")
+    unknown = sorted(set(config) - set(SPEC_KEYS))
+    if unknown:
+        raise DataError(f"{str(path)!r}: unknown key {unknown[0]!r}; a features spec takes "
+                        f"{list(SPEC_KEYS)}")
+    folder = path.parent
+    mods = select_modalities([str(m) for m in config["modalities"]], modalities, "features")
+    raw_labels = read_array(folder, config["labels"], "labels")
+    n = int(raw_labels.shape[0]) if raw_labels.ndim else 0
+    labels, class_names = _labels(raw_labels, config.get("class_names"), n)
+    if len(class_names) < 2:
+        raise DataError(f"{str(path)!r}: the labels hold one class; a classifier needs two")
+    given = config.get("available") or {}
+    if not isinstance(given, dict) or any(m not in config["modalities"] for m in given):
+        raise DataError(f"available must map some of the modalities {list(config['modalities'])} "
+                        f"to (N,) bool files; got {given!r}")
+    arrays: dict[str, np.ndarray] = {}
+    present = np.ones((n, len(mods)), dtype=bool)
+    for j, m in enumerate(mods):
+        what = f"modality {m!r}"
+        arr = read_array(folder, config["modalities"][m], what)
+        problem = array_problem(arr, config["modalities"][m])
+        if problem:
+            raise DataError(f"{what}: {problem}")
+        if arr.ndim < 2 or arr.shape[0] != n:
+            raise DataError(f"{what} must hold one row per sample, shape ({n}, ...); got "
+                            f"{tuple(arr.shape)}")
+        arr = arr.astype(np.float32)
+        flat = arr.reshape(n, -1)
+        nan = ~np.isfinite(flat)
+        empty = nan.all(axis=1)
+        partly = np.flatnonzero(nan.any(axis=1) & ~empty)
+        if len(partly):
+            raise DataError(f"{what}: row {int(partly[0])} holds some NaN or inf values; fill "
+                            "them, or make the whole row NaN (or mark it in available:) to "
+                            "say the sample has no such modality")
+        present[:, j] = ~empty
+        if m in given:
+            mask = read_array(folder, given[m], f"available[{m!r}]")
+            if mask.shape != (n,) or not np.isin(mask, (0, 1)).all():
+                raise DataError(f"available[{m!r}] must be (N,) = ({n},) of true/false; got "
+                                f"shape {tuple(mask.shape)}")
+            present[:, j] &= mask.astype(bool)
+        arr[~present[:, j]] = 0.0
+        arrays[m] = arr
+    none = np.flatnonzero(~present.any(axis=1))
+    if len(none):
+        raise DataError(f"sample {int(none[0])} has none of the modalities {mods}; drop it "
+                        "(every sample needs at least one)")
+    full = ArrayDataset(arrays, labels, present)
+    if config.get("split") is not None:
+        codes = _split_codes(read_array(folder, config["split"], "split"), n)
+        tr, va, te = (np.flatnonzero(codes == k) for k in range(3))
+        if len(va) == 0:  # a release with train and test only: validation from train
+            keep, carve = stratified_split(labels[tr], [0.8, 0.2], seed)
+            tr, va = tr[keep], tr[carve]
+    else:
+        tr, va, te = stratified_split(labels, [0.6, 0.2, 0.2], seed)
+    for name, part in (("training", tr), ("validation", va), ("test", te)):
+        if len(part) == 0:
+            raise DataError(f"the {name} split holds no sample; every split needs at least one")
+    train, val, test = full.subset(tr), full.subset(va), full.subset(te)
+    info: dict[str, Any] = {"source": f"feature files ({path.name})", "seed": seed,
+                            "sizes": {"train": len(tr), "val": len(va), "test": len(te)},
+                            "availability": {m: float(present[:, j].mean())
+                                             for j, m in enumerate(mods)}}
+    if standardize:
+        stats = Standardizer.fit(train)
+        train, val, test = stats.apply(train), stats.apply(val), stats.apply(test)
+        # absent rows stay zeros, as the collate gives them
+        for part in (train, val, test):
+            for j, m in enumerate(mods):
+                part.features[m][~part.availability[:, j]] = 0.0
+        info["standardizer"] = {"mean": stats.mean, "std": stats.std}
+    return SplitData(train=train, val=val, test=test, modalities=mods,
+                     input_shapes=full.input_shapes, class_names=class_names, info=info)
