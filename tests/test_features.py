@@ -16,6 +16,13 @@ from dmrnet.data import DATASETS, DataError
 N = 60
 
 
+class Unsafe:
+    """An object a pickle would rebuild by running code (``weights_only`` refuses it)."""
+
+    def __reduce__(self):
+        return (print, ("ran code",))
+
+
 def write_release(folder: Path, split: bool = True, **changes: object) -> Path:
     """Three modalities in three file kinds; ``visual`` missing in every 4th sample (a mask)
     and ``text`` in every 5th (NaN rows); string labels; a train/val/test split."""
@@ -76,6 +83,8 @@ def test_a_release_reads_with_its_availability_split_and_statistics(tmp_path):
      "modality 'audio': cannot read"),
     (lambda f: np.savez(f / "feats.npz", a=np.zeros((N, 2)), b=np.zeros((N, 2))),
      r"holds \['a', 'b'\]; name one"),
+    (lambda f: torch.save({"text": Unsafe()}, f / "text.pt"),  # would run code if unpickled
+     "modality 'text': cannot read .*text.pt"),
     (lambda f: np.save(f / "split.npy", np.array(["train"] * 59 + ["dev"])),
      "split value 'dev' is not train, val, test"),
     (lambda f: np.save(f / "labels.npy", np.zeros((N, 2))), r"labels must be one value per"),
