@@ -190,3 +190,17 @@ def test_a_0_2_0_run_record_is_read_in_todays_layout():
     assert upgrade_record(up) == up  # today's layout passes unchanged
     nothing = upgrade_record({"method": "baseline", "hard_subsets": [], "subset_variance": {}})
     assert nothing["objective_state"] == {}
+
+
+def test_dmrnet_test_reads_a_0_2_checkpoints_flat_settings(tmp_path, capsys):
+    """``dmrnet test --ckpt_path`` builds the model from the checkpoint's own settings, as
+    Lightning's CLI does; 0.2 saved them flat (``embed_dim: 8``), read in today's layout.
+    Without the upgrade the parser refuses ``model.embed_dim``, or the network would be built
+    with the default embedding and the weights would not fit."""
+    from dmrnet.cli import main
+
+    code = main(["test", "--data.dataset", "synthetic", "--ckpt_path",
+                 str(V020 / "dmrnet.ckpt"), "--trainer.default_root_dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "test split" in out.out and "worst subset" in out.out
