@@ -37,17 +37,24 @@ class _Concern:
         unknown key is an error naming it and the known ones."""
         if isinstance(value, cls):
             return value
+        return cls(**cls.fields_of(value))
+
+    @classmethod
+    def fields_of(cls, value: Any, known_only: bool = True) -> dict[str, Any]:
+        """``value`` (a mapping, a jsonargparse Namespace, or None for none) as a dict of
+        this config's fields; another type, or (``known_only``) an unknown key, is an error
+        naming the known ones."""
         if hasattr(value, "as_dict"):  # a jsonargparse Namespace
             value = value.as_dict()
         if value is not None and not isinstance(value, Mapping):
             raise ConfigError(f"{cls.key} must be a mapping of its settings {cls.names()}; got "
                               f"{value!r}")
-        kwargs = dict(value or {})
-        unknown = sorted(set(kwargs) - set(cls.names()))
-        if unknown:
+        fields = dict(value or {})
+        unknown = sorted(set(fields) - set(cls.names()))
+        if known_only and unknown:
             raise ConfigError(f"{cls.key} has no setting {unknown[0]!r}; its settings: "
                               f"{cls.names()}")
-        return cls(**kwargs)
+        return fields
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -158,12 +165,8 @@ def nest_settings(settings: Mapping[str, Any],
         short = {k: out.pop(k) for k in concern.names() if k in out}
         if not short:
             continue
-        given = out.get(concern.key)
-        if hasattr(given, "as_dict"):
-            given = given.as_dict()
-        given = dict(given or {}) if isinstance(given, Mapping) or given is None else given
-        if not isinstance(given, dict):
-            raise ConfigError(f"{concern.key} must be a mapping of its settings; got {given!r}")
+        # unknown keys are left to the config's own check, where the module builds it
+        given = concern.fields_of(out.get(concern.key), known_only=False)
         both = sorted(set(short) & set(given))
         if both:
             raise ConfigError(f"{both[0]!r} is given twice: as {both[0]} and as "
@@ -181,15 +184,7 @@ def flatten_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         given = out.pop(concern.key, None)
         if given is None:
             continue
-        if hasattr(given, "as_dict"):
-            given = given.as_dict()
-        if not isinstance(given, Mapping):
-            raise ConfigError(f"{concern.key} must be a mapping of its settings "
-                              f"{concern.names()}; got {given!r}")
-        unknown = sorted(set(given) - set(concern.names()))
-        if unknown:
-            raise ConfigError(f"{concern.key} has no setting {unknown[0]!r}; its settings: "
-                              f"{concern.names()}")
+        given = concern.fields_of(given)
         both = sorted(set(given) & set(out))
         if both:
             raise ConfigError(f"{both[0]!r} is given twice: as {both[0]} and as "

@@ -202,7 +202,7 @@ def features(
     for j, m in enumerate(mods):
         what = f"modality {m!r}"
         arr = read_array(folder, config["modalities"][m], what)
-        problem = array_problem(arr, config["modalities"][m])
+        problem = array_problem(arr, _entry(config["modalities"][m], what)[0])
         if problem:
             raise DataError(f"{what}: {problem}")
         if arr.ndim < 2 or arr.shape[0] != n:
