@@ -90,7 +90,8 @@ def model_statistics(module: Any, loader: Iterable[Any], max_samples: int = 2000
         if seen >= max_samples:
             break
         complete = batch.availability.all(dim=1)
-        for s, rows, out in subset_outputs(model, batch.inputs, batch.availability):
+        for s, rows, out in subset_outputs(model, batch.inputs, batch.availability,
+                                          lengths=batch.lengths_or_none):
             if out.logits.dim() != 2:
                 raise DataError("analysis covers classification models (logits (B, K))")
             target = batch.target if rows is None else batch.target[rows]

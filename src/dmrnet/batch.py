@@ -1,13 +1,15 @@
 """The batch contract: a dict of modality tensors plus a boolean availability mask (B, M).
 
 Absence is data, not an error: a dataset item may omit a modality, and :class:`MultimodalCollate`
-zero-fills it and marks it unavailable. Every method takes ``(inputs, availability)``.
+zero-fills it and marks it unavailable. Every method takes ``(inputs, availability)``, and
+``lengths`` where a modality holds variable-length sequences: those are padded with zeros to the
+modality's declared (T, D) and each sample's number of real steps travels beside them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,11 +31,20 @@ class Batch:
         inputs: modality name -> tensor (B, *shape); absent entries are zeros.
         availability: (B, M) bool, in the order of ``modalities``.
         target: (B,) long class labels (or (B, H, W) for dense tasks), or None when unlabelled.
+        lengths: sequence modality -> (B,) long, each sample's real steps (0 where absent);
+            its tensor in ``inputs`` is (B, T, D), zero after those steps. Empty when no
+            modality is a variable-length sequence.
     """
 
     inputs: dict[str, Tensor]
     availability: Tensor
     target: Tensor | None = None
+    lengths: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def lengths_or_none(self) -> dict[str, Tensor] | None:
+        """``lengths``, or None when there are none (what a network's forward takes)."""
+        return self.lengths or None
 
     def __len__(self) -> int:
         return int(self.availability.shape[0])
@@ -46,6 +57,7 @@ def check_inputs(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     check_finite: bool = True,
     dtype: torch.dtype | None = None,
+    lengths: Mapping[str, Tensor] | None = None,
 ) -> None:
     """Raise a :class:`BatchError` naming the problem if a batch breaks the contract.
 
@@ -57,6 +69,8 @@ def check_inputs(
         input_shapes: per-modality expected shape without the batch axis; None skips the check.
         check_finite: refuse NaN/inf in the rows where a modality is marked available.
         dtype: the floating dtype the model computes in (None skips the check).
+        lengths: sequence modality -> (B,) real steps per sample, each in 1..T where the
+            modality is available (see :class:`Batch`).
     """
     mods = list(modalities)
     if not isinstance(inputs, Mapping):
@@ -84,6 +98,9 @@ def check_inputs(
         )
     if batch == 0:
         raise BatchError("empty batch: it holds no sample")
+    unknown = [k for k in (lengths or {}) if k not in mods]
+    if unknown:
+        raise BatchError(f"lengths are given for {unknown[0]!r}, not one of {mods}")
     empty = ~availability.bool().any(dim=1)
     if bool(empty.any()):
         rows = empty.nonzero().flatten()[:5].tolist()
@@ -113,6 +130,8 @@ def check_inputs(
                 f"(e.g. x.to({dtype}))"
             )
         rows = availability[:, j].bool()
+        if lengths is not None and name in lengths:
+            check_lengths(name, lengths[name], x, rows)
         if check_finite and x.is_floating_point() and bool(rows.any()):
             bad = ~torch.isfinite(x[rows].reshape(int(rows.sum()), -1)).all(dim=1)
             if bool(bad.any()):
@@ -121,6 +140,32 @@ def check_inputs(
                     f"modality {name!r} holds NaN or inf (first in sample {first}); clean the "
                     "data or mark that modality unavailable for the sample"
                 )
+
+
+def check_lengths(name: str, lengths: Tensor, x: Tensor, available: Tensor) -> None:
+    """Raise a :class:`BatchError` unless ``lengths`` (B,) are whole numbers in 1..T for the
+    available rows of a (B, T, ...) sequence ``x`` (absent rows may hold 0)."""
+    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.is_floating_point() \
+            or lengths.shape[0] != x.shape[0]:
+        raise BatchError(f"lengths of modality {name!r} must be a ({x.shape[0]},) integer "
+                         f"tensor; got {getattr(lengths, 'shape', type(lengths).__name__)}")
+    if x.dim() < 2:
+        raise BatchError(f"modality {name!r} has lengths but is not a sequence (B, T, ...); "
+                         f"got {tuple(x.shape)}")
+    real = lengths[available]
+    if real.numel() and (int(real.min()) < 1 or int(real.max()) > x.shape[1]):
+        bad = int(real.min()) if int(real.min()) < 1 else int(real.max())
+        raise BatchError(f"modality {name!r} has a sample of length {bad}; lengths must be "
+                         f"1..{x.shape[1]} (its padded length T) where it is available")
+
+
+def refuse_lengths(lengths: Mapping[str, Tensor] | None, network: str) -> None:
+    """Raise a :class:`BatchError` if a network that reads fixed-size inputs only is given
+    variable-length sequences."""
+    if lengths:
+        raise BatchError(f"{network} reads fixed-size inputs; modality {next(iter(lengths))!r} "
+                         "holds variable-length sequences: use a late-fusion method (e.g. "
+                         "dmrnet, baseline) with a sequence encoder")
 
 
 def check_targets(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
@@ -147,6 +192,9 @@ class MultimodalCollate:
         input_shapes: per-modality shape without the batch axis (used for zero-filling).
         dtype: the dtype inputs are converted to (float32, what models compute in).
         dtypes: per-modality exceptions, e.g. uint8 frames that are normalised on the device.
+        sequences: modalities whose items are variable-length sequences (T_i, ...) with
+            1 <= T_i <= T of their shape (T, ...): each is padded with zeros to T and its
+            lengths go in :attr:`Batch.lengths`.
     """
 
     def __init__(
@@ -155,6 +203,7 @@ class MultimodalCollate:
         input_shapes: Mapping[str, Sequence[int]],
         dtype: torch.dtype = torch.float32,
         dtypes: Mapping[str, torch.dtype] | None = None,
+        sequences: Sequence[str] = (),
     ) -> None:
         self.modalities = list(modalities)
         self.dtype = dtype
@@ -163,6 +212,10 @@ class MultimodalCollate:
         if missing:
             raise BatchError(f"no input shape given for modality {missing[0]!r}")
         self.input_shapes = {m: tuple(int(s) for s in input_shapes[m]) for m in self.modalities}
+        unknown = [m for m in sequences if m not in self.modalities]
+        if unknown:
+            raise BatchError(f"sequence modality {unknown[0]!r} is not one of {self.modalities}")
+        self.sequences = [m for m in self.modalities if m in set(sequences)]
 
     def __call__(self, items: Sequence[Mapping[str, Any]] | Batch) -> Batch:
         if isinstance(items, Batch):  # a dataset that fetches whole batches made it already
@@ -172,12 +225,24 @@ class MultimodalCollate:
         batch = len(items)
         availability = torch.zeros(batch, len(self.modalities), dtype=torch.bool)
         inputs: dict[str, Tensor] = {}
+        lengths: dict[str, Tensor] = {}
         for j, name in enumerate(self.modalities):
             shape = self.input_shapes[name]
             present = [i for i, it in enumerate(items) if it["inputs"].get(name) is not None]
             out = torch.zeros((batch, *shape), dtype=self.dtypes[name])
+            steps = torch.zeros(batch, dtype=torch.long) if name in self.sequences else None
             for i in present:
                 x = torch.as_tensor(items[i]["inputs"][name])
+                if steps is not None:
+                    if x.dim() != len(shape) or tuple(x.shape[1:]) != shape[1:] or \
+                            not 1 <= x.shape[0] <= shape[0]:
+                        raise BatchError(
+                            f"modality {name!r} of item {i} has shape {tuple(x.shape)}, "
+                            f"expected a sequence (T, {', '.join(map(str, shape[1:]))}) with "
+                            f"1 <= T <= {shape[0]}")
+                    out[i, : x.shape[0]] = x
+                    steps[i] = x.shape[0]
+                    continue
                 if tuple(x.shape) != shape:
                     raise BatchError(
                         f"modality {name!r} of item {i} has shape {tuple(x.shape)}, expected "
@@ -186,6 +251,8 @@ class MultimodalCollate:
                 out[i] = x
             availability[present, j] = True
             inputs[name] = out
+            if steps is not None:
+                lengths[name] = steps
         for i, it in enumerate(items):
             unknown = [k for k in it["inputs"] if k not in self.modalities]
             if unknown:
@@ -198,7 +265,7 @@ class MultimodalCollate:
             target = torch.stack([torch.as_tensor(t) for t in targets])
         elif any(t is not None for t in targets):
             raise BatchError("some items have a target and some do not; label all or none")
-        return Batch(inputs=inputs, availability=availability, target=target)
+        return Batch(inputs=inputs, availability=availability, target=target, lengths=lengths)
 
     def _checked(self, batch: Batch) -> Batch:
         """A batch a dataset made whole (``__getitems__``), held to this collate's contract."""
@@ -210,4 +277,7 @@ class MultimodalCollate:
                 raise BatchError(f"modality {name!r} of the dataset's batch is {x.dtype} "
                                  f"{tuple(x.shape[1:])}, expected {self.dtypes[name]} "
                                  f"{self.input_shapes[name]}")
+        if sorted(batch.lengths) != sorted(self.sequences):
+            raise BatchError(f"the dataset's batch has lengths for {sorted(batch.lengths)}, "
+                             f"expected for the sequence modalities {self.sequences}")
         return batch

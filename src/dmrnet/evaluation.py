@@ -23,6 +23,7 @@ def subset_outputs(
     availability: Tensor,
     subsets: Iterable[int] | None = None,
     max_rows: int | None = None,
+    lengths: Mapping[str, Tensor] | None = None,
 ) -> Iterator[tuple[int, Tensor | None, ModelOutput]]:
     """Yield ``(subset_index, rows, output)`` for each subset, encoding the batch once.
 
@@ -37,11 +38,12 @@ def subset_outputs(
         subsets: subset indices to evaluate (default: all 2^M − 1).
         max_rows: bound on the samples stacked into one head call (memory); default: the
             model's ``eval_max_rows`` or 8192.
+        lengths: sequence modality -> (B,) real steps (:attr:`dmrnet.batch.Batch.lengths`).
     """
     max_rows = max_rows or int(getattr(model, "eval_max_rows", 8192))
-    model.check(inputs, availability)
+    model.check(inputs, availability, lengths)
     availability = availability.bool()
-    features = model.encode(inputs)
+    features = model.encode(inputs, lengths=lengths)
     absent = model.encode_absent(inputs)
     # a head that starts linear: each modality's product once, each subset a sum of them
     parts = model.head_parts(features, absent) if isinstance(model, SubsetHead) else None
@@ -108,6 +110,7 @@ def naive_subset_outputs(
     inputs: Mapping[str, Tensor],
     availability: Tensor,
     subsets: Iterable[int] | None = None,
+    lengths: Mapping[str, Tensor] | None = None,
 ) -> Iterator[tuple[int, Tensor | None, ModelOutput]]:
     """Reference implementation: one full forward pass per subset (slow; for tests/benchmarks)."""
     availability = availability.bool()
@@ -119,21 +122,24 @@ def naive_subset_outputs(
             continue
         rows = None if bool(has_all.all()) else has_all
         sub = {m: (x if rows is None else x[rows]) for m, x in inputs.items()}
+        steps = {m: (x if rows is None else x[rows]) for m, x in (lengths or {}).items()}
         n = next(iter(sub.values())).shape[0]
-        yield s, rows, model(sub, mask.expand(n, -1))
+        yield s, rows, model(sub, mask.expand(n, -1), steps or None)
 
 
 @torch.no_grad()
 def predict_all_subsets(
-    model: MultimodalNetwork, inputs: Mapping[str, Tensor], availability: Tensor
+    model: MultimodalNetwork, inputs: Mapping[str, Tensor], availability: Tensor,
+    lengths: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Class probabilities for every subset: subset name -> (B_s, K), in eval mode."""
+    """Class probabilities for every subset: subset name -> (B_s, K), in eval mode
+    (``lengths``: sequence modality -> (B,) real steps)."""
     was_training = model.training
     model.eval()
     try:
         return {
             model.space.name(s): out.logits.softmax(dim=1)
-            for s, _, out in subset_outputs(model, inputs, availability)
+            for s, _, out in subset_outputs(model, inputs, availability, lengths=lengths)
         }
     finally:
         model.train(was_training)

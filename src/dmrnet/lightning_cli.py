@@ -105,7 +105,7 @@ CONCERN_KEYS = tuple(c.key for c in CONCERNS)
 
 # model arguments filled from the data module (compared through the data's modalities)
 LINKED = ("modalities", "input_shapes", "num_classes", "class_names", "class_weights",
-          "preprocessing")
+          "preprocessing", "sequences")
 
 
 def _plain(value: Any) -> Any:

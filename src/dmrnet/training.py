@@ -229,6 +229,11 @@ class MultimodalDataModule(L.LightningDataModule):
         return self.data.num_classes
 
     @property
+    def sequences(self) -> list[str]:
+        """The modalities that hold variable-length sequences (padded, with lengths)."""
+        return list(self.data.sequences)
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.data.class_names)
 
@@ -249,7 +254,7 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def _collate(self) -> MultimodalCollate:
         return MultimodalCollate(self.data.modalities, self.data.item_shapes,
-                                 dtypes=self.data.item_dtypes)
+                                 dtypes=self.data.item_dtypes, sequences=self.data.sequences)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int = 0) -> Batch:
         """Finish the batch on its device (batched STFT, frame normalisation; see
@@ -284,7 +289,8 @@ class MultimodalDataModule(L.LightningDataModule):
 
         return Batch(inputs={m: move(x) for m, x in batch.inputs.items()},
                      availability=move(batch.availability),
-                     target=None if batch.target is None else move(batch.target))
+                     target=None if batch.target is None else move(batch.target),
+                     lengths={m: move(n) for m, n in batch.lengths.items()})
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data.train, train=True)
@@ -311,7 +317,8 @@ class MultimodalModule(L.LightningModule):
 
     Args:
         modalities / input_shapes / num_classes / class_names / class_weights /
-            preprocessing: the data's (the CLI and the benchmark link them from the data).
+            preprocessing / sequences: the data's (the CLI and the benchmark link them from
+            the data); ``sequences`` names the variable-length sequence modalities.
         method: a registered method (``dmrnet.methods.METHODS``).
         method_kwargs: the method's own options (its ``Options``, e.g. DMRNet's alpha and
             beta); unknown keys are an error that lists the method's options.
@@ -335,6 +342,7 @@ class MultimodalModule(L.LightningModule):
         class_names: list[str] | None = None,
         class_weights: list[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
+        sequences: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.network = NetworkConfig.of(network)
@@ -385,8 +393,9 @@ class MultimodalModule(L.LightningModule):
         self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint loaded last
 
     # --- the forward contract ---------------------------------------------------------------
-    def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor) -> Any:
-        return self.model(self._layout(inputs), availability)
+    def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor,
+                lengths: dict[str, torch.Tensor] | None = None) -> Any:
+        return self.model(self._layout(inputs), availability, lengths)
 
     def _layout(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Image inputs (B, C, H, W) in channels-last order when ``channels_last`` is on."""
@@ -412,7 +421,7 @@ class MultimodalModule(L.LightningModule):
         check_targets(batch.target, self.model.num_classes, IGNORE_INDEX)
         avail = self.sampler.sample(batch.availability)
         subset_index = self.space.indices_of(avail)
-        out = self(batch.inputs, avail)
+        out = self(batch.inputs, avail, batch.lengths_or_none)
         extra = self.context(batch, self.device) if self.context is not None else {}
         terms = self.objective(out, batch.target, subset_index, **extra)
         # the epoch's mean of each term, weighted by batch size (what Lightning's on_epoch
@@ -555,7 +564,7 @@ class MultimodalModule(L.LightningModule):
         check_targets(batch.target, self.model.num_classes, IGNORE_INDEX)
         first = self._test_seen
         for s, rows, out in subset_outputs(self.model, self._layout(batch.inputs),
-                                           batch.availability):
+                                           batch.availability, lengths=batch.lengths_or_none):
             target = batch.target if rows is None else batch.target[rows]
             logits = out.logits
             if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
@@ -659,7 +668,7 @@ class MultimodalModule(L.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Each sample with the modalities it has: probabilities (B, K), subset index (B,),
         and mean embedding variance (B,) where the method has one."""
-        out = self(batch.inputs, batch.availability)
+        out = self(batch.inputs, batch.availability, batch.lengths_or_none)
         result = {"probs": out.logits.softmax(dim=1),
                   "subset_index": self.space.indices_of(batch.availability)}
         if out.variance is not None:

@@ -109,7 +109,8 @@ def filter_noise() -> None:
 
 def _module(data: MultimodalDataModule, module_kwargs: dict[str, Any]) -> MultimodalModule:
     """A method's module for ``data`` (its modalities, shapes, classes and statistics)."""
-    linked = {"class_names": data.class_names, "preprocessing": data.preprocessing}
+    linked = {"class_names": data.class_names, "preprocessing": data.preprocessing,
+              "sequences": data.sequences}
     if data.class_weights is not None and "class_weights" not in module_kwargs:
         linked["class_weights"] = data.class_weights
     return MultimodalModule(  # the benchmark's settings name each concern's fields alone

@@ -190,7 +190,9 @@ class SplitData:
 
     ``input_shapes`` are what models see. Modalities in ``device_transforms`` are yielded by
     the datasets as ``item_shape`` / ``item_dtype`` and finished per batch by
-    :meth:`finish_batch` on the device (the DataModule does it after transfer).
+    :meth:`finish_batch` on the device (the DataModule does it after transfer). Modalities in
+    ``sequences`` are variable-length sequences: an item is (T_i, D) with T_i up to the T of
+    their input shape (T, D), padded per batch with their lengths (:class:`Batch`).
     """
 
     train: Dataset
@@ -201,6 +203,14 @@ class SplitData:
     class_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
     device_transforms: dict[str, DeviceTransform] = field(default_factory=dict)
+    sequences: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.sequences if m not in self.modalities
+               or len(self.input_shapes.get(m, ())) < 2 or m in self.device_transforms]
+        if bad:
+            raise DataError(f"sequence modality {bad[0]!r} must be one of {self.modalities} "
+                            "with an input shape (T, D, ...) and no device transform")
 
     @property
     def num_classes(self) -> int:
@@ -227,7 +237,8 @@ class SplitData:
                 present = batch.availability[:, j].view(-1, *([1] * (x.dim() - 1)))
                 inputs[m] = torch.where(present, x, torch.zeros((), dtype=x.dtype,
                                                                  device=x.device))
-        return Batch(inputs=inputs, availability=batch.availability, target=batch.target)
+        return Batch(inputs=inputs, availability=batch.availability, target=batch.target,
+                     lengths=batch.lengths)
 
 
 @dataclass(frozen=True)

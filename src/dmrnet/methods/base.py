@@ -47,6 +47,7 @@ class ModelConfig:
     num_classes: int
     network: NetworkConfig = field(default_factory=NetworkConfig)
     method_kwargs: Mapping[str, object] | None = None
+    sequences: Sequence[str] | None = None
     label_smoothing: float = field(default=0.0, metadata={"training_only": True})
     class_weights: Sequence[float] | None = field(default=None,
                                                   metadata={"training_only": True})
@@ -68,6 +69,11 @@ class ModelConfig:
                     for d in shape):
                 raise ConfigError(f"input_shapes[{m!r}] must be a list of positive sizes, e.g. "
                                   f"(64,) or (3, 224, 224); got {shape!r}")
+        seqs = self.sequences or ()
+        if isinstance(seqs, str) or not isinstance(seqs, Sequence) or any(
+                m not in self.input_shapes or len(self.input_shapes[m]) < 2 for m in seqs):
+            raise ConfigError(f"sequences must list modalities whose input shape is (T, D, ...); "
+                              f"got {self.sequences!r} for shapes {dict(self.input_shapes)}")
         k = self.num_classes
         if not isinstance(k, numbers.Integral) or isinstance(k, bool):
             raise ConfigError(f"num_classes must be a whole number; got {k!r}")

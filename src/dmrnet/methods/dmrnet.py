@@ -326,7 +326,8 @@ def late_fusion_network(config: ModelConfig, variance: bool, sample: bool,
         cfg = dict(encoders.get(m, {}))
         name = str(cfg.pop("name", net.encoder))
         kwargs = {**(net.encoder_kwargs or {}), **cfg} if name == net.encoder else cfg
-        built[m] = create_encoder(name, tuple(shapes[m]), **kwargs)
+        built[m] = create_encoder(name, tuple(shapes[m]), modality=f"modality {m!r}",
+                                  variable_length=m in (config.sequences or ()), **kwargs)
     spatial = {bool(getattr(e, "spatial", False)) for e in built.values()}
     if len(spatial) != 1:
         raise ConfigError(

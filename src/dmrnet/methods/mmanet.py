@@ -146,7 +146,8 @@ class TeacherContext(TrainingContext):
         assert self.network is not None
         self.network.to(device)
         with torch.no_grad():
-            return {"teacher": self.network(batch.inputs, batch.availability)}
+            return {"teacher": self.network(batch.inputs, batch.availability,
+                                            batch.lengths_or_none)}
 
 
 @register_method

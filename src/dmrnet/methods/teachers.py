@@ -162,7 +162,9 @@ class UnimodalTeachers(TrainingContext):
         with torch.no_grad():
             for m in self.modalities:
                 teacher = self.networks[m].to(device)
-                feats.append(pool_features(teacher.encode({m: batch.inputs[m]})[0]))
+                steps = {m: batch.lengths[m]} if m in batch.lengths else None
+                feats.append(pool_features(teacher.encode({m: batch.inputs[m]},
+                                                          lengths=steps)[0]))
         return {"teacher_features": feats}
 
 

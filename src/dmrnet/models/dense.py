@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dmrnet.batch import BatchError, check_inputs
+from dmrnet.batch import BatchError, check_inputs, refuse_lengths
 from dmrnet.errors import ConfigError
 from dmrnet.models.late_fusion import ProbabilisticEmbedding
 from dmrnet.models.protocol import ModelOutput
@@ -183,7 +183,9 @@ class DenseMultimodalModel(nn.Module):
                         up.reset_parameters()
 
     # --- the contract shared with MultimodalModel -------------------------------------------
-    def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None:
+    def check(self, inputs: Mapping[str, Tensor], availability: Tensor,
+              lengths: Mapping[str, Tensor] | None = None) -> None:
+        refuse_lengths(lengths, "the dense network")
         if not self.validate_inputs:
             return
         check_inputs(inputs, availability, self.modalities, None,
@@ -196,8 +198,8 @@ class DenseMultimodalModel(nn.Module):
         if len(set(sizes.values())) != 1:
             raise BatchError(f"all modalities must share H x W for dense prediction; got {sizes}")
 
-    def encode(self, inputs: Mapping[str, Tensor], availability: Tensor | None = None
-               ) -> list[list[Tensor]]:
+    def encode(self, inputs: Mapping[str, Tensor], availability: Tensor | None = None,
+               lengths: Mapping[str, Tensor] | None = None) -> list[list[Tensor]]:
         """Per modality: [stem] for the primary stream, [stem, layer1..layer4] for the others."""
         out: list[list[Tensor]] = []
         for j, m in enumerate(self.modalities):
@@ -248,8 +250,9 @@ class DenseMultimodalModel(nn.Module):
         return ModelOutput(logits=logits, mu=mu, logvar=logvar, z=z, aux_logits=aux,
                            side_logits=sides or None)
 
-    def forward(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput:
-        self.check(inputs, availability)
+    def forward(self, inputs: Mapping[str, Tensor], availability: Tensor,
+                lengths: Mapping[str, Tensor] | None = None) -> ModelOutput:
+        self.check(inputs, availability, lengths)
         size = tuple(next(iter(inputs.values())).shape[-2:])
         return self.forward_head(self.encode(inputs), availability, out_size=size)
 

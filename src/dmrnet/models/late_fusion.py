@@ -22,6 +22,7 @@ from dmrnet.errors import ConfigError
 from dmrnet.models.protocol import HeadParts, ModelOutput
 from dmrnet.nn.fusion import ConcatFusion, create_fusion, zero_missing
 from dmrnet.nn.resnet import init_weights
+from dmrnet.nn.sequence import run_encoder
 from dmrnet.subsets import SubsetSpace
 
 
@@ -191,31 +192,39 @@ class MultimodalModel(nn.Module):
         if self.unimodal is not None:
             init_weights(self.unimodal)
 
-    def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None:
+    def check(self, inputs: Mapping[str, Tensor], availability: Tensor,
+              lengths: Mapping[str, Tensor] | None = None) -> None:
         if self.validate_inputs:
             dtype = self.classifier.weight.dtype
-            check_inputs(inputs, availability, self.modalities, self.input_shapes, dtype=dtype)
+            check_inputs(inputs, availability, self.modalities, self.input_shapes, dtype=dtype,
+                         lengths=lengths)
 
     def encode(
-        self, inputs: Mapping[str, Tensor], availability: Tensor | None = None
+        self, inputs: Mapping[str, Tensor], availability: Tensor | None = None,
+        lengths: Mapping[str, Tensor] | None = None,
     ) -> list[Tensor]:
-        """Per-modality features [(B, D_m)], computed on the inputs as given.
+        """Per-modality features [(B, D_m)], computed on the inputs as given; a sequence
+        modality's encoder reads its ``lengths`` (B,) real steps.
 
-        With ``missing_at="input"`` and an ``availability`` mask, absent inputs are zeroed first.
+        With ``missing_at="input"`` and an ``availability`` mask, absent inputs are zeroed first
+        (a sequence's to its full length, the input :meth:`encode_absent` sees).
         """
         feats = []
         for j, m in enumerate(self.modalities):
-            x = inputs[m]
+            x, steps = inputs[m], (lengths or {}).get(m)
             if self.missing_at == "input" and availability is not None:
                 x = zero_missing([x], availability[:, j : j + 1])[0]
-            feats.append(self.encoders[m](x))
+                if steps is not None:
+                    steps = torch.where(availability[:, j].bool(), steps, x.shape[1])
+            feats.append(run_encoder(self.encoders[m], x, steps))
         return feats
 
     def encode_absent(self, inputs: Mapping[str, Tensor]) -> list[Tensor] | None:
         """Features of an all-zero input per modality (input-level missingness), else None."""
         if self.missing_at != "input":
             return None
-        return [self.encoders[m](torch.zeros_like(inputs[m])) for m in self.modalities]
+        return [run_encoder(self.encoders[m], torch.zeros_like(inputs[m]))
+                for m in self.modalities]
 
     def forward_head(
         self,
@@ -302,10 +311,12 @@ class MultimodalModel(nn.Module):
             out = out + self.ensemble_weight * uni * avail[:, j : j + 1].to(uni.dtype)
         return out
 
-    def forward(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput:
-        """inputs: modality -> (B, *shape); availability: (B, M) bool -> :class:`ModelOutput`."""
-        self.check(inputs, availability)
-        feats = self.encode(inputs, availability)
+    def forward(self, inputs: Mapping[str, Tensor], availability: Tensor,
+                lengths: Mapping[str, Tensor] | None = None) -> ModelOutput:
+        """inputs: modality -> (B, *shape); availability: (B, M) bool; lengths: sequence
+        modality -> (B,) real steps (None: no variable-length input) -> :class:`ModelOutput`."""
+        self.check(inputs, availability, lengths)
+        feats = self.encode(inputs, availability, lengths)
         # input-level missingness: absent inputs were zeroed before their encoders, and the
         # encoders' response to zeros is what the model sees, so nothing is zeroed again
         absent = feats if self.missing_at == "input" else None

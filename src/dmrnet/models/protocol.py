@@ -55,22 +55,25 @@ class ModelOutput:
 class MultimodalNetwork(Protocol):
     """A network over M modalities that serves any subset of them.
 
-    ``network(inputs, availability)`` takes ``inputs`` modality -> (B, *shape) and
-    ``availability`` (B, M) bool (at least one True per row) and returns a
-    :class:`ModelOutput`. It is split in two so that evaluation runs the encoders once per batch
-    and replays only the head for each of the 2^M - 1 subsets:
+    ``network(inputs, availability, lengths=None)`` takes ``inputs`` modality -> (B, *shape),
+    ``availability`` (B, M) bool (at least one True per row) and, where a modality holds
+    variable-length sequences (B, T, D), ``lengths`` modality -> (B,) real steps; it returns a
+    :class:`ModelOutput`. A network that reads fixed-size inputs only refuses lengths. It is
+    split in two so that evaluation runs the encoders once per batch and replays only the
+    head for each of the 2^M - 1 subsets:
 
-    - ``encode(inputs, availability=None)``: M entries, one per modality in order; each is that
-      modality's features (a tensor (B, ...), or a sequence of them for multi-scale or
-      shared/specific features). Opaque to callers: only ``forward_head`` reads them. Computed
-      on the inputs as given (``availability`` only matters for input-level missingness).
+    - ``encode(inputs, availability=None, lengths=None)``: M entries, one per modality in
+      order; each is that modality's features (a tensor (B, ...), or a sequence of them for
+      multi-scale or shared/specific features). Opaque to callers: only ``forward_head``
+      reads them. Computed on the inputs as given (``availability`` only matters for
+      input-level missingness).
     - ``encode_absent(inputs)``: the features an all-zero input gives (input-level missingness),
       or None when absent modalities are handled on features.
     - ``forward_head(features, availability, absent_features=None)``: the prediction for one
       availability mask; equal to ``forward`` with that mask.
-    - ``check(inputs, availability)``: raise a :class:`~dmrnet.batch.BatchError` naming the
-      problem (unknown modality, shape, dtype, NaN in an available modality) when
-      ``validate_inputs`` is on.
+    - ``check(inputs, availability, lengths=None)``: raise a
+      :class:`~dmrnet.batch.BatchError` naming the problem (unknown modality, shape, dtype,
+      NaN in an available modality, a length outside 1..T) when ``validate_inputs`` is on.
     """
 
     modalities: list[str]
@@ -79,17 +82,19 @@ class MultimodalNetwork(Protocol):
     input_shapes: Mapping[str, tuple[int, ...]] | None
     validate_inputs: bool
 
-    def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None: ...
+    def check(self, inputs: Mapping[str, Tensor], availability: Tensor,
+              lengths: Mapping[str, Tensor] | None = None) -> None: ...
 
-    def encode(self, inputs: Mapping[str, Tensor], availability: Tensor | None = None
-               ) -> Sequence[Any]: ...
+    def encode(self, inputs: Mapping[str, Tensor], availability: Tensor | None = None,
+               lengths: Mapping[str, Tensor] | None = None) -> Sequence[Any]: ...
 
     def encode_absent(self, inputs: Mapping[str, Tensor]) -> Sequence[Any] | None: ...
 
     def forward_head(self, features: Sequence[Any], availability: Tensor,
                      absent_features: Sequence[Any] | None = None) -> ModelOutput: ...
 
-    def __call__(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput: ...
+    def __call__(self, inputs: Mapping[str, Tensor], availability: Tensor,
+                 lengths: Mapping[str, Tensor] | None = None) -> ModelOutput: ...
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dmrnet.batch import check_inputs
+from dmrnet.batch import check_inputs, refuse_lengths
 from dmrnet.errors import ConfigError
 from dmrnet.models.late_fusion import ProbabilisticEmbedding
 from dmrnet.models.protocol import ModelOutput
@@ -81,13 +81,15 @@ class ShaSpecModel(nn.Module):
         for mod in (self.proj, self.fuse, self.embedding, self.classifier, self.domain):
             init_weights(mod)
 
-    def check(self, inputs: Mapping[str, Tensor], availability: Tensor) -> None:
+    def check(self, inputs: Mapping[str, Tensor], availability: Tensor,
+              lengths: Mapping[str, Tensor] | None = None) -> None:
+        refuse_lengths(lengths, "ShaSpec")
         if self.validate_inputs:
             check_inputs(inputs, availability, self.modalities, self.input_shapes,
                          dtype=self.classifier.weight.dtype)
 
-    def encode(self, inputs: Mapping[str, Tensor], availability: Tensor | None = None
-               ) -> list[list[Tensor]]:
+    def encode(self, inputs: Mapping[str, Tensor], availability: Tensor | None = None,
+               lengths: Mapping[str, Tensor] | None = None) -> list[list[Tensor]]:
         """Per modality: [specific (B, d), shared (B, d)]."""
         return [[self.specific[m](inputs[m]), self.shared(self.proj[m](inputs[m]))]
                 for m in self.modalities]
@@ -120,6 +122,7 @@ class ShaSpecModel(nn.Module):
             extra = {"dao": self.dao_weight * dao, "dco": self.dco_weight * dco}
         return ModelOutput(logits=self.classifier(z), mu=mu, z=z, extra_losses=extra)
 
-    def forward(self, inputs: Mapping[str, Tensor], availability: Tensor) -> ModelOutput:
-        self.check(inputs, availability)
+    def forward(self, inputs: Mapping[str, Tensor], availability: Tensor,
+                lengths: Mapping[str, Tensor] | None = None) -> ModelOutput:
+        self.check(inputs, availability, lengths)
         return self.forward_head(self.encode(inputs), availability)

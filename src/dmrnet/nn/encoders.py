@@ -72,12 +72,20 @@ def auto(
     input_shape: tuple[int, ...],
     vector: Mapping[str, Any] | None = None,
     image: Mapping[str, Any] | None = None,
+    sequence: Mapping[str, Any] | None = None,
+    variable_length: bool = False,
 ) -> nn.Module:
     """Chosen by the input's shape, so one setting serves data of mixed kinds (a manifest of
-    arrays, images and audio): an MLP for feature vectors (D,) and other arrays of rank <= 2
-    (flattened), a ResNet-18 for images and spectrograms (C, H, W) and frame stacks
-    (T, C, H, W). ``vector`` / ``image``: that encoder's arguments, e.g. ``{hidden: [512]}`` /
-    ``{layers: [3, 4, 6, 3]}``."""
+    arrays, images and audio): a sequence encoder (a GRU) for modalities the data declare as
+    variable-length sequences (T, D) (``variable_length``, set from the data), an MLP for
+    feature vectors (D,) and other arrays of rank <= 2 (flattened), a ResNet-18 for images and
+    spectrograms (C, H, W) and frame stacks (T, C, H, W). ``vector`` / ``image`` /
+    ``sequence``: that encoder's arguments, e.g. ``{hidden: [512]}`` / ``{layers: [3, 4, 6,
+    3]}`` / ``{name: transformer, layers: 2}``."""
+    if variable_length:
+        from dmrnet.nn.sequence import sequence_encoder
+
+        return sequence_encoder(input_shape, sequence)
     if len(input_shape) <= 2:
         return mlp(input_shape, **dict(vector or {}))
     if len(input_shape) in (3, 4):
