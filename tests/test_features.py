@@ -150,3 +150,114 @@ def test_benchmark_and_fit_train_on_a_release_and_predict_takes_raw_rows(tmp_pat
                  "--trainer.max_epochs", "1", "--trainer.default_root_dir",
                  str(tmp_path / "fit")]) == 0, capsys.readouterr().err
     assert list((tmp_path / "fit").rglob("best-epoch=0.ckpt"))
+
+
+def write_sequences(folder: Path, pad: float = 0.0) -> Path:
+    """Three modalities of a MOSI-like release: ``words`` and ``audio`` are padded sequences
+    with per-sample lengths (0 = absent), ``face`` a fixed vector missing in every 5th
+    sample (a NaN row); ``pad`` is what the files hold after the real steps."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    y = np.arange(N) % 2
+    words_len = 1 + np.arange(N) % 7
+    audio_len = 2 + (3 * np.arange(N)) % 9
+    audio_len[::6] = 0  # no audio in every 6th sample
+    words = rng.normal(0, 1, (N, 7, 3)).astype(np.float32) + y[:, None, None] * 3 + 10
+    audio = rng.normal(0, 1, (N, 10, 2)).astype(np.float32) - y[:, None, None]
+    for arr, lengths in ((words, words_len), (audio, audio_len)):
+        arr[np.arange(arr.shape[1])[None, :] >= lengths[:, None]] = pad
+    face = rng.normal(y[:, None], 1.0, (N, 4)).astype(np.float32)
+    face[::5] = np.nan
+    for name, arr in (("words", words), ("words_len", words_len), ("audio", audio),
+                      ("audio_len", audio_len), ("face", face), ("labels", y)):
+        np.save(folder / f"{name}.npy", arr)
+    spec = {"modalities": {"words": {"file": "words.npy", "lengths": "words_len.npy"},
+                           "audio": {"file": "audio.npy", "lengths": "audio_len.npy"},
+                           "face": "face.npy"},
+            "labels": "labels.npy", "class_names": ["negative", "positive"]}
+    (folder / "features.yaml").write_text(json.dumps(spec))
+    return folder
+
+
+def test_sequences_read_with_their_lengths_and_statistics_of_real_steps(tmp_path):
+    folder = write_sequences(tmp_path / "seq", pad=np.nan)  # NaN padding is never read
+    data = DATASETS.get("features")(root=folder, seed=0)
+    assert data.sequences == ["words", "audio"]
+    assert data.input_shapes == {"words": (7, 3), "audio": (10, 2), "face": (4,)}
+    for part in (data.train, data.val, data.test):
+        j = data.modalities.index("audio")
+        assert torch.equal(part.availability[:, j], part.lengths["audio"] > 0)
+        n = int(part.lengths["words"][0])
+        assert part[0]["inputs"]["words"].shape == (n, 3)  # the real steps only
+        assert torch.isfinite(part.features["words"]).all()
+        steps = torch.arange(7)[None, :] >= part.lengths["words"][:, None]
+        assert (part.features["words"][steps] == 0).all()  # padding is zeros
+    stats = data.info["standardizer"]
+    assert len(stats["mean"]["words"]) == 3  # per feature, not per (step, feature)
+    raw = np.load(folder / "words.npy")
+    real = np.arange(7)[None, :] < np.load(folder / "words_len.npy")[:, None]
+    from dmrnet.data.base import stratified_split  # the training rows the source drew
+
+    train_rows = np.isin(np.arange(N), stratified_split(np.arange(N) % 2, [0.6, 0.2, 0.2], 0)[0])
+    expect = raw[train_rows][real[train_rows]].mean(0)
+    assert np.allclose(stats["mean"]["words"], expect, rtol=1e-5)
+    # a batch made whole equals the collate of single items (real steps only)
+    from dmrnet.batch import MultimodalCollate
+    collate = MultimodalCollate(data.modalities, data.input_shapes, sequences=data.sequences)
+    whole = collate(data.train.__getitems__(list(range(8))))
+    single = collate([data.train[i] for i in range(8)])
+    for m in data.modalities:
+        assert torch.equal(whole.inputs[m], single.inputs[m]), m
+    assert whole.lengths.keys() == single.lengths.keys() == {"words", "audio"}
+    for m in whole.lengths:
+        assert torch.equal(whole.lengths[m], single.lengths[m])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda f: np.save(f / "words_len.npy", np.full(N, 8)),
+     r"lengths of 'words' must be \(60,\) whole numbers 0..7"),
+    (lambda f: np.save(f / "words_len.npy", np.full(N, 1.5)), "whole numbers"),
+    (lambda f: np.save(f / "face.npy", np.zeros((N, 4))) or (f / "features.yaml").write_text(
+        json.dumps({"modalities": {"face": {"file": "face.npy", "lengths": "words_len.npy"}},
+                    "labels": "labels.npy"})), r"must be a padded sequence array \(N, T, D\)"),
+    (lambda f: (f / "features.yaml").write_text(json.dumps(
+        {"modalities": {"words": {"file": "words.npy", "length": "words_len.npy"}},
+         "labels": "labels.npy"})), "unknown key 'length' .*file, key, lengths"),
+])
+def test_bad_sequence_lengths_are_one_line(tmp_path, change, message):
+    folder = write_sequences(tmp_path / "seq")
+    change(folder)
+    with pytest.raises(DataError, match=message):
+        DATASETS.get("features")(root=folder)
+
+
+def test_nan_inside_the_real_steps_is_refused_but_not_in_the_padding(tmp_path):
+    folder = write_sequences(tmp_path / "seq", pad=np.inf)
+    words = np.load(folder / "words.npy")
+    words[3, 0, 1] = np.nan  # sample 3 has 4 real steps
+    np.save(folder / "words.npy", words)
+    with pytest.raises(DataError, match="the real steps of sample 3 holds some NaN"):
+        DATASETS.get("features")(root=folder)
+    words[3, :4] = np.nan  # every real step: the sample has no words
+    np.save(folder / "words.npy", words)
+    data = DATASETS.get("features")(root=folder, seed=0)
+    parts = (data.train, data.val, data.test)
+    assert sum(int((~p.availability[:, 0]).sum()) for p in parts) == 1
+
+
+def test_a_sequence_release_trains_every_subset_and_padding_never_matters(tmp_path, capsys):
+    """Done-when of issue 25: a variable-length feature-file dataset (three modalities, some
+    samples missing some) trains and evaluates every subset; two releases that differ only
+    in their padding give the same numbers."""
+    results = []
+    for pad in (0.0, 123.0):
+        folder = write_sequences(tmp_path / f"seq{pad}", pad=pad)
+        out = tmp_path / f"bench{pad}"
+        assert main(["benchmark", "--dataset", "features", "--root", str(folder), "--methods",
+                     "baseline,dmrnet", "--epochs", "2", "--seeds", "0", "--jobs", "1",
+                     "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+        results.append(json.loads((out / "results.json").read_text()))
+    assert len(results[0]["subsets"]) == 7
+    same = [(r["per_subset"], r["loss_terms"]) for r in results[0]["runs"]]
+    assert same == [(r["per_subset"], r["loss_terms"]) for r in results[1]["runs"]]
+    assert len(same) == 2 and all(len(per) == 7 for per, _ in same)

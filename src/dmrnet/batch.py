@@ -8,6 +8,7 @@ modality's declared (T, D) and each sample's number of real steps travels beside
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,6 +180,15 @@ def check_targets(target: Tensor, num_classes: int, ignore_index: int | None = N
             f"target label {bad} is outside 0..{num_classes - 1}; the model was built for "
             f"{num_classes} classes"
         )
+
+
+def stats_view(stats: Tensor, shape: Sequence[int]) -> Tensor:
+    """Statistics shaped to broadcast over a sample of ``shape``: one per element, or (for a
+    sequence (T, D, ...)) one per step's element, the same for every step."""
+    shape = tuple(shape)
+    if stats.numel() == math.prod(shape):
+        return stats.view(shape)
+    return stats.view(shape[1:])
 
 
 class MultimodalCollate:

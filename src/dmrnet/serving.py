@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from dmrnet.batch import BatchError
+from dmrnet.batch import BatchError, stats_view
 from dmrnet.errors import ConfigError, first_line
 from dmrnet.methods import METHODS, ModelConfig, build_method, get_method, upgrade_settings
 from dmrnet.models.protocol import MultimodalNetwork
@@ -167,8 +167,8 @@ def apply_preprocessing(pre: Mapping[str, Any], modality: str, x: Tensor,
     if st is None or modality not in st.get("mean", {}):
         return x
     shape = x.shape[1:] if batched else x.shape
-    mean = torch.tensor(st["mean"][modality], dtype=x.dtype).view(shape)
-    std = torch.tensor(st["std"][modality], dtype=x.dtype).view(shape)
+    mean = stats_view(torch.tensor(st["mean"][modality], dtype=x.dtype), shape)
+    std = stats_view(torch.tensor(st["std"][modality], dtype=x.dtype), shape)
     return (x - mean) / std
 
 
@@ -314,7 +314,12 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
                               or len(set(map(str, names))) != k):
         raise ConfigError(f"{where!r}: class_names must list {k} distinct names (num_classes), "
                           f"got {names!r}")
-    _check_preprocessing(config.get("preprocessing") or {}, shapes, where)
+    sequences = model.get("sequences") or []
+    if not isinstance(sequences, list) or any(m not in shapes or len(shapes[m]) < 2
+                                              for m in sequences):
+        raise ConfigError(f"{where!r}: model.sequences must list modalities with input shapes "
+                          f"(T, D, ...), got {sequences!r}")
+    _check_preprocessing(config.get("preprocessing") or {}, shapes, where, sequences)
     args = dict(model)
     args["input_shapes"] = {m: tuple(s) for m, s in shapes.items()}
     return args
@@ -331,7 +336,8 @@ def _numbers(value: Any, size: int | None, positive: bool = False) -> bool:
                and (v > 0 or not positive) for v in items)
 
 
-def _check_preprocessing(pre: Any, shapes: Mapping[str, list[int]], where: str) -> None:
+def _check_preprocessing(pre: Any, shapes: Mapping[str, list[int]], where: str,
+                         sequences: Sequence[str] = ()) -> None:
     """A ConfigError unless ``pre`` is input statistics :func:`apply_preprocessing` can use
     on these input shapes: a std of 0 or a NaN would turn every prediction into NaN or inf,
     a list of the wrong length would fail at the first prediction."""
@@ -349,7 +355,8 @@ def _check_preprocessing(pre: Any, shapes: Mapping[str, list[int]], where: str) 
                 if m not in shapes:
                     raise ConfigError(f"{where!r}: preprocessing.standardize names {m!r}, not a "
                                       f"modality of the model{fix}")
-                size = math.prod(shapes[m])
+                # a sequence's statistics are per feature, the same for every step
+                size = math.prod(shapes[m][1:] if m in sequences else shapes[m])
                 if not (isinstance(mean, list) and _numbers(mean, size)
                         and isinstance(value["std"][m], list)
                         and _numbers(value["std"][m], size, positive=True)):

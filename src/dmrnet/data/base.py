@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dmrnet.batch import Batch, BatchError
+from dmrnet.batch import Batch, BatchError, stats_view
 from dmrnet.errors import DMRNetError
 from dmrnet.registry import Registry
 
@@ -28,6 +28,9 @@ class ArrayDataset(Dataset):
         features: modality -> (N, *shape) float array.
         labels: (N,) int class labels.
         availability: (N, M) bool, what each sample has (None = everything).
+        lengths: sequence modality -> (N,) int, each sample's real steps of its padded
+            (N, T, D) array (1..T where available); the steps after them are zeroed, and an
+            item holds its real steps only (T_i, D).
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class ArrayDataset(Dataset):
         features: Mapping[str, np.ndarray | Tensor],
         labels: np.ndarray | Tensor,
         availability: np.ndarray | Tensor | None = None,
+        lengths: Mapping[str, np.ndarray | Tensor] | None = None,
     ) -> None:
         self.modalities = list(features)
         self.features = {m: torch.as_tensor(np.asarray(v), dtype=torch.float32)
@@ -53,6 +57,26 @@ class ArrayDataset(Dataset):
                     f"availability must have shape ({n}, {len(self.modalities)}); got "
                     f"{tuple(self.availability.shape)}"
                 )
+        self.lengths = {m: torch.as_tensor(np.asarray(v), dtype=torch.long)
+                        for m, v in (lengths or {}).items()}
+        for m, steps in self.lengths.items():
+            if m not in self.features or self.features[m].dim() < 3:
+                raise DataError(f"lengths are given for {m!r}, which is not a sequence modality "
+                                f"(N, T, D) of {self.modalities}")
+            x, present = self.features[m], self.availability[:, self.modalities.index(m)]
+            if tuple(steps.shape) != (n,):
+                raise DataError(f"lengths of {m!r} must be ({n},); got {tuple(steps.shape)}")
+            real = steps[present]
+            if real.numel() and (int(real.min()) < 1 or int(real.max()) > x.shape[1]):
+                raise DataError(f"lengths of {m!r} must be 1..{x.shape[1]} (its padded length) "
+                                f"for the samples that have it; got {int(real.min())}.."
+                                f"{int(real.max())}")
+            steps = torch.where(present, steps, 0)
+            self.lengths[m] = steps
+            # the padding is zeros, as the collate makes it (whatever the source held)
+            self.features[m] = torch.where(
+                (torch.arange(x.shape[1])[None, :] < steps[:, None]).view(
+                    n, x.shape[1], *([1] * (x.dim() - 2))), x, 0.0)
         for m, v in self.features.items():
             j = self.modalities.index(m)
             bad = ~torch.isfinite(v[self.availability[:, j]].reshape(-1))
@@ -69,9 +93,15 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def sequences(self) -> list[str]:
+        """The modalities held as padded sequences with lengths."""
+        return [m for m in self.modalities if m in self.lengths]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         inputs = {
-            m: self.features[m][i]
+            m: self.features[m][i] if m not in self.lengths
+            else self.features[m][i, : int(self.lengths[m][i])]
             for j, m in enumerate(self.modalities)
             if self.availability[i, j]
         }
@@ -91,12 +121,14 @@ class ArrayDataset(Dataset):
                 rows[absent] = 0.0
             inputs[m] = rows
         return Batch(inputs=inputs, availability=availability,
-                     target=self.labels.index_select(0, idx))
+                     target=self.labels.index_select(0, idx),
+                     lengths={m: v.index_select(0, idx) for m, v in self.lengths.items()})
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return ArrayDataset(
-            {m: v[idx] for m, v in self.features.items()}, self.labels[idx], self.availability[idx]
+            {m: v[idx] for m, v in self.features.items()}, self.labels[idx], self.availability[idx],
+            {m: v[idx] for m, v in self.lengths.items()},
         )
 
 
@@ -137,7 +169,9 @@ def stratified_split(
 class Standardizer:
     """Per-feature (x - mean) / std, fitted on the training split only.
 
-    Statistics are plain lists so they can be written to a human-readable config.
+    Statistics are plain lists so they can be written to a human-readable config: one per
+    element of a fixed-size modality, one per feature (D) of a sequence modality (fitted on
+    the real steps, the same for every step; the padding stays zeros).
     """
 
     mean: dict[str, list[float]] = field(default_factory=dict)
@@ -148,6 +182,9 @@ class Standardizer:
         mean, std = {}, {}
         for j, m in enumerate(dataset.modalities):
             x = dataset.features[m][dataset.availability[:, j]].double()
+            if m in dataset.lengths:  # the real steps of every sample, one row each
+                steps = dataset.lengths[m][dataset.availability[:, j]]
+                x = x[torch.arange(x.shape[1])[None, :] < steps[:, None]]
             if len(x) == 0:
                 raise DataError(f"modality {m!r} has no training sample to fit statistics on")
             mean[m] = x.mean(dim=0).flatten().tolist()
@@ -157,19 +194,16 @@ class Standardizer:
         return cls(mean, std)
 
     def apply(self, dataset: ArrayDataset) -> ArrayDataset:
-        feats = {}
-        for m, v in dataset.features.items():
-            shape = v.shape[1:]
-            mu = torch.tensor(self.mean[m], dtype=torch.float32).view(shape)
-            sd = torch.tensor(self.std[m], dtype=torch.float32).view(shape)
-            feats[m] = (v - mu) / sd
-        return ArrayDataset(feats, dataset.labels, dataset.availability)
+        feats = {m: self.transform(m, v) for m, v in dataset.features.items()}
+        # a sequence's padding is zeroed again by the dataset
+        return ArrayDataset(feats, dataset.labels, dataset.availability, dataset.lengths)
 
     def transform(self, modality: str, x: Tensor) -> Tensor:
-        """Standardise one modality's batch (B, *shape) with the fitted statistics."""
+        """Standardise one modality's batch (B, *shape) with the fitted statistics (a
+        sequence's (B, T, D) with statistics per feature D)."""
         mu = torch.tensor(self.mean[modality], dtype=x.dtype, device=x.device)
         sd = torch.tensor(self.std[modality], dtype=x.dtype, device=x.device)
-        return (x - mu.view(x.shape[1:])) / sd.view(x.shape[1:])
+        return (x - stats_view(mu, x.shape[1:])) / stats_view(sd, x.shape[1:])
 
 
 class DeviceTransform(Protocol):

@@ -7,6 +7,7 @@ A small YAML (``features.yaml`` in ``root``, or the file named by ``spec``) name
       audio: audio.npy                      # (N, ...) one row per sample
       visual: {file: feats.npz, key: visual}
       text: text.pt                         # a tensor, or {file: x.pt, key: name} in a dict
+      words: {file: words.npy, lengths: words_len.npy}   # (N, T, D) padded + (N,) steps
     labels: labels.npy                      # (N,) class ids or names
     split: split.npy                        # optional (N,): train / val / test (or 0 / 1 / 2)
     available:                              # optional (N,) bool per modality
@@ -14,14 +15,22 @@ A small YAML (``features.yaml`` in ``root``, or the file named by ``spec``) name
     class_names: [neg, pos]                 # optional, for class ids 0..K-1
 
 Paths are relative to the YAML's folder. A sample misses a modality where ``available`` says so
-or where its row is entirely NaN (a row with some NaN is an error). Without ``split``, a
-stratified 60/20/20 split is drawn from the seed; a split without validation rows has 20 % of
-its training rows carved out. Arrays are standardised per element on the training rows that
-have them; the statistics are stored with a trained model, which then takes raw rows.
+or where its row is entirely NaN (a row with some NaN is an error).
+
+A modality with ``lengths`` is a variable-length sequence: its array is (N, T, D) padded to the
+longest T, and ``lengths`` (a file entry like the others) gives each sample's real steps; what
+the padding holds is never read. A length of 0 (or real steps all NaN) means the sample lacks
+the modality. Models read such a modality with a sequence encoder (``auto`` picks a GRU) and
+never see the padding; its statistics are per feature D, fitted on the real steps.
+
+Without ``split``, a stratified 60/20/20 split is drawn from the seed; a split without
+validation rows has 20 % of its training rows carved out. Arrays are standardised per element
+on the training rows that have them; the statistics are stored with a trained model, which
+then takes raw rows.
 
 Files: ``.npy``, ``.npz`` (``key`` names the array), ``.pt`` (read with
 ``weights_only=True``: a tensor, or a dict of tensors and ``key``). Pickled objects are refused.
-Every sample's row has one fixed shape per modality.
+Every other modality has one fixed shape per sample.
 """
 
 from __future__ import annotations
@@ -69,14 +78,17 @@ def _spec_path(root: str | Path | None, spec: str | Path | None) -> Path:
     return path
 
 
-def _entry(value: Any, what: str) -> tuple[str, str | None]:
-    """A file entry (``x.npy`` or ``{file: x.npz, key: k}``) -> (file, key)."""
+def _entry(value: Any, what: str, keys: tuple[str, ...] = ("file", "key")
+           ) -> tuple[str, str | None]:
+    """A file entry (``x.npy`` or ``{file: x.npz, key: k}``) -> (file, key); ``keys``: what
+    the entry may hold (a modality's may also name its ``lengths``)."""
     if isinstance(value, str):
         return value, None
     if isinstance(value, Mapping) and isinstance(value.get("file"), str):
-        unknown = sorted(set(value) - {"file", "key"})
+        unknown = sorted(set(value) - set(keys))
         if unknown:
-            raise DataError(f"{what}: unknown key {unknown[0]!r} (a file entry takes file, key)")
+            raise DataError(f"{what}: unknown key {unknown[0]!r} (this entry takes "
+                            f"{', '.join(keys)})")
         key = value.get("key")
         if key is not None and not isinstance(key, str):
             raise DataError(f"{what}: key must be a name; got {key!r}")
@@ -84,9 +96,13 @@ def _entry(value: Any, what: str) -> tuple[str, str | None]:
     raise DataError(f"{what} must be a file name or {{file: NAME, key: KEY}}; got {value!r}")
 
 
-def read_array(folder: Path, value: Any, what: str) -> np.ndarray:
+MODALITY_KEYS = ("file", "key", "lengths")
+
+
+def read_array(folder: Path, value: Any, what: str, keys: tuple[str, ...] = ("file", "key")
+               ) -> np.ndarray:
     """The array a spec entry names (no pickled object is ever loaded)."""
-    name, key = _entry(value, what)
+    name, key = _entry(value, what, keys)
     path = folder / name
     if not path.is_file():
         raise DataError(f"{what}: file {str(path)!r} does not exist")
@@ -154,6 +170,21 @@ def _labels(raw: np.ndarray, names: Any, n: int) -> tuple[np.ndarray, list[str]]
     raise DataError(f"labels must be class ids or names; got dtype {raw.dtype}")
 
 
+def _sequence_lengths(raw: np.ndarray, arr: np.ndarray, modality: str) -> np.ndarray:
+    """(N,) real steps of a padded (N, T, D) sequence array, each 0..T (0: absent)."""
+    n = arr.shape[0]
+    if arr.ndim < 3:
+        raise DataError(f"modality {modality!r} has lengths, so it must be a padded sequence "
+                        f"array (N, T, D); got {tuple(arr.shape)}")
+    whole = raw.dtype.kind in "iu" or (raw.dtype.kind == "f" and np.isfinite(raw).all()
+                                       and np.all(np.mod(raw, 1) == 0))
+    if raw.shape != (n,) or not whole or (n and (raw.min() < 0 or raw.max() > arr.shape[1])):
+        raise DataError(f"lengths of {modality!r} must be ({n},) whole numbers 0..{arr.shape[1]} "
+                        f"(T of its array; 0 = the sample lacks it); got shape "
+                        f"{tuple(raw.shape)}, dtype {raw.dtype}")
+    return raw.astype(np.int64)
+
+
 def _split_codes(raw: np.ndarray, n: int) -> np.ndarray:
     if raw.ndim != 1 or len(raw) != n:
         raise DataError(f"split must be one value per sample, shape ({n},); got "
@@ -198,25 +229,37 @@ def features(
         raise DataError(f"available must map some of the modalities {list(config['modalities'])} "
                         f"to (N,) bool files; got {given!r}")
     arrays: dict[str, np.ndarray] = {}
+    lengths: dict[str, np.ndarray] = {}
     present = np.ones((n, len(mods)), dtype=bool)
     for j, m in enumerate(mods):
         what = f"modality {m!r}"
-        arr = read_array(folder, config["modalities"][m], what)
-        problem = array_problem(arr, _entry(config["modalities"][m], what)[0])
+        entry = config["modalities"][m]
+        arr = read_array(folder, entry, what, MODALITY_KEYS)
+        problem = array_problem(arr, _entry(entry, what, MODALITY_KEYS)[0])
         if problem:
             raise DataError(f"{what}: {problem}")
         if arr.ndim < 2 or arr.shape[0] != n:
             raise DataError(f"{what} must hold one row per sample, shape ({n}, ...); got "
                             f"{tuple(arr.shape)}")
         arr = arr.astype(np.float32)
-        flat = arr.reshape(n, -1)
-        nan = ~np.isfinite(flat)
-        empty = nan.all(axis=1)
+        if isinstance(entry, Mapping) and entry.get("lengths") is not None:
+            steps = _sequence_lengths(read_array(folder, entry["lengths"], f"lengths of {m!r}"),
+                                      arr, m)
+            real = np.arange(arr.shape[1])[None, :] < steps[:, None]  # (N, T)
+            lengths[m] = steps
+            finite = np.isfinite(arr.reshape(n, arr.shape[1], -1)).all(axis=2)
+            nan = ~finite & real  # NaN in the real steps; the padding may hold anything
+            empty = ~(finite & real).any(axis=1)
+        else:
+            real = np.ones((n, 1), dtype=bool)
+            nan = ~np.isfinite(arr.reshape(n, -1))
+            empty = nan.all(axis=1)
         partly = np.flatnonzero(nan.any(axis=1) & ~empty)
         if len(partly):
-            raise DataError(f"{what}: row {int(partly[0])} holds some NaN or inf values; fill "
-                            "them, or make the whole row NaN (or mark it in available:) to "
-                            "say the sample has no such modality")
+            where = "the real steps of sample" if m in lengths else "row"
+            raise DataError(f"{what}: {where} {int(partly[0])} holds some NaN or inf values; "
+                            "fill them, or make the whole row NaN (or mark it in available:) "
+                            "to say the sample has no such modality")
         present[:, j] = ~empty
         if m in given:
             mask = read_array(folder, given[m], f"available[{m!r}]")
@@ -225,12 +268,15 @@ def features(
                                 f"shape {tuple(mask.shape)}")
             present[:, j] &= mask.astype(bool)
         arr[~present[:, j]] = 0.0
+        if m in lengths:
+            arr[~real] = 0.0  # the padding, whatever the file held
+            lengths[m][~present[:, j]] = 0
         arrays[m] = arr
     none = np.flatnonzero(~present.any(axis=1))
     if len(none):
         raise DataError(f"sample {int(none[0])} has none of the modalities {mods}; drop it "
                         "(every sample needs at least one)")
-    full = ArrayDataset(arrays, labels, present)
+    full = ArrayDataset(arrays, labels, present, lengths)
     if config.get("split") is not None:
         codes = _split_codes(read_array(folder, config["split"], "split"), n)
         tr, va, te = (np.flatnonzero(codes == k) for k in range(3))
@@ -256,4 +302,5 @@ def features(
                 part.features[m][~part.availability[:, j]] = 0.0
         info["standardizer"] = {"mean": stats.mean, "std": stats.std}
     return SplitData(train=train, val=val, test=test, modalities=mods,
-                     input_shapes=full.input_shapes, class_names=class_names, info=info)
+                     input_shapes=full.input_shapes, class_names=class_names, info=info,
+                     sequences=full.sequences)
