@@ -261,3 +261,31 @@ def test_a_sequence_release_trains_every_subset_and_padding_never_matters(tmp_pa
     same = [(r["per_subset"], r["loss_terms"]) for r in results[0]["runs"]]
     assert same == [(r["per_subset"], r["loss_terms"]) for r in results[1]["runs"]]
     assert len(same) == 2 and all(len(per) == 7 for per, _ in same)
+    # deployment: the folder serves sequences of any length from raw files; ONNX refuses
+    folder, out = tmp_path / "seq0.0", tmp_path / "bench0.0"
+    ckpt = next(out.rglob("dmrnet-seed0/best.ckpt"))
+    model = tmp_path / "model"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(model)]) == 0
+    words = np.load(folder / "words.npy")[5, :6]  # sample 5: 6 real steps, raw units
+    np.save(tmp_path / "words.npy", words)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(model), "--input",
+                 f"words={tmp_path / 'words.npy'}"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out.splitlines()[-1]
+    import dmrnet
+
+    served = dmrnet.load_model(model)
+    assert served.sequences == ["words", "audio"]
+    one = served.predict({"words": words}).probs
+    assert f"{float(one.max()):.4f}" in printed or f"{float(one.max()):.3f}" in printed
+    # the same sample in a list with others of other lengths, and padded by hand
+    many = served.predict([{"words": words}, {"words": words[:2], "face": np.zeros(4)},
+                           {"audio": np.load(folder / "audio.npy")[1, :5]}]).probs
+    assert torch.allclose(many[0], one[0], atol=1e-6)
+    assert main(["export", "--checkpoint", str(model), "--format", "onnx", "--out",
+                 str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX export does not take variable-length sequences (modality 'words'" in err
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(dmrnet.batch.BatchError, match=r"with 1..7 steps"):
+        served.predict([{"words": np.zeros((8, 3))}])

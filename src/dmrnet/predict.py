@@ -101,6 +101,19 @@ def predict_subsets(module: Any, inputs: Mapping[str, Tensor]) -> dict[str, Tens
     if not inputs:
         raise DataError(f"give at least one input, e.g. --input {model.modalities[0]}=FILE")
     shapes = module.hparams["input_shapes"]
+    sequences = list(module.hparams.get("sequences") or [])
+    lengths = {}
+    for m in sequences:  # one sample of 1..T steps, padded to T
+        shape, given = tuple(shapes[m]), inputs.get(m)
+        steps = 0 if given is None else int(given.shape[1])
+        if given is not None and (given.dim() != len(shape) + 1 or not 1 <= steps <= shape[0]
+                                  or tuple(given.shape[2:]) != shape[1:]):
+            raise DataError(f"modality {m!r} is a sequence of 1..{shape[0]} steps of "
+                            f"{shape[1:]}; got an input of shape {tuple(given.shape[1:])}")
+        if given is not None:
+            inputs = {**inputs, m: torch.cat(
+                [given, given.new_zeros(1, shape[0] - steps, *shape[1:])], dim=1)}
+        lengths[m] = torch.tensor([steps])
     # a dense model takes pictures of any size: an absent picture trained at the size of a
     # given one takes that one's size now; other inputs (a vector, a spectrogram) keep theirs
     sizes = {tuple(shapes[m][1:]): tuple(x.shape[-2:]) for m, x in inputs.items()
@@ -117,7 +130,7 @@ def predict_subsets(module: Any, inputs: Mapping[str, Tensor]) -> dict[str, Tens
     avail = torch.tensor([[m in inputs for m in model.modalities]])
     with torch.no_grad():
         return {model.space.name(s): out.logits.softmax(dim=1)
-                for s, _, out in subset_outputs(model, full, avail)}
+                for s, _, out in subset_outputs(model, full, avail, lengths=lengths or None)}
 
 
 def palette(k: int) -> np.ndarray:

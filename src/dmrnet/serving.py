@@ -68,10 +68,21 @@ class Predictor:
         self.class_names: list[str] = list(config.get("class_names") or
                                            [str(k) for k in range(args["num_classes"])])
         self.preprocessing: dict[str, Any] = dict(config.get("preprocessing") or {})
+        self.sequences: list[str] = list(args.get("sequences") or [])
+
+    def _fits(self, m: str, v: Tensor) -> bool:
+        """Whether ``v`` is one sample of modality ``m``: its shape, or for a sequence
+        (T, ...) any 1..T steps of it."""
+        shape = self.input_shapes[m]
+        if m not in self.sequences:
+            return tuple(v.shape) == shape
+        return v.dim() == len(shape) and tuple(v.shape[1:]) == shape[1:] and \
+            1 <= v.shape[0] <= shape[0]
 
     def _batch(self, inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-               ) -> tuple[dict[str, Tensor], Tensor, bool]:
-        """Stack inputs into the batch contract; returns (inputs, availability, single)."""
+               ) -> tuple[dict[str, Tensor], Tensor, bool, dict[str, Tensor]]:
+        """Stack inputs into the batch contract; returns (inputs, availability, single,
+        lengths of the sequence modalities)."""
         if isinstance(inputs, Mapping):
             unknown = [k for k in inputs if k not in self.modalities]
             if unknown:
@@ -82,14 +93,15 @@ class Predictor:
             kinds = {}
             for m, v in given.items():
                 shape = self.input_shapes[m]
-                if tuple(v.shape) == shape:
+                if self._fits(m, v):
                     kinds[m] = None  # one sample
-                elif v.dim() == len(shape) + 1 and tuple(v.shape[1:]) == shape:
+                elif v.dim() == len(shape) + 1 and self._fits(m, v[0]):
                     kinds[m] = int(v.shape[0])
                 else:
+                    steps = "up to " if m in self.sequences else ""
                     raise BatchError(f"modality {m!r} has shape {tuple(v.shape)}; expected "
-                                     f"{shape} for one sample or (B, {', '.join(map(str, shape))})"
-                                     " for a batch")
+                                     f"{steps}{shape} for one sample or (B, "
+                                     f"{', '.join(map(str, shape))}) for a batch")
             if len(set(kinds.values())) != 1:
                 raise BatchError(f"modalities disagree on the batch size: {kinds} (None = one "
                                  "sample without a batch axis)")
@@ -104,6 +116,7 @@ class Predictor:
         batch = len(samples)
         avail = torch.zeros(batch, len(self.modalities), dtype=torch.bool)
         out: dict[str, Tensor] = {}
+        lengths = {m: torch.zeros(batch, dtype=torch.long) for m in self.sequences}
         for j, m in enumerate(self.modalities):
             shape = self.input_shapes[m]
             t = torch.zeros(batch, *shape)
@@ -116,19 +129,22 @@ class Predictor:
                 if v is None:
                     continue
                 v = _as_tensor(m, v)
-                if tuple(v.shape) != shape:
+                if not self._fits(m, v):
+                    steps = f" with 1..{shape[0]} steps" if m in self.sequences else ""
                     raise BatchError(f"sample {i}: modality {m!r} has shape {tuple(v.shape)}, "
-                                     f"expected {shape}")
+                                     f"expected {shape}{steps}")
                 if not bool(torch.isfinite(v).all()):
                     raise BatchError(f"sample {i}: modality {m!r} holds NaN or inf")
-                t[i] = apply_preprocessing(self.preprocessing, m, v)
+                t[i, : v.shape[0]] = apply_preprocessing(self.preprocessing, m, v)
+                if m in lengths:
+                    lengths[m][i] = v.shape[0]
                 avail[i, j] = True
             out[m] = t
         empty = (~avail.any(dim=1)).nonzero().flatten().tolist()
         if empty:
             raise BatchError(f"sample(s) {empty[:5]} have no modality; give at least one of "
                              f"{self.modalities}")
-        return out, avail, single
+        return out, avail, single, lengths
 
     @torch.no_grad()
     def predict(self, inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Prediction:
@@ -136,11 +152,12 @@ class Predictor:
 
         Args:
             inputs: a dict modality -> array that simply omits absent modalities, for one
-                sample (arrays shaped like the model's inputs) or a batch (a leading batch
-                axis); or a list of such per-sample dicts, each with its own modalities.
+                sample (arrays shaped like the model's inputs; a sequence modality's (T, D)
+                with any 1..T steps) or a batch (a leading batch axis); or a list of such
+                per-sample dicts, each with its own modalities (sequences of any length).
         """
-        x, avail, _ = self._batch(inputs)
-        out = self.model(x, avail)
+        x, avail, _, lengths = self._batch(inputs)
+        out = self.model(x, avail, lengths or None)
         space = self.model.space
         subsets = [space.name(int(i)) for i in space.indices_of(avail)]
         return Prediction(probs=out.logits.softmax(dim=1), subsets=subsets,
@@ -496,6 +513,11 @@ def export_onnx(predictor: Predictor, path: str | Path, overwrite: bool = False,
     (``dmrnet_inputs``) says so.
     """
     path = Path(path)
+    if predictor.sequences:
+        raise ConfigError(f"ONNX export does not take variable-length sequences (modality "
+                          f"{predictor.sequences[0]!r}: its graph would need their lengths as "
+                          "an input); serve this model with dmrnet predict or "
+                          "dmrnet.load_model, or export --format folder")
     if path.is_dir():
         raise ConfigError(f"{str(path)!r} is a folder; give the path of the .onnx file to write")
     if path.exists() and not overwrite:
