@@ -253,6 +253,25 @@ def test_manifest_kinds_missing_entries_and_errors(tmp_path):
         manifest(manifest=str(tmp_path / "short.csv"), root=str(tmp_path / "m"))
 
 
+def test_a_model_of_some_columns_leaves_out_samples_with_none_of_them(tmp_path):
+    """A dedicated model or a teacher of ``vec`` alone trains on the samples that have it;
+    every other sample keeps the split it has in the model of every column. (Before, the
+    source refused the first sample without a ``vec`` file, so ``dedicated`` and ``tutored``
+    failed on any manifest with missing entries.)"""
+    path = make_manifest(tmp_path / "m")
+    full = manifest(manifest=str(path), audio={"seconds": 0.3})
+    vec = manifest(manifest=str(path), modalities=["vec"])
+    for a, b in ((full.train, vec.train), (full.val, vec.val), (full.test, vec.test)):
+        assert [r.where for r in a.records if r.paths["vec"] is not None] == \
+            [r.where for r in b.records]
+    assert sum(len(p) for p in (vec.train, vec.val, vec.test)) == 36 - 7  # i % 5 == 1: none
+    lines = path.read_text().splitlines()  # no validation sample has a vec file
+    path.write_text("\n".join(line if not line.endswith(",val") else "," + line.split(",", 1)[1]
+                              for line in lines) + "\n")
+    with pytest.raises(DataError, match="no validation sample has any of \\['vec'\\]"):
+        manifest(manifest=str(path), modalities=["vec"])
+
+
 def test_loaders_work_with_worker_processes(tmp_path):
     from dmrnet.training import MultimodalDataModule
 

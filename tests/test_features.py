@@ -114,8 +114,18 @@ def test_partly_nan_rows_and_samples_with_nothing_are_refused(tmp_path):
     np.save(folder / "audio.npy", audio)
     data = DATASETS.get("features")(root=folder, modalities=["audio", "visual"])
     assert sum(int((~p.availability[:, 0]).sum()) for p in (data.train, data.val, data.test)) == 1
+    audio[0] = np.nan  # sample 0 has no visual and no text either: nothing at all
+    np.save(folder / "audio.npy", audio)
     with pytest.raises(DataError, match="sample 0 has none of the modalities"):
-        DATASETS.get("features")(root=folder, modalities=["visual"])
+        DATASETS.get("features")(root=folder)
+    # a model of some modalities (a dedicated one, a teacher) leaves out the samples without
+    # any of them, and the others keep their split
+    with pytest.raises(DataError, match="sample 0 has none"):  # all of them, in another order
+        DATASETS.get("features")(root=folder, modalities=["text", "visual", "audio"])
+    visual = DATASETS.get("features")(root=folder, modalities=["visual"])
+    assert visual.info["left_out"] == N // 4
+    assert [len(p) for p in (visual.train, visual.val, visual.test)] == [27, 9, 9]
+    assert bool(visual.test.availability.all())
 
 
 def test_benchmark_and_fit_train_on_a_release_and_predict_takes_raw_rows(tmp_path, capsys):
@@ -289,3 +299,29 @@ def test_a_sequence_release_trains_every_subset_and_padding_never_matters(tmp_pa
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(dmrnet.batch.BatchError, match=r"with 1..7 steps"):
         served.predict([{"words": np.zeros((8, 3))}])
+
+
+def test_hdf5_files_read_by_key_and_without_h5py_say_how_to_get_it(tmp_path, monkeypatch):
+    h5py = pytest.importorskip("h5py")
+    folder = write_release(tmp_path / "release")
+    with h5py.File(folder / "feats.h5", "w") as f:
+        f["audio/features"] = np.load(folder / "audio.npy")
+        f["labels"] = np.load(folder / "labels.npy").astype("S")  # names as bytes
+    spec = {"modalities": {"audio": {"file": "feats.h5", "key": "audio/features"}},
+            "labels": {"file": "feats.h5", "key": "labels"}}
+    (folder / "features.yaml").write_text(json.dumps(spec))
+    data = DATASETS.get("features")(root=folder, seed=0)
+    assert data.class_names == ["neg", "neu", "pos"] and data.input_shapes == {"audio": (5,)}
+    raw = np.load(folder / "audio.npy")
+    stats = data.info["standardizer"]
+    rows = torch.cat([p.features["audio"] for p in (data.train, data.val, data.test)])
+    restored = rows * torch.tensor(stats["std"]["audio"]) + torch.tensor(stats["mean"]["audio"])
+    assert np.allclose(np.sort(restored.numpy(), axis=0), np.sort(raw, axis=0), atol=1e-3)
+    spec["modalities"]["audio"] = "feats.h5"  # two datasets, none named
+    (folder / "features.yaml").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=r"holds the datasets \['audio/features', 'labels'\]; "
+                       "name one"):
+        DATASETS.get("features")(root=folder)
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)
+    with pytest.raises(DataError, match="needs h5py: pip install h5py"):
+        DATASETS.get("features")(root=folder)

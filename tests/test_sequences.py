@@ -172,3 +172,22 @@ def test_sequence_encoders_have_only_deterministic_cuda_ops(method):
     mod = module(method)
     flagged = cuda_nondeterministic(lambda: run_step(mod, batch()))
     assert flagged == {}, f"{method}: ops that break deterministic CUDA training: {flagged}"
+
+
+def test_staged_and_teacher_methods_run_on_sequences_and_shaspec_says_it_cannot(tmp_path,
+                                                                                 capsys):
+    """tutored (unimodal teachers trained first, their encoders copied and distilled) and
+    mmanet (a full_only teacher's outputs) pass the lengths to their teachers too."""
+    from dmrnet.cli import main
+    from tests.test_features import write_sequences
+
+    folder = write_sequences(tmp_path / "seq")
+    assert main(["benchmark", "--dataset", "features", "--root", str(folder), "--modalities",
+                 "words,face", "--methods", "tutored,mmanet", "--set",
+                 "method_kwargs={teacher_distill: 1.0}", "--epochs", "1", "--seeds", "0",
+                 "--jobs", "1", "--out", str(tmp_path / "b"), "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    with pytest.raises(ConfigError, match="shaspec reads fixed-size inputs .* 'audio' holds "
+                       "variable-length sequences"):
+        MultimodalModule(list(SHAPES), SHAPES, 3, method="shaspec", sequences=SEQUENCES,
+                         network=NETWORK)

@@ -29,7 +29,9 @@ on the training rows that have them; the statistics are stored with a trained mo
 then takes raw rows.
 
 Files: ``.npy``, ``.npz`` (``key`` names the array), ``.pt`` (read with
-``weights_only=True``: a tensor, or a dict of tensors and ``key``). Pickled objects are refused.
+``weights_only=True``: a tensor, or a dict of tensors and ``key``), ``.h5`` / ``.hdf5``
+(``key`` names the dataset, e.g. ``audio/features``; needs ``pip install h5py``). Pickled
+objects are refused.
 Every other modality has one fixed shape per sample.
 """
 
@@ -56,7 +58,7 @@ from dmrnet.data.files import select_modalities
 from dmrnet.data.io import array_problem, load_npy, read_text
 
 SPEC_NAME = "features.yaml"
-SUFFIXES = (".npy", ".npz", ".pt")
+SUFFIXES = (".npy", ".npz", ".pt", ".h5", ".hdf5")
 SPLIT_CODES = {"train": 0, "val": 1, "validation": 1, "test": 2, "0": 0, "1": 1, "2": 2}
 SPEC_KEYS = ("modalities", "labels", "split", "available", "class_names")
 
@@ -131,6 +133,8 @@ def read_array(folder: Path, value: Any, what: str, keys: tuple[str, ...] = ("fi
                 raise DataError(f"{what}: {str(path)!r} holds a {type(obj).__name__}, not a "
                                 "tensor")
             arr = obj.detach().cpu().numpy()
+        elif suffix in (".h5", ".hdf5"):
+            arr = _read_hdf5(path, key, what)
         else:
             raise DataError(f"{what}: {str(path)!r} is not one of the array files "
                             f"{', '.join(SUFFIXES)}")
@@ -139,6 +143,31 @@ def read_array(folder: Path, value: Any, what: str, keys: tuple[str, ...] = ("fi
     except Exception as err:  # numpy and torch raise several types for bad or unsafe files
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{what}: cannot read {str(path)!r}: {first}") from err
+    return arr
+
+
+def _read_hdf5(path: Path, key: str | None, what: str) -> np.ndarray:
+    """One dataset of an HDF5 file (``key``: its path inside; the only one if there is one)."""
+    try:
+        import h5py
+    except ImportError as err:
+        raise DataError(f"{what}: reading {str(path)!r} needs h5py: pip install h5py (or save "
+                        "the array as .npy)") from err
+    with h5py.File(path, "r") as f:
+        names: list[str] = []
+        f.visititems(lambda name, obj: names.append(name)
+                     if isinstance(obj, h5py.Dataset) else None)
+        pick = key or (names[0] if len(names) == 1 else None)
+        if pick not in names:
+            raise DataError(f"{what}: {str(path)!r} holds the datasets {names}; name one with "
+                            "{file: ..., key: ...}")
+        data = f[pick]
+        if data.dtype.kind not in "biufSU":
+            raise DataError(f"{what}: dataset {pick!r} of {str(path)!r} holds {data.dtype}, "
+                            "not numbers or names")
+        arr = np.asarray(data[()])
+    if arr.dtype.kind == "S":  # names stored as bytes
+        arr = arr.astype(str)
     return arr
 
 
@@ -273,7 +302,7 @@ def features(
             lengths[m][~present[:, j]] = 0
         arrays[m] = arr
     none = np.flatnonzero(~present.any(axis=1))
-    if len(none):
+    if len(none) and set(mods) == set(config["modalities"]):
         raise DataError(f"sample {int(none[0])} has none of the modalities {mods}; drop it "
                         "(every sample needs at least one)")
     full = ArrayDataset(arrays, labels, present, lengths)
@@ -285,12 +314,17 @@ def features(
             tr, va = tr[keep], tr[carve]
     else:
         tr, va, te = stratified_split(labels, [0.6, 0.2, 0.2], seed)
+    # a model of some modalities (a dedicated one, a teacher) leaves out the samples that
+    # have none of them, after the split: the others keep the split of every modality's model
+    has_any = present.any(axis=1)
+    tr, va, te = (part[has_any[part]] for part in (tr, va, te))
     for name, part in (("training", tr), ("validation", va), ("test", te)):
         if len(part) == 0:
             raise DataError(f"the {name} split holds no sample; every split needs at least one")
     train, val, test = full.subset(tr), full.subset(va), full.subset(te)
     info: dict[str, Any] = {"source": f"feature files ({path.name})", "seed": seed,
                             "sizes": {"train": len(tr), "val": len(va), "test": len(te)},
+                            "left_out": len(none),  # samples with none of ``mods``
                             "availability": {m: float(present[:, j].mean())
                                              for j, m in enumerate(mods)}}
     if standardize:

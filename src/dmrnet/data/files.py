@@ -434,8 +434,10 @@ def special_file(path: Path) -> str | None:
     return None
 
 
-def check_records(records: Sequence[Record], modalities: Sequence[str], name: str) -> None:
-    """Every listed file exists; every sample has at least one modality."""
+def check_records(records: Sequence[Record], modalities: Sequence[str], name: str,
+                  allow_none: bool = False) -> None:
+    """Every listed file exists; every sample has at least one modality (``allow_none``: a
+    sample may have none of ``modalities``, some of a source's, and is left out later)."""
     if not records:
         raise DataError(f"{name} holds no sample")
     for rec in records:
@@ -446,7 +448,7 @@ def check_records(records: Sequence[Record], modalities: Sequence[str], name: st
             problem = None if p is None else special_file(Path(p))
             if problem:
                 raise DataError(f"{problem} ({rec.where})")
-        if all(rec.paths.get(m) is None for m in modalities):
+        if not allow_none and all(rec.paths.get(m) is None for m in modalities):
             raise DataError(f"sample has no file for any of {list(modalities)} ({rec.where})")
 
 

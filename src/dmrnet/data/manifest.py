@@ -132,7 +132,10 @@ def manifest(
             if value not in SPLITS:
                 raise DataError(f"{where}: split {row[split_column]!r} is not train, val or test")
             split_of.append(SPLITS[value])
-    check_records(records, mods, f"manifest {path.name}")
+    # a model of some of the columns (a dedicated one, a teacher) leaves out the samples that
+    # have none of them, after the split: the others keep the split of every column's model
+    some = sorted(mods) != sorted(mod_columns)
+    check_records(records, mods, f"manifest {path.name}", allow_none=some)
 
     readers = {m: _reader(m, records, (kinds or {}).get(m), image_size, image_channels, audio)
                for m in mods}
@@ -148,6 +151,14 @@ def manifest(
             labels_arr, [1 - val_fraction - test_fraction, val_fraction, test_fraction], seed
         )
         train, val, test = ([records[i] for i in p] for p in parts)
+    if some:
+        train, val, test = ([r for r in part if any(r.paths[m] is not None for m in mods)]
+                            for part in (train, val, test))
+        empty = next((n for n, p in (("training", train), ("validation", val),
+                                     ("test", test)) if not p), None)
+        if empty:
+            raise DataError(f"manifest {path.name}: no {empty} sample has any of {mods}; "
+                            "choose other modalities")
     _only_in_evaluation(train, {"validation": val, "test": test}, mods, class_names, path.name)
     # the name reports show: the file's ("my" for data/my.csv), not the source's ("manifest")
     info = {"name": path.stem, "source": f"manifest {path!s}",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from dmrnet.errors import ConfigError
 from dmrnet.methods.base import Method, ModelConfig, register_method
 from dmrnet.methods.objectives import MultimodalObjective
 from dmrnet.models.shaspec import ShaSpecModel
@@ -31,6 +32,10 @@ class ShaSpec(Method):
     def build(self, config: ModelConfig) -> tuple[nn.Module, nn.Module]:
         opts = self.options(config.method_kwargs)
         net = config.network
+        if config.sequences:
+            raise ConfigError(f"shaspec reads fixed-size inputs (its shared encoder takes every "
+                              f"modality), but {config.sequences[0]!r} holds variable-length "
+                              "sequences; use a late-fusion method (dmrnet, baseline, ...)")
         model = ShaSpecModel(config.modalities, config.input_shapes, config.num_classes,
                              encoder=net.encoder, encoder_kwargs=net.encoder_kwargs,
                              embed_dim=net.embed_dim, proj_dim=opts.proj_dim,
