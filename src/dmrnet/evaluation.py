@@ -41,9 +41,11 @@ def subset_outputs(
         lengths: sequence modality -> (B,) real steps (:attr:`dmrnet.batch.Batch.lengths`).
     """
     max_rows = max_rows or int(getattr(model, "eval_max_rows", 8192))
-    model.check(inputs, availability, lengths)
+    # a network written before sequences existed takes no lengths
+    steps = {} if lengths is None else {"lengths": lengths}
+    model.check(inputs, availability, **steps)
     availability = availability.bool()
-    features = model.encode(inputs, lengths=lengths)
+    features = model.encode(inputs, **steps)
     absent = model.encode_absent(inputs)
     # a head that starts linear: each modality's product once, each subset a sum of them
     parts = model.head_parts(features, absent) if isinstance(model, SubsetHead) else None
@@ -124,7 +126,7 @@ def naive_subset_outputs(
         sub = {m: (x if rows is None else x[rows]) for m, x in inputs.items()}
         steps = {m: (x if rows is None else x[rows]) for m, x in (lengths or {}).items()}
         n = next(iter(sub.values())).shape[0]
-        yield s, rows, model(sub, mask.expand(n, -1), steps or None)
+        yield s, rows, model(sub, mask.expand(n, -1), *([steps] if steps else []))
 
 
 @torch.no_grad()

@@ -157,7 +157,7 @@ class Predictor:
                 per-sample dicts, each with its own modalities (sequences of any length).
         """
         x, avail, _, lengths = self._batch(inputs)
-        out = self.model(x, avail, lengths or None)
+        out = self.model(x, avail, *([lengths] if lengths else []))
         space = self.model.space
         subsets = [space.name(int(i)) for i in space.indices_of(avail)]
         return Prediction(probs=out.logits.softmax(dim=1), subsets=subsets,

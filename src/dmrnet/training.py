@@ -395,6 +395,9 @@ class MultimodalModule(L.LightningModule):
     # --- the forward contract ---------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], availability: torch.Tensor,
                 lengths: dict[str, torch.Tensor] | None = None) -> Any:
+        # a network written before sequences existed takes (inputs, availability) only
+        if lengths is None:
+            return self.model(self._layout(inputs), availability)
         return self.model(self._layout(inputs), availability, lengths)
 
     def _layout(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

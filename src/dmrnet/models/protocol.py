@@ -58,7 +58,9 @@ class MultimodalNetwork(Protocol):
     ``network(inputs, availability, lengths=None)`` takes ``inputs`` modality -> (B, *shape),
     ``availability`` (B, M) bool (at least one True per row) and, where a modality holds
     variable-length sequences (B, T, D), ``lengths`` modality -> (B,) real steps; it returns a
-    :class:`ModelOutput`. A network that reads fixed-size inputs only refuses lengths. It is
+    :class:`ModelOutput`. Lengths are passed (to ``__call__``, ``check`` and ``encode``) only
+    when a batch holds sequences, so a network of fixed-size inputs may leave them out of its
+    signatures; one that takes them but reads fixed-size inputs only refuses them. It is
     split in two so that evaluation runs the encoders once per batch and replays only the
     head for each of the 2^M - 1 subsets:
 

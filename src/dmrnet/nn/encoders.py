@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from dmrnet.errors import ConfigError
 from dmrnet.nn.resnet import init_weights, resnet
+from dmrnet.nn.sequence import sequence_encoder
 from dmrnet.registry import ENCODERS
 
 
@@ -83,8 +84,6 @@ def auto(
     ``sequence``: that encoder's arguments, e.g. ``{hidden: [512]}`` / ``{layers: [3, 4, 6,
     3]}`` / ``{name: transformer, layers: 2}``."""
     if variable_length:
-        from dmrnet.nn.sequence import sequence_encoder
-
         return sequence_encoder(input_shape, sequence)
     if len(input_shape) <= 2:
         return mlp(input_shape, **dict(vector or {}))
