@@ -70,14 +70,13 @@ class Predictor:
         self.preprocessing: dict[str, Any] = dict(config.get("preprocessing") or {})
         self.sequences: list[str] = list(args.get("sequences") or [])
 
-    def _fits(self, m: str, v: Tensor) -> bool:
-        """Whether ``v`` is one sample of modality ``m``: its shape, or for a sequence
-        (T, ...) any 1..T steps of it."""
-        shape = self.input_shapes[m]
+    def _fits(self, m: str, given: Sequence[int]) -> bool:
+        """Whether a sample of shape ``given`` fits modality ``m``: its shape, or for a
+        sequence (T, ...) any 1..T steps of it."""
+        shape, given = self.input_shapes[m], tuple(given)
         if m not in self.sequences:
-            return tuple(v.shape) == shape
-        return v.dim() == len(shape) and tuple(v.shape[1:]) == shape[1:] and \
-            1 <= v.shape[0] <= shape[0]
+            return given == shape
+        return len(given) == len(shape) and given[1:] == shape[1:] and 1 <= given[0] <= shape[0]
 
     def _batch(self, inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]
                ) -> tuple[dict[str, Tensor], Tensor, bool, dict[str, Tensor]]:
@@ -93,9 +92,9 @@ class Predictor:
             kinds = {}
             for m, v in given.items():
                 shape = self.input_shapes[m]
-                if self._fits(m, v):
+                if self._fits(m, v.shape):
                     kinds[m] = None  # one sample
-                elif v.dim() == len(shape) + 1 and self._fits(m, v[0]):
+                elif v.dim() == len(shape) + 1 and self._fits(m, v.shape[1:]):
                     kinds[m] = int(v.shape[0])
                 else:
                     steps = "up to " if m in self.sequences else ""
@@ -129,7 +128,7 @@ class Predictor:
                 if v is None:
                     continue
                 v = _as_tensor(m, v)
-                if not self._fits(m, v):
+                if not self._fits(m, v.shape):
                     steps = f" with 1..{shape[0]} steps" if m in self.sequences else ""
                     raise BatchError(f"sample {i}: modality {m!r} has shape {tuple(v.shape)}, "
                                      f"expected {shape}{steps}")
