@@ -191,3 +191,35 @@ def test_staged_and_teacher_methods_run_on_sequences_and_shaspec_says_it_cannot(
                        "variable-length sequences"):
         MultimodalModule(list(SHAPES), SHAPES, 3, method="shaspec", sequences=SEQUENCES,
                          network=NETWORK)
+
+
+def test_token_sequences_are_embedded_and_never_read_past_their_length():
+    """A (T,) sequence modality holds token ids (text): ``auto`` embeds them before a GRU;
+    the padding's ids, the op guard and a wrong id are checked as for feature sequences."""
+    shapes = {"text": [9], "face": [6]}
+    mod = MultimodalModule(list(shapes), shapes, 3, sequences=["text"],
+                           network={"encoder": "auto", "embed_dim": 8})
+    assert type(mod.model.encoders["text"]).__name__ == "TokenEncoder"
+    g = torch.Generator().manual_seed(0)
+    data = [{"inputs": {"text": torch.randint(2, 50, (1 + i % 9,), generator=g).float(),
+                        "face": torch.randn(6, generator=g)}, "target": i % 3}
+            for i in range(10)]
+    del data[3]["inputs"]["text"]
+    b = MultimodalCollate(list(shapes), shapes, sequences=["text"])(data)
+    mod.eval()
+    with torch.no_grad():
+        before = mod(b.inputs, b.availability, b.lengths).logits
+        after = mod(repadded(b, 17.0), b.availability, b.lengths).logits
+    assert torch.equal(before, after)
+    flagged = cuda_nondeterministic(lambda: run_step_of(mod, b))
+    assert flagged == {}, f"ops that break deterministic CUDA training: {flagged}"
+    wrong = dict(b.inputs, text=b.inputs["text"].clone())
+    wrong["text"][0, 0] = 2.5
+    with pytest.raises(BatchError, match="token ids must be whole numbers 0..19999; got 2.5"):
+        mod(wrong, b.availability, b.lengths)
+
+
+def run_step_of(mod, b) -> None:
+    from tests.test_determinism import run_step
+
+    run_step(mod, b)

@@ -19,6 +19,11 @@ from torch import Tensor
 from dmrnet.errors import DMRNetError
 from dmrnet.subsets import SubsetError
 
+VOCABULARY_SIZE = 20000
+"""Token-id sequences (a sequence modality of shape (T,), e.g. text) hold whole numbers
+0..VOCABULARY_SIZE-1 (0 = padding): what the built-in tokenizer gives and the ``tokens``
+encoder's embedding holds by default."""
+
 
 class BatchError(DMRNetError):
     """A batch or dataset item that does not fit the declared modalities."""
@@ -248,7 +253,7 @@ class MultimodalCollate:
                             not 1 <= x.shape[0] <= shape[0]:
                         raise BatchError(
                             f"modality {name!r} of item {i} has shape {tuple(x.shape)}, "
-                            f"expected a sequence (T, {', '.join(map(str, shape[1:]))}) with "
+                            f"expected a sequence (T{''.join(f', {d}' for d in shape[1:])}) with "
                             f"1 <= T <= {shape[0]}")
                     out[i, : x.shape[0]] = x
                     steps[i] = x.shape[0]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from dmrnet.data.base import DataError
 from dmrnet.data.io import read_image, read_npy
 from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
+from dmrnet.data.text import Vocabulary, read_words
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import load_weights, read_checkpoint
@@ -72,6 +73,16 @@ def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
         raise DataError(f"modality {modality!r} is not one of the model's {known}")
     shape = tuple(module.hparams["input_shapes"][modality])
     suffix = path.suffix.lower()
+    stored = pre.get(modality)
+    if isinstance(stored, Mapping) and "vocabulary" in stored:  # text: the model's vocabulary
+        if suffix != ".txt":
+            raise DataError(f"modality {modality!r} reads text: give a .txt file, not "
+                            f"{str(path)!r}")
+        vocabulary = Vocabulary.from_dict(stored, f"preprocessing of {modality!r}")
+        return vocabulary.ids(read_words(path))[None]
+    if suffix == ".txt":
+        raise DataError(f"modality {modality!r} was not trained on text; give .npy or an image "
+                        "file")
     if suffix == ".npy":
         x = read_npy(path)
     elif suffix in (".png", ".jpg", ".jpeg", ".bmp"):

@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from dmrnet.batch import BatchError, stats_view
-from dmrnet.errors import ConfigError, first_line
+from dmrnet.data.text import Vocabulary
+from dmrnet.errors import ConfigError, DMRNetError, first_line
 from dmrnet.methods import METHODS, ModelConfig, build_method, get_method, upgrade_settings
 from dmrnet.models.protocol import MultimodalNetwork
 from dmrnet.outputs import OutputError, RunFolder
@@ -69,6 +70,10 @@ class Predictor:
                                            [str(k) for k in range(args["num_classes"])])
         self.preprocessing: dict[str, Any] = dict(config.get("preprocessing") or {})
         self.sequences: list[str] = list(args.get("sequences") or [])
+        # text modalities: the vocabulary the model was trained with reads raw text
+        self.vocabularies = {m: Vocabulary.from_dict(p, f"preprocessing of {m!r}")
+                             for m, p in self.preprocessing.items()
+                             if isinstance(p, Mapping) and "vocabulary" in p}
 
     def _fits(self, m: str, given: Sequence[int]) -> bool:
         """Whether a sample of shape ``given`` fits modality ``m``: its shape, or for a
@@ -77,6 +82,17 @@ class Predictor:
         if m not in self.sequences:
             return given == shape
         return len(given) == len(shape) and given[1:] == shape[1:] and 1 <= given[0] <= shape[0]
+
+    def _tensor(self, m: str, value: Any) -> Tensor:
+        """One input as a tensor: a text modality's string (or list of strings, a batch) as
+        token ids of the model's vocabulary."""
+        if m in self.vocabularies and isinstance(value, str):
+            return self.vocabularies[m].ids(value)
+        if m in self.vocabularies and isinstance(value, (list, tuple)) and value and \
+                all(isinstance(v, str) for v in value):
+            raise BatchError(f"modality {m!r}: give a batch of texts as a list of per-sample "
+                             "dicts, each with its own text")
+        return _as_tensor(m, value)
 
     def _batch(self, inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]
                ) -> tuple[dict[str, Tensor], Tensor, bool, dict[str, Tensor]]:
@@ -88,7 +104,7 @@ class Predictor:
                 raise BatchError(f"modality {unknown[0]!r} is not one of {self.modalities}")
             if not inputs:
                 raise BatchError(f"no modality given; the model takes any of {self.modalities}")
-            given = {m: _as_tensor(m, v) for m, v in inputs.items()}
+            given = {m: self._tensor(m, v) for m, v in inputs.items()}
             kinds = {}
             for m, v in given.items():
                 shape = self.input_shapes[m]
@@ -127,7 +143,7 @@ class Predictor:
                 v = s.get(m)
                 if v is None:
                     continue
-                v = _as_tensor(m, v)
+                v = self._tensor(m, v)
                 if not self._fits(m, v.shape):
                     steps = f" with 1..{shape[0]} steps" if m in self.sequences else ""
                     raise BatchError(f"sample {i}: modality {m!r} has shape {tuple(v.shape)}, "
@@ -172,6 +188,8 @@ def apply_preprocessing(pre: Mapping[str, Any], modality: str, x: Tensor,
     and ``{"standardize": {"mean": {modality: [...]}, "std": {...}}}`` (per feature, mfeat).
     """
     p = pre.get(modality)
+    if isinstance(p, Mapping) and "vocabulary" in p:
+        return x  # token ids: text was read with the vocabulary (:meth:`Predictor.predict`)
     if isinstance(p, Mapping):
         x = x * float(p.get("scale", 1.0))
         mean = torch.as_tensor(p.get("mean", 0.0), dtype=x.dtype)
@@ -331,10 +349,9 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where!r}: class_names must list {k} distinct names (num_classes), "
                           f"got {names!r}")
     sequences = model.get("sequences") or []
-    if not isinstance(sequences, list) or any(m not in shapes or len(shapes[m]) < 2
-                                              for m in sequences):
-        raise ConfigError(f"{where!r}: model.sequences must list modalities with input shapes "
-                          f"(T, D, ...), got {sequences!r}")
+    if not isinstance(sequences, list) or any(m not in shapes for m in sequences):
+        raise ConfigError(f"{where!r}: model.sequences must list some of the modalities "
+                          f"{mods}, got {sequences!r}")
     _check_preprocessing(config.get("preprocessing") or {}, shapes, where, sequences)
     args = dict(model)
     args["input_shapes"] = {m: tuple(s) for m, s in shapes.items()}
@@ -378,6 +395,14 @@ def _check_preprocessing(pre: Any, shapes: Mapping[str, list[int]], where: str,
                         and _numbers(value["std"][m], size, positive=True)):
                     raise ConfigError(f"{where!r}: preprocessing.standardize of {m!r} must be "
                                       f"{size} finite means and {size} stds > 0{fix}")
+        elif key in shapes and isinstance(value, dict) and "vocabulary" in value:
+            try:
+                vocabulary = Vocabulary.from_dict(value, f"preprocessing of {key!r}")
+            except DMRNetError as err:
+                raise ConfigError(f"{where!r}: {err}{fix}") from err
+            if key not in sequences or list(shapes[key]) != [vocabulary.max_tokens]:
+                raise ConfigError(f"{where!r}: {key!r} has a vocabulary but is not a token "
+                                  f"sequence of {vocabulary.max_tokens} ids{fix}")
         elif key in shapes:
             channels = shapes[key][0]
             if not (isinstance(value, dict) and set(value) <= {"scale", "mean", "std"}

@@ -60,9 +60,9 @@ class ArrayDataset(Dataset):
         self.lengths = {m: torch.as_tensor(np.asarray(v), dtype=torch.long)
                         for m, v in (lengths or {}).items()}
         for m, steps in self.lengths.items():
-            if m not in self.features or self.features[m].dim() < 3:
+            if m not in self.features or self.features[m].dim() < 2:
                 raise DataError(f"lengths are given for {m!r}, which is not a sequence modality "
-                                f"(N, T, D) of {self.modalities}")
+                                f"(N, T, ...) of {self.modalities}")
             x, present = self.features[m], self.availability[:, self.modalities.index(m)]
             if tuple(steps.shape) != (n,):
                 raise DataError(f"lengths of {m!r} must be ({n},); got {tuple(steps.shape)}")
@@ -241,10 +241,10 @@ class SplitData:
 
     def __post_init__(self) -> None:
         bad = [m for m in self.sequences if m not in self.modalities
-               or len(self.input_shapes.get(m, ())) < 2 or m in self.device_transforms]
+               or len(self.input_shapes.get(m, ())) < 1 or m in self.device_transforms]
         if bad:
             raise DataError(f"sequence modality {bad[0]!r} must be one of {self.modalities} "
-                            "with an input shape (T, D, ...) and no device transform")
+                            "with an input shape (T, ...) and no device transform")
 
     @property
     def num_classes(self) -> int:

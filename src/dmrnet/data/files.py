@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from dmrnet.batch import VOCABULARY_SIZE
 from dmrnet.data.base import DataError, SplitData, Standardizer, stratified_split
 from dmrnet.data.cache import SampleCache
 from dmrnet.data.io import (
@@ -32,6 +33,7 @@ from dmrnet.data.io import (
     read_resized,
     read_wav,
 )
+from dmrnet.data.text import Vocabulary, fit_vocabulary, read_words
 from dmrnet.data.transforms import (
     AudioSpec,
     audio_window,
@@ -74,6 +76,7 @@ class Reader:
 
     shape: tuple[int, ...]
     finishes_on_device: bool = False
+    variable_length: bool = False  # items of 1..T steps of ``shape`` (T, ...), padded per batch
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -315,6 +318,58 @@ class NpyReader(Reader):
         return x
 
 
+@dataclass
+class TextReader(Reader):
+    """UTF-8 text file -> token ids (T_i,) of its first ``max_tokens`` words, with a
+    :class:`~dmrnet.data.text.Vocabulary` fitted on the training split (:func:`file_splits`
+    fits it); a sequence modality of shape (max_tokens,)."""
+
+    max_tokens: int = 128
+    max_words: int = VOCABULARY_SIZE - 2
+    min_count: int = 1
+    lowercase: bool = True
+    vocabulary: Vocabulary | None = field(default=None, repr=False, compare=False)
+    variable_length = True
+
+    def __post_init__(self) -> None:
+        counts = {"max_tokens": self.max_tokens, "max_words": self.max_words,
+                  "min_count": self.min_count}
+        bad = next((k for k, v in counts.items() if not isinstance(v, int) or
+                    isinstance(v, bool) or v < 1), None)
+        if bad is not None or not isinstance(self.lowercase, bool):
+            raise DataError(f"text option {bad or 'lowercase'}: max_tokens, max_words and "
+                            "min_count take whole numbers >= 1, lowercase true or false")
+        if self.max_words > VOCABULARY_SIZE - 2:
+            raise DataError(f"text option max_words: at most {VOCABULARY_SIZE - 2} (the tokens "
+                            f"encoder's embedding holds {VOCABULARY_SIZE} ids)")
+
+    @property
+    def shape(self) -> tuple[int, ...]:  # type: ignore[override]
+        return (int(self.max_tokens),)
+
+    def check(self, path: Path) -> str | None:
+        try:
+            read_words(path)
+        except (DataError, OSError) as err:
+            return str(err)
+        return None
+
+    def decode(self, path: Path) -> str:
+        return read_words(path)
+
+    def make(self, decoded: str, train: bool) -> Tensor:
+        if self.vocabulary is None:
+            raise DataError("the text reader has no vocabulary yet: file_splits fits it on "
+                            "the training split")
+        return self.vocabulary.ids(decoded)
+
+    def fitted(self, train: Sequence[Path]) -> TextReader:
+        """This reader with a vocabulary of the training split's files ``train``."""
+        return dataclasses.replace(self, vocabulary=fit_vocabulary(
+            train, max_words=self.max_words, min_count=self.min_count,
+            lowercase=self.lowercase, max_tokens=self.max_tokens))
+
+
 class FileDataset(Dataset):
     """Records + readers -> items ``{"inputs": {modality: Tensor}, "target": int}``.
 
@@ -537,6 +592,13 @@ def file_splits(
         readers, stats = fit_standardizer(train, readers)
         if stats.mean:
             info["standardizer"] = {"mean": stats.mean, "std": stats.std}
+    texts = {m: r.fitted([p for rec in train if (p := rec.paths.get(m)) is not None])
+             for m, r in readers.items() if isinstance(r, TextReader)}
+    if texts:  # each vocabulary goes with the model, which then reads raw text
+        readers = {**readers, **texts}
+        stored = {"standardize": info["standardizer"]} if "standardizer" in info else {}
+        info["preprocessing"] = {**stored, **{m: r.vocabulary.to_dict()  # type: ignore[union-attr]
+                                              for m, r in texts.items()}}
     return SplitData(
         train=FileDataset(train, readers, train=True),
         val=FileDataset(val, readers, train=False),
@@ -546,4 +608,5 @@ def file_splits(
         class_names=list(class_names),
         info=info,
         device_transforms={m: r for m, r in readers.items() if r.finishes_on_device},
+        sequences=[m for m, r in readers.items() if r.variable_length],
     )

@@ -23,6 +23,7 @@ from dmrnet.data.files import (
     NpyReader,
     Reader,
     Record,
+    TextReader,
     carve_validation,
     check_records,
     file_splits,
@@ -31,7 +32,7 @@ from dmrnet.data.files import (
 from dmrnet.data.io import read_image, read_npy, read_text
 from dmrnet.data.transforms import AudioSpec
 
-KINDS = ("npy", "image", "audio")
+KINDS = ("npy", "image", "audio", "text")
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 
@@ -41,6 +42,8 @@ def _kind_of(path: str) -> str | None:
         return "npy"
     if suffix in IMAGE_SUFFIXES:
         return "image"
+    if suffix == ".txt":
+        return "text"
     if suffix == ".wav":
         return "audio"
     return None
@@ -67,21 +70,24 @@ def manifest(
     image_size: list[int] | None = None,
     image_channels: int = 3,
     audio: dict | None = None,
+    text: dict | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     standardize: bool = True,
 ) -> SplitData:
     """Read a manifest CSV into SplitData. ``standardize``: array (``.npy``) modalities are
     standardised per element on the training split's statistics, which trained models store
-    and apply to raw inputs (``False``: the arrays as they are)."""
+    and apply to raw inputs (``False``: the arrays as they are). Text (``.txt``) modalities
+    are token ids of a vocabulary fitted on the training split (``text``: ``max_tokens``,
+    ``max_words``, ``min_count``, ``lowercase``), stored with trained models too."""
     if manifest is None:
         raise DataError("the manifest dataset needs --manifest FILE (data.dataset_kwargs.manifest)")
     path = Path(manifest).expanduser()
     if not path.is_file():
         raise DataError(special_file(path) or f"manifest {str(path)!r} does not exist")
     base = Path(root).expanduser() if root is not None else path.parent
-    text = read_text(path, "manifest")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    content = read_text(path, "manifest")
+    reader = csv.DictReader(io.StringIO(content, newline=""))
     header = list(reader.fieldnames or [])
     rows = list(enumerate(reader, start=2))
     blank = [i + 1 for i, c in enumerate(header) if not c.strip()]
@@ -137,8 +143,8 @@ def manifest(
     some = sorted(mods) != sorted(mod_columns)
     check_records(records, mods, f"manifest {path.name}", allow_none=some)
 
-    readers = {m: _reader(m, records, (kinds or {}).get(m), image_size, image_channels, audio)
-               for m in mods}
+    readers = {m: _reader(m, records, (kinds or {}).get(m), image_size, image_channels, audio,
+                          text) for m in mods}
     if has_split:
         train = [r for r, s in zip(records, split_of, strict=True) if s == "train"]
         val = [r for r, s in zip(records, split_of, strict=True) if s == "val"]
@@ -202,11 +208,12 @@ def _only_in_evaluation(train: list[Record], others: dict[str, list[Record]],
 
 
 def _name(reader: Reader) -> str:
-    return {AudioReader: "audio", ImageReader: "image", NpyReader: "npy"}[type(reader)]
+    return {AudioReader: "audio", ImageReader: "image", NpyReader: "npy",
+            TextReader: "text"}[type(reader)]
 
 
 def _reader(mod: str, records: list[Record], kind: str | None, image_size: list[int] | None,
-            channels: int, audio: dict | None) -> Reader:
+            channels: int, audio: dict | None, text: dict | None = None) -> Reader:
     listed = [r for r in records if r.paths[mod] is not None]
     files = [r.paths[mod] for r in listed]
     if not files:
@@ -217,13 +224,20 @@ def _reader(mod: str, records: list[Record], kind: str | None, image_size: list[
             raise DataError(
                 f"cannot tell the file kind of modality {mod!r} from its suffixes "
                 f"({sorted({Path(f).suffix for f in files})}); declare kinds: {{{mod}: npy|image|"
-                "audio}"
+                "audio|text}"
             )
         kind = found.pop()
     if kind not in KINDS:
         raise DataError(f"file kind {kind!r} of modality {mod!r} is not one of {list(KINDS)}")
     if kind == "audio":
         return AudioReader(AudioSpec(**(audio or {})))
+    if kind == "text":
+        options = dict(text or {})
+        unknown = sorted(set(options) - {"max_tokens", "max_words", "min_count", "lowercase"})
+        if unknown:
+            raise DataError(f"text option {unknown[0]!r} is not one of max_tokens, max_words, "
+                            "min_count, lowercase")
+        return TextReader(**options)
     if kind == "image" and image_size is not None:
         return ImageReader(channels=channels, size=(int(image_size[0]), int(image_size[1])))
     try:  # the first file sets the modality's shape

@@ -71,8 +71,8 @@ class ModelConfig:
                                   f"(64,) or (3, 224, 224); got {shape!r}")
         seqs = self.sequences or ()
         if isinstance(seqs, str) or not isinstance(seqs, Sequence) or any(
-                m not in self.input_shapes or len(self.input_shapes[m]) < 2 for m in seqs):
-            raise ConfigError(f"sequences must list modalities whose input shape is (T, D, ...); "
+                m not in self.input_shapes for m in seqs):
+            raise ConfigError(f"sequences must list modalities whose input shape is (T, ...); "
                               f"got {self.sequences!r} for shapes {dict(self.input_shapes)}")
         k = self.num_classes
         if not isinstance(k, numbers.Integral) or isinstance(k, bool):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dmrnet.batch import BatchError
+from dmrnet.batch import VOCABULARY_SIZE, BatchError
 from dmrnet.errors import ConfigError
 from dmrnet.nn.resnet import init_weights
 from dmrnet.registry import ENCODERS
@@ -145,6 +145,47 @@ class TransformerSequenceEncoder(SequenceEncoder):
         return self.out(masked_mean(h, mask))
 
 
+class TokenEncoder(SequenceEncoder):
+    """Token ids (B, T) -> an embedding per token (padding id 0 embeds to zeros) -> a sequence
+    encoder over them (``inner``, e.g. a GRU). Ids come as float32 whole numbers, as every
+    input does; one outside 0..vocab_size-1 is a :class:`BatchError`."""
+
+    def __init__(self, steps: int, inner: SequenceEncoder, vocab_size: int = VOCABULARY_SIZE,
+                 width: int = 64) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, width, padding_idx=0)
+        self.inner = inner
+        self.out_features, self.max_steps = int(inner.out_features), steps
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        lengths = self.full_lengths(x, lengths)
+        mask = step_mask(lengths, x.shape[1])
+        ids = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        top = self.embedding.num_embeddings
+        bad = (ids != ids.round()) | (ids < 0) | (ids >= top)
+        if bool(bad.any()):
+            value = float(ids[bad][0])
+            fix = ("a larger vocabulary than the embedding holds: set the tokens encoder's "
+                   "vocab_size" if value == round(value) and value >= top else
+                   "a sequence of shape (T,) is read as token ids")
+            raise BatchError(f"token ids must be whole numbers 0..{top - 1}; got {value} "
+                             f"({fix})")
+        return self.inner(self.embedding(ids.round().long()), lengths)
+
+
+@ENCODERS.register("tokens")
+def tokens(input_shape: tuple[int, ...], vocab_size: int = VOCABULARY_SIZE, width: int = 64,
+           sequence: Mapping[str, Any] | None = None) -> TokenEncoder:
+    """Token-id sequences (T,) (text): an embedding of ``width`` per token, then the
+    sequence encoder ``sequence`` names (``{name: transformer, ...}``; a GRU by default)."""
+    if len(input_shape) != 1:
+        raise ConfigError(f"encoder 'tokens' reads token ids (T,); got inputs of shape "
+                          f"{tuple(input_shape)}")
+    steps = int(input_shape[0])
+    return TokenEncoder(steps, sequence_encoder((steps, int(width)), sequence), vocab_size,
+                        int(width))
+
+
 @ENCODERS.register("gru")
 def gru(input_shape: tuple[int, ...], out_features: int = 128, hidden: int = 128,
         layers: int = 1, bidirectional: bool = True, dropout: float = 0.0) -> GRUEncoder:
@@ -164,9 +205,13 @@ def transformer(input_shape: tuple[int, ...], out_features: int = 128, width: in
                                       heads=heads, layers=layers, dropout=dropout)
 
 
-def sequence_encoder(input_shape: tuple[int, ...], options: Mapping[str, Any] | None) -> nn.Module:
+def sequence_encoder(input_shape: tuple[int, ...], options: Mapping[str, Any] | None
+                     ) -> SequenceEncoder:
     """The encoder ``auto`` builds for a sequence modality: ``options`` name it (``{name:
-    transformer, ...}``; a GRU by default) and give its arguments."""
+    transformer, ...}``; a GRU by default) and give its arguments. Token ids (T,) are
+    embedded first (:class:`TokenEncoder`)."""
+    if len(input_shape) == 1:
+        return tokens(input_shape, sequence=options)
     kwargs = dict(options or {})
     name = str(kwargs.pop("name", "gru"))
     encoder = ENCODERS.get(name)(tuple(input_shape), **kwargs)
