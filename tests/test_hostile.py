@@ -1505,6 +1505,44 @@ refer(EXPORTS, "raw inputs fed to the ONNX graph and to `load_model(...).predict
       "dmrnet export --format onnx", "works",
       "the same probabilities for every subset; `--no-preprocessing` says so in the metadata",
       "tests/test_serving.py::test_onnx_graph_serves_every_subset_like_pytorch")
+refer(EXPORTS, "`export --format onnx` of a model with a variable-length sequence modality",
+      "dmrnet export --format onnx", "error",
+      "ONNX export does not take variable-length sequences (modality 'words': its graph would "
+      "need their lengths as an input); serve this model with dmrnet predict or ...",
+      "tests/test_features.py::"
+      "test_a_sequence_release_trains_every_subset_and_padding_never_matters")
+
+# variable-length sequences and text (their checks live with the features, sequence and
+# text tests)
+refer(INPUTS, "a sequence item longer than its modality's T, or with no step, or another D",
+      "MultimodalCollate (any data source)", "error",
+      "modality 'audio' of item 1 has shape (13, 5), expected a sequence (T, 5) with "
+      "1 <= T <= 12",
+      "tests/test_sequences.py::test_collate_refuses_a_sequence_that_does_not_fit_in_one_line")
+refer(INPUTS, "feature-file `lengths` beyond the array's T, fractional, or on a (N, D) array",
+      "--dataset features", "error",
+      "lengths of 'words' must be (60,) whole numbers 0..7 (T of its array; 0 = the sample "
+      "lacks it)",
+      "tests/test_features.py::test_bad_sequence_lengths_are_one_line")
+refer(INPUTS, "NaN inside a sequence's real steps (NaN or inf in its padding is never read)",
+      "--dataset features", "error",
+      "modality 'words': the real steps of sample 3 holds some NaN or inf values; fill them, "
+      "or make the whole row NaN ...",
+      "tests/test_features.py::test_nan_inside_the_real_steps_is_refused_but_not_in_the_padding")
+refer(INPUTS, "an `.npy` given for a text modality", "dmrnet predict", "error",
+      "modality 'text' reads text: give a .txt file, not '.../q.npy'",
+      "tests/test_text.py::"
+      "test_text_and_arrays_train_every_subset_and_a_model_folder_reads_raw_text")
+refer(INPUTS, "token ids that are not whole numbers, or beyond the embedding", "any model",
+      "error", "token ids must be whole numbers 0..19999; got 2.5 (a sequence of shape (T,) is "
+      "read as token ids)",
+      "tests/test_sequences.py::test_token_sequences_are_embedded_and_never_read_past_their_length")
+refer(SETTINGS, "a fixed-size encoder (`encoder: mlp`) for a variable-length sequence modality",
+      "dmrnet fit / benchmark / Python", "error",
+      "encoder 'mlp' reads fixed-size inputs, but modality 'audio' holds variable-length "
+      "sequences (its padding would be read as data); use 'gru', 'transformer' or 'auto' for it",
+      "tests/test_sequences.py::"
+      "test_encoders_that_read_fixed_size_inputs_are_refused_for_sequences")
 
 
 @case(EXPORTS, "the ONNX graph given an availability row of all zeros, or with a NaN",
