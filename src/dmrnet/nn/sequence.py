@@ -49,6 +49,13 @@ class SequenceEncoder(nn.Module):
             return torch.full((x.shape[0],), steps, dtype=torch.long, device=x.device)
         return lengths.to(device=x.device, dtype=torch.long).clamp(1, steps)
 
+    def trimmed(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(x, lengths)`` with the steps after the batch's longest sample cut off (all
+        padding): a batch of short texts padded to T = 128 runs over its own 12 steps."""
+        lengths = self.full_lengths(x, lengths)
+        longest = int(lengths.max()) if lengths.numel() else x.shape[1]
+        return x[:, :longest], lengths
+
 
 def run_encoder(encoder: nn.Module, x: Tensor, lengths: Tensor | None = None) -> Tensor:
     """One modality's features: a :class:`SequenceEncoder` gets the lengths; any other
@@ -103,7 +110,7 @@ class GRUEncoder(SequenceEncoder):
         init_weights(self.out)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        lengths = self.full_lengths(x, lengths)
+        x, lengths = self.trimmed(x, lengths)
         mask = step_mask(lengths, x.shape[1])
         x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
         states = self.forward_gru(x)[0]
@@ -136,7 +143,7 @@ class TransformerSequenceEncoder(SequenceEncoder):
         init_weights(self.out)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        lengths = self.full_lengths(x, lengths)
+        x, lengths = self.trimmed(x, lengths)
         mask = step_mask(lengths, x.shape[1])
         # padded steps are replaced, not scaled: their values (even NaN) never enter a sum
         x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
@@ -158,7 +165,7 @@ class TokenEncoder(SequenceEncoder):
         self.out_features, self.max_steps = int(inner.out_features), steps
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        lengths = self.full_lengths(x, lengths)
+        x, lengths = self.trimmed(x, lengths)
         mask = step_mask(lengths, x.shape[1])
         ids = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
         top = self.embedding.num_embeddings
