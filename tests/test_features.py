@@ -132,10 +132,19 @@ def test_benchmark_and_fit_train_on_a_release_and_predict_takes_raw_rows(tmp_pat
     folder = write_release(tmp_path / "release")
     out = tmp_path / "bench"
     assert main(["benchmark", "--dataset", "features", "--root", str(folder), "--methods",
-                 "baseline,dmrnet", "--epochs", "1", "--seeds", "0", "--out", str(out),
+                 "baseline,dmrnet", "--epochs", "1", "--seeds", "0,1", "--out", str(out),
                  "--no-progress"]) == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert len(results["subsets"]) == 7  # every non-empty subset of three modalities
+    # each subset's per-sample test statistics name the samples that have the subset (its
+    # ids were the subset's 0/1 mask, so two seeds' comparison failed on a shape mismatch)
+    samples = np.load(out / "test_samples" / "dmrnet-seed1.npz")
+    sizes = [len(samples[f"ids{k}"]) for k in range(7)]
+    assert [len(samples[f"rows{k}"]) for k in range(7)] == sizes and len(set(sizes)) > 1
+    for k in range(7):
+        ids = samples[f"ids{k}"]
+        assert (np.diff(ids) > 0).all() and ids.max() < 12  # distinct test samples, in order
+    assert {c["verdict"] for c in results["comparisons"]}
     assert {r["method"] for r in results["runs"]} == {"baseline", "dmrnet"}
     ckpt = next(out.rglob("dmrnet-seed0/best.ckpt"))
     model = tmp_path / "model"

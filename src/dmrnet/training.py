@@ -578,8 +578,9 @@ class MultimodalModule(L.LightningModule):
             if observe:
                 self.objective.observe(s, logits, target)
             if record:  # each sample's statistics, for intervals over test samples
-                ids = (torch.arange(len(batch.target), device=target.device) if rows is None
-                       else rows) + first
+                ids = torch.arange(len(batch.target), device=target.device) + first
+                if rows is not None:  # the samples of this subset (rows is a (B,) mask)
+                    ids = ids[rows]
                 stats = self.task_metric.rows(logits.detach(), target, self.model.num_classes)
                 self._test_rows.setdefault(s, []).append((ids.cpu(), stats.double().cpu()))
         if record:
