@@ -19,9 +19,9 @@ def test_ruff_clean():
 
 
 OPTIONAL = {"av", "h5py", "onnx", "onnxruntime", "fcntl", "matplotlib", "matplotlib.pyplot",
-            "hypothesis"}
+            "hypothesis", "transformers"}
 """Imports that may stay inside functions: optional or platform packages (PyAV, h5py, ONNX,
-fcntl) and plotting, which most runs never reach."""
+fcntl, transformers) and plotting, which most runs never reach."""
 
 DEFERRED = {("src/dmrnet/launch.py", "dmrnet.cli")}
 """Deliberately deferred imports: the ``dmrnet`` command's launcher loads the command line

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from dmrnet.data.base import DataError
 from dmrnet.data.io import read_image, read_npy
 from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
-from dmrnet.data.text import Vocabulary, read_words
+from dmrnet.data.text import is_text, read_words, text_reader
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import load_weights, read_checkpoint
@@ -74,12 +74,12 @@ def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
     shape = tuple(module.hparams["input_shapes"][modality])
     suffix = path.suffix.lower()
     stored = pre.get(modality)
-    if isinstance(stored, Mapping) and "vocabulary" in stored:  # text: the model's vocabulary
+    if is_text(stored):  # text: the model's vocabulary or tokenizer
         if suffix != ".txt":
             raise DataError(f"modality {modality!r} reads text: give a .txt file, not "
                             f"{str(path)!r}")
-        vocabulary = Vocabulary.from_dict(stored, f"preprocessing of {modality!r}")
-        return vocabulary.ids(read_words(path))[None]
+        reader = text_reader(stored, f"preprocessing of {modality!r}")
+        return reader.ids(read_words(path))[None]
     if suffix == ".txt":
         raise DataError(f"modality {modality!r} was not trained on text; give .npy or an image "
                         "file")

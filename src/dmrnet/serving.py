@@ -8,10 +8,12 @@ cannot run code when it is loaded.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,10 +27,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from dmrnet.batch import BatchError, stats_view
-from dmrnet.data.text import Vocabulary
+from dmrnet.data.text import is_text, text_reader
 from dmrnet.errors import ConfigError, DMRNetError, first_line
 from dmrnet.methods import METHODS, ModelConfig, build_method, get_method, upgrade_settings
 from dmrnet.models.protocol import MultimodalNetwork
+from dmrnet.nn.pretrained import WEIGHT_SUFFIXES
 from dmrnet.outputs import OutputError, RunFolder
 from dmrnet.plugins import plugin_of
 from dmrnet.registry import ENCODERS, TRUNKS
@@ -71,9 +74,8 @@ class Predictor:
         self.preprocessing: dict[str, Any] = dict(config.get("preprocessing") or {})
         self.sequences: list[str] = list(args.get("sequences") or [])
         # text modalities: the vocabulary the model was trained with reads raw text
-        self.vocabularies = {m: Vocabulary.from_dict(p, f"preprocessing of {m!r}")
-                             for m, p in self.preprocessing.items()
-                             if isinstance(p, Mapping) and "vocabulary" in p}
+        self.vocabularies = {m: text_reader(p, f"preprocessing of {m!r}")
+                             for m, p in self.preprocessing.items() if is_text(p)}
 
     def _fits(self, m: str, given: Sequence[int]) -> bool:
         """Whether a sample of shape ``given`` fits modality ``m``: its shape, or for a
@@ -188,7 +190,7 @@ def apply_preprocessing(pre: Mapping[str, Any], modality: str, x: Tensor,
     and ``{"standardize": {"mean": {modality: [...]}, "std": {...}}}`` (per feature, mfeat).
     """
     p = pre.get(modality)
-    if isinstance(p, Mapping) and "vocabulary" in p:
+    if is_text(p):
         return x  # token ids: text was read with the vocabulary (:meth:`Predictor.predict`)
     if isinstance(p, Mapping):
         x = x * float(p.get("scale", 1.0))
@@ -275,8 +277,46 @@ def _check_plugins(config: Mapping[str, Any], args: Mapping[str, Any], where: st
             registry.get(name)  # the registry's own error, listing what exists
 
 
+def _folder_settings(config: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
+    """(mapping, key, name in a model folder) of each local folder a model's settings name:
+    an encoder's ``path`` (a pretrained model) and a text modality's ``tokenizer``."""
+    found: list[tuple[dict[str, Any], str, str]] = []
+    network = config["model"].get("network")
+    if isinstance(network, dict):
+        if isinstance(network.get("encoder_kwargs"), dict):
+            found.append((network["encoder_kwargs"], "path", "pretrained/all"))
+        for m, spec in (network.get("encoders") or {}).items():
+            if isinstance(spec, dict):
+                found.append((spec, "path", f"pretrained/{m}"))
+    for m, spec in (config.get("preprocessing") or {}).items():
+        if isinstance(spec, dict):
+            found.append((spec, "tokenizer", f"tokenizers/{m}"))
+    return [(d, k, name) for d, k, name in found if isinstance(d.get(k), str)]
+
+
+def _bundle_folders(config: dict[str, Any], path: Path) -> None:
+    """Copy each local folder the settings name into the model folder, without its weights
+    (they are in model.safetensors), and name the copy (relative) in the settings."""
+    for spec, key, name in _folder_settings(config):
+        source = Path(spec[key]).expanduser()
+        target = path / name
+        target.mkdir(parents=True)
+        for f in sorted(source.iterdir()):
+            if f.is_file() and f.suffix not in WEIGHT_SUFFIXES:
+                shutil.copyfile(f, target / f.name)
+        spec[key] = name
+
+
+def _localise_folders(config: dict[str, Any], path: Path) -> None:
+    """A model folder's relative folder settings (:func:`_bundle_folders`) as paths inside
+    it."""
+    for spec, key, _ in _folder_settings(config):
+        if not Path(spec[key]).is_absolute():
+            spec[key] = str(path / spec[key])
+
+
 def _write_model_folder(module: Any, path: Path) -> None:
-    hp = dict(module.hparams)
+    hp = copy.deepcopy(dict(module.hparams))
     args = model_arguments(hp)
     config = {
         "format": FORMAT, "dmrnet_version": __version__,
@@ -285,6 +325,7 @@ def _write_model_folder(module: Any, path: Path) -> None:
         "objective_state": dict(getattr(module, "objective_state", None) or {}),
         **({"plugins": used} if (used := _plugins_used(args)) else {}),
     }
+    _bundle_folders(config, path)
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
     try:
@@ -395,9 +436,9 @@ def _check_preprocessing(pre: Any, shapes: Mapping[str, list[int]], where: str,
                         and _numbers(value["std"][m], size, positive=True)):
                     raise ConfigError(f"{where!r}: preprocessing.standardize of {m!r} must be "
                                       f"{size} finite means and {size} stds > 0{fix}")
-        elif key in shapes and isinstance(value, dict) and "vocabulary" in value:
+        elif key in shapes and is_text(value):
             try:
-                vocabulary = Vocabulary.from_dict(value, f"preprocessing of {key!r}")
+                vocabulary = text_reader(value, f"preprocessing of {key!r}")
             except DMRNetError as err:
                 raise ConfigError(f"{where!r}: {err}{fix}") from err
             if key not in sequences or list(shapes[key]) != [vocabulary.max_tokens]:
@@ -460,6 +501,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{str(cfg_path)!r} is not valid JSON: {err}") from err
+    if isinstance(config, dict) and isinstance(config.get("model"), dict):
+        _localise_folders(config, path.resolve())
     args = _check_config(config, str(cfg_path))
     _check_plugins(config, args, str(path))
     try:

@@ -29,7 +29,7 @@ from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import Choice, ModelConfig, Objective, get_method, upgrade_record
 from dmrnet.methods.objectives import IGNORE_INDEX
 from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
-from dmrnet.optim import DEFAULT_OPTIM, OptimConfig, configure
+from dmrnet.optim import DEFAULT_OPTIM, OptimConfig, configure, parameter_groups
 from dmrnet.settings import DEFAULT_NETWORK, DEFAULT_TRAINING, NetworkConfig, TrainingConfig
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
@@ -681,7 +681,8 @@ class MultimodalModule(L.LightningModule):
 
     # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        return configure(self.optim, self.parameters(), int(self.trainer.max_epochs or 1),
+        return configure(self.optim, parameter_groups(self, self.optim.lr),
+                         int(self.trainer.max_epochs or 1),
                          lambda: int(self.trainer.estimated_stepping_batches))
 
 

@@ -33,7 +33,7 @@ from dmrnet.data.io import (
     read_resized,
     read_wav,
 )
-from dmrnet.data.text import Vocabulary, fit_vocabulary, read_words
+from dmrnet.data.text import PretrainedTokenizer, Vocabulary, fit_vocabulary, read_words
 from dmrnet.data.transforms import (
     AudioSpec,
     audio_window,
@@ -328,7 +328,9 @@ class TextReader(Reader):
     max_words: int = VOCABULARY_SIZE - 2
     min_count: int = 1
     lowercase: bool = True
-    vocabulary: Vocabulary | None = field(default=None, repr=False, compare=False)
+    tokenizer: str | None = None  # a local Hugging Face tokenizer folder instead
+    vocabulary: Vocabulary | PretrainedTokenizer | None = field(default=None, repr=False,
+                                                                compare=False)
     variable_length = True
 
     def __post_init__(self) -> None:
@@ -364,7 +366,11 @@ class TextReader(Reader):
         return self.vocabulary.ids(decoded)
 
     def fitted(self, train: Sequence[Path]) -> TextReader:
-        """This reader with a vocabulary of the training split's files ``train``."""
+        """This reader with a vocabulary of the training split's files ``train`` (or its
+        tokenizer's)."""
+        if self.tokenizer is not None:
+            return dataclasses.replace(self, vocabulary=PretrainedTokenizer(
+                str(Path(self.tokenizer).expanduser().resolve()), self.max_tokens))
         return dataclasses.replace(self, vocabulary=fit_vocabulary(
             train, max_words=self.max_words, min_count=self.min_count,
             lowercase=self.lowercase, max_tokens=self.max_tokens))

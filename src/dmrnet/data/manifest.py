@@ -233,10 +233,10 @@ def _reader(mod: str, records: list[Record], kind: str | None, image_size: list[
         return AudioReader(AudioSpec(**(audio or {})))
     if kind == "text":
         options = dict(text or {})
-        unknown = sorted(set(options) - {"max_tokens", "max_words", "min_count", "lowercase"})
+        known = ("max_tokens", "max_words", "min_count", "lowercase", "tokenizer")
+        unknown = sorted(set(options) - set(known))
         if unknown:
-            raise DataError(f"text option {unknown[0]!r} is not one of max_tokens, max_words, "
-                            "min_count, lowercase")
+            raise DataError(f"text option {unknown[0]!r} is not one of {', '.join(known)}")
         return TextReader(**options)
     if kind == "image" and image_size is not None:
         return ImageReader(channels=channels, size=(int(image_size[0]), int(image_size[1])))

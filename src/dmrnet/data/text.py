@@ -100,3 +100,57 @@ def read_words(path: Path) -> str:
 def fit_vocabulary(paths: Sequence[Path], **options: Any) -> Vocabulary:
     """A :class:`Vocabulary` fitted on the text files ``paths`` (the training split's)."""
     return Vocabulary.fit((read_words(p) for p in paths), **options)
+
+
+@dataclass(frozen=True)
+class PretrainedTokenizer:
+    """A Hugging Face tokenizer from a local folder (``AutoTokenizer``, ``local_files_only``;
+    needs transformers): the ids of its own vocabulary with its special tokens, the first
+    ``max_tokens`` of them, for a pretrained text encoder of the same folder."""
+
+    path: str
+    max_tokens: int = 128
+    tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        folder = Path(self.path).expanduser()
+        if not folder.is_dir() or (not any(folder.glob("tokenizer*.json")) and \
+                not (folder / "vocab.txt").is_file()):
+            raise DataError(f"tokenizer {self.path!r} is not a local tokenizer folder "
+                            "(tokenizer.json or vocab.txt, as save_pretrained writes them); "
+                            "nothing is downloaded")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 2:
+            raise DataError(f"max_tokens must be at least 2 with a tokenizer; got "
+                            f"{self.max_tokens!r}")
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as err:
+            raise DataError("a tokenizer folder needs transformers: pip install "
+                            "'dmrnet[hf]' (after torch)") from err
+        object.__setattr__(self, "tokenizer",
+                           AutoTokenizer.from_pretrained(folder, local_files_only=True))
+
+    def ids(self, text: str) -> Tensor:
+        """(T_i,) float32 token ids of ``text`` with the tokenizer's special tokens."""
+        found = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"]
+        return torch.tensor(found or [self.tokenizer.unk_token_id or 0], dtype=torch.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokenizer": str(self.path), "max_tokens": self.max_tokens}
+
+
+def text_reader(stored: Mapping[str, Any], where: str = "preprocessing"
+                ) -> Vocabulary | PretrainedTokenizer:
+    """What reads a text modality's raw text, from what a model stores (``vocabulary`` or
+    ``tokenizer``)."""
+    if "tokenizer" in stored:
+        tokens = stored.get("max_tokens", 128)
+        if not isinstance(stored["tokenizer"], str) or not isinstance(tokens, int):
+            raise DataError(f"{where}: tokenizer must be a folder and max_tokens a number")
+        return PretrainedTokenizer(stored["tokenizer"], tokens)
+    return Vocabulary.from_dict(stored, where)
+
+
+def is_text(stored: Any) -> bool:
+    """Whether a modality's stored preprocessing is a text reader's."""
+    return isinstance(stored, Mapping) and ("vocabulary" in stored or "tokenizer" in stored)

@@ -6,6 +6,7 @@ from typing import Any
 from dmrnet.errors import ConfigError, DMRNetError, first_line
 from dmrnet.nn.encoders import MLPEncoder
 from dmrnet.nn.fusion import ConcatFusion, MaskedMeanFusion, create_fusion
+from dmrnet.nn.pretrained import PretrainedEncoder
 from dmrnet.nn.resnet import ResNet, ResNetTrunk, SEResNetStem, load_torchvision_state_dict
 from dmrnet.nn.sequence import GRUEncoder, SequenceEncoder, TransformerSequenceEncoder, run_encoder
 from dmrnet.registry import ENCODERS, TRUNKS
@@ -58,6 +59,7 @@ __all__ = [
     "GRUEncoder",
     "MLPEncoder",
     "MaskedMeanFusion",
+    "PretrainedEncoder",
     "ResNet",
     "ResNetTrunk",
     "SEResNetStem",

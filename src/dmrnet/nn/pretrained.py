@@ -1,0 +1,148 @@
+"""Pretrained encoders from a local Hugging Face model folder (``encoder: hf``): any
+``AutoModel`` folder, read with ``local_files_only`` and safetensors weights only, so nothing is
+downloaded and no pickle is loaded. Needs ``pip install 'dmrnet[hf]'`` (transformers).
+
+Inputs by the model's main input: token ids (T,) of a text modality (a sequence with lengths:
+the attention mask covers the real tokens), pixel values (C, H, W) of an image modality, or
+any other fixed-size input the model takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dmrnet.batch import BatchError
+from dmrnet.errors import ConfigError
+from dmrnet.nn.sequence import SequenceEncoder, masked_mean, step_mask
+from dmrnet.registry import ENCODERS
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
+"""Files of a model folder that hold weights (a model folder of dmrnet copies the others: the
+configuration and the tokenizer)."""
+
+
+def model_folder(path: Any, what: str = "encoder 'hf'") -> Path:
+    """A local Hugging Face model folder (config.json inside), or a one-line error: nothing is
+    downloaded, so a hub name is refused."""
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise ConfigError(f"{what} needs path: the local folder of a Hugging Face model "
+                          "(config.json and weights, e.g. written by save_pretrained)")
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{what}: {str(path)!r} is not a local model folder (no config.json "
+                          "there); nothing is downloaded: save the model with save_pretrained "
+                          "and give its folder")
+    return folder
+
+
+def transformers_module() -> Any:
+    """The transformers package, or a one-line error saying how to install it."""
+    try:
+        import transformers
+    except ImportError as err:
+        raise ConfigError("encoder 'hf' needs transformers: pip install 'dmrnet[hf]' (after "
+                          "torch)") from err
+    return transformers
+
+
+class PretrainedEncoder(SequenceEncoder):
+    """A Hugging Face backbone pooled to (B, hidden_size): ``cls`` (its first token) or
+    ``mean`` (over the real tokens, or every position of a fixed-size input).
+
+    ``freeze``: True keeps every pretrained weight fixed and the backbone in eval mode (its
+    features are then a function of the input: dropout off); an int k trains the last k
+    layers only; False trains everything. ``lr_scale`` multiplies the learning rate of its
+    trainable pretrained weights (the optimiser reads it).
+    """
+
+    def __init__(self, backbone: nn.Module, steps: int, pooling: str = "cls",
+                 freeze: bool | int = True, lr_scale: float = 1.0) -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"encoder 'hf': pooling must be 'cls' or 'mean'; got {pooling!r}")
+        self.backbone = backbone
+        self.input_name = str(getattr(backbone, "main_input_name", "input_ids"))
+        self.pooling, self.max_steps = pooling, steps
+        self.out_features = int(backbone.config.hidden_size)
+        self.frozen = freeze is True
+        self.lr_scale = float(lr_scale)
+        if freeze is True:
+            backbone.requires_grad_(False)
+        elif freeze is not False:
+            layers = _layers(backbone)
+            if not isinstance(freeze, int) or not 0 <= freeze <= len(layers):
+                raise ConfigError(f"encoder 'hf': freeze must be true, false or a number of last "
+                                  f"layers to train, 0..{len(layers)}; got {freeze!r}")
+            backbone.requires_grad_(False)
+            for layer in list(layers)[len(layers) - freeze:]:
+                layer.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> PretrainedEncoder:
+        super().train(mode)
+        if self.frozen:  # a fixed backbone: no dropout, the same features every epoch
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        mask = None
+        if self.input_name == "input_ids":
+            x, lengths = self.trimmed(x, lengths)
+            mask = step_mask(lengths, x.shape[1])
+            ids = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            if bool((ids != ids.round()).any()) or bool((ids < 0).any()):
+                raise BatchError("token ids must be whole numbers >= 0 for a pretrained text "
+                                 "encoder")
+            inputs = {"input_ids": ids.round().long(), "attention_mask": mask.long()}
+        else:
+            if lengths is not None:
+                raise BatchError(f"encoder 'hf' of a model taking {self.input_name} reads "
+                                 "fixed-size inputs, not variable-length sequences")
+            inputs = {self.input_name: x}
+        hidden = self.backbone(**inputs).last_hidden_state
+        if hidden.dim() > 3:  # a feature map (B, C, H, W): positions last
+            hidden = hidden.flatten(2).transpose(1, 2)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if mask is None:
+            return hidden.mean(dim=1)
+        return masked_mean(hidden, mask)
+
+
+def _layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of layers (BERT-, ViT- and wav2vec2-like models keep it at
+    ``encoder.layer`` or ``encoder.layers``)."""
+    encoder = getattr(backbone, "encoder", None)
+    for name in ("layer", "layers"):
+        layers = getattr(encoder, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ConfigError("encoder 'hf': freeze as a number of layers needs a model whose layers "
+                      "are at encoder.layer (BERT, ViT, ...); use freeze: true or false")
+
+
+@ENCODERS.register("hf")
+def hf(input_shape: tuple[int, ...], path: str | None = None, pooling: str = "cls",
+       freeze: bool | int = True, lr_multiplier: float = 1.0) -> PretrainedEncoder:
+    """A pretrained model from the local folder ``path`` (see :class:`PretrainedEncoder`).
+    Its safetensors weights are read when the folder has them; a folder with the
+    configuration alone (as a dmrnet model folder keeps it) builds the architecture, whose
+    weights then come from the dmrnet checkpoint."""
+    folder = model_folder(path)
+    transformers = transformers_module()
+    if not (isinstance(lr_multiplier, (int, float)) and lr_multiplier >= 0):
+        raise ConfigError(f"encoder 'hf': lr_multiplier must be >= 0; got {lr_multiplier!r}")
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    if any(folder.glob("*.safetensors")):
+        backbone = transformers.AutoModel.from_pretrained(
+            folder, config=config, local_files_only=True, use_safetensors=True)
+    elif any(f.suffix in WEIGHT_SUFFIXES for f in folder.iterdir()):
+        raise ConfigError(f"encoder 'hf': {str(folder)!r} holds weights in a pickle-based "
+                          "format only; dmrnet reads safetensors (save_pretrained writes them)")
+    else:
+        backbone = transformers.AutoModel.from_config(config)
+    steps = int(input_shape[0]) if len(input_shape) == 1 else 0
+    return PretrainedEncoder(backbone, steps, pooling, freeze, float(lr_multiplier))

@@ -1,0 +1,154 @@
+"""Pretrained encoders from a local Hugging Face folder (``encoder: hf``): tiny models made with
+``from_config`` + ``save_pretrained`` here, never downloaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dmrnet.cli import main
+from dmrnet.errors import ConfigError
+from dmrnet.training import MultimodalModule
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "calm", "quiet", "gentle", "soft", "loud",
+         "angry", "harsh", "sharp", "the", "a", "and", "."]
+
+
+def tiny_bert(folder: Path) -> Path:
+    """A 2-layer BERT of width 16 with its WordPiece tokenizer, as save_pretrained writes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=16,
+                                     num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_vit(folder: Path) -> Path:
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=16,
+                                    num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=32)
+    transformers.ViTModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_frozen_text_encoder_and_a_partly_trained_image_encoder(tmp_path):
+    bert, vit = tiny_bert(tmp_path / "bert"), tiny_vit(tmp_path / "vit")
+    shapes = {"text": [12], "img": [3, 16, 16]}
+    module = MultimodalModule(
+        list(shapes), shapes, 2, sequences=["text"], optim={"lr": 0.01},
+        network={"embed_dim": 8, "encoders": {
+            "text": {"name": "hf", "path": str(bert), "freeze": True, "pooling": "mean"},
+            "img": {"name": "hf", "path": str(vit), "freeze": 1, "lr_multiplier": 0.1}}})
+    text, img = module.model.encoders["text"], module.model.encoders["img"]
+    assert text.out_features == img.out_features == 16
+    assert not any(p.requires_grad for p in text.parameters())
+    trained = {n for n, p in img.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("backbone.encoder.layer.1.") for n in trained)
+    module.train()
+    assert not text.backbone.training and img.backbone.training  # frozen: eval (no dropout)
+    # the pretrained weights read are the folder's
+    saved = transformers.BertModel.from_pretrained(bert).embeddings.word_embeddings.weight
+    assert torch.equal(text.backbone.embeddings.word_embeddings.weight, saved)
+    # the optimiser: the image encoder's trainable layer at 0.1 x the learning rate
+    from dmrnet.optim import OptimConfig, configure, parameter_groups
+
+    opt = configure(OptimConfig(lr=0.01), parameter_groups(module, 0.01), 1, lambda: 1)
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    lrs = {round(g["lr"], 6): sum(p.numel() for p in g["params"]) for g in opt.param_groups}
+    layer = sum(p.numel() for p in img.backbone.encoder.layer[1].parameters())
+    assert lrs[0.001] == layer and 0.01 in lrs
+    ids = torch.tensor([[2.0, 5, 6, 3] + [0] * 8, [2, 9, 3] + [0] * 9])
+    lengths = torch.tensor([4, 3])
+    module.eval()
+    with torch.no_grad():
+        a = text(ids, lengths)
+        ids[0, 4:] = 7  # other padding: the attention mask leaves it out
+        assert torch.equal(a, text(ids, lengths))
+
+
+def write_manifest(folder: Path, n: int = 40) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    words = {0: ["calm", "quiet", "gentle", "soft"], 1: ["loud", "angry", "harsh", "sharp"]}
+    rows = ["text,img,label"]
+    for i in range(n):
+        y = i % 2
+        (folder / f"t{i}.txt").write_text(" ".join(rng.choice(words[y] + ["the", "a"], 4)))
+        np.save(folder / f"x{i}.npy", rng.normal(0.3 * y, 1.0, 6).astype(np.float32))
+        rows.append(f"{'' if i % 6 == 5 else f't{i}.txt'},x{i}.npy,{['calm', 'angry'][y]}")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    return folder / "m.csv"
+
+
+def test_a_manifest_trains_with_a_local_bert_and_its_folder_predicts_from_text(tmp_path,
+                                                                              capsys):
+    """Done-when of issue 25 (pretrained part): .txt + .npy manifest, the text read by the
+    folder's tokenizer and encoded by its frozen BERT; the exported model folder carries the
+    configuration and tokenizer (no pickle, weights in its safetensors only) and predicts from
+    a .txt file after the original folder is gone."""
+    bert = tiny_bert(tmp_path / "bert")
+    manifest = write_manifest(tmp_path / "m")
+    config = tmp_path / "bench.yaml"
+    config.write_text(json.dumps({"dataset_kwargs": {"text": {"tokenizer": str(bert),
+                                                              "max_tokens": 12}}}))
+    out = tmp_path / "b"
+    assert main(["benchmark", "--config", str(config), "--dataset", "manifest", "--manifest",
+                 str(manifest), "--set",
+                 f"encoders={{text: {{name: hf, path: {bert}, freeze: true}}}}",
+                 "--methods", "baseline,dmrnet", "--epochs", "1", "--seeds", "0", "--jobs", "1",
+                 "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    ckpt = next(out.rglob("dmrnet-seed0/best.ckpt"))
+    model = tmp_path / "model"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(model)]) == 0
+    kept = sorted(str(p.relative_to(model)) for p in model.rglob("*") if p.is_file())
+    assert "pretrained/text/config.json" in kept and "tokenizers/text/vocab.txt" in kept
+    assert not [k for k in kept if k.endswith((".bin", ".pt")) or
+                (k.endswith(".safetensors") and k != "model.safetensors")]
+    import dmrnet
+
+    text = "quiet gentle calm"
+    before = dmrnet.load_model(model).predict({"text": text}).probs
+    shutil.rmtree(bert)  # the folder serves on its own
+    served = dmrnet.load_model(model)
+    assert torch.allclose(served.predict({"text": text}).probs, before, atol=1e-6)
+    (tmp_path / "q.txt").write_text(text)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(model), "--input",
+                 f"text={tmp_path / 'q.txt'}"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[-1].startswith("text ")
+
+
+def test_a_path_that_is_not_a_local_model_is_one_line(tmp_path, monkeypatch):
+    shapes = {"text": [8]}
+
+    def build(**encoder):
+        return MultimodalModule(["text"], shapes, 2, sequences=["text"],
+                                network={"encoders": {"text": {"name": "hf", **encoder}}})
+
+    with pytest.raises(ConfigError, match="'bert-base-uncased' is not a local model folder .*"
+                       "nothing is downloaded"):
+        build(path="bert-base-uncased")
+    bert = tiny_bert(tmp_path / "bert")
+    state = transformers.BertModel.from_pretrained(bert).state_dict()
+    (bert / "model.safetensors").unlink()
+    torch.save(state, bert / "pytorch_model.bin")  # a pickle: never read
+    with pytest.raises(ConfigError, match="pickle-based format only; dmrnet reads safetensors"):
+        build(path=str(bert))
+    with pytest.raises(ConfigError, match="freeze must be true, false or a number of last "
+                       r"layers to train, 0..2; got 5"):
+        build(path=str(tiny_bert(tmp_path / "b2")), freeze=5)
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)
+    with pytest.raises(ConfigError, match=r"needs transformers: pip install 'dmrnet\[hf\]'"):
+        build(path=str(tmp_path / "b2"))
