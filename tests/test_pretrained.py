@@ -152,3 +152,70 @@ def test_a_path_that_is_not_a_local_model_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)
     with pytest.raises(ConfigError, match=r"needs transformers: pip install 'dmrnet\[hf\]'"):
         build(path=str(tmp_path / "b2"))
+
+
+def test_a_frozen_encoder_computes_each_samples_features_once(tmp_path):
+    """Every epoch after the first reads the store: no backbone call for a sample seen
+    before, the same features as computing them, shared by another model of the same
+    weights; new weights or a changed sample are computed afresh."""
+    from dmrnet.nn.pretrained import FEATURES
+
+    FEATURES.clear()
+    bert = tiny_bert(tmp_path / "bert")
+    shapes = {"text": [12], "face": [4]}
+
+    def module(**options):
+        torch.manual_seed(0)
+        return MultimodalModule(list(shapes), shapes, 2, sequences=["text"], network={
+            "embed_dim": 8, "encoders": {"text": {"name": "hf", "path": str(bert), **options}}})
+
+    cached, plain = module(), module(cache=False)
+    calls = []
+    cached.model.encoders["text"].backbone.register_forward_hook(
+        lambda mod, args, kwargs, out: calls.append(len(kwargs["input_ids"])), with_kwargs=True)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, len(WORDS), (16, 12), generator=g).float()
+    lengths = torch.randint(2, 13, (16,), generator=g)
+    ids[torch.arange(12)[None, :] >= lengths[:, None]] = 0
+    x = {"text": ids, "face": torch.randn(16, 4, generator=g)}
+    avail = torch.ones(16, 2, dtype=torch.bool)
+    cached.train()
+    first = cached(x, avail, {"text": lengths}).logits
+    assert calls == [16] and FEATURES.misses == 16
+    second = cached(x, avail, {"text": lengths}).logits  # the next epoch: nothing computed
+    assert calls == [16] and FEATURES.hits == 16
+    plain.train()
+    reference = plain.model.encoders["text"](ids, lengths)
+    stored = cached.model.encoders["text"](ids, lengths)
+    torch.testing.assert_close(stored, reference, rtol=0, atol=1e-6)
+    assert first.shape == second.shape == (16, 2)
+    # a second model of the same weights (another method of a benchmark) reads the store
+    module()(x, avail, {"text": lengths})
+    assert FEATURES.hits == 48 and calls == [16]
+    # one sample changed (an augmentation): that one alone is computed
+    changed = ids.clone()
+    changed[3, 0] = 5 if changed[3, 0] != 5 else 6
+    cached({"text": changed, "face": x["face"]}, avail, {"text": lengths})
+    assert calls == [16, 1]
+    # other weights are another encoder: computed afresh
+    other = module()
+    with torch.no_grad():
+        other.model.encoders["text"].backbone.embeddings.word_embeddings.weight.add_(1.0)
+    other.model.encoders["text"]._identity = None
+    misses = FEATURES.misses
+    other(x, avail, {"text": lengths})
+    assert FEATURES.misses == misses + 16
+    FEATURES.clear()
+
+
+def test_the_feature_store_forgets_the_least_recently_used_past_its_size():
+    from dmrnet.nn.pretrained import FEATURES, FeatureStore
+
+    assert FEATURES.max_bytes == 2 << 30  # the README's 2 GiB
+    store = FeatureStore(max_bytes=3 * 16 * 4)  # three (16,) float32 features
+    for k in range(3):
+        store.put(("w", bytes([k])), torch.full((16,), float(k)))
+    assert store.get(("w", bytes([0]))) is not None  # 0 is now the most recent
+    store.put(("w", bytes([3])), torch.zeros(16))
+    assert store.get(("w", bytes([1]))) is None and store.get(("w", bytes([0]))) is not None
+    assert len(store.entries) == 3 and store.size == 3 * 16 * 4

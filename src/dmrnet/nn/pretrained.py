@@ -9,6 +9,8 @@ any other fixed-size input the model takes.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,45 @@ def transformers_module() -> Any:
     return transformers
 
 
+class FeatureStore:
+    """Pooled features of frozen encoders, by (the encoder's weights and pooling, the input
+    sample's content), shared by every model of a process (the runs of one benchmark). Least
+    recently used entries go past ``max_bytes``; a sample seen again with other content (a
+    random augmentation) is simply another entry."""
+
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple[str, bytes], Tensor] = OrderedDict()
+        self.size = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, bytes]) -> Tensor | None:
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+            self.hits += 1
+        else:
+            self.misses += 1
+        return found
+
+    def put(self, key: tuple[str, bytes], value: Tensor) -> None:
+        if key in self.entries:
+            return
+        self.entries[key] = value
+        self.size += value.numel() * value.element_size()
+        while self.size > self.max_bytes and self.entries:
+            _, old = self.entries.popitem(last=False)
+            self.size -= old.numel() * old.element_size()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = self.hits = self.misses = 0
+
+
+FEATURES = FeatureStore()
+"""The process's store of frozen encoders' features (:class:`FeatureStore`)."""
+
+
 class PretrainedEncoder(SequenceEncoder):
     """A Hugging Face backbone pooled to (B, hidden_size): ``cls`` (its first token) or
     ``mean`` (over the real tokens, or every position of a fixed-size input).
@@ -57,10 +98,15 @@ class PretrainedEncoder(SequenceEncoder):
     features are then a function of the input: dropout off); an int k trains the last k
     layers only; False trains everything. ``lr_scale`` multiplies the learning rate of its
     trainable pretrained weights (the optimiser reads it).
+
+    ``cache``: a frozen encoder computes each input sample's features once and reuses them
+    (:data:`FEATURES`, keyed by its weights and the sample's content), in every epoch and
+    for every model of the process with the same weights; a changed input (augmentation)
+    is computed afresh.
     """
 
     def __init__(self, backbone: nn.Module, steps: int, pooling: str = "cls",
-                 freeze: bool | int = True, lr_scale: float = 1.0) -> None:
+                 freeze: bool | int = True, lr_scale: float = 1.0, cache: bool = True) -> None:
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ConfigError(f"encoder 'hf': pooling must be 'cls' or 'mean'; got {pooling!r}")
@@ -70,6 +116,11 @@ class PretrainedEncoder(SequenceEncoder):
         self.out_features = int(backbone.config.hidden_size)
         self.frozen = freeze is True
         self.lr_scale = float(lr_scale)
+        self.cache = bool(cache) and self.frozen
+        self._identity: str | None = None  # the weights' digest, made at first use
+        # weights loaded later (a checkpoint) are other weights: digest them again
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(
+            module, "_identity", None))
         if freeze is True:
             backbone.requires_grad_(False)
         elif freeze is not False:
@@ -87,7 +138,42 @@ class PretrainedEncoder(SequenceEncoder):
             self.backbone.eval()
         return self
 
+    def identity(self) -> str:
+        """A digest of the backbone's weights, pooling and input (the store's key): models
+        whose frozen encoders hold the same weights share their features."""
+        if self._identity is None:
+            digest = hashlib.blake2b(f"{self.pooling}|{self.input_name}".encode(),
+                                     digest_size=16)
+            for name, t in sorted(self.backbone.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+            self._identity = digest.hexdigest()
+        return self._identity
+
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if not self.cache:
+            return self.features(x, lengths)
+        real = self.full_lengths(x, lengths) if self.input_name == "input_ids" else None
+        rows = x.detach().cpu()
+        keys = []
+        for i in range(len(rows)):
+            sample = rows[i, : int(real[i])] if real is not None else rows[i]
+            keys.append((self.identity(), hashlib.blake2b(
+                sample.contiguous().numpy().tobytes(), digest_size=16).digest()))
+        found = [FEATURES.get(k) for k in keys]
+        todo = [i for i, f in enumerate(found) if f is None]
+        if todo:
+            index = torch.tensor(todo, device=x.device)
+            with torch.no_grad():
+                fresh = self.features(x.index_select(0, index), None if lengths is None
+                                      else lengths.index_select(0, index.to(lengths.device)))
+            for i, f in zip(todo, fresh, strict=True):
+                found[i] = f
+                FEATURES.put(keys[i], f)
+        return torch.stack([f.to(x.device) for f in found])  # type: ignore[misc]
+
+    def features(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, hidden_size) pooled features of the backbone."""
         mask = None
         if self.input_name == "input_ids":
             x, lengths = self.trimmed(x, lengths)
@@ -126,7 +212,8 @@ def _layers(backbone: nn.Module) -> nn.ModuleList:
 
 @ENCODERS.register("hf")
 def hf(input_shape: tuple[int, ...], path: str | None = None, pooling: str = "cls",
-       freeze: bool | int = True, lr_multiplier: float = 1.0) -> PretrainedEncoder:
+       freeze: bool | int = True, lr_multiplier: float = 1.0, cache: bool = True
+       ) -> PretrainedEncoder:
     """A pretrained model from the local folder ``path`` (see :class:`PretrainedEncoder`).
     Its safetensors weights are read when the folder has them; a folder with the
     configuration alone (as a dmrnet model folder keeps it) builds the architecture, whose
@@ -145,4 +232,5 @@ def hf(input_shape: tuple[int, ...], path: str | None = None, pooling: str = "cl
     else:
         backbone = transformers.AutoModel.from_config(config)
     steps = int(input_shape[0]) if len(input_shape) == 1 else 0
-    return PretrainedEncoder(backbone, steps, pooling, freeze, float(lr_multiplier))
+    return PretrainedEncoder(backbone, steps, pooling, freeze, float(lr_multiplier),
+                             cache=cache)
