@@ -29,7 +29,7 @@ def tiny_bert(folder: Path) -> Path:
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=16,
                                      num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=64)
+                                     intermediate_size=32, max_position_embeddings=128)
     transformers.BertModel(config).save_pretrained(folder)
     return folder
 
@@ -100,18 +100,17 @@ def test_a_manifest_trains_with_a_local_bert_and_its_folder_predicts_from_text(t
     a .txt file after the original folder is gone."""
     bert = tiny_bert(tmp_path / "bert")
     manifest = write_manifest(tmp_path / "m")
-    config = tmp_path / "bench.yaml"
-    config.write_text(json.dumps({"dataset_kwargs": {"text": {"tokenizer": str(bert),
-                                                              "max_tokens": 12}}}))
     out = tmp_path / "b"
-    assert main(["benchmark", "--config", str(config), "--dataset", "manifest", "--manifest",
-                 str(manifest), "--set",
+    # the issue's command as written: the text is read with the encoder folder's tokenizer
+    assert main(["benchmark", "--dataset", "manifest", "--manifest", str(manifest), "--set",
                  f"encoders={{text: {{name: hf, path: {bert}, freeze: true}}}}",
                  "--methods", "baseline,dmrnet", "--epochs", "1", "--seeds", "0", "--jobs", "1",
                  "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
     ckpt = next(out.rglob("dmrnet-seed0/best.ckpt"))
     model = tmp_path / "model"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(model)]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert config["preprocessing"]["text"]["tokenizer"] == "tokenizers/text"
     kept = sorted(str(p.relative_to(model)) for p in model.rglob("*") if p.is_file())
     assert "pretrained/text/config.json" in kept and "tokenizers/text/vocab.txt" in kept
     assert not [k for k in kept if k.endswith((".bin", ".pt")) or
@@ -128,6 +127,23 @@ def test_a_manifest_trains_with_a_local_bert_and_its_folder_predicts_from_text(t
     assert main(["predict", "--checkpoint", str(model), "--input",
                  f"text={tmp_path / 'q.txt'}"]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.splitlines()[-1].startswith("text ")
+
+
+def test_text_read_with_another_vocabulary_than_the_encoders_is_refused(tmp_path, capsys):
+    """dmrnet fit has no encoder settings when it reads the data: a BERT given text of the
+    built-in vocabulary (whose ids mean other words) is one line before training."""
+    bert = tiny_bert(tmp_path / "bert")
+    manifest = write_manifest(tmp_path / "m")
+    encoders = f"{{text: {{name: hf, path: {bert}}}}}"
+    argv = ["fit", "--data.dataset", "manifest", "--data.dataset_kwargs.manifest",
+            str(manifest), "--model.network.encoders", encoders, "--trainer.max_epochs", "1",
+            "--trainer.default_root_dir", str(tmp_path / "fit")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "modality 'text' was read with the built-in vocabulary, but its encoder takes the " \
+           "token ids of its own folder's tokenizer" in err
+    assert main([*argv, "--data.dataset_kwargs.text", f"{{tokenizer: {bert}}}"]) == 0, \
+        capsys.readouterr().err
 
 
 def test_a_path_that_is_not_a_local_model_is_one_line(tmp_path, monkeypatch):
@@ -149,6 +165,11 @@ def test_a_path_that_is_not_a_local_model_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="freeze must be true, false or a number of last "
                        r"layers to train, 0..2; got 5"):
         build(path=str(tiny_bert(tmp_path / "b2")), freeze=5)
+    shapes["text"] = [200]  # longer than the model's 128 positions
+    with pytest.raises(ConfigError, match="holds up to 200 tokens but the model .* takes at "
+                       "most 128; read fewer: dataset_kwargs: {text: {max_tokens: 128}}"):
+        build(path=str(tmp_path / "b2"))
+    shapes["text"] = [8]
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)
     with pytest.raises(ConfigError, match=r"needs transformers: pip install 'dmrnet\[hf\]'"):
         build(path=str(tmp_path / "b2"))

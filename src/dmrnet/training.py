@@ -24,12 +24,15 @@ from torch.utils.data import DataLoader
 from dmrnet.batch import Batch, MultimodalCollate, check_targets
 from dmrnet.data import DATASETS, SplitData
 from dmrnet.data.cache import CachedDataset, SampleCache, check_cache_mode
+from dmrnet.data.text import is_text
 from dmrnet.errors import ConfigError, DivergedError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import Choice, ModelConfig, Objective, get_method, upgrade_record
 from dmrnet.methods.objectives import IGNORE_INDEX
 from dmrnet.metrics import PerSubsetMetric, get_task_metric, summarize
+from dmrnet.nn.pretrained import tokenizer_digest
 from dmrnet.optim import DEFAULT_OPTIM, OptimConfig, configure, parameter_groups
+from dmrnet.registry import ENCODERS
 from dmrnet.settings import DEFAULT_NETWORK, DEFAULT_TRAINING, NetworkConfig, TrainingConfig
 from dmrnet.subsets import SubsetSampler, SubsetSpace
 
@@ -356,6 +359,7 @@ class MultimodalModule(L.LightningModule):
         config.input_shapes = {m: tuple(v) for m, v in input_shapes.items()}
         self.method = get_method(method)
         self.model, self.objective = self.method.build(config)
+        check_tokenizers(self.model, preprocessing)
         train = self.training_config
         self.channels_last = train.channels_last
         if self.channels_last:
@@ -690,3 +694,54 @@ def _numpy_state() -> list[Any]:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     return [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
 
+
+
+def text_tokenizer_kwargs(dataset: str, dataset_kwargs: Mapping[str, Any],
+                          settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``dataset_kwargs`` with ``text.tokenizer`` set to the tokenizer folder that the
+    encoders of ``settings`` (flat module settings: ``encoder``, ``encoder_kwargs``,
+    ``encoders``) read text with, where the source reads text (takes ``text``), none is
+    given and an encoder registered with a ``tokenizer_of`` hook names one (``hf``)."""
+    if "text" not in inspect.signature(DATASETS.get(dataset)).parameters:
+        return dict(dataset_kwargs)
+    text = dict(dataset_kwargs.get("text") or {})
+    if "tokenizer" in text:
+        return dict(dataset_kwargs)
+    default = settings.get("encoder", NetworkConfig.encoder)
+    specs = [(default, settings.get("encoder_kwargs") or {})] + [
+        (spec.get("name", default), spec) for spec in (settings.get("encoders") or {}).values()
+        if isinstance(spec, Mapping)]
+    found = set()
+    for name, spec in specs:
+        hook = getattr(ENCODERS.get(name), "tokenizer_of", None) if name in ENCODERS else None
+        if hook is not None and (folder := hook(dict(spec))) is not None:
+            found.add(folder)
+    if len(found) > 1:
+        raise ConfigError(f"the text encoders read with different tokenizers {sorted(found)}; "
+                          "name the one for the data in dataset_kwargs: {text: {tokenizer: "
+                          "DIR}}")
+    if not found:
+        return dict(dataset_kwargs)
+    return {**dataset_kwargs, "text": {**text, "tokenizer": found.pop()}}
+
+
+def check_tokenizers(model: torch.nn.Module, preprocessing: Mapping[str, Any] | None) -> None:
+    """A :class:`ConfigError` where a modality's encoder expects token ids of one tokenizer
+    (its ``tokenizer`` digest, e.g. a pretrained text model's) and the data's text was read
+    with another (the built-in vocabulary, or another tokenizer folder)."""
+    table = getattr(model, "encoders", None)
+    if not isinstance(table, torch.nn.ModuleDict):
+        return
+    for m, encoder in table.items():
+        expected = getattr(encoder, "tokenizer", None)
+        stored = (preprocessing or {}).get(m)
+        if not isinstance(expected, str) or not is_text(stored):
+            continue
+        given = stored.get("tokenizer")
+        if given is None or tokenizer_digest(given) != expected:
+            raise ConfigError(
+                f"modality {m!r} was read with "
+                f"{'the built-in vocabulary' if given is None else f'the tokenizer {given!r}'}"
+                f", but its encoder takes the token ids of its own folder's tokenizer; read "
+                f"the text with it: dataset_kwargs: {{text: {{tokenizer: DIR}}}} (dmrnet "
+                "benchmark does it for an hf encoder's folder)")

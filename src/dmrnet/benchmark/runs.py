@@ -74,7 +74,7 @@ from dmrnet.runtime import (
     usable_cores,
     user_threads,
 )
-from dmrnet.settings import nest_settings
+from dmrnet.settings import flatten_settings, nest_settings
 from dmrnet.signals import Stopped, exit_code, lightning_interrupts, stop_word
 from dmrnet.subsets import SubsetSpace
 from dmrnet.training import (
@@ -82,6 +82,7 @@ from dmrnet.training import (
     MultimodalModule,
     ValidationHistory,
     check_batch_size,
+    text_tokenizer_kwargs,
 )
 
 log = logging.getLogger("dmrnet")
@@ -416,9 +417,11 @@ def _data_module(cfg: BenchmarkConfig, seed: int, modalities: list[str] | None =
     """The data of one seed (of ``modalities``, default the configured ones), read (and every
     split's files checked) now; ``cache``: decoded samples shared with the run's other data
     (its keys are files, so every seed's split and every stage reads through one)."""
+    # text for a pretrained encoder is read with its tokenizer
+    kwargs = text_tokenizer_kwargs(cfg.dataset, cfg.dataset_kwargs, flatten_settings(cfg.model))
     data = MultimodalDataModule(
         cfg.dataset, root=cfg.root, modalities=modalities or cfg.modalities, seed=seed,
-        batch_size=cfg.batch_size, dataset_kwargs=cfg.dataset_kwargs, cache=cfg.cache,
+        batch_size=cfg.batch_size, dataset_kwargs=kwargs, cache=cfg.cache,
     )
     data.share_cache(cache)
     _ = data.data

@@ -117,6 +117,8 @@ class PretrainedEncoder(SequenceEncoder):
         self.frozen = freeze is True
         self.lr_scale = float(lr_scale)
         self.cache = bool(cache) and self.frozen
+        # the digest of the tokenizer its token ids must come from (tokenizer_digest)
+        self.tokenizer: str | None = None
         self._identity: str | None = None  # the weights' digest, made at first use
         # weights loaded later (a checkpoint) are other weights: digest them again
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(
@@ -232,5 +234,46 @@ def hf(input_shape: tuple[int, ...], path: str | None = None, pooling: str = "cl
     else:
         backbone = transformers.AutoModel.from_config(config)
     steps = int(input_shape[0]) if len(input_shape) == 1 else 0
-    return PretrainedEncoder(backbone, steps, pooling, freeze, float(lr_multiplier),
-                             cache=cache)
+    most = getattr(config, "max_position_embeddings", None)
+    if steps and isinstance(most, int) and steps > most:
+        raise ConfigError(f"encoder 'hf': the text holds up to {steps} tokens but the model at "
+                          f"{str(folder)!r} takes at most {most}; read fewer: dataset_kwargs: "
+                          f"{{text: {{max_tokens: {most}}}}}")
+    encoder = PretrainedEncoder(backbone, steps, pooling, freeze, float(lr_multiplier),
+                                cache=cache)
+    if encoder.input_name == "input_ids" and tokenizer_folder(folder) is not None:
+        encoder.tokenizer = tokenizer_digest(folder)
+    return encoder
+
+
+def tokenizer_folder(folder: str | Path) -> str | None:
+    """The folder as a tokenizer (resolved), where it holds one; else None."""
+    path = Path(folder).expanduser()
+    if any(path.glob("tokenizer*.json")) or (path / "vocab.txt").is_file():
+        return str(path.resolve())
+    return None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "merges.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def tokenizer_digest(folder: str | Path) -> str:
+    """A digest of a tokenizer folder's vocabulary files: the same tokenizer wherever it is
+    copied (a model folder keeps one beside its encoder's configuration)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in TOKENIZER_FILES:
+        path = Path(folder).expanduser() / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _tokenizer_of(settings: dict[str, Any]) -> str | None:
+    """The tokenizer an ``hf`` encoder of these settings reads text with (its folder's)."""
+    path = settings.get("path")
+    return tokenizer_folder(path) if isinstance(path, str) and Path(path).is_dir() else None
+
+
+hf.tokenizer_of = _tokenizer_of  # type: ignore[attr-defined]
