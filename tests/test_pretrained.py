@@ -240,3 +240,43 @@ def test_the_feature_store_forgets_the_least_recently_used_past_its_size():
     store.put(("w", bytes([3])), torch.zeros(16))
     assert store.get(("w", bytes([1]))) is None and store.get(("w", bytes([0]))) is not None
     assert len(store.entries) == 3 and store.size == 3 * 16 * 4
+
+
+def test_pretrained_encoders_have_only_deterministic_cuda_ops_and_onnx_takes_images(tmp_path):
+    """The op guard covers a trained BERT; a model of a pretrained image encoder (no
+    sequence) exports to ONNX and the graph gives the model's probabilities."""
+    from dmrnet.determinism import cuda_nondeterministic
+    from tests.test_determinism import run_step
+
+    bert = tiny_bert(tmp_path / "bert")
+    shapes = {"text": [12], "face": [4]}
+    module = MultimodalModule(list(shapes), shapes, 2, sequences=["text"], network={
+        "embed_dim": 8, "encoders": {"text": {"name": "hf", "path": str(bert), "freeze": False}}})
+    from dmrnet.batch import MultimodalCollate
+
+    g = torch.Generator().manual_seed(0)
+    items = [{"inputs": {"text": torch.randint(5, len(WORDS), (2 + i % 10,), generator=g).float(),
+                         "face": torch.randn(4, generator=g)}, "target": i % 2} for i in range(8)]
+    batch = MultimodalCollate(list(shapes), shapes, sequences=["text"])(items)
+    flagged = cuda_nondeterministic(lambda: run_step(module, batch))
+    assert flagged == {}, f"ops that break deterministic CUDA training: {flagged}"
+
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    import dmrnet
+    from dmrnet.serving import export_onnx, save_model
+
+    vit = tiny_vit(tmp_path / "vit")
+    images = {"img": [3, 16, 16], "face": [4]}
+    module = MultimodalModule(list(images), images, 2, network={
+        "embed_dim": 8, "encoders": {"img": {"name": "hf", "path": str(vit)}}})
+    served = dmrnet.load_model(save_model(module.eval(), tmp_path / "model"))
+    export_onnx(served, tmp_path / "m.onnx")
+    x = {"img": np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32),
+         "face": np.zeros((2, 4), np.float32)}
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    probs = session.run(["probs"], {**x, "availability": np.array([[1, 0], [1, 0]],
+                                                                   np.float32)})[0]
+    expected = served.predict([{"img": x["img"][0]}, {"img": x["img"][1]}]).probs
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)

@@ -153,7 +153,8 @@ class PretrainedEncoder(SequenceEncoder):
         return self._identity
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        if not self.cache:
+        # a traced or compiled graph computes its features (the store is Python-side)
+        if not self.cache or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return self.features(x, lengths)
         real = self.full_lengths(x, lengths) if self.input_name == "input_ids" else None
         rows = x.detach().cpu()
