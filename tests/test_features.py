@@ -273,7 +273,7 @@ def test_a_sequence_release_trains_every_subset_and_padding_never_matters(tmp_pa
         folder = write_sequences(tmp_path / f"seq{pad}", pad=pad)
         out = tmp_path / f"bench{pad}"
         assert main(["benchmark", "--dataset", "features", "--root", str(folder), "--methods",
-                     "baseline,dmrnet", "--epochs", "2", "--seeds", "0", "--jobs", "1",
+                     "baseline,dmrnet", "--epochs", "1", "--seeds", "0", "--jobs", "1",
                      "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
         results.append(json.loads((out / "results.json").read_text()))
     assert len(results[0]["subsets"]) == 7

@@ -75,7 +75,7 @@ def test_text_and_arrays_train_every_subset_and_a_model_folder_reads_raw_text(tm
     path = write_manifest(tmp_path / "m")
     out = tmp_path / "b"
     assert main(["benchmark", "--dataset", "manifest", "--manifest", str(path), "--methods",
-                 "baseline,dmrnet", "--epochs", "3", "--seeds", "0", "--jobs", "1", "--out",
+                 "baseline,dmrnet", "--epochs", "1", "--seeds", "0", "--jobs", "1", "--out",
                  str(out), "--no-progress"]) == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert sorted(results["subsets"]) == ["img", "text", "text+img"]
