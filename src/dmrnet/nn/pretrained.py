@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dmrnet.batch import BatchError
 from dmrnet.errors import ConfigError
-from dmrnet.nn.sequence import SequenceEncoder, masked_mean, step_mask
+from dmrnet.nn.sequence import SequenceEncoder, masked_mean
 from dmrnet.registry import ENCODERS
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
@@ -179,9 +179,7 @@ class PretrainedEncoder(SequenceEncoder):
         """(B, hidden_size) pooled features of the backbone."""
         mask = None
         if self.input_name == "input_ids":
-            x, lengths = self.trimmed(x, lengths)
-            mask = step_mask(lengths, x.shape[1])
-            ids = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            ids, lengths, mask = self.real_steps(x, lengths)
             if bool((ids != ids.round()).any()) or bool((ids < 0).any()):
                 raise BatchError("token ids must be whole numbers >= 0 for a pretrained text "
                                  "encoder")

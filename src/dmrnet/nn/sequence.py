@@ -56,6 +56,15 @@ class SequenceEncoder(nn.Module):
         longest = int(lengths.max()) if lengths.numel() else x.shape[1]
         return x[:, :longest], lengths
 
+    def real_steps(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x, lengths, mask)``: the batch cut to its longest sample (:meth:`trimmed`), its
+        padded steps replaced by zeros (not scaled: their values, even NaN, never enter a
+        sum), and the (B, T) mask of the real steps."""
+        x, lengths = self.trimmed(x, lengths)
+        mask = step_mask(lengths, x.shape[1])
+        keep = mask.view(*mask.shape, *([1] * (x.dim() - 2)))
+        return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)), lengths, mask
+
 
 def run_encoder(encoder: nn.Module, x: Tensor, lengths: Tensor | None = None) -> Tensor:
     """One modality's features: a :class:`SequenceEncoder` gets the lengths; any other
@@ -110,9 +119,7 @@ class GRUEncoder(SequenceEncoder):
         init_weights(self.out)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        x, lengths = self.trimmed(x, lengths)
-        mask = step_mask(lengths, x.shape[1])
-        x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        x, lengths, mask = self.real_steps(x, lengths)
         states = self.forward_gru(x)[0]
         if self.backward_gru is not None:
             flip = reversal(lengths, x.shape[1], x.dtype)
@@ -143,10 +150,7 @@ class TransformerSequenceEncoder(SequenceEncoder):
         init_weights(self.out)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        x, lengths = self.trimmed(x, lengths)
-        mask = step_mask(lengths, x.shape[1])
-        # padded steps are replaced, not scaled: their values (even NaN) never enter a sum
-        x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        x, lengths, mask = self.real_steps(x, lengths)
         h = self.proj(x) + self.positions[:, : x.shape[1]]
         h = self.blocks(h, src_key_padding_mask=~mask)
         return self.out(masked_mean(h, mask))
@@ -165,9 +169,7 @@ class TokenEncoder(SequenceEncoder):
         self.out_features, self.max_steps = int(inner.out_features), steps
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        x, lengths = self.trimmed(x, lengths)
-        mask = step_mask(lengths, x.shape[1])
-        ids = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        ids, lengths, _ = self.real_steps(x, lengths)
         top = self.embedding.num_embeddings
         bad = (ids != ids.round()) | (ids < 0) | (ids >= top)
         if bool(bad.any()):
