@@ -149,6 +149,8 @@ def test_benchmark_and_fit_train_on_a_release_and_predict_takes_raw_rows(tmp_pat
     ckpt = next(out.rglob("dmrnet-seed0/best.ckpt"))
     model = tmp_path / "model"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(model)]) == 0
+    # a model of fixed-size inputs writes no sequences key: dmrnet 0.3 reads its folder
+    assert "sequences" not in json.loads((model / "config.json").read_text())["model"]
     np.save(tmp_path / "row.npy", np.load(folder / "audio.npy")[0])  # raw units
     assert main(["predict", "--checkpoint", str(model), "--input",
                  f"audio={tmp_path / 'row.npy'}"]) == 0, capsys.readouterr().err

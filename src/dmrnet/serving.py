@@ -220,6 +220,8 @@ def model_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:
     :class:`~dmrnet.methods.ModelConfig` a trained network needs, with the method's own
     options as it stores them (e.g. without a teacher's path)."""
     args = {k: hparams[k] for k in ModelConfig.names(serving=True) if k in hparams}
+    if not args.get("sequences"):  # a model of fixed-size inputs: a folder dmrnet 0.3 reads
+        args.pop("sequences", None)
     if "method_kwargs" in args:
         args["method_kwargs"] = get_method(args["method"]).serving_kwargs(args["method_kwargs"])
     return args
