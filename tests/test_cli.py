@@ -241,3 +241,20 @@ def test_the_benchmark_analysis_in_memory_equals_dmrnet_analyze_from_the_checkpo
     assert report.count("## Analysis") == 1  # written once, by one writer
     assert main(["analyze", str(out)]) == 0  # reloads the kept checkpoints
     assert strict_json((out / "analysis.json").read_text()) == in_memory
+
+
+def test_version_is_printed_without_importing_torch():
+    """`dmrnet --version` answers at once (issue 26); the parser's own flag says the same."""
+    import subprocess
+    import sys
+
+    from dmrnet.version import __version__
+
+    code = ("import sys; from dmrnet import launch; sys.argv = ['dmrnet', '--version']; "
+            "rc = launch.main(); print('torch' in sys.modules, rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["dmrnet", __version__, "False", "0"]
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0

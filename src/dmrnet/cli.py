@@ -57,6 +57,7 @@ from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 from dmrnet.settings import SHORT_NAMES
 from dmrnet.sweep import run_sweep
 from dmrnet.training import DEFAULT_DATASET, SELECTIONS
+from dmrnet.version import __version__
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
@@ -611,6 +612,7 @@ def _main(argv: list[str]) -> int:
         "(Lightning CLI; see 'dmrnet fit --help'). Every command takes --plugin "
         f"FILE.py|MODULE: {PLUGIN_HELP}.",
     )
+    parser.add_argument("--version", action="version", version=f"dmrnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     benchmark_parser(sub)
     analyze_parser(sub)

@@ -13,10 +13,14 @@ import signal
 import sys
 
 from dmrnet import signals
+from dmrnet.version import __version__
 
 
 def main() -> int:
     """Run ``dmrnet`` (see :func:`dmrnet.cli.main`)."""
+    if sys.argv[1:] == ["--version"]:  # without the seconds of importing torch
+        print(f"dmrnet {__version__}")
+        return 0
 
     def stop(signum: int, frame: object) -> None:
         # nothing has been read or written yet, and an exception raised here could be caught
