@@ -199,3 +199,11 @@ def test_results_record_every_seeds_split_and_defaults_allow_a_verdict(tmp_path)
     row = next(line for line in readme.splitlines() if line.startswith("| `results.json`"))
     assert "`failed_runs`" in row and "`data_per_seed`" in row and "`comparisons`" in row
     assert "`loss_terms`" in row and all("loss_terms" in r for r in saved["runs"])
+
+
+def test_one_seed_shows_no_spread_instead_of_zero():
+    """A single seed's std is unknown, not 0 (issue 26: "± 0.0000")."""
+    from dmrnet.report import _pm
+
+    assert _pm(0.91234, 0.0, 1) == "0.9123 (1 seed)"
+    assert _pm(0.91234, 0.01234, 3) == "0.9123 ± 0.0123"

@@ -79,6 +79,10 @@ def test_text_and_arrays_train_every_subset_and_a_model_folder_reads_raw_text(tm
                  str(out), "--no-progress"]) == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert sorted(results["subsets"]) == ["img", "text", "text+img"]
+    # one seed: no spread to show, not "± 0.0000" (issue 26)
+    printed, report = capsys.readouterr().out, (out / "report.md").read_text()
+    assert "(1 seed)" in printed and "(1 seed)" in report
+    assert "± 0.0000" not in printed + report
     ckpt = next(out.rglob("dmrnet-seed0/best.ckpt"))
     model = tmp_path / "model"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(model)]) == 0

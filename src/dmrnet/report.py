@@ -11,8 +11,9 @@ from typing import Any
 from dmrnet.subsets import SEP
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.4f} ± {std:.4f}"
+def _pm(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std`` over seeds; one seed has no spread to show (not ``± 0.0000``)."""
+    return f"{mean:.4f} ± {std:.4f}" if seeds > 1 else f"{mean:.4f} (1 seed)"
 
 
 def differing_subsets(results: dict[str, Any], top: int = 5) -> tuple[str, str, list[tuple]]:
@@ -83,8 +84,9 @@ def format_summary(results: dict[str, Any]) -> str:
     ]
     for m, s in summary.items():
         lines.append(
-            f"{m:<{width}}{_pm(s['mean'], s['mean_std']):<22}"
-            f"{_pm(s['worst'], s['worst_std']):<22}{s['seeds']:<7}{s['train_seconds']:.1f}"
+            f"{m:<{width}}{_pm(s['mean'], s['mean_std'], s['seeds']):<22}"
+            f"{_pm(s['worst'], s['worst_std'], s['seeds']):<22}{s['seeds']:<7}"
+            f"{s['train_seconds']:.1f}"
         )
     lines += [f"failed, left out: {r['method']} seed {r['seed']}: {r['failed']}"
               for r in results.get("failed_runs") or []]
@@ -186,7 +188,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     ]
     for m, s in summary.items():
         lines.append(
-            f"| {m} | {_pm(s['mean'], s['mean_std'])} | {_pm(s['worst'], s['worst_std'])} | "
+            f"| {m} | {_pm(s['mean'], s['mean_std'], s['seeds'])} | "
+            f"{_pm(s['worst'], s['worst_std'], s['seeds'])} | "
             f"{s['train_seconds']:.1f} |"
         )
     failed = results.get("failed_runs") or []
@@ -231,8 +234,9 @@ def markdown_report(results: dict[str, Any]) -> str:
               + " |", "|---|" + "---|---|" * len(methods)]
     for k in next(iter(profile.values())):
         lines.append(f"| {k} | " + " | ".join(
-            f"{_pm(profile[m][k]['mean'], profile[m][k]['mean_std'])} | "
-            f"{_pm(profile[m][k]['worst'], profile[m][k]['worst_std'])}" for m in methods) + " |")
+            f"{_pm(profile[m][k]['mean'], profile[m][k]['mean_std'], summary[m]['seeds'])} | "
+            f"{_pm(profile[m][k]['worst'], profile[m][k]['worst_std'], summary[m]['seeds'])}"
+            for m in methods) + " |")
     lines += ["", "## Every subset", "", "![per-subset metric](per_subset.png)", "",
               "| subset | " + " | ".join(methods) + " |",
               "|---|" + "---|" * len(methods)]
@@ -241,7 +245,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         for m in methods:
             mean = summary[m]["per_subset"].get(subset, math.nan)
             std = summary[m]["per_subset_std"].get(subset, math.nan)
-            cells.append(_pm(mean, std))
+            cells.append(_pm(mean, std, summary[m]["seeds"]))
         lines.append(f"| {subset} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
