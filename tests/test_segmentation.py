@@ -230,6 +230,13 @@ def test_rgbd_shapes_benchmark_and_prediction_picture(tmp_path, capsys):
             "--out", str(pic)]
     assert main(args) == 0
     assert pic.stat().st_size > 5000
+    # .npy inputs, as the predict help says (issue 26: it opened them as images)
+    np.save(tmp_path / "rgb.npy", rgb.numpy().astype(np.float32))
+    np.save(tmp_path / "depth.npy", depth.numpy().astype(np.float32))
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", f"rgb={tmp_path / 'rgb.npy'}",
+                 "--input", f"depth={tmp_path / 'depth.npy'}", "--out",
+                 str(tmp_path / "npy.png")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "npy.png").stat().st_size > 5000
     big = tmp_path / "rgb80.png"  # any size; the absent depth takes the given picture's
     Image.fromarray(render_scene(8, 80)[0].permute(1, 2, 0).numpy()).save(big)
     assert main(["predict", "--checkpoint", str(ckpt), "--input", f"rgb={big}", "--out",

@@ -210,10 +210,7 @@ def run_predict(checkpoint: str, inputs: Mapping[str, str], out: str | None,
         raise DataError("dense prediction writes a picture: give --out FILE.png")
     if Path(out).exists() and not overwrite:
         raise DataError(f"{out!r} exists; choose another --out or pass --overwrite")
-    raw = {}
-    for m, p in inputs.items():
-        x = tensors[m][0]
-        raw[m] = (np.asarray(_image(p)) if x.shape[0] == 3 else x[0].numpy())
+    raw = {m: _shown(p, tensors[m][0]) for m, p in inputs.items()}
     lab = None
     if label is not None:
 
@@ -224,6 +221,15 @@ def run_predict(checkpoint: str, inputs: Mapping[str, str], out: str | None,
     return probs
 
 
-def _image(path: str) -> Any:
-    with Image.open(path) as img:
-        return img.convert("RGB").copy()
+def _shown(path: str, x: Tensor) -> np.ndarray:
+    """What the picture shows of an input: a colour image as it is ((H, W, 3) uint8; a
+    3-channel .npy scaled to its own range), any other input's first channel."""
+    if x.shape[0] != 3:
+        return x[0].numpy()
+    if Path(path).suffix.lower() != ".npy":
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    arr = read_npy(Path(path)).numpy().astype(np.float64)
+    arr = arr.transpose(1, 2, 0) if arr.ndim == 3 and arr.shape[0] == 3 else arr
+    lo, hi = float(arr.min()), float(arr.max())
+    return ((arr - lo) / (hi - lo or 1.0) * 255).astype(np.uint8)
