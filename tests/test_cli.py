@@ -258,3 +258,15 @@ def test_version_is_printed_without_importing_torch():
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
+
+
+def test_every_recipe_trains_on_one_device_by_default():
+    """With devices: auto a multi-GPU machine would turn the paper's batch of 64 into 64 x N
+    (issue 26); the README says how to keep it on N devices."""
+    import yaml
+
+    recipes = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
+    assert len(recipes) >= 10
+    for path in recipes:
+        trainer = yaml.safe_load(path.read_text()).get("trainer") or {}
+        assert trainer.get("devices") == 1, f"{path.name}: devices {trainer.get('devices')!r}"
