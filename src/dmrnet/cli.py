@@ -51,6 +51,7 @@ from dmrnet.metrics import TASK_METRICS
 from dmrnet.outputs import real_path
 from dmrnet.plugins import load_plugins
 from dmrnet.predict import load_module, load_trained, run_predict
+from dmrnet.recipes import config_args, recipes, summary
 from dmrnet.registry import ENCODERS
 from dmrnet.runtime import LOGGERS, check_logger
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
@@ -326,6 +327,27 @@ def run_export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def configs_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("configs", help="list or show the shipped recipes (dmrnet fit --config "
+                       "NAME takes them by name)")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("name", nargs="?", help="the recipe to show (from 'dmrnet configs list')")
+    return p
+
+
+def run_configs_command(args: argparse.Namespace) -> int:
+    shipped = recipes()
+    if args.action == "list":
+        width = max(len(n) for n in shipped)
+        for name, path in shipped.items():
+            print(f"{name:<{width}}  {summary(path)}")
+        return 0
+    if args.name not in shipped:
+        raise UsageError(f"no shipped config {args.name!r}; shipped: {', '.join(shipped)}")
+    print(shipped[args.name].read_text(), end="")
+    return 0
+
+
 def run_prepare_command(args: argparse.Namespace) -> int:
     prepare_cremad(args.videos, args.out, fps=args.fps, overwrite=args.overwrite)
     return 0
@@ -461,6 +483,7 @@ def lightning_cli(argv: Sequence[str]) -> int:
         args = [*args[:i], *args[i + 2 :]]
         check_logger(logger)
 
+    args = config_args(args)  # --config mfeat_dmrnet: a shipped recipe, from any folder
     check_lightning_args(args)
     if "--plugins" in args or any(a.startswith("--plugins=") for a in args):
         raise UsageError("--plugins is a config file's key; on the command line give --plugin "
@@ -619,6 +642,7 @@ def _main(argv: list[str]) -> int:
     export_parser(sub)
     predict_parser(sub)
     prepare_parser(sub)
+    configs_parser(sub)
     for verb in LIGHTNING_VERBS:
         sub.add_parser(verb, help=f"Lightning CLI '{verb}' from a YAML config", add_help=False)
     args = parser.parse_args(argv)
@@ -627,7 +651,7 @@ def _main(argv: list[str]) -> int:
         return 2
     commands = {"benchmark": run_benchmark_command, "prepare": run_prepare_command,
                 "predict": run_predict_command, "analyze": run_analyze_command,
-                "export": run_export_command}
+                "export": run_export_command, "configs": run_configs_command}
     return commands[args.command](args)
 
 
