@@ -134,3 +134,36 @@ def test_mismatched_resume_is_one_line_before_any_training(tmp_path):
                    "--model.training.subset_weights", "--model.optim.lr LR"):
         assert option in helped.stdout, option
     assert "the embedding size D each modality" in helped.stdout
+
+
+def test_a_resumed_run_keeps_its_earlier_best_and_never_deletes_its_files(tmp_path):
+    """Issue 26: a resumed fit writes a new version folder, where Lightning restored only the
+    best file's path, so the next epoch became "best" at any score (0.9300 after 0.9304)."""
+    from types import SimpleNamespace
+
+    from dmrnet.runtime import ResumableCheckpoint
+
+    old = tmp_path / "version_0" / "checkpoints"
+    old.mkdir(parents=True)
+    best = old / "best-epoch=1.ckpt"
+    best.write_bytes(b"ckpt")
+    state = {"dirpath": str(old), "best_model_score": torch.tensor(0.9304),
+             "best_model_path": str(best), "best_k_models": {str(best): torch.tensor(0.9304)},
+             "kth_best_model_path": str(best), "kth_value": torch.tensor(0.9304),
+             "last_model_path": str(old / "last.ckpt")}
+    removed = []
+    trainer = SimpleNamespace(strategy=SimpleNamespace(
+        reduce_boolean_decision=lambda decision, all=True: decision,
+        remove_checkpoint=removed.append))
+    cb = ResumableCheckpoint(dirpath=tmp_path / "version_1" / "checkpoints",
+                             monitor="val/mean", mode="max", save_top_k=1)
+    cb.load_state_dict(state)
+    assert float(cb.best_model_score) == pytest.approx(0.9304)
+    assert not cb.check_monitor_top_k(trainer, torch.tensor(0.9300))  # worse: not the best
+    assert cb.check_monitor_top_k(trainer, torch.tensor(0.9310))  # better: it replaces it
+    cb._remove_checkpoint(trainer, str(best))  # ... but the earlier folder keeps its file
+    cb._remove_checkpoint(trainer, str(tmp_path / "version_1" / "checkpoints" / "x.ckpt"))
+    assert removed == [str(tmp_path / "version_1" / "checkpoints" / "x.ckpt")]
+    plain = ResumableCheckpoint(dirpath=old, monitor="val/mean", mode="max", save_top_k=1)
+    plain.load_state_dict(state)  # the same folder: Lightning's own restore, unchanged
+    assert plain.best_k_models == state["best_k_models"] and not plain.earlier

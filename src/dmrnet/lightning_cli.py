@@ -27,6 +27,7 @@ from dmrnet.runtime import (
     SELECTED_ON,
     TRAINER_DEFAULTS,
     DeviceSetup,
+    ResumableCheckpoint,
     create_logger,
 )
 from dmrnet.settings import CONCERNS, SHORT_NAMES
@@ -97,6 +98,11 @@ class ConsoleReport(Callback):
         monitor = getattr(cb, "monitor", None) or SELECTED_ON
         value, epoch, metrics = self.best
         path = getattr(cb, "best_model_path", "") or "(not saved)"
+        score = getattr(cb, "best_model_score", None)
+        if score is not None and float(score) != value:  # a resumed run's earlier best stands
+            print(f"best checkpoint: {path} (from before the resume, {monitor} "
+                  f"{float(score):.4f}; the best since: epoch {epoch}, {value:.4f})")
+            return
         print(subset_table(metrics, "val", f"validation at epoch {epoch}:"))
         print(f"best checkpoint: {path} (epoch {epoch}, {monitor} {value:.4f})")
 
@@ -270,7 +276,7 @@ class DMRNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         # TF32 on CUDA, CPU threads sized to the model: --device.matmul_precision highest,
         # --device.cpu_threads 8
         parser.add_lightning_class_args(DeviceSetup, "device")

@@ -341,6 +341,28 @@ def make_trainer(**settings: Any) -> L.Trainer:
     return L.Trainer(**{**TRAINER_DEFAULTS, **settings})
 
 
+class ResumableCheckpoint(ModelCheckpoint):
+    """``dmrnet fit``'s checkpoints: Lightning's, except that a run resumed into a new version
+    folder keeps the earlier folder's best epoch as its best (Lightning keeps only its path
+    there, so the next epoch became "best" whatever its score) and never deletes a file of
+    the earlier folder when a better epoch replaces it."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.earlier: set[str] = set()
+        if state_dict.get("dirpath", self.dirpath) != self.dirpath:
+            self.best_model_score = state_dict.get("best_model_score")
+            self.best_k_models = dict(state_dict.get("best_k_models") or {})
+            self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+            self.kth_value = state_dict.get("kth_value", self.kth_value)
+            self.earlier = {str(Path(p).resolve()) for p in self.best_k_models}
+
+    def _remove_checkpoint(self, trainer: Any, filepath: str) -> None:
+        if str(Path(filepath).resolve()) in getattr(self, "earlier", set()):
+            return  # the resumed run's folder stays as it was
+        super()._remove_checkpoint(trainer, filepath)
+
+
 @dataclass(frozen=True)
 class Checkpointing:
     """Which checkpoint files a training keeps; selection is the same for every training
