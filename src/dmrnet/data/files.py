@@ -242,7 +242,7 @@ class FramesReader(Reader):
 class ImageReader(Reader):
     """Image file -> float (C, H, W).
 
-    recipe: "casia" (SPEC §3 face recipe), "imagenet" (frame recipe) or "plain" ([0, 1], no
+    recipe: "casia" (the paper's face recipe, docs/recipes.md), "imagenet" (frame recipe) or "plain" ([0, 1], no
     augmentation). ``size`` (H, W) resizes; None requires every image to have ``expect`` size.
     """
 

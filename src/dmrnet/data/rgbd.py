@@ -31,7 +31,7 @@ VOID = 255
 
 @dataclass(frozen=True)
 class SegAugment:
-    """Joint augmentation (SPEC §3): random scale, crop to ``crop``, HSV jitter (RGB only) and
+    """Joint augmentation (docs/recipes.md): random scale, crop to ``crop``, HSV jitter (RGB only) and
     horizontal flip applied alike to RGB, depth and labels. Evaluation leaves samples as they are.
     """
 

@@ -39,7 +39,7 @@ def resample(x: Tensor, rate: int, target: int) -> Tensor:
 
 @dataclass(frozen=True)
 class AudioSpec:
-    """The log-spectrogram recipe (SPEC §3; CREMA-D defaults give 257 x 188).
+    """The log-spectrogram recipe (docs/recipes.md; CREMA-D defaults give 257 x 188).
 
     Attributes:
         sample_rate: resample to this rate. seconds: clip length.
@@ -221,7 +221,7 @@ def imagenet_normalize(x: Tensor) -> Tensor:
 
 
 def imagenet_frame(img: Tensor, train: bool, size: int = 224) -> Tensor:
-    """Visual recipe (SPEC §3): random resized crop + flip in training, resize in evaluation;
+    """Visual recipe (docs/recipes.md): random resized crop + flip in training, resize in evaluation;
     ImageNet normalisation. uint8 (3, H, W) -> float (3, size, size)."""
     x = to_float(img)
     x = random_hflip(random_resized_crop(x, (size, size))) if train else resize(x, (size, size))
@@ -230,7 +230,7 @@ def imagenet_frame(img: Tensor, train: bool, size: int = 224) -> Tensor:
 
 def casia_face(img: Tensor, train: bool, size: int = 112, train_resize: int = 144,
                degrees: float = 30.0) -> Tensor:
-    """CASIA-SURF recipe (SPEC §3): train resize 144, rotation, crop 112, flip; evaluation
+    """CASIA-SURF recipe (docs/recipes.md): train resize 144, rotation, crop 112, flip; evaluation
     resize 112; (x - 127.5) / 128. uint8 (C, H, W) (or a 16-bit image's float in [0, 1],
     brought to the same scale) -> float (C, size, size)."""
     x = img.float() if img.dtype == torch.uint8 else img.float() * 255.0
