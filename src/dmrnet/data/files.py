@@ -243,7 +243,8 @@ class ImageReader(Reader):
     """Image file -> float (C, H, W).
 
     recipe: "casia" (the paper's face recipe, docs/recipes.md), "imagenet" (frame recipe) or
-    "plain" ([0, 1], no augmentation). ``size`` (H, W) resizes; None requires every image to have ``expect`` size.
+    "plain" ([0, 1], no augmentation). ``size`` (H, W) resizes; None requires every image to
+    have ``expect`` size.
     """
 
     channels: int = 3

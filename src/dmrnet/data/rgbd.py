@@ -31,8 +31,9 @@ VOID = 255
 
 @dataclass(frozen=True)
 class SegAugment:
-    """Joint augmentation (docs/recipes.md): random scale, crop to ``crop``, HSV jitter (RGB only) and
-    horizontal flip applied alike to RGB, depth and labels. Evaluation leaves samples as they are.
+    """Joint augmentation (docs/recipes.md): random scale, crop to ``crop``, HSV jitter (RGB
+    only) and horizontal flip applied alike to RGB, depth and labels. Evaluation leaves samples
+    as they are.
     """
 
     crop: tuple[int, int]

@@ -221,8 +221,8 @@ def imagenet_normalize(x: Tensor) -> Tensor:
 
 
 def imagenet_frame(img: Tensor, train: bool, size: int = 224) -> Tensor:
-    """Visual recipe (docs/recipes.md): random resized crop + flip in training, resize in evaluation;
-    ImageNet normalisation. uint8 (3, H, W) -> float (3, size, size)."""
+    """Visual recipe (docs/recipes.md): random resized crop + flip in training, resize in
+    evaluation; ImageNet normalisation. uint8 (3, H, W) -> float (3, size, size)."""
     x = to_float(img)
     x = random_hflip(random_resized_crop(x, (size, size))) if train else resize(x, (size, size))
     return normalize(x, IMAGENET_MEAN, IMAGENET_STD)
