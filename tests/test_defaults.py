@@ -65,7 +65,13 @@ def test_benchmark_folder_default_is_named_after_the_manifest(tmp_path, monkeypa
                  "baseline", "--seeds", "0", "--epochs", "1", "--no-progress",
                  "--set", "encoder_kwargs={image: {width: 4}}"]) == 0
     made = [p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
-    assert [name.split("-")[0] for name in made] == ["my"]  # beside it: its hidden lock file
+    assert made == ["my"]  # beside it: its hidden lock file
+    # the folder the README's later commands read is never in the way of the next run
+    assert main(["benchmark", "--dataset", "manifest", "--manifest", str(path), "--methods",
+                 "baseline", "--seeds", "0", "--epochs", "1", "--no-progress",
+                 "--set", "encoder_kwargs={image: {width: 4}}"]) == 0
+    made = sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
+    assert made[0] == "my" and len(made) == 2 and made[1].startswith("my-20")
     assert main(["benchmark", "--min-steps", "-1"]) == 2
     assert "min_steps must be a whole number >= 0" in capsys.readouterr().err
 

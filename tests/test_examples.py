@@ -454,3 +454,17 @@ def test_scaling_keeps_meaning_and_shrinks_size():
     assert not _hardware_scaled(["dmrnet", "fit", "--trainer.devices", "1"])
     with pytest.raises(AssertionError, match="ratio"):
         _preset_epoch_ratios("mfeat ratio tutored/baseline nan\nconv ratio tutored/baseline 1")
+
+
+def test_the_readme_story_serves_the_first_commands_own_output():
+    """Issue 26: the first command writes runs/mfeat (no --out: the default's first folder),
+    and "Use a trained model" exports and serves that run; no other command writes there, so
+    the examples test's in-order chain runs export and predict on the first command's own
+    output."""
+    readme = [e for e in EXAMPLES if e.doc == "README.md"]
+    first = readme[0].text
+    assert first.endswith("dmrnet benchmark --dataset mfeat") and "--out" not in first
+    exports = [e.text for e in readme if e.text.startswith("dmrnet export --checkpoint runs/mf")]
+    assert len(exports) == 2 and all(t.split()[3].startswith("runs/mfeat/") for t in exports)
+    writers = [e.text for e in readme[1:] if re.search(r"--out runs/mfeat(\s|$)", e.text)]
+    assert writers == [], writers

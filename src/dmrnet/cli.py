@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -419,7 +420,11 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     name = (Path(str(cfg["dataset_kwargs"]["manifest"])).stem
             if cfg["dataset"] == "manifest" and (cfg.get("dataset_kwargs") or {}).get("manifest")
             else cfg["dataset"])
-    cfg.setdefault("out", str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    # runs/mfeat the first time (the path the README's next commands read), then a new
+    # folder per run: an earlier run is never in the way
+    first = Path("runs") / name
+    cfg.setdefault("out", str(first if not os.path.lexists(first) else
+                              Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     if isinstance(cfg.get("devices"), str) and cfg["devices"].isdigit():
         cfg["devices"] = int(cfg["devices"])
     known = set(BenchmarkConfig.__dataclass_fields__)
