@@ -103,3 +103,23 @@ def test_predict_all_subsets_gives_probabilities_and_keeps_mode():
     for p in probs.values():
         assert p.shape == (5, 4) and torch.allclose(p.sum(1), torch.ones(5))
     assert model.training
+
+
+def test_predict_all_subsets_keeps_each_sample_in_its_row():
+    """Issue 26: a subset's probabilities had one row per sample having it, with no index;
+    now row b is sample b in every subset, NaN where the sample lacks the subset."""
+    shapes = shapes_for(2)
+    model, _ = build_method("dmrnet", modalities=list(shapes), input_shapes=shapes,
+                            num_classes=3)
+    x, _ = random_batch(shapes, 6)
+    avail = torch.tensor([[True, True], [True, False], [False, True]] * 2)
+    probs = predict_all_subsets(model, x, avail)
+    names = model.space.names
+    assert all(p.shape == (6, 3) for p in probs.values())
+    both = probs[names[-1]]
+    assert both[[0, 3]].isfinite().all() and both[[1, 2, 4, 5]].isnan().all()
+    model.eval()
+    with torch.no_grad():
+        alone = model({m: v[[1]] for m, v in x.items()}, torch.tensor([[True, False]]))
+    first = model.space.names.index(next(n for n in names if "+" not in n))
+    torch.testing.assert_close(probs[names[first]][1], alone.logits.softmax(1)[0])

@@ -134,14 +134,20 @@ def predict_all_subsets(
     model: MultimodalNetwork, inputs: Mapping[str, Tensor], availability: Tensor,
     lengths: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Class probabilities for every subset: subset name -> (B_s, K), in eval mode
-    (``lengths``: sequence modality -> (B,) real steps)."""
+    """Class probabilities for every subset, in eval mode: subset name -> (B, K), row b for
+    sample b; NaN rows for the samples that lack one of the subset's modalities (every subset
+    the batch has none of is left out). ``lengths``: sequence modality -> (B,) real steps."""
     was_training = model.training
     model.eval()
     try:
-        return {
-            model.space.name(s): out.logits.softmax(dim=1)
-            for s, _, out in subset_outputs(model, inputs, availability, lengths=lengths)
-        }
+        out: dict[str, Tensor] = {}
+        for s, rows, o in subset_outputs(model, inputs, availability, lengths=lengths):
+            probs = o.logits.softmax(dim=1)
+            if rows is not None:  # the samples that have the subset, in their batch rows
+                full = probs.new_full((len(rows), *probs.shape[1:]), float("nan"))
+                full[rows] = probs
+                probs = full
+            out[model.space.name(s)] = probs
+        return out
     finally:
         model.train(was_training)
