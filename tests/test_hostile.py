@@ -1002,8 +1002,9 @@ refer(INPUTS, "raw tabular `.npy` features spanning eight orders of magnitude in
       "tests/test_serving.py::test_manifest_arrays_are_standardised_and_served_raw")
 
 
-@case(SETTINGS, "`dataset_kwargs` a source does not take (`bogus: 1`, or `seed: 1`), or "
-      "`--no-standardize` for a source without standardisation", "dmrnet benchmark", "error",
+@case(SETTINGS, "`dataset_kwargs` a source does not take (`bogus: 1`, or `seed: 1`), "
+      "`--no-standardize` for a source without standardisation, or `--manifest` without "
+      "`--dataset manifest`", "dmrnet benchmark", "error",
       "dataset 'mfeat' has no setting 'bogus' (dataset_kwargs); its settings: [...]")
 def dataset_kwargs_unknown(w: World) -> None:
     (w.root / "c.yaml").write_text("dataset_kwargs:\n  bogus: 1\n")
@@ -1015,6 +1016,8 @@ def dataset_kwargs_unknown(w: World) -> None:
               "dataset_kwargs.seed is set by --seeds")
     w.refuses([*BENCH, "--dataset", "synthetic", "--no-standardize"],
               "dataset 'synthetic' has no setting 'standardize'")
+    w.refuses([*BENCH, "--manifest", "my.csv"], "a manifest is read by the manifest data "
+              "source, but the dataset is 'mfeat': add --dataset manifest")
 
 
 @case(INPUTS, "a WAV whose header says sample rate 0 (or 4 GHz); a truncated 24-bit stereo "

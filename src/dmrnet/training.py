@@ -85,6 +85,10 @@ def check_dataset_kwargs(dataset: str, kwargs: Mapping[str, Any]) -> None:
         if key in own:
             raise ConfigError(f"dataset_kwargs.{key} is set by {own[key]} (data.{key} for dmrnet "
                               "fit); remove it from dataset_kwargs")
+        if key == "manifest" and key not in params:  # --manifest without --dataset manifest
+            raise ConfigError(f"a manifest is read by the manifest data source, but the dataset "
+                              f"is {dataset!r}: add --dataset manifest (dmrnet fit: "
+                              "--data.dataset manifest)")
         if key not in params:
             settings = sorted(k for k in params if k not in own)
             raise ConfigError(f"dataset {dataset!r} has no setting {key!r} (dataset_kwargs); "
