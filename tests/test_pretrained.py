@@ -280,3 +280,28 @@ def test_pretrained_encoders_have_only_deterministic_cuda_ops_and_onnx_takes_ima
                                                                    np.float32)})[0]
     expected = served.predict([{"img": x["img"][0]}, {"img": x["img"][1]}]).probs
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
+
+
+def test_only_folders_are_copied_into_a_model_folder(tmp_path):
+    """An encoder setting named path that is a file or a name (a plugin's own meaning) is
+    kept as it is; a folder is copied without its weights and named relative to the model."""
+    from dmrnet.serving import _bundle_folders, _localise_folders
+
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "config.json").write_text("{}")
+    (tmp_path / "enc" / "model.safetensors").write_bytes(b"w")
+    (tmp_path / "w.bin").write_bytes(b"w")
+    config = {"model": {"network": {"encoders": {
+        "a": {"name": "hf", "path": str(tmp_path / "enc")},
+        "b": {"name": "mine", "path": str(tmp_path / "w.bin")},
+        "c": {"name": "mine", "path": "some-name"}}}}, "preprocessing": None}
+    model = tmp_path / "model"
+    model.mkdir()
+    _bundle_folders(config, model)
+    specs = config["model"]["network"]["encoders"]
+    assert specs["a"]["path"] == "pretrained/a" and specs["b"]["path"] == str(tmp_path / "w.bin")
+    assert specs["c"]["path"] == "some-name"
+    assert sorted(p.name for p in (model / "pretrained" / "a").iterdir()) == ["config.json"]
+    _localise_folders(config, model)
+    assert specs["a"]["path"] == str(model / "pretrained" / "a")
+    assert specs["c"]["path"] == "some-name"

@@ -301,6 +301,8 @@ def _bundle_folders(config: dict[str, Any], path: Path) -> None:
     (they are in model.safetensors), and name the copy (relative) in the settings."""
     for spec, key, name in _folder_settings(config):
         source = Path(spec[key]).expanduser()
+        if not source.is_dir():  # a file or a name (a plugin encoder's own setting): kept as is
+            continue
         target = path / name
         target.mkdir(parents=True)
         for f in sorted(source.iterdir()):
@@ -313,7 +315,7 @@ def _localise_folders(config: dict[str, Any], path: Path) -> None:
     """A model folder's relative folder settings (:func:`_bundle_folders`) as paths inside
     it."""
     for spec, key, _ in _folder_settings(config):
-        if not Path(spec[key]).is_absolute():
+        if not Path(spec[key]).is_absolute() and (path / spec[key]).is_dir():
             spec[key] = str(path / spec[key])
 
 
