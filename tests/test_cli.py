@@ -270,3 +270,19 @@ def test_every_recipe_trains_on_one_device_by_default():
     for path in recipes:
         trainer = yaml.safe_load(path.read_text()).get("trainer") or {}
         assert trainer.get("devices") == 1, f"{path.name}: devices {trainer.get('devices')!r}"
+
+
+def test_help_lists_each_shared_option_once():
+    """Issue 26: benchmark --help listed the 12 booster options once per method (seven times);
+    now once, with the methods that have them, and each method's own options."""
+    from dmrnet.methods import METHODS, option_lines
+
+    lines = option_lines()
+    text = "\n".join(lines)
+    assert text.count("unimodal_weight") == 1 and text.count("ogm_alpha") == 1
+    shared = next(line for line in lines if " also: " in line)
+    holders = shared.split(" also: ")[0].split(", ")
+    assert {"baseline", "dmrnet", "tutored"} <= set(holders)
+    assert all("unimodal_weight" in METHODS.get(m).option_names() for m in holders)
+    assert "dmrnet: alpha, beta, hcr_warmup_epochs," in text and "full_only: none" in text
+    assert "baseline: those below" in text

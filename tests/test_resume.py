@@ -126,6 +126,9 @@ def test_mismatched_resume_is_one_line_before_any_training(tmp_path):
     helped = subprocess.run([sys.executable, "-m", "dmrnet.cli", "fit", "--help"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0 and "--resume RUN_DIR_OR_CKPT" in helped.stdout
+    # dmrnet's own lines at the top read in a terminal (issue 26: it opened with 406 characters)
+    top = helped.stdout.split("Lightning's options follow.")[0].splitlines()
+    assert len(top) > 3 and max(len(line) for line in top) <= 100
     # each method's own options (model.method_kwargs is a mapping Lightning cannot list)
     assert "  dmrnet: alpha, beta, hcr_warmup_epochs," in helped.stdout
     assert "  full_only: none" in helped.stdout and "  mmanet: temperature," in helped.stdout

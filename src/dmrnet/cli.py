@@ -47,7 +47,7 @@ from dmrnet.errors import (
     one_line,
 )
 from dmrnet.lightning_cli import DMRNetCLI, InterruptNote
-from dmrnet.methods import METHODS, options_summary
+from dmrnet.methods import METHODS, option_lines, options_summary
 from dmrnet.metrics import TASK_METRICS
 from dmrnet.outputs import real_path
 from dmrnet.plugins import load_plugins
@@ -440,20 +440,23 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     return 0
 
 
-RESUME_HELP = ("dmrnet fit also takes --resume RUN_DIR_OR_CKPT: continue a run from its "
-               "last.ckpt (in a folder, the newest one whose method, model arguments and "
-               "modalities are this run's; a mismatch is refused, naming the difference), "
-               "and --logger csv|tensorboard: the run's log in DEFAULT_ROOT_DIR/"
-               "lightning_logs/version_N (default csv: metrics.csv; tensorboard needs pip "
-               "install tensorboard). Lightning's options follow.\n")
+RESUME_HELP = """dmrnet fit also takes:
+  --resume RUN_DIR_OR_CKPT   continue a run from its last.ckpt (in a folder, the newest one
+                             whose method, model arguments and modalities are this run's; a
+                             mismatch is refused, naming the difference)
+  --logger csv|tensorboard   the run's log in DEFAULT_ROOT_DIR/lightning_logs/version_N
+                             (default csv: metrics.csv; tensorboard needs pip install
+                             tensorboard)
+  --config NAME              a shipped recipe by name (dmrnet configs list), or a YAML file
+Lightning's options follow.
+"""
 
 
 def method_options_help() -> str:
     """Each registered method's own options (``model.method_kwargs``), plugins' included."""
     lines = ["model.method_kwargs takes the chosen method's own options (its option groups and "
              "its boosters'; another key is an error):"]
-    for name in METHODS.names():
-        lines.append(f"  {name}: {', '.join(METHODS.get(name).option_names()) or 'none'}")
+    lines += [f"  {line}" for line in option_lines()]
     return "\n".join(lines) + "\n"
 
 

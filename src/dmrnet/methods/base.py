@@ -380,11 +380,37 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+SHARED_BY = 5
+"""Options held by this many methods or more (a booster's) are listed once for all of them."""
+
+
+def option_lines() -> list[str]:
+    """Each registered method's options as lines ``name: a, b``, for help texts and errors;
+    options that many methods share (a booster's) come once, after them, with the methods
+    that have them."""
+    names = METHODS.names()
+    opts = {n: list(METHODS.get(n).option_names()) for n in names}
+    holders: dict[str, tuple[str, ...]] = {}
+    for n in names:
+        for o in opts[n]:
+            holders[o] = (*holders.get(o, ()), n)
+    shared: dict[tuple[str, ...], list[str]] = {}
+    for n in names:
+        for o in opts[n]:
+            if len(holders[o]) >= SHARED_BY and o not in shared.get(holders[o], []):
+                shared.setdefault(holders[o], []).append(o)
+    common = {o for group in shared.values() for o in group}
+    lines = []
+    for n in names:
+        own = [o for o in opts[n] if o not in common]
+        lines.append(f"{n}: {', '.join(own) if own else 'those below' if opts[n] else 'none'}")
+    lines += [f"{', '.join(ms)} also: {', '.join(group)}" for ms, group in shared.items()]
+    return lines
+
+
 def options_summary() -> str:
-    """Each registered method's options, for help texts and errors."""
-    return "Options: " + "; ".join(
-        f"{name}: {', '.join(METHODS.get(name).option_names()) or 'none'}"
-        for name in METHODS.names())
+    """Each registered method's options in one paragraph (:func:`option_lines`)."""
+    return "Options: " + "; ".join(option_lines())
 
 
 def get_method(name: str) -> Method:
