@@ -109,5 +109,13 @@ def test_analysis_legends_cover_nothing():
                                "cos_to_class_weight": 0.95},
                     "baseline": {"cos_between_subsets": 0.92, "cos_to_class_weight": 0.97}},
     }
-    for fig in analysis_figures(analysis, ["a", "b"]).values():
+    figures = analysis_figures(analysis, ["a", "b"])
+    for fig in figures.values():
         assert legends_cover_nothing(fig)
+    # issue 26: the alignment bars have a y label and are not drawn in the method colours
+    ax = figures["analysis_alignment.png"].axes[0]
+    assert ax.get_ylabel()
+    from matplotlib.colors import to_rgba
+
+    methods = {to_rgba(f"C{i}") for i in range(10)}
+    assert not {p.get_facecolor() for p in ax.patches} & methods

@@ -265,11 +265,13 @@ def analysis_figures(analysis: dict[str, Any], subsets: list[str]) -> dict[str, 
     methods = [m for m, s in analysis["summary"].items() if "cos_between_subsets" in s]
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(methods))
+    # greys: the colours C0, C1, ... name methods in every other figure, not metrics
     ax.bar(x - 0.2, [analysis["summary"][m]["cos_between_subsets"] for m in methods], 0.4,
-           label="cos(mu, mu) between subsets")
+           color="0.35", label="cos(mu, mu) between subsets")
     ax.bar(x + 0.2, [analysis["summary"][m]["cos_to_class_weight"] for m in methods], 0.4,
-           label="cos(mu, true-class weight)")
+           color="0.75", edgecolor="0.35", hatch="//", label="cos(mu, true-class weight)")
     ax.set_xticks(x, methods)
+    ax.set_ylabel("mean cosine similarity")
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_title("Intra-class direction alignment (same test samples)")
     fig.tight_layout()
