@@ -119,3 +119,22 @@ def test_analysis_legends_cover_nothing():
 
     methods = {to_rgba(f"C{i}") for i in range(10)}
     assert not {p.get_facecolor() for p in ax.patches} & methods
+
+
+def test_a_zero_error_is_marked_where_the_log_axis_draws_it():
+    """Issue 26: a perfect subset was drawn at an arbitrary floor with nothing to say so; now
+    a hollow marker on a dotted line whose legend entry names the floor."""
+    results = fake_results(methods=("baseline",))
+    for r in results["runs"]:
+        r["per_subset"]["a+b+c"] = 1.0  # no error on the full set
+    results["summary"] = summarize_runs(results["runs"], True)
+    results["gap_to_reference"] = None
+    ax = per_subset_figure(results).axes[0]
+    floor = [line for line in ax.lines if "error 0" in line.get_label()]
+    assert len(floor) == 1 and floor[0].get_linestyle() == ":"
+    at = floor[0].get_xdata()[0]
+    hollow = [line for line in ax.lines if line.get_markerfacecolor() == "white"]
+    assert hollow and all(x == at for line in hollow for x in line.get_xdata())
+    assert f"drawn at {at:.2g}" in floor[0].get_label()
+    plain = per_subset_figure(fake_results(methods=("baseline",)) | {"gap_to_reference": None})
+    assert not [line for line in plain.axes[0].lines if "error 0" in line.get_label()]

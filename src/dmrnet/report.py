@@ -380,12 +380,20 @@ def per_subset_figure(results: dict[str, Any]) -> Any:
     ax = axes[0][0]
     for i, (m, s) in enumerate(summary.items()):
         ys = [n - 1 - j + (i - (k - 1) / 2) * 0.18 for j in range(n)]
-        err = [max(_error(s["per_subset"].get(sub, math.nan), higher), floor) for sub in subsets]
+        raw = [_error(s["per_subset"].get(sub, math.nan), higher) for sub in subsets]
+        err = [max(e, floor) for e in raw]
         std = [s["per_subset_std"].get(sub, 0.0) for sub in subsets]
         lo = [e - max(e - sd, floor) for e, sd in zip(err, std, strict=True)]
         ax.errorbar(err, ys, xerr=[lo, std], fmt=markers[i % len(markers)], ms=4, capsize=2,
                     lw=0.8, color=f"C{i}", label=f"{m} (mean {results['metric']} "
                     f"{s['mean']:.4f})")
+        zero = [j for j, e in enumerate(raw) if e <= 0]
+        if zero:  # a log axis has no 0: hollow markers on the floor's line say "no error"
+            ax.plot([floor] * len(zero), [ys[j] for j in zero], markers[i % len(markers)],
+                    ms=6, mfc="white", color=f"C{i}")
+    if any(e <= 0 for e in errors):
+        ax.axvline(floor, ls=":", lw=0.8, color="0.5",
+                   label=f"error 0 (hollow markers, drawn at {floor:.2g})")
     ax.set_xscale("log")
     name = results["metric"]
     ax.set_xlabel(f"test error, 1 − {name} (log scale; left is better)" if higher else
