@@ -206,6 +206,30 @@ def test_a_config_written_for_0_2_names_where_each_key_moved(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_help_and_a_mistyped_command_answer_without_loading_torch():
+    """``dmrnet --help`` took seconds of CPU (torch, Lightning, torchmetrics); it and a
+    mistyped command now load none of them."""
+    code = ("import sys\nfrom dmrnet.cli import main\n"
+            "for argv in (['--help'], ['bnechmark'], []):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('LOADED', sorted(m for m in ('torch', 'lightning', 'numpy') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert "invalid choice: 'bnechmark'" in done.stderr and "benchmark" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """``dmrnet configs list | head -1``: no 'Broken pipe' error once the reader has gone."""
+    proc = subprocess.Popen([sys.executable, "-m", "dmrnet.cli", "configs", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (141, "")
+
+
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

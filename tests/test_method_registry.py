@@ -200,8 +200,9 @@ def test_every_registered_network_keeps_the_forward_contract(name, tmp_path):
 
 
 GLUE = ["training.py", "benchmark/__init__.py", "benchmark/config.py", "benchmark/runs.py",
-        "benchmark/statistics.py", "serving.py", "cli.py", "lightning_cli.py",
-        "evaluation.py", "predict.py", "sweep.py", "optim.py"]
+        "benchmark/statistics.py", "serving.py", "lightning_cli.py",
+        "evaluation.py", "predict.py", "sweep.py", "optim.py",
+        *(f"cli/{p.name}" for p in sorted((ROOT / "src" / "dmrnet" / "cli").glob("*.py")))]
 
 
 def test_the_glue_names_no_method():

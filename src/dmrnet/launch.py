@@ -31,7 +31,10 @@ def main() -> int:
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        from dmrnet.cli import command_of, load_command
         from dmrnet.cli import main as command
+
+        load_command(command_of(sys.argv[1:]))  # torch and Lightning, for a command that runs
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
