@@ -10,6 +10,7 @@ import pytest
 from dmrnet.analysis import analysis_figures
 from dmrnet.benchmark import gap_to_reference, summarize_runs
 from dmrnet.report import (
+    log_ticks,
     per_subset_figure,
     profile_figure,
     reference_method,
@@ -138,3 +139,36 @@ def test_a_zero_error_is_marked_where_the_log_axis_draws_it():
     assert f"drawn at {at:.2g}" in floor[0].get_label()
     plain = per_subset_figure(fake_results(methods=("baseline",)) | {"gap_to_reference": None})
     assert not [line for line in plain.axes[0].lines if "error 0" in line.get_label()]
+
+
+def _tick_labels(ax) -> list:
+    """The drawn, non-empty x tick labels inside the axis (major and minor)."""
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    lo, hi = ax.get_xlim()
+    return [(t.get_text(), t.get_window_extent(renderer))
+            for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True)
+            if t.get_visible() and t.get_text().strip() and lo <= t.get_position()[0] <= hi]
+
+
+@pytest.mark.parametrize("errors", [(0.4, 0.55), (0.01, 0.03), (0.001, 0.5), (0.05, 0.12)])
+def test_the_log_axis_labels_do_not_run_into_each_other(errors):
+    """Issue 26: on a short run's narrow range of errors matplotlib labelled the minor ticks
+    in scientific notation (5.2x10^-1 beside 5.4x10^-1), and the labels overlapped."""
+    results = fake_results(methods=("baseline", "dmrnet"))
+    rng = np.random.default_rng(1)
+    for r in results["runs"]:
+        r["per_subset"] = {s: 1 - float(rng.uniform(*errors)) for s in r["per_subset"]}
+    results["summary"] = summarize_runs(results["runs"], True)
+    labels = _tick_labels(per_subset_figure(results).axes[0])
+    assert len(labels) >= 3, labels
+    assert not [(a[0], b[0]) for i, a in enumerate(labels) for b in labels[i + 1:]
+                if _overlaps(a[1], b[1])]
+    assert all(float(text) > 0 for text, _ in labels)  # plain decimals, read as they are
+
+
+def test_log_ticks_are_round_and_few():
+    assert log_ticks(0.001, 0.5) == [0.001, 0.01, 0.1]
+    assert log_ticks(0.4, 0.55) == [0.4, 0.45, 0.5, 0.55]
+    assert log_ticks(0.011, 0.029) == [0.015, 0.02, 0.025]
+    assert len(log_ticks(1e-9, 1.0)) <= 6

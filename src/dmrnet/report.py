@@ -356,6 +356,38 @@ def _error(value: float, higher_is_better: bool) -> float:
     return 1.0 - value if higher_is_better else value
 
 
+TICK_MANTISSAS = ((1,), (1, 3), (1, 2, 5), (1, 2, 3, 5, 7), tuple(range(1, 10)),
+                  tuple(x / 2 for x in range(2, 20)), tuple(x / 4 for x in range(4, 40)))
+"""Round values for a log axis, coarsest first: powers of ten, then 1-3, 1-2-5, ... quarters."""
+
+
+def log_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    """Round values between ``lo`` and ``hi`` (> 0) for a log axis: the coarsest of
+    :data:`TICK_MANTISSAS` with three in range, thinned to at most ``most``; fewer than
+    three only if quarters give fewer."""
+    decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    ticks: list[float] = []
+    for mantissas in TICK_MANTISSAS:
+        ticks = sorted(float(f"{m}e{k}") for k in decades for m in mantissas
+                       if lo <= float(f"{m}e{k}") <= hi)
+        if len(ticks) >= 3:
+            break
+    return ticks[:: math.ceil(len(ticks) / most)] if ticks else ticks
+
+
+def round_log_axis(ax: Any) -> None:
+    """Label ``ax``'s log x axis with a few round decimals (0.02, 0.05, 0.1) and no minor
+    labels: matplotlib labels minor ticks on an axis shorter than a decade, in scientific
+    notation, and on a short run's narrow range they ran into each other."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo, hi)  # the ticks are for these limits
+    ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def per_subset_figure(results: dict[str, Any]) -> Any:
     """One row per subset (grouped by size). Left: each method's error (1 − metric where
     higher is better) on a log scale with its seed std, so 0.97 against 0.99 is a factor of
@@ -395,6 +427,7 @@ def per_subset_figure(results: dict[str, Any]) -> Any:
         ax.axvline(floor, ls=":", lw=0.8, color="0.5",
                    label=f"error 0 (hollow markers, drawn at {floor:.2g})")
     ax.set_xscale("log")
+    round_log_axis(ax)
     name = results["metric"]
     ax.set_xlabel(f"test error, 1 − {name} (log scale; left is better)" if higher else
                   f"test {name} (log scale; left is better)")
