@@ -122,6 +122,21 @@ def test_analysis_legends_cover_nothing():
     assert not {p.get_facecolor() for p in ax.patches} & methods
 
 
+def test_an_undefined_correlation_is_named_not_printed_as_nan():
+    """A run with no error on any subset has no Spearman correlation: its legend says why
+    (it printed '+nan'), and the markdown shows a dash."""
+    from dmrnet.analysis import analysis_markdown
+
+    analysis = {"per_method": {"dmrnet": [{"variance": {"a": 0.1, "b": 0.2, "a+b": 0.05},
+                                           "error": {"a": 0.0, "b": 0.0, "a+b": 0.0}}]},
+                "summary": {"dmrnet": {"variance_error_spearman": float("nan")}}}
+    fig = analysis_figures(analysis, ["a", "b", "a+b"])["analysis_variance_error.png"]
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert labels == ["dmrnet (Spearman undefined: every subset has the same error or "
+                      "variance)"]
+    assert "nan" not in analysis_markdown(analysis).lower()
+
+
 def test_a_zero_error_is_marked_where_the_log_axis_draws_it():
     """Issue 26: a perfect subset was drawn at an arbitrary floor with nothing to say so; now
     a hollow marker on a dotted line whose legend entry names the floor."""

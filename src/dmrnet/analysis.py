@@ -173,8 +173,9 @@ def analyze_run(run_dir: str | Path, echo: Any = print,
     for method, stats in per_method.items():
         entry: dict[str, Any] = {}
         rho = [s["variance_error_spearman"] for s in stats if "variance_error_spearman" in s]
-        if rho:
-            entry["variance_error_spearman"] = float(np.nanmean(rho))
+        if rho:  # NaN where no seed has one (every subset with the same error, e.g. none)
+            finite = [r for r in rho if not math.isnan(r)]
+            entry["variance_error_spearman"] = float(np.mean(finite)) if finite else math.nan
         al = [s["alignment"] for s in stats if "alignment" in s]
         if al:
             entry["cos_between_subsets"] = float(np.mean([a["between_subsets"] for a in al]))
@@ -217,6 +218,13 @@ def _contributions(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _rho_words(rho: float) -> str:
+    """A Spearman correlation for a legend; an undefined one (NaN) says why."""
+    if math.isnan(rho):
+        return "Spearman undefined: every subset has the same error or variance"
+    return f"Spearman {rho:+.2f}"
+
+
 def analysis_markdown(analysis: dict[str, Any]) -> str:
     """The analysis as a markdown section (also written to analysis.md)."""
     lines = ["## Analysis", "", "| method | Spearman(variance, error) over subsets | "
@@ -254,7 +262,7 @@ def analysis_figures(analysis: dict[str, Any], subsets: list[str]) -> dict[str, 
                     ys.append(s["error"][n])
         if xs:
             rho = analysis["summary"][method].get("variance_error_spearman", math.nan)
-            ax.scatter(xs, ys, s=12, alpha=0.7, label=f"{method} (Spearman {rho:+.2f})")
+            ax.scatter(xs, ys, s=12, alpha=0.7, label=f"{method} ({_rho_words(rho)})")
     ax.set_xlabel("mean embedding variance of the subset")
     ax.set_ylabel("test error rate of the subset")
     ax.set_title("Premise: do high-variance subsets err more?")
