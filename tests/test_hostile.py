@@ -650,6 +650,10 @@ for _name, _what, _edit, _says in (
     ("folder_pre_unknown", "preprocessing of a modality the model does not have",
      lambda c: c.update(preprocessing={"c": {"mean": 0.0, "std": 1.0}}),
      "preprocessing names 'c', neither a modality"),
+    ("folder_readers_bad", "a file reader for a modality the model does not have, or one "
+     "without a kind",
+     lambda c: c.update(preprocessing={"readers": {"c": {"reader": "audio"}}}),
+     "preprocessing.readers must map modalities of the model to file readers"),
     ("folder_pre_negative_std", "a per-modality std below 0",
      lambda c: c.update(preprocessing={"b": {"mean": 0.0, "std": -2.0}}),
      "preprocessing of 'b' must be scale > 0, mean and std > 0"),

@@ -15,13 +15,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from dmrnet.data.base import DataError
-from dmrnet.data.io import read_image, read_npy
+from dmrnet.data.io import read_npy
 from dmrnet.data.rgbd import VOID, _labels_from_file, _read_png
-from dmrnet.data.text import is_text, read_words, text_reader
 from dmrnet.errors import ConfigError
 from dmrnet.evaluation import subset_outputs
 from dmrnet.methods import load_weights, read_checkpoint
-from dmrnet.serving import apply_preprocessing, load_model
+from dmrnet.serving import apply_preprocessing, load_model, read_sample
 from dmrnet.training import MultimodalModule
 
 
@@ -64,42 +63,11 @@ def load_trained(path: str | Path) -> Any:
 
 
 def read_input(module: Any, modality: str, path: str | Path) -> Tensor:
-    """One modality's file -> the model's input (1, *shape), with the stored preprocessing."""
-
-    path = Path(path)
+    """One modality's file -> the model's input (1, *shape), read as its training data were
+    at evaluation (:func:`~dmrnet.serving.read_sample`), with the stored statistics."""
     pre: Mapping[str, Any] = module.hparams.get("preprocessing") or {}
-    known = list(module.hparams["input_shapes"])
-    if modality not in known:
-        raise DataError(f"modality {modality!r} is not one of the model's {known}")
-    shape = tuple(module.hparams["input_shapes"][modality])
-    suffix = path.suffix.lower()
-    stored = pre.get(modality)
-    if is_text(stored):  # text: the model's vocabulary or tokenizer
-        if suffix != ".txt":
-            raise DataError(f"modality {modality!r} reads text: give a .txt file, not "
-                            f"{str(path)!r}")
-        reader = text_reader(stored, f"preprocessing of {modality!r}")
-        return reader.ids(read_words(path))[None]
-    if suffix == ".txt":
-        raise DataError(f"modality {modality!r} was not trained on text; give .npy or an image "
-                        "file")
-    if suffix == ".npy":
-        x = read_npy(path)
-    elif suffix in (".png", ".jpg", ".jpeg", ".bmp"):
-        if len(shape) == 3 and shape[0] == 1:  # depth-like: keep the raw values (16-bit mm)
-
-            with Image.open(path) as img:
-                x = torch.from_numpy(np.array(img).astype(np.float32))
-            if x.dim() == 3:
-                x = x[..., 0]
-            x = x[None]
-        else:
-            x = read_image(path, "RGB" if shape[0] == 3 else "L").float()
-    else:
-        raise DataError(f"cannot read {str(path)!r} for modality {modality!r}: use .npy or an "
-                        "image file")
-
-    return apply_preprocessing(pre, modality, x.float())[None]  # shapes: checked by the model
+    x = read_sample(pre, module.hparams["input_shapes"], modality, path)
+    return apply_preprocessing(pre, modality, x)[None]  # shapes: checked by the model
 
 
 def predict_subsets(module: Any, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:

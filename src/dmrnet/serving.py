@@ -22,12 +22,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 from dmrnet.batch import BatchError, stats_view
-from dmrnet.data.text import is_text, text_reader
+from dmrnet.data.base import DataError
+from dmrnet.data.files import IMAGE_SUFFIXES, READERS_KEY, reader_from_dict
+from dmrnet.data.io import read_image, read_npy
+from dmrnet.data.text import is_text, read_words, text_reader
 from dmrnet.errors import ConfigError, DMRNetError, first_line
 from dmrnet.methods import METHODS, ModelConfig, build_method, get_method, upgrade_settings
 from dmrnet.models.protocol import MultimodalNetwork
@@ -163,6 +167,12 @@ class Predictor:
                              f"{self.modalities}")
         return out, avail, single, lengths
 
+    def read(self, modality: str, path: str | Path) -> Tensor:
+        """``modality``'s file as this model's input (*shape): read as its training data
+        were at evaluation (a WAV, a frame, an image, text; see :func:`read_sample`), for
+        :meth:`predict`, which applies the stored statistics."""
+        return read_sample(self.preprocessing, self.input_shapes, modality, path)
+
     @torch.no_grad()
     def predict(self, inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Prediction:
         """Predict from whatever modalities are present.
@@ -179,6 +189,48 @@ class Predictor:
         subsets = [space.name(int(i)) for i in space.indices_of(avail)]
         return Prediction(probs=out.logits.softmax(dim=1), subsets=subsets,
                           uncertainty=out.variance)
+
+
+def read_sample(preprocessing: Mapping[str, Any], input_shapes: Mapping[str, Sequence[int]],
+                modality: str, path: str | Path) -> Tensor:
+    """One modality's file -> that modality's input for one sample (*shape), read as the
+    model's training data were at evaluation, before the stored statistics (which
+    :meth:`Predictor.predict` and ``dmrnet predict`` apply).
+
+    - ``.npy``: the input array itself;
+    - ``.txt``: a text modality's words, as token ids of the stored vocabulary;
+    - any other file: the modality's stored reader (a WAV to its spectrogram, a frame or a
+      frame folder, a face image with its recipe), else an image as it is (RGB-D: depth as
+      16-bit PNG, the stored scale applies).
+    """
+    path = Path(path)
+    known = list(input_shapes)
+    if modality not in known:
+        raise DataError(f"modality {modality!r} is not one of the model's {known}")
+    shape = tuple(input_shapes[modality])
+    suffix = path.suffix.lower()
+    stored = preprocessing.get(modality)
+    if is_text(stored):  # text: the model's vocabulary or tokenizer
+        if suffix != ".txt":
+            raise DataError(f"modality {modality!r} reads text: give a .txt file, not "
+                            f"{str(path)!r}")
+        return text_reader(stored, f"preprocessing of {modality!r}").ids(read_words(path))
+    if suffix == ".txt":
+        raise DataError(f"modality {modality!r} was not trained on text; give .npy or an image "
+                        "file")
+    if suffix == ".npy":
+        return read_npy(path).float()
+    recipe = (preprocessing.get(READERS_KEY) or {}).get(modality)
+    if recipe is not None:
+        return reader_from_dict(recipe, f"preprocessing of {modality!r}").read_one(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise DataError(f"cannot read {str(path)!r} for modality {modality!r}: use .npy or an "
+                        "image file")
+    if len(shape) == 3 and shape[0] == 1:  # depth-like: keep the raw values (16-bit mm)
+        with Image.open(path) as img:
+            x = torch.from_numpy(np.array(img).astype(np.float32))
+        return (x[..., 0] if x.dim() == 3 else x)[None]
+    return read_image(path, "RGB" if shape[0] == 3 else "L").float()
 
 
 def apply_preprocessing(pre: Mapping[str, Any], modality: str, x: Tensor,
@@ -440,6 +492,12 @@ def _check_preprocessing(pre: Any, shapes: Mapping[str, list[int]], where: str,
                         and _numbers(value["std"][m], size, positive=True)):
                     raise ConfigError(f"{where!r}: preprocessing.standardize of {m!r} must be "
                                       f"{size} finite means and {size} stds > 0{fix}")
+        elif key == READERS_KEY:
+            if not (isinstance(value, dict) and all(
+                    m in shapes and isinstance(r, dict) and isinstance(r.get("reader"), str)
+                    for m, r in value.items())):
+                raise ConfigError(f"{where!r}: preprocessing.{READERS_KEY} must map modalities "
+                                  f"of the model to file readers ({{reader: KIND, ...}}){fix}")
         elif key in shapes and is_text(value):
             try:
                 vocabulary = text_reader(value, f"preprocessing of {key!r}")
@@ -459,7 +517,7 @@ def _check_preprocessing(pre: Any, shapes: Mapping[str, list[int]], where: str,
                                   f"channel){fix}")
         else:
             raise ConfigError(f"{where!r}: preprocessing names {key!r}, neither a modality of "
-                              f"the model nor 'standardize'{fix}")
+                              f"the model nor 'standardize' or {READERS_KEY!r}{fix}")
 
 
 def _check_recorded(config: Mapping[str, Any], metadata: Mapping[str, str] | None,
@@ -635,7 +693,7 @@ def written_by_export(path: Path) -> bool:
 
 def onnx_inputs_note(predictor: Predictor, preprocessing: bool) -> str:
     """What the exported graph expects, in words (stored in its metadata)."""
-    if not predictor.preprocessing:
+    if not set(predictor.preprocessing) - {READERS_KEY}:  # file readers: not the graph's
         return "raw: the model was trained without stored input statistics"
     if preprocessing:
         return "raw: the stored input statistics are applied inside the graph"

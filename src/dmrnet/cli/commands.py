@@ -142,8 +142,10 @@ def predict_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="a .ckpt written by fit or benchmark, or a model folder (dmrnet export)")
     p.add_argument("--input", action="append", default=[], metavar="MODALITY=FILE",
-                   help="one per available modality (.npy, an image, or .txt for a text "
-                   "modality; depth as 16-bit PNG)")
+                   help="one per available modality: .npy (the input array), .txt for a "
+                   "text modality, or the kind of file the model was trained on (a WAV, a "
+                   "frame or frame folder, an image; depth as 16-bit PNG), read as its test "
+                   "split was")
     p.add_argument("--label", help="ground-truth label map (PNG, 0 = void) for the picture")
     p.add_argument("--out", help="picture to write (dense models)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing picture")

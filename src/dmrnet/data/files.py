@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,6 +50,42 @@ from dmrnet.data.transforms import (
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
+READERS_KEY = "readers"
+"""Where a model's ``preprocessing`` holds each file modality's reader (:meth:`Reader.to_dict`)."""
+
+READER_KINDS: dict[str, type[Reader]] = {}
+"""Each :class:`Reader` subclass with a ``kind``, by it (filled as the classes are defined)."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON: dataclasses as mappings, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def reader_from_dict(recipe: Mapping[str, Any], where: str = "preprocessing") -> Reader:
+    """The reader a model stored (:meth:`Reader.to_dict`); a :class:`DataError` naming the
+    problem for one that no loaded reader kind can read."""
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("reader"), str):
+        raise DataError(f"{where}: a file reader's recipe is a mapping with a 'reader' kind, "
+                        f"got {recipe!r}")
+    kind = recipe["reader"]
+    if kind not in READER_KINDS:
+        raise DataError(f"{where}: files were read by a {kind!r} reader, which no loaded code "
+                        f"defines (known: {sorted(READER_KINDS)}); load the plugin that "
+                        "defines it (--plugin)")
+    try:
+        return READER_KINDS[kind].from_settings({k: v for k, v in recipe.items()
+                                                 if k != "reader"})
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: the {kind!r} reader's settings {dict(recipe)!r} do not fit "
+                        f"this dmrnet ({err})") from err
+
 
 @dataclass
 class Record:
@@ -77,6 +113,39 @@ class Reader:
     shape: tuple[int, ...]
     finishes_on_device: bool = False
     variable_length: bool = False  # items of 1..T steps of ``shape`` (T, ...), padded per batch
+    kind: ClassVar[str] = ""
+    """The name a model stores this reader under (:meth:`to_dict`; "" = not stored); a
+    subclass with a kind is found by :func:`reader_from_dict`, a plugin's too."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            READER_KINDS[cls.kind] = cls
+
+    def to_dict(self) -> dict[str, Any] | None:
+        """What a model stores so that it reads a new file as evaluation read this
+        modality's: ``{"reader": kind, **settings}`` (JSON), or None. Statistics fitted on
+        the training split are not in it: they are stored beside it (``standardize``)."""
+        if not self.kind or not dataclasses.is_dataclass(self):
+            return None
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                    if f.compare}  # fitted state (statistics, a vocabulary) is compare=False
+        return {"reader": self.kind, **_plain(settings)}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Reader:
+        """The reader of a stored :meth:`to_dict` (without its ``reader`` key)."""
+        return cls(**settings)
+
+    def read_one(self, path: Path) -> Tensor:
+        """One file read as evaluation reads it, every step done: the model's input of
+        ``shape`` (before the statistics stored beside it). A bad file is a
+        :class:`DataError` naming it."""
+        problem = self.check(path)
+        if problem is not None:
+            raise DataError(problem)
+        x = self(path, train=False)
+        return self.finish(x[None])[0] if self.finishes_on_device else x
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -118,6 +187,12 @@ class AudioReader(Reader):
 
     spec: AudioSpec = field(default_factory=AudioSpec)
     on_device: bool = True
+    kind: ClassVar[str] = "audio"
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Reader:
+        spec = settings.get("spec") or {}
+        return cls(**{**settings, "spec": AudioSpec(**spec)})
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -171,6 +246,7 @@ class FramesReader(Reader):
     size: int = 224
     frames: int = 1
     on_device: bool = True
+    kind: ClassVar[str] = "frames"
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -190,8 +266,11 @@ class FramesReader(Reader):
 
     @staticmethod
     def _files(path: Path) -> list[Path]:
-        """The folder's frame images in name order ([] if it is missing)."""
+        """The folder's frame images in name order ([] if it is missing); an image file is
+        a folder of that one frame (a served model's input, e.g. ``dmrnet predict``)."""
         folder = Path(path)
+        if folder.is_file() and folder.suffix.lower() in IMAGE_SUFFIXES:
+            return [folder]
         if not folder.is_dir():
             return []
         return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -251,6 +330,7 @@ class ImageReader(Reader):
     recipe: str = "plain"
     size: tuple[int, int] | None = None
     expect: tuple[int, int] | None = None
+    kind: ClassVar[str] = "image"
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -292,6 +372,7 @@ class NpyReader(Reader):
     shape: tuple[int, ...] = ()  # type: ignore[assignment]
     mean: Tensor | None = field(default=None, repr=False, compare=False)
     std: Tensor | None = field(default=None, repr=False, compare=False)
+    kind: ClassVar[str] = "npy"
 
     @property
     def finishes_on_device(self) -> bool:  # type: ignore[override]
@@ -590,6 +671,10 @@ def file_splits(
     (:func:`fit_standardizer`; stored in ``info["standardizer"]``, so in model folders)."""
 
     mods = list(readers)
+    reserved = [m for m in mods if m in ("standardize", READERS_KEY)]
+    if reserved:  # a model's preprocessing holds these names beside the modalities'
+        raise DataError(f"a modality may not be named {reserved[0]!r} (a model stores its "
+                        "preprocessing under that name); rename it")
     for name, part in (("training", train), ("validation", val), ("test", test)):
         if not part:
             raise DataError(f"the {name} split holds no sample; every split needs at least one")
@@ -601,11 +686,15 @@ def file_splits(
             info["standardizer"] = {"mean": stats.mean, "std": stats.std}
     texts = {m: r.fitted([p for rec in train if (p := rec.paths.get(m)) is not None])
              for m, r in readers.items() if isinstance(r, TextReader)}
-    if texts:  # each vocabulary goes with the model, which then reads raw text
-        readers = {**readers, **texts}
-        stored = {"standardize": info["standardizer"]} if "standardizer" in info else {}
-        info["preprocessing"] = {**stored, **{m: r.vocabulary.to_dict()  # type: ignore[union-attr]
-                                              for m, r in texts.items()}}
+    readers = {**readers, **texts}
+    # what goes with the model so that it reads new files as evaluation read these: the
+    # statistics, each vocabulary (raw text), each reader (a WAV, a frame, a face image)
+    stored = {m: d for m, r in readers.items() if (d := r.to_dict()) is not None}
+    if texts or stored:
+        info["preprocessing"] = {
+            **({"standardize": info["standardizer"]} if "standardizer" in info else {}),
+            **{m: r.vocabulary.to_dict() for m, r in texts.items()},  # type: ignore[union-attr]
+            **({READERS_KEY: stored} if stored else {})}
     return SplitData(
         train=FileDataset(train, readers, train=True),
         val=FileDataset(val, readers, train=False),
