@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py: fit and test DMRNet on mfeat with 2-process DDP (gloo, CPU).
 
     python tests/ddp_worker.py OUT_DIR
-Rank 0 writes OUT_DIR/ddp.json with the test metrics and the checkpoint path.
+Rank 0 writes OUT_DIR/ddp.json with the test metrics and the checkpoint path, and
+OUT_DIR/samples.npz with the gathered per-sample test statistics.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dmrnet.benchmark import quiet_lightning
@@ -32,6 +34,9 @@ def main() -> None:
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
     if trainer.global_rank == 0:
+        np.savez(out / "samples.npz", **{f"{subset}|{key}": value
+                                         for subset, parts in module.test_samples.items()
+                                         for key, value in parts.items()})
         (out / "ddp.json").write_text(json.dumps({
             "world_size": trainer.world_size, "test": module.test_results,
             "checkpoint": ckpt.best_model_path,

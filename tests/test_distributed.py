@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
+import torch
 
 from dmrnet.predict import load_module
 from dmrnet.training import MultimodalDataModule
@@ -37,6 +39,21 @@ def test_two_process_ddp_metrics_equal_single_process(tmp_path):
     for subset, value in single.items():
         assert ddp["test"]["per_subset"][subset] == pytest.approx(value, abs=1e-9), subset
     assert ddp["test"]["mean"] == pytest.approx(module.test_results["mean"], abs=1e-9)
+    # each test sample's statistics, gathered from both processes (they were not recorded
+    # under DDP, and the comparisons had no test-sample intervals for such runs)
+    samples = np.load(tmp_path / "samples.npz")
+    assert set(samples.files) == {f"{s}|{k}" for s in module.test_samples for k in ("ids", "rows")}
+    for subset, parts in module.test_samples.items():
+        assert np.array_equal(samples[f"{subset}|ids"], parts["ids"]), subset
+        assert np.allclose(samples[f"{subset}|rows"], parts["rows"], atol=1e-6), subset
+
+
+def test_first_of_each_keeps_one_row_per_sample():
+    """A distributed sampler repeats samples to even out the processes: each kept once."""
+    from dmrnet.training import _first_of_each
+
+    unique, first = _first_of_each(torch.tensor([4, 0, 2, 0, 4, 1]))
+    assert unique.tolist() == [0, 1, 2, 4] and first.tolist() == [1, 5, 2, 0]
 
 
 @pytest.mark.slow

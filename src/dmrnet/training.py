@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from dmrnet.batch import Batch, MultimodalCollate, check_targets
@@ -665,17 +666,59 @@ class MultimodalModule(L.LightningModule):
         self._test_rows, self._test_seen = {}, 0
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        # one process sees every test sample in order; with several, the per-sample
-        # statistics are not gathered (the comparisons then say so)
-        self._eval_step(batch, self.test_metric, record=self.trainer.world_size == 1)
+        # each sample's statistics, by its place in this process's loader (several
+        # processes: gathered by the test set's index at the end)
+        self._eval_step(batch, self.test_metric, record=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._eval_end("test", self.test_metric)
-        self.test_samples = {
-            self.space.names[s]: {"ids": torch.cat([i for i, _ in parts]).numpy(),
-                                  "rows": torch.cat([r for _, r in parts]).numpy()}
-            for s, parts in sorted(self._test_rows.items())}
+        rows = {s: (torch.cat([i for i, _ in parts]), torch.cat([r for _, r in parts]))
+                for s, parts in sorted(self._test_rows.items())}
+        if self.trainer.world_size > 1:
+            rows = self._gathered_rows(rows)
+        self.test_samples = {self.space.names[s]: {"ids": i.numpy(), "rows": r.numpy()}
+                             for s, (i, r) in rows.items()}
         self._test_rows = {}
+
+    def _gathered_rows(self, rows: dict[int, tuple[Tensor, Tensor]]
+                       ) -> dict[int, tuple[Tensor, Tensor]]:
+        """Every process's per-sample statistics, by the test set's index in order: a
+        process's k-th sample is the k-th index its sampler gave (a distributed sampler
+        repeats a few samples to even the processes out: each is kept once). Empty when the
+        loader's sampler is not a plain sequence of indices (the comparisons then say the
+        test-sample intervals are missing)."""
+        loader = self.trainer.test_dataloaders
+        loader = loader[0] if isinstance(loader, list | tuple) else loader
+        try:
+            order = torch.as_tensor([int(i) for i in loader.sampler], dtype=torch.long)
+        except (AttributeError, TypeError, ValueError):
+            return {}
+        if len(order) != self._test_seen:  # a sampler that is not this loader's order
+            return {}
+        out = {}
+        for s in range(len(self.space.names)):  # every process takes part for every subset
+            ids, stats = rows.get(s, (torch.zeros(0, dtype=torch.long),
+                                      torch.zeros(0, 0, dtype=torch.float64)))
+            # (count, row width, 1-D rows) of each process: one that saw none of the
+            # subset's samples pads to the others' width
+            shape = torch.tensor([len(ids), stats.reshape(len(ids), -1).shape[1] if len(ids)
+                                  else 0, int(stats.dim() == 1)], device=self.device)
+            shapes = self.all_gather(shape).reshape(-1, 3).cpu()
+            most, width = int(shapes[:, 0].max()), int(shapes[:, 1].max())
+            if most == 0:
+                continue
+            pad_ids = torch.full((most,), -1, dtype=torch.long)
+            pad_ids[: len(ids)] = order[ids]
+            pad_stats = torch.zeros(most, width, dtype=torch.float64)
+            pad_stats[: len(ids)] = stats.reshape(len(ids), width)
+            all_ids = self.all_gather(pad_ids.to(self.device)).cpu().reshape(-1)
+            all_stats = self.all_gather(pad_stats.to(self.device)).cpu().reshape(-1, width)
+            keep = all_ids >= 0
+            unique, first = _first_of_each(all_ids[keep])
+            kept = all_stats[keep][first]
+            one_dim = bool(shapes[shapes[:, 0] > 0, 2].max())
+            out[s] = (unique, kept[:, 0] if one_dim and width == 1 else kept)
+        return out
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Each sample with the modalities it has: probabilities (B, K), subset index (B,),
@@ -692,6 +735,14 @@ class MultimodalModule(L.LightningModule):
         return configure(self.optim, parameter_groups(self, self.optim.lr),
                          int(self.trainer.max_epochs or 1),
                          lambda: int(self.trainer.estimated_stepping_batches))
+
+
+def _first_of_each(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct values of ``ids`` (N,) in increasing order, and where each first occurs."""
+    unique, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+    first = torch.full((len(unique),), len(ids), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(ids)), reduce="amin")
+    return unique, first
 
 
 def _numpy_state() -> list[Any]:
