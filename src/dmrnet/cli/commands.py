@@ -70,7 +70,8 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
                    "(default 300; small training splits get more epochs)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64; "
                    "rgbd-shapes 32)")
-    p.add_argument("--out", help="output folder (default runs/<dataset>-<time>)")
+    p.add_argument("--out", help="output folder (default runs/<dataset>, or "
+                   "runs/<dataset>-<time> once that exists)")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace a non-empty output folder")
     p.add_argument("--accelerator", help="cpu, gpu, auto (default auto)")
