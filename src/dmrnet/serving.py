@@ -29,7 +29,7 @@ from torch import Tensor
 
 from dmrnet.batch import BatchError, stats_view
 from dmrnet.data.base import DataError
-from dmrnet.data.files import IMAGE_SUFFIXES, READERS_KEY, reader_from_dict
+from dmrnet.data.files import IMAGE_SUFFIXES, READERS_KEY, reader_from_dict, special_file
 from dmrnet.data.io import read_image, read_npy
 from dmrnet.data.text import is_text, read_words, text_reader
 from dmrnet.errors import ConfigError, DMRNetError, first_line
@@ -207,6 +207,9 @@ def read_sample(preprocessing: Mapping[str, Any], input_shapes: Mapping[str, Seq
     known = list(input_shapes)
     if modality not in known:
         raise DataError(f"modality {modality!r} is not one of the model's {known}")
+    problem = special_file(path, "give a regular file")  # reading it would never end
+    if problem is not None:
+        raise DataError(problem)
     shape = tuple(input_shapes[modality])
     suffix = path.suffix.lower()
     stored = preprocessing.get(modality)

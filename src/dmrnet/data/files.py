@@ -141,7 +141,7 @@ class Reader:
         """One file read as evaluation reads it, every step done: the model's input of
         ``shape`` (before the statistics stored beside it). A bad file is a
         :class:`DataError` naming it."""
-        problem = self.check(path)
+        problem = special_file(Path(path), "give a regular file") or self.check(path)
         if problem is not None:
             raise DataError(problem)
         x = self(path, train=False)
@@ -568,12 +568,12 @@ def scan_records(splits: Mapping[str, Sequence[Record]], readers: Mapping[str, R
                         + "; ".join(problems) + more)
 
 
-def special_file(path: Path) -> str | None:
-    """What is wrong with a listed path that exists but is neither a regular file nor a
-    folder (a FIFO, socket or device: reading one blocks or never ends), or None."""
+def special_file(path: Path, fix: str = "list regular files") -> str | None:
+    """What is wrong with a path that exists but is neither a regular file nor a folder (a
+    FIFO, socket or device: reading one blocks or never ends), or None."""
     if path.exists() and not (path.is_file() or path.is_dir()):
         return (f"{str(path)!r} is not a regular file (a FIFO, socket or device, which would "
-                "block or never end); list regular files")
+                f"block or never end); {fix}")
     return None
 
 
