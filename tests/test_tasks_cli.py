@@ -36,7 +36,7 @@ def fit_and_test(config: str, out: Path, extra: list[str]) -> dict[str, float]:
     return {k: float(v) for row in rows for k, v in row.items() if v not in ("", None)}
 
 
-def test_cremad_fit_and_test(tmp_path):
+def test_cremad_fit_and_test(tmp_path, capsys):
     root = make_cremad(tmp_path / "crema", actors=("1001", "1002", "1003"))
     write_cremad_splits(root, {"1001", "1002"}, {"1003"})
     m = fit_and_test("cremad.yaml", tmp_path / "run", [
@@ -45,6 +45,15 @@ def test_cremad_fit_and_test(tmp_path):
     for subset in ("audio", "visual", "audio+visual"):
         assert 0.0 <= m[f"test/{subset}/accuracy"] <= 1.0
     assert "test/mean" in m and "test/worst" in m
+    # the fitted checkpoint reads a raw clip and a frame as the test split was read
+    ckpt = next((tmp_path / "run" / "lightning_logs").glob("version_0/checkpoints/best-*.ckpt"))
+    clip = sorted((root / "AudioWAV").glob("1003_*.wav"))[0]
+    frame = sorted((root / "Image-01-FPS" / clip.stem).iterdir())[0]
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", f"audio={clip}", "--input",
+                 f"visual={frame}"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [
+        "audio", "visual", "audio+visual"]
 
 
 def test_kinetics_sounds_fit_and_test(tmp_path):
