@@ -288,3 +288,21 @@ def test_loaders_work_with_worker_processes(tmp_path):
     ev_single = next(iter(single.val_dataloader()))
     for m in ev_multi.inputs:  # deterministic evaluation items, whatever the worker count
         assert torch.equal(ev_multi.inputs[m], ev_single.inputs[m])
+
+
+def test_audio_options_are_checked_in_one_line():
+    """A mistyped audio option was a TypeError traceback from AudioSpec."""
+    from dmrnet.data.transforms import AudioSpec
+
+    assert AudioSpec.of(None, {"source_rate": 16000}) == AudioSpec(source_rate=16000)
+    assert AudioSpec.of({"seconds": 2}, {"seconds": 3.0}).seconds == 2
+    for given, says in [({"wavefrom": True}, "audio option 'wavefrom' is not one of"),
+                        ({"sample_rate": 0}, "sample_rate takes a whole number >= 1"),
+                        ({"hop": 2.5}, "hop takes a whole number"),
+                        ({"source_rate": "16k"}, "source_rate takes a whole number"),
+                        ({"seconds": -1}, "seconds takes a number > 0"),
+                        ({"train_crop": "middle"}, "train_crop takes start or random"),
+                        ({"waveform": "yes"}, "waveform takes true or false"),
+                        ([1, 2], "must be a mapping")]:
+        with pytest.raises(DataError, match=says):
+            AudioSpec.of(given)

@@ -305,3 +305,68 @@ def test_only_folders_are_copied_into_a_model_folder(tmp_path):
     _localise_folders(config, model)
     assert specs["a"]["path"] == str(model / "pretrained" / "a")
     assert specs["c"]["path"] == "some-name"
+
+
+def tiny_wav2vec2(folder: Path, rate: int = 16000) -> Path:
+    """A 1-layer wav2vec2 of width 16 and its feature extractor, as save_pretrained writes."""
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2, do_stable_layer_norm=False)
+    transformers.Wav2Vec2Model(config).save_pretrained(folder)
+    transformers.Wav2Vec2FeatureExtractor(sampling_rate=rate, do_normalize=True
+                                          ).save_pretrained(folder)
+    return folder
+
+
+def test_a_waveform_model_reads_wav_files_as_its_feature_extractor_would(tmp_path, capsys):
+    """``audio: {waveform: true, sample_rate: 16000}`` reads a WAV as the window itself, and
+    an hf encoder of a wav2vec2 folder standardises it as the model's feature extractor does:
+    features equal the model's own on the extractor's input. A spectrogram, or another rate,
+    is one line naming the fix. The trained model predicts from a raw WAV."""
+    from dmrnet.data.files import AudioReader
+    from dmrnet.data.io import read_wav
+    from dmrnet.data.transforms import AudioSpec
+
+    from .fixtures import make_manifest
+
+    folder = tiny_wav2vec2(tmp_path / "w2v")
+    csv = make_manifest(tmp_path / "data", n=24)
+    wav = tmp_path / "data" / "s0.wav"
+    spec = AudioSpec.of({"waveform": True, "sample_rate": 16000, "seconds": 0.3})
+    x = AudioReader(spec).read_one(wav)
+    assert x.shape == spec.shape == (4800,)
+    samples, rate = read_wav(wav)
+    assert rate == 16000 and torch.allclose(x[: len(samples)], samples.clamp(-1, 1))
+
+    encoder = MultimodalModule(["snd"], {"snd": [4800]}, 3, network={"encoders": {
+        "snd": {"name": "hf", "path": str(folder), "pooling": "mean"}}}).model.encoders["snd"]
+    assert encoder.waveform_rate == 16000 and encoder.normalize
+    extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(folder)
+    values = extractor(x.numpy(), sampling_rate=16000, return_tensors="pt").input_values
+    with torch.no_grad():
+        expected = transformers.Wav2Vec2Model.from_pretrained(folder)(values).last_hidden_state
+        assert torch.allclose(encoder.features(x[None]), expected.mean(1), atol=1e-5)
+
+    with pytest.raises(ConfigError, match=r"reads waveforms \(N,\).*waveform: true, "
+                                          "sample_rate: 16000"):
+        MultimodalModule(["snd"], {"snd": [1, 257, 14]}, 3, network={"encoders": {
+            "snd": {"name": "hf", "path": str(folder)}}})
+    common = ["benchmark", "--dataset", "manifest", "--manifest", str(csv), "--modalities",
+              "snd,vec", "--methods", "dmrnet", "--seeds", "0", "--epochs", "1",
+              "--no-progress", "--set", f"encoders={{snd: {{name: hf, path: {folder}, "
+              "pooling: mean}}"]
+    config = tmp_path / "audio.yaml"
+    config.write_text("dataset_kwargs: {audio: {waveform: true, sample_rate: 22050, "
+                      "seconds: 0.3}}\n")
+    assert main([*common, "--config", str(config), "--out", str(tmp_path / "r1")]) == 2
+    assert "read at 22050 Hz, but its encoder's model takes waveforms at 16000 Hz" in \
+        capsys.readouterr().err
+    config.write_text("dataset_kwargs: {audio: {waveform: true, sample_rate: 16000, "
+                      "seconds: 0.3}}\n")
+    assert main([*common, "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    ckpt = tmp_path / "run" / "checkpoints" / "dmrnet-seed0" / "best.ckpt"
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", f"snd={wav}"]) == 0
+    assert capsys.readouterr().out.split()[0] == "snd"

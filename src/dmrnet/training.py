@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from dmrnet.batch import Batch, MultimodalCollate, check_targets
 from dmrnet.data import DATASETS, SplitData
 from dmrnet.data.cache import CachedDataset, SampleCache, check_cache_mode
+from dmrnet.data.files import READERS_KEY
 from dmrnet.data.text import is_text
 from dmrnet.errors import ConfigError, DivergedError
 from dmrnet.evaluation import subset_outputs
@@ -364,7 +365,7 @@ class MultimodalModule(L.LightningModule):
         config.input_shapes = {m: tuple(v) for m, v in input_shapes.items()}
         self.method = get_method(method)
         self.model, self.objective = self.method.build(config)
-        check_tokenizers(self.model, preprocessing)
+        check_encoder_inputs(self.model, preprocessing)
         train = self.training_config
         self.channels_last = train.channels_last
         if self.channels_last:
@@ -780,14 +781,27 @@ def text_tokenizer_kwargs(dataset: str, dataset_kwargs: Mapping[str, Any],
     return {**dataset_kwargs, "text": {**text, "tokenizer": found.pop()}}
 
 
-def check_tokenizers(model: torch.nn.Module, preprocessing: Mapping[str, Any] | None) -> None:
+def check_encoder_inputs(model: torch.nn.Module, preprocessing: Mapping[str, Any] | None
+                         ) -> None:
     """A :class:`ConfigError` where a modality's encoder expects token ids of one tokenizer
     (its ``tokenizer`` digest, e.g. a pretrained text model's) and the data's text was read
-    with another (the built-in vocabulary, or another tokenizer folder)."""
+    with another (the built-in vocabulary, or another tokenizer folder), or expects waveforms
+    at one rate (its ``waveform_rate``, a wav2vec2-like model's) and the data's audio was
+    read at another."""
     table = getattr(model, "encoders", None)
     if not isinstance(table, torch.nn.ModuleDict):
         return
+    readers = (preprocessing or {}).get(READERS_KEY) or {}
     for m, encoder in table.items():
+        rate = getattr(encoder, "waveform_rate", None)
+        reader = readers.get(m) or {}
+        spec = reader.get("spec") if reader.get("reader") == "audio" else None
+        if isinstance(rate, int) and isinstance(spec, Mapping) and \
+                spec.get("sample_rate") != rate:
+            raise ConfigError(f"modality {m!r} is read at {spec.get('sample_rate')} Hz, but its "
+                              f"encoder's model takes waveforms at {rate} Hz; read it so: "
+                              f"dataset_kwargs: {{audio: {{waveform: true, sample_rate: {rate}"
+                              "}}")
         expected = getattr(encoder, "tokenizer", None)
         stored = (preprocessing or {}).get(m)
         if not isinstance(expected, str) or not is_text(stored):

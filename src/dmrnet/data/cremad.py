@@ -141,7 +141,7 @@ def cremad(
     readers = {}
     if "audio" in mods:
         # CREMA-D's AudioWAV files are 16 kHz: the device resamples whole batches to 22,050
-        readers["audio"] = AudioReader(AudioSpec(**{"source_rate": 16000, **(audio or {})}))
+        readers["audio"] = AudioReader(AudioSpec.of(audio, {"source_rate": 16000}))
     if "visual" in mods:
         readers["visual"] = FramesReader(size=image_size, frames=frames)
     return file_splits(train, val, test, readers, CLASSES, info)

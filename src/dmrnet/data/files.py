@@ -177,7 +177,8 @@ class Reader:
 
 @dataclass
 class AudioReader(Reader):
-    """WAV file -> log-spectrogram (1, F, T) (see :class:`AudioSpec`).
+    """WAV file -> log-spectrogram (1, F, T), or the waveform (N,) with ``spec.waveform``
+    (see :class:`AudioSpec`).
 
     With ``on_device`` (default) the loader yields the recipe's waveform window (at the
     spec's ``source_rate`` when it has one) and the resampling and the spectrogram are computed
@@ -192,7 +193,7 @@ class AudioReader(Reader):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Reader:
         spec = settings.get("spec") or {}
-        return cls(**{**settings, "spec": AudioSpec(**spec)})
+        return cls(**{**settings, "spec": AudioSpec.of(spec)})
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -218,8 +219,8 @@ class AudioReader(Reader):
         if not self.on_device:
             return batch
         waves = resample_batch(batch, self._item_rate, self.spec.sample_rate,
-                               self.spec.num_samples)
-        return spectrogram_batch(waves.clamp(-1.0, 1.0), self.spec)
+                               self.spec.num_samples).clamp(-1.0, 1.0)
+        return waves if self.spec.waveform else spectrogram_batch(waves, self.spec)
 
     def check(self, path: Path) -> str | None:
         return check_wav(path)
@@ -230,7 +231,9 @@ class AudioReader(Reader):
     def make(self, decoded: tuple[Tensor, int], train: bool) -> Tensor:
         samples, rate = decoded
         window = audio_window(samples, rate, self.spec, train, at_rate=self._item_rate)
-        return window if self.on_device else spectrogram_batch(window[None], self.spec)[0]
+        if self.on_device or self.spec.waveform:
+            return window
+        return spectrogram_batch(window[None], self.spec)[0]
 
 
 @dataclass

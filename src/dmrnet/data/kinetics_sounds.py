@@ -100,7 +100,7 @@ def kinetics_sounds(
         check_records(recs, mods, f"Kinetics-Sounds {name} split")
     readers = {}
     if "audio" in mods:
-        readers["audio"] = AudioReader(AudioSpec(**{**DEFAULT_AUDIO, **(audio or {})}))
+        readers["audio"] = AudioReader(AudioSpec.of(audio, DEFAULT_AUDIO))
     if "visual" in mods:
         readers["visual"] = FramesReader(size=image_size, frames=frames)
     info = {"source": "Kinetics-Sounds", "root": str(base), "classes": len(classes),

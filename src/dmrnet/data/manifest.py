@@ -230,7 +230,7 @@ def _reader(mod: str, records: list[Record], kind: str | None, image_size: list[
     if kind not in KINDS:
         raise DataError(f"file kind {kind!r} of modality {mod!r} is not one of {list(KINDS)}")
     if kind == "audio":
-        return AudioReader(AudioSpec(**(audio or {})))
+        return AudioReader(AudioSpec.of(audio))
     if kind == "text":
         options = dict(text or {})
         known = ("max_tokens", "max_words", "min_count", "lowercase", "tokenizer")

@@ -7,12 +7,16 @@ transforms are deterministic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dmrnet.data.base import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,6 +57,9 @@ class AudioSpec:
             a loader that finishes on the device cuts the window at this rate and the
             resampling to ``sample_rate`` runs for the whole batch on the device (files at
             another rate are first resampled to it in the loader).
+        waveform: the window itself, (sample_rate x seconds,) in [-1, 1], instead of its
+            spectrogram: the input of a pretrained waveform model (``encoder: hf`` of a
+            wav2vec2, HuBERT or WavLM folder; set ``sample_rate`` to the model's, 16000).
     """
 
     sample_rate: int = 22050
@@ -62,15 +69,54 @@ class AudioSpec:
     hop: int = 353
     train_crop: str = "start"
     source_rate: int | None = None
+    waveform: bool = False
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None, defaults: Mapping[str, Any] | None = None
+           ) -> AudioSpec:
+        """The recipe of ``defaults`` (a dataset's) updated by the user's ``options`` (the
+        ``audio:`` mapping of ``dataset_kwargs``); an unknown name or a value of the wrong
+        kind is one :class:`DataError` naming it."""
+        given = {} if options is None else options
+        if not isinstance(given, Mapping):
+            raise DataError(f"dataset option audio must be a mapping of audio options, e.g. "
+                            f"{{seconds: 3}}; got {given!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise DataError(f"audio option {unknown[0]!r} is not one of {', '.join(known)}")
+        spec = {**(defaults or {}), **given}
+        counts = ("sample_rate", "tile", "n_fft", "hop")
+        bad = next((k for k in counts if not _whole(spec.get(k, 1))), None) or next(
+            (k for k in ("source_rate",) if spec.get(k) is not None and not _whole(spec[k])),
+            None)
+        if bad is not None:
+            raise DataError(f"audio option {bad} takes a whole number >= 1; got {spec[bad]!r}")
+        seconds = spec.get("seconds", 1.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+            raise DataError(f"audio option seconds takes a number > 0; got {seconds!r}")
+        if spec.get("train_crop", "start") not in ("start", "random"):
+            raise DataError(f"audio option train_crop takes start or random; got "
+                            f"{spec['train_crop']!r}")
+        if not isinstance(spec.get("waveform", False), bool):
+            raise DataError(f"audio option waveform takes true or false; got "
+                            f"{spec['waveform']!r}")
+        return cls(**spec)
 
     @property
     def num_samples(self) -> int:
         return round(self.sample_rate * self.seconds)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(1, n_fft // 2 + 1, frames) of the spectrogram."""
+    def shape(self) -> tuple[int, ...]:
+        """(1, n_fft // 2 + 1, frames) of the spectrogram; (samples,) of a waveform."""
+        if self.waveform:
+            return (self.num_samples,)
         return (1, self.n_fft // 2 + 1, 1 + self.num_samples // self.hop)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def audio_window(samples: Tensor, rate: int, spec: AudioSpec, train: bool = False,

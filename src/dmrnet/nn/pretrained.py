@@ -3,13 +3,16 @@
 downloaded and no pickle is loaded. Needs ``pip install 'dmrnet[hf]'`` (transformers).
 
 Inputs by the model's main input: token ids (T,) of a text modality (a sequence with lengths:
-the attention mask covers the real tokens), pixel values (C, H, W) of an image modality, or
-any other fixed-size input the model takes.
+the attention mask covers the real tokens), pixel values (C, H, W) of an image modality, a
+waveform (N,) of an audio modality read with ``audio: {waveform: true}`` for a wav2vec2-like
+model (standardised as its feature extractor would), or any other fixed-size input the model
+takes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -119,6 +122,10 @@ class PretrainedEncoder(SequenceEncoder):
         self.cache = bool(cache) and self.frozen
         # the digest of the tokenizer its token ids must come from (tokenizer_digest)
         self.tokenizer: str | None = None
+        # a waveform model's (wav2vec2, HuBERT, WavLM): the rate its feature extractor
+        # reads, and whether it standardises each waveform (zero mean, unit variance)
+        self.waveform_rate: int | None = None
+        self.normalize = False
         self._identity: str | None = None  # the weights' digest, made at first use
         # weights loaded later (a checkpoint) are other weights: digest them again
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(
@@ -188,6 +195,9 @@ class PretrainedEncoder(SequenceEncoder):
             if lengths is not None:
                 raise BatchError(f"encoder 'hf' of a model taking {self.input_name} reads "
                                  "fixed-size inputs, not variable-length sequences")
+            if self.normalize:  # as the model's feature extractor does (do_normalize)
+                x = (x - x.mean(dim=-1, keepdim=True)) / torch.sqrt(
+                    x.var(dim=-1, keepdim=True, unbiased=False) + 1e-7)
             inputs = {self.input_name: x}
         hidden = self.backbone(**inputs).last_hidden_state
         if hidden.dim() > 3:  # a feature map (B, C, H, W): positions last
@@ -232,9 +242,18 @@ def hf(input_shape: tuple[int, ...], path: str | None = None, pooling: str = "cl
                           "format only; dmrnet reads safetensors (save_pretrained writes them)")
     else:
         backbone = transformers.AutoModel.from_config(config)
+    extractor = _feature_extractor(folder)
+    waveform = (getattr(backbone, "main_input_name", "") == "input_values"
+                and extractor.get("feature_extractor_type") == "Wav2Vec2FeatureExtractor")
+    if waveform and len(input_shape) != 1:
+        rate = extractor.get("sampling_rate", 16000)
+        raise ConfigError(f"encoder 'hf': the model at {str(folder)!r} reads waveforms (N,), "
+                          f"not inputs of shape {tuple(input_shape)}; read the audio as one: "
+                          f"dataset_kwargs: {{audio: {{waveform: true, sample_rate: {rate}}}}}")
     steps = int(input_shape[0]) if len(input_shape) == 1 else 0
     most = getattr(config, "max_position_embeddings", None)
-    if steps and isinstance(most, int) and steps > most:
+    if getattr(backbone, "main_input_name", "") == "input_ids" and steps and \
+            isinstance(most, int) and steps > most:
         raise ConfigError(f"encoder 'hf': the text holds up to {steps} tokens but the model at "
                           f"{str(folder)!r} takes at most {most}; read fewer: dataset_kwargs: "
                           f"{{text: {{max_tokens: {most}}}}}")
@@ -242,7 +261,20 @@ def hf(input_shape: tuple[int, ...], path: str | None = None, pooling: str = "cl
                                 cache=cache)
     if encoder.input_name == "input_ids" and tokenizer_folder(folder) is not None:
         encoder.tokenizer = tokenizer_digest(folder)
+    if waveform:
+        encoder.waveform_rate = int(extractor.get("sampling_rate", 16000))
+        encoder.normalize = bool(extractor.get("do_normalize", True))
     return encoder
+
+
+def _feature_extractor(folder: Path) -> dict[str, Any]:
+    """The folder's feature extractor settings (``preprocessor_config.json``), or {}."""
+    path = folder / "preprocessor_config.json"
+    try:
+        found = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"encoder 'hf': {str(path)!r} is not readable JSON ({err})") from err
+    return found if isinstance(found, dict) else {}
 
 
 def tokenizer_folder(folder: str | Path) -> str | None:
