@@ -73,6 +73,8 @@ def test_predict_reads_a_file_as_evaluation_did(kind, tmp_path):
     predictor = load_model(folder)
     inputs = {m: predictor.read(m, p) for m, p in paths.items()}
     assert torch.allclose(predictor.predict(inputs).probs[0], ref[full], atol=1e-5)
+    by_path = predictor.predict({m: str(p) for m, p in paths.items()})  # paths, read for you
+    assert torch.equal(by_path.probs, predictor.predict(inputs).probs)
     one = dm.modalities[0]  # and a subset, with the others absent
     alone = predict_subsets(module, {one: read_input(module, one, paths[one])})[one]
     assert torch.allclose(predictor.predict({one: inputs[one]}).probs, alone, atol=1e-5)

@@ -91,7 +91,11 @@ class Predictor:
 
     def _tensor(self, m: str, value: Any) -> Tensor:
         """One input as a tensor: a text modality's string (or list of strings, a batch) as
-        token ids of the model's vocabulary."""
+        token ids of the model's vocabulary; a file's path (a ``Path``, or a string for a
+        modality that is not text) read by :meth:`read`."""
+        if isinstance(value, os.PathLike) or (isinstance(value, str) and
+                                              m not in self.vocabularies):
+            return self.read(m, value)
         if m in self.vocabularies and isinstance(value, str):
             return self.vocabularies[m].ids(value)
         if m in self.vocabularies and isinstance(value, (list, tuple)) and value and \
@@ -180,7 +184,8 @@ class Predictor:
         Args:
             inputs: a dict modality -> array that simply omits absent modalities, for one
                 sample (arrays shaped like the model's inputs; a sequence modality's (T, D)
-                with any 1..T steps) or a batch (a leading batch axis); or a list of such
+                with any 1..T steps; a file's path, read by :meth:`read`; a text
+                modality's string) or a batch (a leading batch axis); or a list of such
                 per-sample dicts, each with its own modalities (sequences of any length).
         """
         x, avail, _, lengths = self._batch(inputs)
