@@ -99,6 +99,9 @@ def test_text_and_arrays_train_every_subset_and_a_model_folder_reads_raw_text(tm
                  f"text={tmp_path / 'q.txt'}"]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.splitlines()[-1].startswith("text ")
     calm = served.predict({"text": "Calm and quiet, the gentle soft calm."}).probs
+    # a string is the text itself; a Path is the file holding it
+    assert torch.equal(served.predict({"text": tmp_path / "q.txt"}).probs, calm)
+    assert not torch.equal(served.predict({"text": str(tmp_path / "q.txt")}).probs, calm)
     both = served.predict([{"text": "calm quiet"}, {"text": "angry loud harsh",
                                                     "img": np.zeros(6, np.float32)}])
     assert both.subsets == ["text", "text+img"]
