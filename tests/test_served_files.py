@@ -144,6 +144,10 @@ def test_old_models_without_readers_still_predict(tmp_path):
     assert x.shape == (1, 8)
     with pytest.raises(DataError, match="use .npy or an image file"):
         read_input(module, "snd", record.paths["snd"] or tmp_path / "s.wav")
+    depth = MultimodalModule(["depth"], {"depth": [1, 8, 8]}, 2)  # raw 16-bit values
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image .*broken.png"):
+        read_input(depth, "depth", tmp_path / "broken.png")
     assert load_module  # the checkpoint path is the same function (read_input)
 
 

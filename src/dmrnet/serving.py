@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -235,8 +235,11 @@ def read_sample(preprocessing: Mapping[str, Any], input_shapes: Mapping[str, Seq
         raise DataError(f"cannot read {str(path)!r} for modality {modality!r}: use .npy or an "
                         "image file")
     if len(shape) == 3 and shape[0] == 1:  # depth-like: keep the raw values (16-bit mm)
-        with Image.open(path) as img:
-            x = torch.from_numpy(np.array(img).astype(np.float32))
+        try:
+            with Image.open(path) as img:
+                x = torch.from_numpy(np.array(img).astype(np.float32))
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise DataError(f"cannot read image {str(path)!r}: {err}") from err
         return (x[..., 0] if x.dim() == 3 else x)[None]
     return read_image(path, "RGB" if shape[0] == 3 else "L").float()
 
