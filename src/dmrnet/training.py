@@ -693,8 +693,10 @@ class MultimodalModule(L.LightningModule):
         try:
             order = torch.as_tensor([int(i) for i in loader.sampler], dtype=torch.long)
         except (AttributeError, TypeError, ValueError):
-            return {}
-        if len(order) != self._test_seen:  # a sampler that is not this loader's order
+            order = torch.zeros(0, dtype=torch.long)
+        # every process decides the same (one that went on alone would wait forever)
+        fits = torch.tensor(int(len(order) == self._test_seen), device=self.device)
+        if not bool(self.all_gather(fits).min()):  # a sampler that is not the loader's order
             return {}
         out = {}
         for s in range(len(self.space.names)):  # every process takes part for every subset
