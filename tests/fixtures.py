@@ -166,8 +166,10 @@ def make_nyuv2_mat(root: Path, n: int = 10, size: int = 64) -> Path:
     return root
 
 
-def write_video(path: Path, frames: int = 25, fps: int = 10, size=(24, 32)) -> Path:
-    """A tiny MPEG-4 video (PyAV; the ``av`` extra): ``frames`` grey levels at ``fps``."""
+def write_video(path: Path, frames: int = 25, fps: int = 10, size=(24, 32),
+                audio: np.ndarray | None = None, rate: int = 44100) -> Path:
+    """A tiny MPEG-4 video (PyAV; the ``av`` extra): ``frames`` grey levels at ``fps``, and
+    ``audio`` (mono float samples at ``rate``) as an AAC track when given."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,12 +177,27 @@ def write_video(path: Path, frames: int = 25, fps: int = 10, size=(24, 32)) -> P
         stream = container.add_stream("mpeg4", rate=fps)
         stream.height, stream.width = size
         stream.pix_fmt = "yuv420p"
+        sound = None if audio is None else container.add_stream("aac", rate=rate)
+        if sound is not None:
+            sound.layout = "mono"
         for i in range(frames):
             img = np.full((*size, 3), i * 10 % 256, dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        if sound is not None:
+            step = sound.codec_context.frame_size or 1024
+            for start in range(0, len(audio), step):
+                chunk = np.zeros((1, step), np.float32)
+                part = audio[start:start + step].astype(np.float32)
+                chunk[0, :len(part)] = part
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = rate, start
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)
     return path
 
 

@@ -53,6 +53,7 @@ from .fixtures import (
     make_kinetics_sounds,
     make_nyuv2_prepared,
     make_rgb_depth_manifest,
+    tone,
     write_video,
 )
 
@@ -233,6 +234,10 @@ def _fixtures(folder: Path) -> None:
     (cremad / "Image-01-FPS" / clip).rmdir()
     write_video(cremad / "VideoFlash" / f"{clip}.mp4")
     make_kinetics_sounds(data / "kinetics_sounds")
+    for split in ("train", "test"):  # clips for dmrnet prepare kinetics_sounds
+        for k, cls in enumerate(("laughing", "singing")):
+            write_video(data / "kinetics_sounds_videos" / split / cls / "yt0.mp4", frames=12,
+                        audio=tone(k, rate=44100, seconds=1.2), rate=44100)
     make_casia(data / "CASIA-SURF")
     # the README's example file names start at 0001
     make_nyuv2_prepared(data / "nyuv2", n_train=6, n_test=2, size=(48, 64), name="{n:04d}")

@@ -136,3 +136,48 @@ def test_prepare_cremad_extracts_frames_with_pyav(tmp_path, capsys):
     (videos / "1002_DFA_ANG_XX.mp4").write_bytes(b"broken")
     assert main(["prepare", "cremad", "--videos", str(videos), "--out", str(out)]) == 2
     assert "cannot open video" in capsys.readouterr().err
+
+
+def test_prepare_kinetics_sounds_from_video_clips_then_fit(tmp_path, capsys):
+    """``dmrnet prepare kinetics_sounds`` turns <videos>/<split>/<class>/<clip>.mp4 into the
+    loader's layout (frames, and the audio track as a 16 kHz WAV), leaves out a clip it
+    cannot read (named in prepare_errors.txt), keeps a clip without audio as a sample with
+    its audio missing, and the result trains."""
+    pytest.importorskip("av")
+    from dmrnet.data.io import read_wav
+
+    from .fixtures import tone
+
+    videos = tmp_path / "clips"
+    for split, n in (("train", 3), ("test", 2)):
+        for k, cls in enumerate(("playing drums", "laughing")):
+            for c in range(n):
+                silent = split == "train" and k == 1 and c == 0
+                write_video(videos / split / cls / f"clip{c}.mp4", frames=12,
+                            audio=None if silent else tone(k, rate=44100, seconds=1.2,
+                                                           seed=c), rate=44100)
+    (videos / "test" / "laughing" / "broken.mp4").write_bytes(b"not a video")
+    root = tmp_path / "ks"
+    assert main(["prepare", "kinetics_sounds", "--videos", str(videos), "--out",
+                 str(root)]) == 0
+    said = capsys.readouterr().out
+    assert "prepared 10 clip(s)" in said and "1 clip(s) could not be read" in said
+    assert "broken.mp4" in (root / "prepare_errors.txt").read_text()
+    wav = root / "audio" / "train" / "playing drums" / "clip0.wav"
+    samples, rate = read_wav(wav)
+    assert rate == 16000 and abs(len(samples) - 1.2 * 16000) < 0.1 * 16000
+    assert float(samples.abs().max()) > 0.1  # the tone, not silence
+    frames = root / "visual" / "train_img" / "Image-01-FPS" / "laughing" / "clip0"
+    assert len(list(frames.glob("*.jpg"))) == 2  # 1.2 s at one frame per second
+    assert not (root / "audio" / "train" / "laughing" / "clip0.wav").exists()  # no track
+    assert not (root / "visual" / "test_img" / "Image-01-FPS" / "laughing" / "broken").exists()
+    assert not list(root.rglob(".*partial*"))
+    # a second run keeps what is done (the silent clip is not retried) and reports the rest
+    assert main(["prepare", "kinetics_sounds", "--videos", str(videos), "--out",
+                 str(root)]) == 0
+    assert "prepared 0 clip(s)" in capsys.readouterr().out
+    m = fit_and_test("kinetics_sounds.yaml", tmp_path / "run", ["--data.root", str(root)])
+    assert {"test/audio/accuracy", "test/visual/accuracy", "test/audio+visual/accuracy"} <= set(m)
+    assert main(["prepare", "kinetics_sounds", "--videos", str(videos / "train"), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "must hold train/ and test/" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from dmrnet.data import DATASETS
 from dmrnet.data.base import DataError
 from dmrnet.data.cache import CACHE_MODES
 from dmrnet.data.io import read_text
-from dmrnet.data.prepare import prepare_cremad
+from dmrnet.data.prepare import prepare_cremad, prepare_kinetics_sounds
 from dmrnet.errors import ConfigError, UsageError
 from dmrnet.methods import METHODS, options_summary
 from dmrnet.metrics import TASK_METRICS
@@ -126,12 +126,19 @@ def benchmark_parser(sub: Any) -> argparse.ArgumentParser:
 
 def prepare_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help=COMMANDS["prepare"],
-                       description="Prepare a dataset's on-disk layout.")
-    p.add_argument("dataset", choices=["cremad"], help="which dataset")
-    p.add_argument("--videos", required=True, help="folder of videos (CREMA-D: VideoFlash)")
-    p.add_argument("--out", required=True, help="frame folder to write (Image-01-FPS)")
+                       description="Prepare a dataset's on-disk layout from its videos "
+                       "(needs PyAV: pip install av).")
+    p.add_argument("dataset", choices=["cremad", "kinetics_sounds"], help="which dataset")
+    p.add_argument("--videos", required=True, help="folder of videos (CREMA-D: VideoFlash; "
+                   "Kinetics-Sounds: <videos>/<split>/<class>/<clip>.mp4, split train, test "
+                   "and optionally val)")
+    p.add_argument("--out", required=True, help="CREMA-D: the frame folder to write "
+                   "(Image-01-FPS); Kinetics-Sounds: the dataset root to write (audio/ and "
+                   "visual/)")
     p.add_argument("--fps", type=float, default=1.0, help="frames per second (default 1)")
-    p.add_argument("--overwrite", action="store_true", help="redo clips that have frames")
+    p.add_argument("--sample-rate", type=int, default=16000, help="Kinetics-Sounds: the WAV "
+                   "files' rate (default 16000, the recipe's)")
+    p.add_argument("--overwrite", action="store_true", help="redo clips already prepared")
     return p
 
 
@@ -242,7 +249,13 @@ def run_configs_command(args: argparse.Namespace) -> int:
 
 
 def run_prepare_command(args: argparse.Namespace) -> int:
-    prepare_cremad(args.videos, args.out, fps=args.fps, overwrite=args.overwrite)
+    if not args.fps > 0 or not args.sample_rate >= 1:
+        raise UsageError("--fps takes a number > 0 and --sample-rate a whole number >= 1")
+    if args.dataset == "cremad":
+        prepare_cremad(args.videos, args.out, fps=args.fps, overwrite=args.overwrite)
+    else:
+        prepare_kinetics_sounds(args.videos, args.out, fps=args.fps, rate=args.sample_rate,
+                                overwrite=args.overwrite)
     return 0
 
 

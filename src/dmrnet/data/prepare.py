@@ -1,26 +1,51 @@
-"""``dmrnet prepare cremad``: extract frames from the CREMA-D videos with PyAV (one per second,
-the ``Image-01-FPS`` layout the loader reads)."""
+"""``dmrnet prepare``: turn a dataset's videos into the layout its loader reads, with PyAV.
+
+- ``cremad``: frames of the CREMA-D videos, one per second (``Image-01-FPS/<clip>/``; the
+  audio ships as WAV files).
+- ``kinetics_sounds``: frames and the audio track (a mono 16-bit WAV at 16 kHz) of each clip
+  of ``<videos>/<split>/<class>/<clip>.mp4``.
+
+Each clip's output is written beside its place and moved there when complete, so an
+interrupted run leaves no half-written clip (which a later run would skip as done).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from dmrnet.data.base import DataError
+from dmrnet.data.io import write_wav
 
 VIDEO_SUFFIXES = (".flv", ".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 
-def extract_frames(video: Path, out_dir: Path, fps: float = 1.0) -> int:
-    """Write frames ``00000.jpg, 00001.jpg, ...`` taken every 1/fps seconds; returns the count."""
+def _pyav() -> Any:
+    """PyAV, or a one-line error saying how to install it."""
     try:
         import av
     except ImportError as err:
-        raise DataError("frame extraction needs PyAV: pip install av") from err
+        raise DataError("reading videos needs PyAV: pip install av") from err
+    return av
+
+
+def _open(video: Path) -> Any:
     try:
-        container = av.open(str(video))
+        return _pyav().open(str(video))
+    except DataError:
+        raise
     except Exception as err:  # PyAV raises its own error hierarchy for unreadable files
         raise DataError(f"cannot open video {str(video)!r}: {err}") from err
+
+
+def extract_frames(video: Path, out_dir: Path, fps: float = 1.0) -> int:
+    """Write frames ``00000.jpg, 00001.jpg, ...`` taken every 1/fps seconds; returns the count."""
+    container = _open(video)
     count, next_time = 0, 0.0
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -39,6 +64,58 @@ def extract_frames(video: Path, out_dir: Path, fps: float = 1.0) -> int:
     return count
 
 
+def extract_audio(video: Path, out: Path, rate: int = 16000) -> bool:
+    """Write the video's first audio track as a mono 16-bit WAV at ``rate``; False (nothing
+    written) when it has none."""
+    container = _open(video)
+    chunks = []
+    try:
+        with container:
+            if not container.streams.audio:
+                return False
+            resampler = _pyav().AudioResampler(format="s16", layout="mono", rate=rate)
+            for frame in container.decode(container.streams.audio[0]):
+                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    except Exception as err:
+        raise DataError(f"cannot decode the audio of {str(video)!r}: {err}") from err
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    if samples.size == 0:
+        raise DataError(f"the audio track of {str(video)!r} holds no samples")
+    write_wav(out, samples.astype(np.float32) / 32768.0, rate)
+    return True
+
+
+def _partial(target: Path) -> Path:
+    """A hidden sibling of ``target`` to write into (moved to ``target`` when complete)."""
+    return target.with_name(f".{target.name}.partial-{os.getpid()}")
+
+
+def _frames_into(video: Path, target: Path, fps: float) -> None:
+    """``target/`` filled with the video's frames, or left as it was if extraction fails."""
+    partial = _partial(target)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        extract_frames(video, partial, fps)
+        if target.is_dir():
+            shutil.rmtree(target)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _audio_into(video: Path, target: Path, rate: int) -> bool:
+    """``target`` (a WAV) written from the video's audio track; False when it has none."""
+    partial = _partial(target)
+    try:
+        found = extract_audio(video, partial, rate)
+        if found:
+            partial.replace(target)
+        return found
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def prepare_cremad(videos: str | Path, out: str | Path, fps: float = 1.0,
                    overwrite: bool = False, echo: Callable[[str], None] = print) -> int:
     """Extract frames of every video in ``videos`` into ``out/<clip>/``. Clips whose folder
@@ -55,13 +132,71 @@ def prepare_cremad(videos: str | Path, out: str | Path, fps: float = 1.0,
         if target.is_dir() and any(target.iterdir()) and not overwrite:
             skipped += 1
             continue
-        if target.is_dir() and overwrite:
-            for old in target.glob("*.jpg"):
-                old.unlink()
-        extract_frames(video, target, fps)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _frames_into(video, target, fps)
         done += 1
         if i % 500 == 0:
             echo(f"{i}/{len(files)} videos")
     echo(f"extracted frames of {done} clip(s) into {str(dst)!r}"
          + (f"; kept {skipped} existing (--overwrite to redo)" if skipped else ""))
+    return done
+
+
+def prepare_kinetics_sounds(videos: str | Path, out: str | Path, fps: float = 1.0,
+                            rate: int = 16000, overwrite: bool = False,
+                            echo: Callable[[str], None] = print) -> int:
+    """The Kinetics-Sounds layout in ``out`` from the clips ``videos/<split>/<class>/<clip>``
+    (split: train, test, and val if present): each clip's frames in
+    ``out/visual/<split>_img/Image-01-FPS/<class>/<clip>/`` and its audio in
+    ``out/audio/<split>/<class>/<clip>.wav``. A clip without an audio track gets frames only
+    (a sample with its audio missing); a clip that cannot be read is left out, named in
+    ``out/prepare_errors.txt``. Clips already done are kept unless ``overwrite``. Returns the
+    number of clips done."""
+    src, dst = Path(videos), Path(out)
+    if not src.is_dir():
+        raise DataError(f"video folder {str(src)!r} does not exist")
+    splits = [d for d in sorted(src.iterdir()) if d.is_dir() and d.name in ("train", "val", "test")]
+    if not any(d.name == "train" for d in splits) or not any(d.name == "test" for d in splits):
+        raise DataError(f"{str(src)!r} must hold train/ and test/ (and optionally val/), each "
+                        "with a folder of clips per class: <videos>/<split>/<class>/<clip>.mp4")
+    clips = [(split.name, cls.name, video) for split in splits
+             for cls in sorted(p for p in split.iterdir() if p.is_dir())
+             for video in sorted(cls.iterdir()) if video.suffix.lower() in VIDEO_SUFFIXES]
+    if not clips:
+        raise DataError(f"no video ({', '.join(VIDEO_SUFFIXES)}) in {str(src)!r}/<split>/<class>/")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise DataError(f"--out {str(dst)!r} is inside the videos' folder; choose another")
+    done = skipped = 0
+    failed: list[str] = []
+    for i, (split, cls, video) in enumerate(clips, start=1):
+        frames = dst / "visual" / f"{split}_img" / "Image-01-FPS" / cls / video.stem
+        wav = dst / "audio" / split / cls / f"{video.stem}.wav"
+        if not overwrite and frames.is_dir() and any(frames.iterdir()) and (
+                wav.is_file() or (frames.parent / f".{video.stem}.no-audio").is_file()):
+            skipped += 1
+            continue
+        wrote = False
+        try:
+            frames.parent.mkdir(parents=True, exist_ok=True)
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            _frames_into(video, frames, fps)
+            wrote = True
+            if not _audio_into(video, wav, rate):  # remembered: a rerun does not retry it
+                (frames.parent / f".{video.stem}.no-audio").touch()
+            done += 1
+        except DataError as err:  # the clip is left out whole: no frames without its audio
+            if wrote:
+                shutil.rmtree(frames, ignore_errors=True)
+            failed.append(f"{video}: {err}")
+        if i % 500 == 0:
+            echo(f"{i}/{len(clips)} clips")
+    errors = dst / "prepare_errors.txt"
+    if failed:
+        errors.write_text("\n".join(failed) + "\n")
+    elif errors.is_file():
+        errors.unlink()  # an earlier run's: every clip is done now
+    echo(f"prepared {done} clip(s) into {str(dst)!r}"
+         + (f"; kept {skipped} existing (--overwrite to redo)" if skipped else "")
+         + (f"; {len(failed)} clip(s) could not be read and are left out (listed in "
+            f"{str(errors)!r})" if failed else ""))
     return done
