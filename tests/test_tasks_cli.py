@@ -181,3 +181,26 @@ def test_prepare_kinetics_sounds_from_video_clips_then_fit(tmp_path, capsys):
     assert main(["prepare", "kinetics_sounds", "--videos", str(videos / "train"), "--out",
                  str(tmp_path / "x")]) == 2
     assert "must hold train/ and test/" in capsys.readouterr().err
+
+
+def test_an_interrupted_prepare_leaves_no_half_written_clip(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a clip's frames: the clip's folder is not there (a rerun
+    would have skipped a half-filled one as done) and no partial folder is left."""
+    pytest.importorskip("av")
+    from dmrnet.data import prepare
+
+    write_video(tmp_path / "VideoFlash" / "1001_DFA_ANG_XX.mp4")
+    real = prepare.extract_frames
+
+    def interrupted(video, out_dir, fps=1.0):
+        real(video, out_dir, fps)  # frames written, then the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "extract_frames", interrupted)
+    out = tmp_path / "Image-01-FPS"
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_cremad(tmp_path / "VideoFlash", out)
+    assert not (out / "1001_DFA_ANG_XX").exists() and not list(out.iterdir())
+    monkeypatch.setattr(prepare, "extract_frames", real)
+    assert prepare.prepare_cremad(tmp_path / "VideoFlash", out) == 1
+    assert len(list((out / "1001_DFA_ANG_XX").glob("*.jpg"))) == 3
