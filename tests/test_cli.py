@@ -207,16 +207,17 @@ def test_a_config_written_for_0_2_names_where_each_key_moved(tmp_path, capsys):
 
 
 def test_help_and_a_mistyped_command_answer_without_loading_torch():
-    """``dmrnet --help`` took seconds of CPU (torch, Lightning, torchmetrics); it and a
-    mistyped command now load none of them."""
+    """``dmrnet --help`` took seconds of CPU (torch, Lightning, torchmetrics); it, a
+    mistyped command and ``dmrnet configs list`` now load none of them."""
     code = ("import sys\nfrom dmrnet.cli import main\n"
-            "for argv in (['--help'], ['bnechmark'], []):\n"
+            "for argv in (['--help'], ['bnechmark'], [], ['configs', 'list']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print('LOADED', sorted(m for m in ('torch', 'lightning', 'numpy') "
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert "invalid choice: 'bnechmark'" in done.stderr and "benchmark" in done.stdout
+    assert "mfeat_dmrnet" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "LOADED []"
 
 

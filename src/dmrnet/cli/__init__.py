@@ -84,6 +84,10 @@ def load_command(command: str | None) -> ModuleType | None:
         from dmrnet.cli import verbs
 
         return verbs
+    if command == "configs":  # recipes only: no torch
+        from dmrnet.cli import configs
+
+        return configs
     if command is not None:
         from dmrnet.cli import commands
 

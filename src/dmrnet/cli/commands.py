@@ -1,5 +1,5 @@
-"""The commands that are not Lightning's verbs: ``benchmark``, ``analyze``, ``export``,
-``predict``, ``prepare`` and ``configs``; each one's parser and what it runs."""
+"""The commands that are not Lightning's verbs or ``configs``: ``benchmark``, ``analyze``,
+``export``, ``predict`` and ``prepare``; each one's parser and what it runs."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from dmrnet.metrics import TASK_METRICS
 from dmrnet.outputs import real_path
 from dmrnet.plugins import load_plugins
 from dmrnet.predict import load_module, load_trained, run_predict
-from dmrnet.recipes import recipes, summary
 from dmrnet.registry import ENCODERS
 from dmrnet.runtime import LOGGERS
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
@@ -228,26 +227,6 @@ def run_export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def configs_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("configs", help=COMMANDS["configs"])
-    p.add_argument("action", choices=["list", "show"])
-    p.add_argument("name", nargs="?", help="the recipe to show (from 'dmrnet configs list')")
-    return p
-
-
-def run_configs_command(args: argparse.Namespace) -> int:
-    shipped = recipes()
-    if args.action == "list":
-        width = max(len(n) for n in shipped)
-        for name, path in shipped.items():
-            print(f"{name:<{width}}  {summary(path)}")
-        return 0
-    if args.name not in shipped:
-        raise UsageError(f"no shipped config {args.name!r}; shipped: {', '.join(shipped)}")
-    print(shipped[args.name].read_text(), end="")
-    return 0
-
-
 def run_prepare_command(args: argparse.Namespace) -> int:
     if not args.fps > 0 or not args.sample_rate >= 1:
         raise UsageError("--fps takes a number > 0 and --sample-rate a whole number >= 1")
@@ -347,11 +326,11 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
 
 PARSERS: dict[str, Callable[[Any], argparse.ArgumentParser]] = {
     "benchmark": benchmark_parser, "analyze": analyze_parser, "export": export_parser,
-    "predict": predict_parser, "prepare": prepare_parser, "configs": configs_parser}
+    "predict": predict_parser, "prepare": prepare_parser}
 """Each command's parser: called with the ``dmrnet`` parser's subparsers."""
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "benchmark": run_benchmark_command, "analyze": run_analyze_command,
     "export": run_export_command, "predict": run_predict_command,
-    "prepare": run_prepare_command, "configs": run_configs_command}
+    "prepare": run_prepare_command}
 """What each command runs, given its parsed arguments; returns the exit code."""
