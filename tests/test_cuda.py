@@ -79,7 +79,8 @@ def test_benchmark_reruns_are_bit_identical_on_cuda(tmp_path):
         assert a["per_subset"] == b["per_subset"]
 
 
-def test_device_transforms_on_cuda_equal_cpu(tmp_path):
+@pytest.mark.parametrize("waveform", [False, True])
+def test_device_transforms_on_cuda_equal_cpu(tmp_path, waveform):
     from dmrnet.batch import MultimodalCollate
     from dmrnet.data import cremad
 
@@ -87,7 +88,8 @@ def test_device_transforms_on_cuda_equal_cpu(tmp_path):
 
     root = make_cremad(tmp_path / "crema")
     write_cremad_splits(root, {"1001", "1002", "1003", "1004"}, {"1005"})
-    data = cremad(root, train_csv="train.csv", test_csv="test.csv", image_size=32)
+    data = cremad(root, train_csv="train.csv", test_csv="test.csv", image_size=32,
+                  audio={"waveform": waveform, "sample_rate": 16000} if waveform else None)
     collate = MultimodalCollate(data.modalities, data.item_shapes, dtypes=data.item_dtypes)
     batch = collate([data.test[i] for i in range(4)])
     on_cpu = data.finish_batch(batch)
