@@ -370,3 +370,53 @@ def test_a_waveform_model_reads_wav_files_as_its_feature_extractor_would(tmp_pat
     ckpt = tmp_path / "run" / "checkpoints" / "dmrnet-seed0" / "best.ckpt"
     assert main(["predict", "--checkpoint", str(ckpt), "--input", f"snd={wav}"]) == 0
     assert capsys.readouterr().out.split()[0] == "snd"
+
+
+def test_an_image_model_gets_pixels_in_its_own_units(tmp_path):
+    """A ViT whose image processor standardises with mean 0.5 and std 0.5 takes a manifest's
+    [0, 1] pixels, CREMA-D's ImageNet-normalised frames and CASIA-SURF's (x - 127.5) / 128
+    faces mapped to its own units: its features equal the model's on its processor's output.
+    Weights saved before the map existed load as no map."""
+    from PIL import Image
+
+    from dmrnet.data.files import FramesReader, ImageReader
+
+    folder = tiny_vit(tmp_path / "vit")
+    transformers.ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                   size={"height": 16, "width": 16}).save_pretrained(folder)
+    processor = transformers.ViTImageProcessor.from_pretrained(folder)
+    vit = transformers.ViTModel.from_pretrained(folder).eval()
+    rng = np.random.default_rng(0)
+    picture = tmp_path / "p.png"
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(picture)
+    with Image.open(picture) as img:
+        pixels = processor(img.convert("RGB"), return_tensors="pt").pixel_values
+        expected = vit(pixels).last_hidden_state[:, 0]
+    (tmp_path / "frames").mkdir()
+    Image.open(picture).save(tmp_path / "frames" / "00000.png")
+    readers = {"plain": ImageReader(size=(16, 16)), "casia": ImageReader(recipe="casia",
+                                                                        size=(16, 16)),
+               "frames": FramesReader(size=16)}
+    for name, reader in readers.items():
+        module = MultimodalModule(["img"], {"img": [3, 16, 16]}, 2, preprocessing={
+            "readers": {"img": reader.to_dict()}}, network={"encoders": {
+                "img": {"name": "hf", "path": str(folder)}}})
+        encoder = module.model.encoders["img"]
+        x = reader.read_one(tmp_path / ("frames" if name == "frames" else "p.png"))
+        with torch.no_grad():
+            got = encoder.features(x[None])
+        # frames and faces are resized/cropped by their recipes: compare on what they read
+        if name == "plain":
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        units = reader.pixel_units()
+        p = x * torch.as_tensor(units[1]).reshape(-1, 1, 1) + torch.as_tensor(
+            units[0]).reshape(-1, 1, 1)
+        with torch.no_grad():
+            torch.testing.assert_close(got, vit((p[None] - 0.5) / 0.5).last_hidden_state[:, 0],
+                                       rtol=1e-4, atol=1e-4)
+    state = {k: v for k, v in module.model.state_dict().items() if "in_s" not in k}
+    fresh = MultimodalModule(["img"], {"img": [3, 16, 16]}, 2, network={"encoders": {
+        "img": {"name": "hf", "path": str(folder)}}})
+    fresh.model.encoders["img"].in_scale.fill_(7.0)
+    fresh.model.load_state_dict(state)  # dmrnet 0.4's weights: no map
+    assert torch.equal(fresh.model.encoders["img"].in_scale, torch.ones(3, 1, 1))

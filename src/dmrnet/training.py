@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from dmrnet.batch import Batch, MultimodalCollate, check_targets
 from dmrnet.data import DATASETS, SplitData
 from dmrnet.data.cache import CachedDataset, SampleCache, check_cache_mode
-from dmrnet.data.files import READERS_KEY
+from dmrnet.data.files import READERS_KEY, reader_from_dict
 from dmrnet.data.text import is_text
 from dmrnet.errors import ConfigError, DivergedError
 from dmrnet.evaluation import subset_outputs
@@ -365,7 +365,7 @@ class MultimodalModule(L.LightningModule):
         config.input_shapes = {m: tuple(v) for m, v in input_shapes.items()}
         self.method = get_method(method)
         self.model, self.objective = self.method.build(config)
-        check_encoder_inputs(self.model, preprocessing)
+        fit_encoder_inputs(self.model, preprocessing)
         train = self.training_config
         self.channels_last = train.channels_last
         if self.channels_last:
@@ -783,18 +783,23 @@ def text_tokenizer_kwargs(dataset: str, dataset_kwargs: Mapping[str, Any],
     return {**dataset_kwargs, "text": {**text, "tokenizer": found.pop()}}
 
 
-def check_encoder_inputs(model: torch.nn.Module, preprocessing: Mapping[str, Any] | None
-                         ) -> None:
-    """A :class:`ConfigError` where a modality's encoder expects token ids of one tokenizer
-    (its ``tokenizer`` digest, e.g. a pretrained text model's) and the data's text was read
-    with another (the built-in vocabulary, or another tokenizer folder), or expects waveforms
-    at one rate (its ``waveform_rate``, a wav2vec2-like model's) and the data's audio was
-    read at another."""
+def fit_encoder_inputs(model: torch.nn.Module, preprocessing: Mapping[str, Any] | None
+                       ) -> None:
+    """Tell each pretrained image encoder the units its modality's pixels were read in (it
+    maps them to its model's). A :class:`ConfigError` where a modality's encoder expects
+    token ids of one tokenizer (its ``tokenizer`` digest, e.g. a pretrained text model's)
+    and the data's text was read with another (the built-in vocabulary, or another
+    tokenizer folder), or expects waveforms at one rate (its ``waveform_rate``, a
+    wav2vec2-like model's) and the data's audio was read at another."""
     table = getattr(model, "encoders", None)
     if not isinstance(table, torch.nn.ModuleDict):
         return
     readers = (preprocessing or {}).get(READERS_KEY) or {}
     for m, encoder in table.items():
+        if getattr(encoder, "pixel_mean", None) is not None and m in readers:
+            units = reader_from_dict(readers[m]).pixel_units()  # the data's pixel units
+            if units is not None:
+                encoder.adapt_pixels(*units)
         rate = getattr(encoder, "waveform_rate", None)
         reader = readers.get(m) or {}
         spec = reader.get("spec") if reader.get("reader") == "audio" else None

@@ -35,6 +35,8 @@ from dmrnet.data.io import (
 )
 from dmrnet.data.text import PretrainedTokenizer, Vocabulary, fit_vocabulary, read_words
 from dmrnet.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     AudioSpec,
     audio_window,
     casia_face,
@@ -136,6 +138,12 @@ class Reader:
     def from_settings(cls, settings: Mapping[str, Any]) -> Reader:
         """The reader of a stored :meth:`to_dict` (without its ``reader`` key)."""
         return cls(**settings)
+
+    def pixel_units(self) -> tuple[Any, Any] | None:
+        """For an image reader, its items' units as (mean, std) of pixels p in [0, 1]
+        (an item is (p - mean) / std; each a number or one per channel), so a pretrained
+        image model can map them to its own; None for other readers."""
+        return None
 
     def read_one(self, path: Path) -> Tensor:
         """One file read as evaluation reads it, every step done: the model's input of
@@ -267,6 +275,9 @@ class FramesReader(Reader):
     def finish(self, batch: Tensor) -> Tensor:
         return imagenet_normalize(batch) if self.on_device else batch
 
+    def pixel_units(self) -> tuple[Any, Any] | None:
+        return IMAGENET_MEAN, IMAGENET_STD
+
     @staticmethod
     def _files(path: Path) -> list[Path]:
         """The folder's frame images in name order ([] if it is missing); an image file is
@@ -341,6 +352,10 @@ class ImageReader(Reader):
         if hw is None:
             raise DataError("an image reader needs a size or an expected size")
         return (self.channels, int(hw[0]), int(hw[1]))
+
+    def pixel_units(self) -> tuple[Any, Any] | None:
+        return {"casia": (0.5, 128.0 / 255.0), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)
+                }.get(self.recipe, (0.0, 1.0))
 
     def check(self, path: Path) -> str | None:
         return check_image(path, None if self.size is not None else self.shape[1:])

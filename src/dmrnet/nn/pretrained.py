@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,11 @@ class PretrainedEncoder(SequenceEncoder):
         # reads, and whether it standardises each waveform (zero mean, unit variance)
         self.waveform_rate: int | None = None
         self.normalize = False
+        # an image model's (its image processor's mean and std): inputs are mapped to them
+        # by a per-channel affine map, fitted to how the data were read (adapt_pixels) and
+        # kept with the weights, so a served model maps its inputs the same way
+        self.pixel_mean: tuple[float, ...] | None = None
+        self.pixel_std: tuple[float, ...] | None = None
         self._identity: str | None = None  # the weights' digest, made at first use
         # weights loaded later (a checkpoint) are other weights: digest them again
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(
@@ -140,6 +146,37 @@ class PretrainedEncoder(SequenceEncoder):
             backbone.requires_grad_(False)
             for layer in list(layers)[len(layers) - freeze:]:
                 layer.requires_grad_(True)
+
+    def normalizes_pixels(self, mean: list[float], std: list[float]) -> None:
+        """Take pixels in [0, 1] and standardise them with the model's ``mean`` and ``std``
+        (its image processor's), until :meth:`adapt_pixels` says the inputs are otherwise."""
+        self.pixel_mean, self.pixel_std = tuple(map(float, mean)), tuple(map(float, std))
+        self.register_buffer("in_scale", torch.ones(len(mean), 1, 1))
+        self.register_buffer("in_shift", torch.zeros(len(mean), 1, 1))
+        self.adapt_pixels(0.0, 1.0)
+
+    def adapt_pixels(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
+        """The inputs are (p - mean) / std of pixels p in [0, 1] (a data reader's units):
+        map them to the model's (p - pixel_mean) / pixel_std."""
+        if self.pixel_mean is None or self.pixel_std is None:
+            return
+        c = len(self.pixel_mean)
+        a = torch.as_tensor(mean, dtype=torch.float32).expand(c).reshape(c, 1, 1)
+        b = torch.as_tensor(std, dtype=torch.float32).expand(c).reshape(c, 1, 1)
+        m = torch.tensor(self.pixel_mean).reshape(c, 1, 1)
+        s = torch.tensor(self.pixel_std).reshape(c, 1, 1)
+        self.in_scale.copy_(b / s)
+        self.in_shift.copy_((a - m) / s)
+        self._identity = None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any
+                              ) -> None:
+        # weights saved before the pixel map existed (dmrnet 0.4): the map that was in
+        # effect then, none
+        for name, value in (("in_scale", 1.0), ("in_shift", 0.0)):
+            if name in self._buffers and prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.full_like(self._buffers[name], value)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def train(self, mode: bool = True) -> PretrainedEncoder:
         super().train(mode)
@@ -198,6 +235,8 @@ class PretrainedEncoder(SequenceEncoder):
             if self.normalize:  # as the model's feature extractor does (do_normalize)
                 x = (x - x.mean(dim=-1, keepdim=True)) / torch.sqrt(
                     x.var(dim=-1, keepdim=True, unbiased=False) + 1e-7)
+            if self.pixel_mean is not None:
+                x = x * self.in_scale + self.in_shift
             inputs = {self.input_name: x}
         hidden = self.backbone(**inputs).last_hidden_state
         if hidden.dim() > 3:  # a feature map (B, C, H, W): positions last
@@ -264,7 +303,16 @@ def hf(input_shape: tuple[int, ...], path: str | None = None, pooling: str = "cl
     if waveform:
         encoder.waveform_rate = int(extractor.get("sampling_rate", 16000))
         encoder.normalize = bool(extractor.get("do_normalize", True))
+    mean, std = extractor.get("image_mean"), extractor.get("image_std")
+    if encoder.input_name == "pixel_values" and extractor.get("do_normalize", True) and \
+            _numbers(mean) and _numbers(std) and len(mean) == len(std) and min(std) > 0:
+        encoder.normalizes_pixels(mean, std)
     return encoder
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value)
 
 
 def _feature_extractor(folder: Path) -> dict[str, Any]:
