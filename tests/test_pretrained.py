@@ -420,3 +420,19 @@ def test_an_image_model_gets_pixels_in_its_own_units(tmp_path):
     fresh.model.encoders["img"].in_scale.fill_(7.0)
     fresh.model.load_state_dict(state)  # dmrnet 0.4's weights: no map
     assert torch.equal(fresh.model.encoders["img"].in_scale, torch.ones(3, 1, 1))
+
+
+def test_an_image_model_takes_images_of_another_size(tmp_path):
+    """A ViT made for 16 x 16 takes 32 x 32 images (its position embeddings interpolated, as
+    Hugging Face does on request) instead of failing at the first batch; at its own size
+    nothing changes."""
+    folder = tiny_vit(tmp_path / "vit")
+    vit = transformers.ViTModel.from_pretrained(folder).eval()
+    for size in (16, 32):
+        encoder = MultimodalModule(["img"], {"img": [3, size, size]}, 2, network={"encoders": {
+            "img": {"name": "hf", "path": str(folder)}}}).model.encoders["img"]
+        x = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            got = encoder.features(x)
+            expected = vit(x, interpolate_pos_encoding=size != 16).last_hidden_state[:, 0]
+        assert torch.equal(got, expected)

@@ -12,6 +12,7 @@ takes.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -116,6 +117,13 @@ class PretrainedEncoder(SequenceEncoder):
             raise ConfigError(f"encoder 'hf': pooling must be 'cls' or 'mean'; got {pooling!r}")
         self.backbone = backbone
         self.input_name = str(getattr(backbone, "main_input_name", "input_ids"))
+        # a ViT-like model takes images of another size than it was trained at when its
+        # position embeddings are interpolated (it refuses them otherwise)
+        size = getattr(backbone.config, "image_size", None)
+        self.native_size = (size, size) if isinstance(size, int) else (
+            tuple(size) if isinstance(size, list | tuple) else None)
+        self.interpolates = self.native_size is not None and "interpolate_pos_encoding" in \
+            inspect.signature(backbone.forward).parameters
         self.pooling, self.max_steps = pooling, steps
         self.out_features = int(backbone.config.hidden_size)
         self.frozen = freeze is True
@@ -238,6 +246,8 @@ class PretrainedEncoder(SequenceEncoder):
             if self.pixel_mean is not None:
                 x = x * self.in_scale + self.in_shift
             inputs = {self.input_name: x}
+            if self.interpolates and tuple(x.shape[-2:]) != self.native_size:
+                inputs["interpolate_pos_encoding"] = True
         hidden = self.backbone(**inputs).last_hidden_state
         if hidden.dim() > 3:  # a feature map (B, C, H, W): positions last
             hidden = hidden.flatten(2).transpose(1, 2)
