@@ -182,3 +182,12 @@ def test_hostile_files_are_one_line_each_and_a_fifo_does_not_block(tmp_path):
     assert len(lines) == len(cases), done.stdout + done.stderr
     for (_, name, says), line in zip(cases, lines, strict=True):
         assert says in line and name in line, (name, line)
+
+
+def test_text_given_to_an_audio_modality_names_what_it_reads(tmp_path):
+    dm = _data("cremad", tmp_path)
+    module = _untrained(dm)
+    (tmp_path / "note.txt").write_text("hello")
+    with pytest.raises(DataError, match="'audio' was not trained on text; give its .npy input "
+                                        "or a WAV file"):
+        read_input(module, "audio", tmp_path / "note.txt")

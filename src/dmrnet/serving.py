@@ -196,6 +196,11 @@ class Predictor:
                           uncertainty=out.variance)
 
 
+FILE_KINDS = {"audio": "a WAV file", "frames": "a frame or a folder of frames",
+              "image": "an image file", "npy": "a .npy file"}
+"""A stored reader's kind in words, for errors."""
+
+
 def read_sample(preprocessing: Mapping[str, Any], input_shapes: Mapping[str, Sequence[int]],
                 modality: str, path: str | Path) -> Tensor:
     """One modality's file -> that modality's input for one sample (*shape), read as the
@@ -223,12 +228,13 @@ def read_sample(preprocessing: Mapping[str, Any], input_shapes: Mapping[str, Seq
             raise DataError(f"modality {modality!r} reads text: give a .txt file, not "
                             f"{str(path)!r}")
         return text_reader(stored, f"preprocessing of {modality!r}").ids(read_words(path))
+    recipe = (preprocessing.get(READERS_KEY) or {}).get(modality)
     if suffix == ".txt":
-        raise DataError(f"modality {modality!r} was not trained on text; give .npy or an image "
-                        "file")
+        kind = recipe.get("reader") if isinstance(recipe, Mapping) else "image"
+        raise DataError(f"modality {modality!r} was not trained on text; give its .npy input "
+                        f"or {FILE_KINDS.get(kind, f'a {kind} file')} ({str(path)!r} was given)")
     if suffix == ".npy":
         return read_npy(path).float()
-    recipe = (preprocessing.get(READERS_KEY) or {}).get(modality)
     if recipe is not None:
         return reader_from_dict(recipe, f"preprocessing of {modality!r}").read_one(path)
     if suffix not in IMAGE_SUFFIXES:
