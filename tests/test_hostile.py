@@ -1540,6 +1540,25 @@ refer(INPUTS, "an `.npy` given for a text modality", "dmrnet predict", "error",
       "modality 'text' reads text: give a .txt file, not '.../q.npy'",
       "tests/test_text.py::"
       "test_text_and_arrays_train_every_subset_and_a_model_folder_reads_raw_text")
+refer(INPUTS, "a FIFO, a folder, a missing file or a broken image given to a served model "
+      "(`--input`, `Predictor.read`)", "dmrnet predict / Python", "error",
+      "'.../fifo.wav' is not a regular file (a FIFO, socket or device, which would block or "
+      "never end); give a regular file",
+      "tests/test_served_files.py::"
+      "test_hostile_files_are_one_line_each_and_a_fifo_does_not_block")
+refer(INPUTS, "text given to an audio modality", "dmrnet predict / Python", "error",
+      "modality 'audio' was not trained on text; give its .npy input or a WAV file",
+      "tests/test_served_files.py::test_text_given_to_an_audio_modality_names_what_it_reads")
+refer(SETTINGS, "a mistyped or ill-typed audio option (`audio: {wavefrom: true}`)",
+      "any dataset with audio", "error",
+      "audio option 'wavefrom' is not one of sample_rate, seconds, ...",
+      "tests/test_datasets.py::test_audio_options_are_checked_in_one_line")
+refer(SETTINGS, "a pretrained waveform model given spectrograms, or audio at another rate",
+      "dmrnet fit / benchmark / Python", "error",
+      "modality 'snd' is read at 22050 Hz, but its encoder's model takes waveforms at 16000 "
+      "Hz; read it so: dataset_kwargs: {audio: {waveform: true, sample_rate: 16000}}",
+      "tests/test_pretrained.py::"
+      "test_a_waveform_model_reads_wav_files_as_its_feature_extractor_would")
 refer(INPUTS, "token ids that are not whole numbers, or beyond the embedding", "any model",
       "error", "token ids must be whole numbers 0..19999; got 2.5 (a sequence of shape (T,) is "
       "read as token ids)",
