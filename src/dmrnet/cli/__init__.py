@@ -4,7 +4,8 @@
 - ``dmrnet fit|validate|test --config FILE.yaml ...``: single runs through Lightning's CLI
   (``model:``, ``data:``, ``trainer:`` sections; ``dmrnet fit --help`` lists every option).
 - ``dmrnet predict --checkpoint CKPT --input MOD=FILE ...``: every subset of the given inputs.
-- ``dmrnet prepare cremad ...``: extract CREMA-D frames.
+- ``dmrnet prepare cremad|kinetics_sounds ...``: the loader's layout from the videos.
+- ``dmrnet configs list|show``, ``analyze``, ``export``: recipes, analyses, model files.
 
 This module is light (no torch): ``dmrnet --help`` and a mistyped command answer at once; a
 command's own module (torch, Lightning) is imported once the command is known.
