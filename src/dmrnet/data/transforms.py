@@ -86,12 +86,10 @@ class AudioSpec:
         if unknown:
             raise DataError(f"audio option {unknown[0]!r} is not one of {', '.join(known)}")
         spec = {**(defaults or {}), **given}
-        counts = ("sample_rate", "tile", "n_fft", "hop")
-        bad = next((k for k in counts if not _whole(spec.get(k, 1))), None) or next(
-            (k for k in ("source_rate",) if spec.get(k) is not None and not _whole(spec[k])),
-            None)
-        if bad is not None:
-            raise DataError(f"audio option {bad} takes a whole number >= 1; got {spec[bad]!r}")
+        for key in ("sample_rate", "tile", "n_fft", "hop", "source_rate"):
+            value = spec.get(key, 1)
+            if not _whole(value) and not (key == "source_rate" and value is None):
+                raise DataError(f"audio option {key} takes a whole number >= 1; got {value!r}")
         seconds = spec.get("seconds", 1.0)
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
             raise DataError(f"audio option seconds takes a number > 0; got {seconds!r}")
