@@ -176,6 +176,12 @@ def test_prepare_kinetics_sounds_from_video_clips_then_fit(tmp_path, capsys):
     assert main(["prepare", "kinetics_sounds", "--videos", str(videos), "--out",
                  str(root)]) == 0
     assert "prepared 0 clip(s)" in capsys.readouterr().out
+    # a file of the user's by the list's name is never replaced or removed
+    (root / "prepare_errors.txt").write_text("my notes\n")
+    assert main(["prepare", "kinetics_sounds", "--videos", str(videos), "--out",
+                 str(root)]) == 0
+    assert (root / "prepare_errors.txt").read_text() == "my notes\n"
+    assert "prepare_errors-" in capsys.readouterr().out
     m = fit_and_test("kinetics_sounds.yaml", tmp_path / "run", ["--data.root", str(root)])
     assert {"test/audio/accuracy", "test/visual/accuracy", "test/audio+visual/accuracy"} <= set(m)
     assert main(["prepare", "kinetics_sounds", "--videos", str(videos / "train"), "--out",

@@ -142,6 +142,10 @@ def prepare_cremad(videos: str | Path, out: str | Path, fps: float = 1.0,
     return done
 
 
+ERRORS_HEADER = "# dmrnet prepare: clips that could not be read, one per line"
+"""The first line of the list of unreadable clips (only such a file is replaced or removed)."""
+
+
 def prepare_kinetics_sounds(videos: str | Path, out: str | Path, fps: float = 1.0,
                             rate: int = 16000, overwrite: bool = False,
                             echo: Callable[[str], None] = print) -> int:
@@ -191,10 +195,14 @@ def prepare_kinetics_sounds(videos: str | Path, out: str | Path, fps: float = 1.
         if i % 500 == 0:
             echo(f"{i}/{len(clips)} clips")
     errors = dst / "prepare_errors.txt"
-    if failed:
-        errors.write_text("\n".join(failed) + "\n")
-    elif errors.is_file():
-        errors.unlink()  # an earlier run's: every clip is done now
+    ours = errors.is_file() and errors.read_text(errors="replace").startswith(ERRORS_HEADER)
+    if failed and (ours or not errors.exists()):
+        errors.write_text(ERRORS_HEADER + "\n" + "\n".join(failed) + "\n")
+    elif failed:  # a file of the user's by that name: kept, the list goes beside it
+        errors = dst / f"prepare_errors-{os.getpid()}.txt"
+        errors.write_text(ERRORS_HEADER + "\n" + "\n".join(failed) + "\n")
+    elif ours:
+        errors.unlink()  # an earlier run's list: every clip is done now
     echo(f"prepared {done} clip(s) into {str(dst)!r}"
          + (f"; kept {skipped} existing (--overwrite to redo)" if skipped else "")
          + (f"; {len(failed)} clip(s) could not be read and are left out (listed in "
