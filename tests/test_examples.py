@@ -152,6 +152,8 @@ SMALLER = {  # the benchmark scripts' sizes, at which they still run every path
     "benchmarks/train_step.py": ["--batch", "8"],
     "benchmarks/overhead.py": ["--epochs", "2", "--min-steps", "20"],
     "benchmarks/loader.py": ["--clips", "24"],
+    "benchmarks/prepare_jobs.py": ["--clips", "4", "--seconds", "2", "--size", "48", "64",
+                                   "--reps", "1"],
     "benchmarks/frozen_cache.py": ["--samples", "32", "--width", "16", "--layers", "1",
                                    "--epochs", "2", "--batch", "16"],
     "benchmarks/preset_epoch.py": ["--batch", "8"],  # its check asks for a measured ratio

@@ -210,3 +210,30 @@ def test_an_interrupted_prepare_leaves_no_half_written_clip(tmp_path, monkeypatc
     monkeypatch.setattr(prepare, "extract_frames", real)
     assert prepare.prepare_cremad(tmp_path / "VideoFlash", out) == 1
     assert len(list((out / "1001_DFA_ANG_XX").glob("*.jpg"))) == 3
+
+
+def test_prepare_in_several_processes_writes_the_same_files(tmp_path):
+    """``--jobs 2`` (each clip in its own process) writes byte for byte what one process
+    writes, and an unreadable clip is still listed."""
+    pytest.importorskip("av")
+    from dmrnet.data.prepare import prepare_kinetics_sounds
+
+    from .fixtures import tone
+
+    videos = tmp_path / "clips"
+    for split in ("train", "test"):
+        for k, cls in enumerate(("a", "b")):
+            write_video(videos / split / cls / "c.mp4", frames=12,
+                        audio=tone(k, rate=44100, seconds=1.2), rate=44100)
+    (videos / "test" / "b" / "broken.mp4").write_bytes(b"not a video")
+    for jobs in (1, 2):
+        assert prepare_kinetics_sounds(videos, tmp_path / f"out{jobs}", jobs=jobs,
+                                       echo=lambda _: None) == 4
+
+    def files(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "prepare_errors.txt"}
+
+    one, two = files(tmp_path / "out1"), files(tmp_path / "out2")
+    assert len(one) == 4 * 2 + 4 and one == two  # frames (2 a clip) and a WAV per clip
+    assert "broken.mp4" in (tmp_path / "out2" / "prepare_errors.txt").read_text()

@@ -28,7 +28,7 @@ from dmrnet.outputs import real_path
 from dmrnet.plugins import load_plugins
 from dmrnet.predict import load_module, load_trained, run_predict
 from dmrnet.registry import ENCODERS
-from dmrnet.runtime import LOGGERS
+from dmrnet.runtime import LOGGERS, free_cores
 from dmrnet.serving import export_onnx, load_model, onnx_inputs_note, save_model
 from dmrnet.sweep import run_sweep
 from dmrnet.training import SELECTIONS
@@ -138,6 +138,8 @@ def prepare_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, default=16000, help="Kinetics-Sounds: the WAV "
                    "files' rate (default 16000, the recipe's)")
     p.add_argument("--overwrite", action="store_true", help="redo clips already prepared")
+    p.add_argument("--jobs", type=int, help="clips prepared at once, each in its own process "
+                   "(default: one per core that other processes leave free)")
     return p
 
 
@@ -228,13 +230,16 @@ def run_export_command(args: argparse.Namespace) -> int:
 
 
 def run_prepare_command(args: argparse.Namespace) -> int:
-    if not args.fps > 0 or not args.sample_rate >= 1:
-        raise UsageError("--fps takes a number > 0 and --sample-rate a whole number >= 1")
+    if not args.fps > 0 or not args.sample_rate >= 1 or (args.jobs is not None and
+                                                          args.jobs < 1):
+        raise UsageError("--fps takes a number > 0, --sample-rate and --jobs whole numbers "
+                         ">= 1")
+    jobs = args.jobs or free_cores()
     if args.dataset == "cremad":
-        prepare_cremad(args.videos, args.out, fps=args.fps, overwrite=args.overwrite)
+        prepare_cremad(args.videos, args.out, fps=args.fps, overwrite=args.overwrite, jobs=jobs)
     else:
         prepare_kinetics_sounds(args.videos, args.out, fps=args.fps, rate=args.sample_rate,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, jobs=jobs)
     return 0
 
 

@@ -11,11 +11,14 @@ interrupted run leaves no half-written clip (which a later run would skip as don
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -116,30 +119,80 @@ def _audio_into(video: Path, target: Path, rate: int) -> bool:
         partial.unlink(missing_ok=True)
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def each_clip(work: Sequence[T], fn: Callable[[T], R], jobs: int = 1) -> Iterator[R]:
+    """``fn`` over ``work`` in order, in ``jobs`` processes when more than one (decoding is
+    CPU-bound, and threads gave no speed-up). ``fn`` must be picklable (a module-level
+    function, or a ``functools.partial`` of one). An error or Ctrl-C stops what is not
+    started; a clip being written is left whole or not at all."""
+    jobs = max(1, min(int(jobs), len(work)))
+    if jobs == 1:
+        yield from map(fn, work)
+        return
+    # forked where the system can (Linux, macOS): a spawned process imports dmrnet (torch,
+    # seconds) before its first clip. A child runs no torch, OpenMP or BLAS code (PyAV,
+    # Pillow, NumPy copies), so thread pools of the parent do not matter to it
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        try:
+            yield from pool.map(fn, work)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _cremad_clip(item: tuple[Path, Path], fps: float) -> None:
+    video, target = item
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _frames_into(video, target, fps)
+
+
 def prepare_cremad(videos: str | Path, out: str | Path, fps: float = 1.0,
-                   overwrite: bool = False, echo: Callable[[str], None] = print) -> int:
-    """Extract frames of every video in ``videos`` into ``out/<clip>/``. Clips whose folder
-    already holds frames are skipped unless ``overwrite``. Returns the number of clips done."""
+                   overwrite: bool = False, echo: Callable[[str], None] = print,
+                   jobs: int = 1) -> int:
+    """Extract frames of every video in ``videos`` into ``out/<clip>/``, ``jobs`` clips at
+    a time. Clips whose folder already holds frames are skipped unless ``overwrite``.
+    Returns the number of clips done."""
     src, dst = Path(videos), Path(out)
     if not src.is_dir():
         raise DataError(f"video folder {str(src)!r} does not exist")
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     if not files:
         raise DataError(f"no video ({', '.join(VIDEO_SUFFIXES)}) in {str(src)!r}")
-    done = skipped = 0
-    for i, video in enumerate(files, start=1):
-        target = dst / video.stem
-        if target.is_dir() and any(target.iterdir()) and not overwrite:
-            skipped += 1
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _frames_into(video, target, fps)
+    work = [(video, dst / video.stem) for video in files]
+    todo = [(v, t) for v, t in work if overwrite or not (t.is_dir() and any(t.iterdir()))]
+    skipped, done = len(work) - len(todo), 0
+    for _ in each_clip(todo, functools.partial(_cremad_clip, fps=fps), jobs):
         done += 1
-        if i % 500 == 0:
-            echo(f"{i}/{len(files)} videos")
+        if done % 500 == 0:
+            echo(f"{done}/{len(todo)} videos")
     echo(f"extracted frames of {done} clip(s) into {str(dst)!r}"
          + (f"; kept {skipped} existing (--overwrite to redo)" if skipped else ""))
     return done
+
+
+def _kinetics_clip(item: tuple[Path, Path, Path], fps: float, rate: int) -> str | None:
+    """A clip's frames and audio written; what went wrong (naming the video), or None."""
+    video, frames, wav = item
+    wrote = False
+    try:
+        frames.parent.mkdir(parents=True, exist_ok=True)
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        _frames_into(video, frames, fps)
+        wrote = True
+        if not _audio_into(video, wav, rate):  # remembered: a rerun does not retry it
+            (frames.parent / f".{video.stem}.no-audio").touch()
+        return None
+    except BaseException as err:  # the clip is left out whole: no frames without its audio
+        if wrote:  # (Ctrl-C between the two included)
+            shutil.rmtree(frames, ignore_errors=True)
+        if not isinstance(err, DataError):
+            raise
+        return f"{video}: {err}"
 
 
 ERRORS_HEADER = "# dmrnet prepare: clips that could not be read, one per line"
@@ -148,14 +201,14 @@ ERRORS_HEADER = "# dmrnet prepare: clips that could not be read, one per line"
 
 def prepare_kinetics_sounds(videos: str | Path, out: str | Path, fps: float = 1.0,
                             rate: int = 16000, overwrite: bool = False,
-                            echo: Callable[[str], None] = print) -> int:
+                            echo: Callable[[str], None] = print, jobs: int = 1) -> int:
     """The Kinetics-Sounds layout in ``out`` from the clips ``videos/<split>/<class>/<clip>``
     (split: train, test, and val if present): each clip's frames in
     ``out/visual/<split>_img/Image-01-FPS/<class>/<clip>/`` and its audio in
     ``out/audio/<split>/<class>/<clip>.wav``. A clip without an audio track gets frames only
     (a sample with its audio missing); a clip that cannot be read is left out, named in
-    ``out/prepare_errors.txt``. Clips already done are kept unless ``overwrite``. Returns the
-    number of clips done."""
+    ``out/prepare_errors.txt``. Clips already done are kept unless ``overwrite``; ``jobs``
+    clips are prepared at a time. Returns the number of clips done."""
     src, dst = Path(videos), Path(out)
     if not src.is_dir():
         raise DataError(f"video folder {str(src)!r} does not exist")
@@ -170,30 +223,23 @@ def prepare_kinetics_sounds(videos: str | Path, out: str | Path, fps: float = 1.
         raise DataError(f"no video ({', '.join(VIDEO_SUFFIXES)}) in {str(src)!r}/<split>/<class>/")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise DataError(f"--out {str(dst)!r} is inside the videos' folder; choose another")
-    done = skipped = 0
-    failed: list[str] = []
-    for i, (split, cls, video) in enumerate(clips, start=1):
+    work = []
+    for split, cls, video in clips:
         frames = dst / "visual" / f"{split}_img" / "Image-01-FPS" / cls / video.stem
         wav = dst / "audio" / split / cls / f"{video.stem}.wav"
-        if not overwrite and frames.is_dir() and any(frames.iterdir()) and (
-                wav.is_file() or (frames.parent / f".{video.stem}.no-audio").is_file()):
-            skipped += 1
-            continue
-        wrote = False
-        try:
-            frames.parent.mkdir(parents=True, exist_ok=True)
-            wav.parent.mkdir(parents=True, exist_ok=True)
-            _frames_into(video, frames, fps)
-            wrote = True
-            if not _audio_into(video, wav, rate):  # remembered: a rerun does not retry it
-                (frames.parent / f".{video.stem}.no-audio").touch()
+        if overwrite or not (frames.is_dir() and any(frames.iterdir()) and (
+                wav.is_file() or (frames.parent / f".{video.stem}.no-audio").is_file())):
+            work.append((video, frames, wav))
+    skipped, done = len(clips) - len(work), 0
+    failed: list[str] = []
+    for i, problem in enumerate(each_clip(work, functools.partial(
+            _kinetics_clip, fps=fps, rate=rate), jobs), start=1):
+        if problem is None:
             done += 1
-        except DataError as err:  # the clip is left out whole: no frames without its audio
-            if wrote:
-                shutil.rmtree(frames, ignore_errors=True)
-            failed.append(f"{video}: {err}")
+        else:
+            failed.append(problem)
         if i % 500 == 0:
-            echo(f"{i}/{len(clips)} clips")
+            echo(f"{i}/{len(work)} clips")
     errors = dst / "prepare_errors.txt"
     ours = errors.is_file() and errors.read_text(errors="replace").startswith(ERRORS_HEADER)
     if failed and (ours or not errors.exists()):
