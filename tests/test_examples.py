@@ -152,7 +152,7 @@ SMALLER = {  # the benchmark scripts' sizes, at which they still run every path
     "benchmarks/train_step.py": ["--batch", "8"],
     "benchmarks/overhead.py": ["--epochs", "2", "--min-steps", "20"],
     "benchmarks/loader.py": ["--clips", "24"],
-    "benchmarks/prepare_jobs.py": ["--clips", "4", "--seconds", "2", "--size", "48", "64",
+    "benchmarks/prepare_jobs.py": ["--clips", "2", "--seconds", "1", "--size", "32", "48",
                                    "--reps", "1"],
     "benchmarks/frozen_cache.py": ["--samples", "32", "--width", "16", "--layers", "1",
                                    "--epochs", "2", "--batch", "16"],
@@ -226,8 +226,8 @@ def scaled(argv: list[str]) -> list[str]:
     return argv
 
 
-def _fixtures(folder: Path) -> None:
-    """The data the documents name, in their real formats, under ``folder/data``."""
+def _fixtures(folder: Path, text: str) -> None:
+    """The data the document ``text`` names, in their real formats, under ``folder/data``."""
     data = folder / "data"
     cremad = make_cremad(data / "CREMA-D", actors=("1001", "1002", "1003", "1004", "1005"))
     clip = sorted((cremad / "AudioWAV").glob("*.wav"))[0].stem
@@ -236,8 +236,8 @@ def _fixtures(folder: Path) -> None:
     (cremad / "Image-01-FPS" / clip).rmdir()
     write_video(cremad / "VideoFlash" / f"{clip}.mp4")
     make_kinetics_sounds(data / "kinetics_sounds")
-    for split in ("train", "test"):  # clips for dmrnet prepare kinetics_sounds
-        for k, cls in enumerate(("laughing", "singing")):
+    for split in ("train", "test") if "kinetics_sounds_videos" in text else ():
+        for k, cls in enumerate(("laughing", "singing")):  # for dmrnet prepare
             write_video(data / "kinetics_sounds_videos" / split / cls / "yt0.mp4", frames=12,
                         audio=tone(k, rate=44100, seconds=1.2), rate=44100)
     make_casia(data / "CASIA-SURF")
@@ -257,7 +257,7 @@ def sandboxes(tmp_path_factory):
             for name in ("configs", "scripts", "benchmarks", "docs"):
                 (folder / name).symlink_to(ROOT / name)
             (folder / ".venv").symlink_to(Path(sys.prefix))
-            _fixtures(folder)
+            _fixtures(folder, (ROOT / doc).read_text())
             made[doc] = folder
         return made[doc]
 
