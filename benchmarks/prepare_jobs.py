@@ -66,10 +66,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--reps", type=int, default=2, help="runs of each (medians printed)")
     args = parser.parse_args()
+    if args.clips < 2:
+        parser.error("--clips: at least 2 (a training and a test clip)")
     with tempfile.TemporaryDirectory() as tmp:
         videos = Path(tmp) / "clips"
         for i in range(args.clips):
-            split = "test" if i % 4 == 3 else "train"
+            split = "test" if i % 4 == 1 else "train"  # a test clip from 2 clips on
             write_clip(videos / split / f"class{i % 2}" / f"clip{i}.mp4", args.seconds,
                        tuple(args.size), i)
         for label, busy in (("idle", 0), ("beside 1 busy process", 1)):
