@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -31,6 +30,7 @@ from dmrnet.batch import BatchError, stats_view
 from dmrnet.data.base import DataError
 from dmrnet.data.files import IMAGE_SUFFIXES, READERS_KEY, reader_from_dict, special_file
 from dmrnet.data.io import read_image, read_npy
+from dmrnet.data.rgbd import _read_png
 from dmrnet.data.text import is_text, read_words, text_reader
 from dmrnet.errors import ConfigError, DMRNetError, first_line
 from dmrnet.methods import METHODS, ModelConfig, build_method, get_method, upgrade_settings
@@ -241,11 +241,7 @@ def read_sample(preprocessing: Mapping[str, Any], input_shapes: Mapping[str, Seq
         raise DataError(f"cannot read {str(path)!r} for modality {modality!r}: use .npy or an "
                         "image file")
     if len(shape) == 3 and shape[0] == 1:  # depth-like: keep the raw values (16-bit mm)
-        try:
-            with Image.open(path) as img:
-                x = torch.from_numpy(np.array(img).astype(np.float32))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise DataError(f"cannot read image {str(path)!r}: {err}") from err
+        x = torch.from_numpy(_read_png(path).astype(np.float32))
         return (x[..., 0] if x.dim() == 3 else x)[None]
     return read_image(path, "RGB" if shape[0] == 3 else "L").float()
 
